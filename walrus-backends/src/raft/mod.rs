@@ -1,0 +1,1 @@
+//! openraft + redb metadata store.

@@ -1,0 +1,1 @@
+//! memmap2 write-ahead log.

@@ -1,0 +1,35 @@
+//! # walrus-core
+//!
+//! Everything in Walrus that decides, and nothing that touches a disk or a
+//! socket of a particular backend:
+//!
+//! - [`types`]: node ids, validated topic names, segment keys, offsets.
+//! - [`metadata`]: the replicated [`ClusterState`] and its commands.
+//! - The four backend traits, each with its contract: [`MetadataStore`],
+//!   [`LogStore`], [`Transport`] (+ [`RequestHandler`]), [`LeaseProvider`].
+//! - [`protocol`]: the client wire format (frames, requests, responses).
+//! - [`node`]: the node logic, written against the traits only: routing and
+//!   forwarding, lease checks, rollover, failover, the shared GET cursor.
+//! - [`testing`]: in-memory fakes of every trait, a simulated network and
+//!   conformance suites, for core's tests and for yours.
+
+pub mod clock;
+pub mod error;
+pub mod lease;
+pub mod log_store;
+pub mod metadata;
+pub mod metadata_store;
+pub mod node;
+pub mod protocol;
+pub mod testing;
+pub mod transport;
+pub mod types;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{Error, Result};
+pub use lease::LeaseProvider;
+pub use log_store::{Appended, LogStore, SegmentInfo};
+pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus};
+pub use metadata_store::{ConsensusStatus, MetadataStore};
+pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
+pub use types::{NodeId, Offset, SegmentId, SegmentKey, TopicName};

@@ -1,0 +1,88 @@
+//! [`LogStore`]: a node's local data, segment by segment.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::types::SegmentKey;
+
+/// The result of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Index (within the segment) of the first appended entry.
+    pub first_index: u64,
+    /// The segment's entry count after this append.
+    pub count: u64,
+}
+
+/// What a store knows of one of its segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Entries visible to readers (durable under the store's policy).
+    pub count: u64,
+    /// A sealed segment takes no more appends; its count is final.
+    pub sealed: bool,
+}
+
+/// A node's local write-ahead log, one append-only sequence of entries per
+/// segment. It knows nothing of leaders, leases or topics' other segments.
+///
+/// # Contract
+///
+/// 1. **Durable before return.** `append` returns only once its entries are
+///    durable under the store's fsync policy (for the default policy: on
+///    disk). Concurrent appends may share one sync (group commit).
+/// 2. **All or nothing.** An append adds all of its entries, contiguously,
+///    in order, or none (and returns `Err`).
+/// 3. **Visible when durable.** `read` returns only entries whose append has
+///    completed: a reader never sees an entry a crash could take back.
+/// 4. **Exact counts.** `info` gives the exact count, also after a crash or
+///    restart: entries are numbered `0..count` with no holes.
+/// 5. **Capacity.** `append` with `limit` fails with
+///    [`Error::SegmentSealed`](crate::Error::SegmentSealed) when the segment is
+///    non-empty and `count + entries.len() > limit`; nothing is written then.
+/// 6. **Seal is final.** After `seal` returns `n`, the count stays `n` and
+///    every later `append` fails with `Error::SegmentSealed`. Sealing is
+///    idempotent and works on a segment the store has never seen (count 0).
+/// 7. **Errors lose nothing.** A failed append (disk full, I/O error) leaves
+///    every earlier entry readable; the store accepts appends again once
+///    the cause is gone.
+/// 8. **Recovery.** On open, a torn or corrupt tail is cut off and never
+///    served; corruption before the tail is an error naming file and
+///    position, never skipped silently.
+///
+/// The conformance suite in [`crate::testing::log_store_conformance`] checks
+/// 1–6 for any implementation.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Appends `entries` to `segment` (creating it on first use). See the
+    /// contract for `limit` (use `u64::MAX` for none).
+    async fn append(&self, segment: &SegmentKey, entries: &[Bytes], limit: u64)
+        -> Result<Appended>;
+
+    /// Reads entries `from..` of `segment`: at most `max_entries`, and no
+    /// more than `max_bytes` of payload except that at least one entry is
+    /// returned when one exists. Empty when `from >= count` or the segment
+    /// is unknown.
+    async fn read(
+        &self,
+        segment: &SegmentKey,
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>>;
+
+    /// The segment's count and seal status; `None` if the store has never
+    /// seen it.
+    async fn info(&self, segment: &SegmentKey) -> Result<Option<SegmentInfo>>;
+
+    /// Seals `segment` and returns its final count.
+    async fn seal(&self, segment: &SegmentKey) -> Result<u64>;
+
+    /// Makes everything appended so far durable, whatever the policy
+    /// (graceful shutdown).
+    async fn sync(&self) -> Result<()>;
+
+    /// Every segment the store holds, with its info.
+    async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>>;
+}

@@ -1,0 +1,14 @@
+//! The client protocol: length-prefixed frames of UTF-8 text
+//! (see `docs/protocol.md`).
+//!
+//! - [`frame`]: reading and writing `[u32 LE length][body]` frames.
+//! - [`request`]: parsing a frame body into a typed [`Request`].
+//! - [`response`]: encoding a [`Response`] into one frame.
+
+pub mod frame;
+pub mod request;
+pub mod response;
+
+pub use frame::{encode_frame, read_frame, FrameError, MAX_FRAME};
+pub use request::Request;
+pub use response::Response;

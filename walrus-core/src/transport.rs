@@ -1,0 +1,97 @@
+//! [`Transport`]: requests between nodes.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::metadata::NodeInfo;
+use crate::types::{NodeId, SegmentKey, TopicName};
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// Append to a segment the receiver leads (forwarded PUT).
+    /// Answered with [`NodeResponse::Appended`].
+    Append {
+        segment: SegmentKey,
+        entries: Vec<Bytes>,
+    },
+    /// Read entries of a segment the receiver holds.
+    /// Answered with [`NodeResponse::Entries`].
+    Read {
+        segment: SegmentKey,
+        from: u64,
+        max_entries: u32,
+        max_bytes: u32,
+    },
+    /// The next entry of the topic's shared GET cursor; sent to the cursor's
+    /// owner (the consensus leader). Answered with [`NodeResponse::Entry`].
+    Get { topic: TopicName },
+    /// A write-lease renewal from `node` to the consensus leader.
+    /// Answered with [`NodeResponse::Lease`].
+    RenewLease { node: NodeId },
+    /// A new node asks to join the cluster. Answered with [`NodeResponse::Done`].
+    Join { node: NodeId, info: NodeInfo },
+    /// The consensus backend's own message, opaque to everything else.
+    /// Answered with [`NodeResponse::Consensus`].
+    Consensus(Bytes),
+    /// Liveness probe. Answered with [`NodeResponse::Done`].
+    Ping,
+}
+
+/// A successful answer to a [`NodeRequest`]; failures travel as
+/// [`Error`](crate::Error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    Done,
+    Appended {
+        first_index: u64,
+        count: u64,
+    },
+    Entries {
+        entries: Vec<Bytes>,
+        /// The segment's count on the holder and whether it is sealed there.
+        count: u64,
+        sealed: bool,
+    },
+    Entry(Option<Bytes>),
+    Lease {
+        /// The metadata version the leader confirmed with its quorum.
+        version: u64,
+    },
+    Consensus(Bytes),
+}
+
+/// Sends [`NodeRequest`]s to other nodes.
+///
+/// # Contract
+///
+/// 1. **Connections are reused.** No connect per request: a backend keeps
+///    connections to each peer and runs many requests on them at once.
+/// 2. **Bounded waits.** A call to a dead or partitioned peer fails with a
+///    retryable error (`Unreachable` or `Timeout`) within the backend's
+///    timeout; it never hangs.
+/// 3. **Errors travel.** An `Err` returned by the receiver's
+///    [`RequestHandler`] arrives as the same `Err` at the caller.
+/// 4. **At most once.** A request is handled by the receiver at most once
+///    per call (no blind resends); on a timeout it may or may not have been.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `req` to `to` and waits for its answer.
+    async fn call(&self, to: NodeId, req: NodeRequest) -> Result<NodeResponse>;
+
+    /// Sends `req` to an address whose node id is not known yet (joining a
+    /// cluster through `--join host:port`).
+    async fn call_addr(&self, addr: &str, req: NodeRequest) -> Result<NodeResponse>;
+
+    /// Tells the transport where `node` listens (`host:port`). Transports
+    /// that do not use addresses ignore it.
+    fn set_peer_address(&self, _node: NodeId, _addr: &str) {}
+}
+
+/// The receiving side: what a node does with an incoming [`NodeRequest`].
+#[async_trait]
+pub trait RequestHandler: Send + Sync + 'static {
+    async fn handle(&self, req: NodeRequest) -> Result<NodeResponse>;
+}
