@@ -31,5 +31,6 @@ pub use lease::LeaseProvider;
 pub use log_store::{Appended, LogStore, SegmentInfo};
 pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus};
 pub use metadata_store::{ConsensusStatus, MetadataStore};
+pub use node::{Node, NodeConfig};
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
 pub use types::{NodeId, Offset, SegmentId, SegmentKey, TopicName};
