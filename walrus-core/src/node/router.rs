@@ -195,32 +195,48 @@ impl super::Node {
             .is_some_and(|s| matches!(s.status, SegmentStatus::Sealed { count: n } if n >= count))
     }
 
-    /// GET: the cursor lives on the consensus leader.
+    /// GET: the cursor lives on the consensus leader. An owner that says
+    /// it is not the leader popped nothing: ask again once the view of
+    /// the leader moves (bounded by the request timeout).
     async fn get(&self, topic: &TopicName) -> Result<Option<Bytes>> {
         if self.metadata.state().topic(topic).is_none() {
             return Err(Error::TopicNotFound);
         }
-        let status = self.metadata.status();
-        match status.leader {
-            Some(l) if l == self.id => self.cursor_next(topic).await,
-            Some(l) => match self
-                .transport
-                .call(
-                    l,
-                    NodeRequest::Get {
-                        topic: topic.clone(),
-                    },
-                )
-                .await?
-            {
-                NodeResponse::Entry(e) => Ok(e),
-                other => Err(Error::Internal(format!(
-                    "node {l} answered a GET with {other:?}"
-                ))),
-            },
-            None => Err(Error::Unavailable(
-                "no consensus leader to serve GET, retry".into(),
-            )),
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let result = match self.metadata.status().leader {
+                Some(l) if l == self.id => self.cursor_next(topic).await,
+                Some(l) => self.forward_get(l, topic).await,
+                None => Err(Error::Unavailable(
+                    "no consensus leader to serve GET, retry".into(),
+                )),
+            };
+            match result {
+                Err(Error::NotLeader) if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_REROUTE_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward_get(&self, owner: NodeId, topic: &TopicName) -> Result<Option<Bytes>> {
+        match self
+            .transport
+            .call(
+                owner,
+                NodeRequest::Get {
+                    topic: topic.clone(),
+                },
+            )
+            .await?
+        {
+            NodeResponse::Entry(e) => Ok(e),
+            other => Err(Error::Internal(format!(
+                "node {owner} answered a GET with {other:?}"
+            ))),
         }
     }
 

@@ -124,18 +124,15 @@ impl FakeMetadataCluster {
     /// first member becomes the leader. Also records `info` in metadata.
     pub fn join(&self, node: NodeId, info: NodeInfo) -> Arc<FakeMetadataStore> {
         let mut inner = self.lock();
-        if !inner.members.contains_key(&node) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = inner.members.entry(node) {
             let (tx, _) = watch::channel(Arc::new(ClusterState::default()));
-            inner.members.insert(
-                node,
-                Member {
-                    applied: 0,
-                    state: ClusterState::default(),
-                    tx,
-                    known_leader: None,
-                    known_term: 0,
-                },
-            );
+            slot.insert(Member {
+                applied: 0,
+                state: ClusterState::default(),
+                tx,
+                known_leader: None,
+                known_term: 0,
+            });
             inner.voters.insert(node);
             if inner.leader.is_none() {
                 inner.leader = Some(node);
