@@ -290,3 +290,35 @@ async fn given_a_peer_answering_unknown_ids_when_called_should_time_out_without_
 
     assert!(matches!(answer, Err(Error::Timeout(_))), "{answer:?}");
 }
+
+#[tokio::test]
+async fn given_a_server_at_its_connection_limit_when_another_dials_should_refuse_it_and_recover() {
+    let server = TestNode::start(TcpConfig {
+        max_connections: 2,
+        ..hostile_config()
+    })
+    .await;
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let mut raw = TcpStream::connect(server.addr).await.unwrap();
+        // A full round trip proves the server accepted (and counts) it.
+        let ping = envelope::encode_request(1, &NodeRequest::Ping, MAX).unwrap();
+        raw.write_all(&ping).await.unwrap();
+        envelope::read_frame(&mut raw, MAX, Duration::from_secs(2))
+            .await
+            .unwrap();
+        hogs.push(raw);
+    }
+    let caller = TcpTransport::new(hostile_config());
+    caller.set_peer_address(2, &server.addr.to_string());
+
+    let refused = caller.call(2, NodeRequest::Ping).await;
+    assert_eq!(refused, Err(Error::Unreachable(2)));
+
+    drop(hogs);
+    let recovered = eventually(Duration::from_secs(3), || async {
+        caller.call(2, NodeRequest::Ping).await == Ok(NodeResponse::Done)
+    })
+    .await;
+    assert!(recovered, "a freed connection slot must be usable again");
+}

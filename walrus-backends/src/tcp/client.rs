@@ -27,13 +27,14 @@ use tokio::time::Instant;
 use walrus_core::{Error, NodeId, NodeRequest, NodeResponse, Result};
 
 use super::envelope::{self, Kind, ResponsePayload};
+use super::socket;
 use super::writer::{stopped, write_loop};
 use super::TcpConfig;
 
 /// Frames a connection's writer may have queued before callers wait.
 const OUTBOX_FRAMES: usize = 1024;
 /// Read buffer per connection.
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Who a call is for, to word its errors.
 #[derive(Debug, Clone, Copy)]
@@ -209,9 +210,7 @@ impl Peer {
         match dialled {
             Ok(stream) => {
                 *backoff = Backoff::default();
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(addr = %self.addr, "cannot set TCP_NODELAY: {e}");
-                }
+                socket::tune(&stream, config, &self.addr);
                 let conn = Connection::start(stream, self.addr.clone(), config);
                 *self
                     .conn

@@ -23,6 +23,7 @@ pub mod envelope;
 
 mod client;
 mod server;
+mod socket;
 mod writer;
 
 use std::collections::HashMap;
@@ -62,6 +63,12 @@ pub struct TcpConfig {
     /// waiting fail fast with `Unreachable`.
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,
+    /// TCP keepalive period (`None`: off). A peer that vanished without
+    /// closing its connections is noticed after about 5 × this.
+    pub keepalive: Option<Duration>,
+    /// Connections a server accepts at once; further ones are closed at
+    /// once, so a flood of connections cannot exhaust the node.
+    pub max_connections: usize,
 }
 
 impl Default for TcpConfig {
@@ -74,6 +81,8 @@ impl Default for TcpConfig {
             max_in_flight_per_connection: 1024,
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
+            keepalive: Some(Duration::from_secs(1)),
+            max_connections: 1024,
         }
     }
 }

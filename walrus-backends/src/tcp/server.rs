@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use walrus_core::{Error, NodeRequest, RequestHandler};
 
 use super::envelope::{self, Kind, ReadError, ResponsePayload};
+use super::socket;
 use super::writer::{stopped, write_loop};
 use super::TcpConfig;
 
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so that the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -41,6 +42,7 @@ pub(crate) async fn accept_loop(
     stop: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
+    let connections = Arc::new(Semaphore::new(config.max_connections));
     let until_stopped = stopped(stop.clone());
     tokio::pin!(until_stopped);
     loop {
@@ -50,13 +52,16 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    handler.clone(),
-                    config.clone(),
-                    stop.clone(),
-                ));
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = config.max_connections, "too many node connections; closing the new one");
+                    continue;
+                };
+                let serve =
+                    serve_connection(stream, peer, handler.clone(), config.clone(), stop.clone());
+                tokio::spawn(async move {
+                    serve.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(?local, "accept failed: {e}");
@@ -74,9 +79,7 @@ async fn serve_connection(
     config: TcpConfig,
     stop: watch::Receiver<bool>,
 ) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::warn!(%peer, "cannot set TCP_NODELAY: {e}");
-    }
+    socket::tune(&stream, &config, &peer);
     let (read, write) = stream.into_split();
     let (outbox, outbox_rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection);
     let stop_writing = stopped(stop.clone());
