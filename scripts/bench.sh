@@ -13,6 +13,7 @@
 #   BENCH_SKIP       space-separated sections to skip: echo redis walrus failover
 #   BENCH_NO_BUILD=1 use the binaries already in $CARGO_TARGET_DIR/release
 #   BENCH_PORT_BASE  first port used (default 27000)
+#   BENCH_SERVER_BIN walrus-server binary to measure (default: the release build)
 # Redis is installed with apt-get when missing (needs root).
 #
 # Every process this script starts is stopped by its pid on exit. Traffic
@@ -127,6 +128,7 @@ wait_port() { # host:port, timeout s
 
 # --- build -------------------------------------------------------------------
 
+SERVER_BIN=${BENCH_SERVER_BIN:-$BIN/walrus-server}
 HAVE_SERVER=0
 if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
     log "building release binaries"
@@ -135,7 +137,7 @@ if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
         (cd "$ROOT" && cargo build --release -p walrus-server --bin walrus-server) && HAVE_SERVER=1
     fi
 else
-    [[ -x "$BIN/walrus-server" ]] && HAVE_SERVER=1
+    [[ -x "$SERVER_BIN" ]] && HAVE_SERVER=1
 fi
 export PATH="$BIN:$PATH"
 
@@ -238,7 +240,7 @@ start_cluster() {
     for ((id = 1; id <= n; id++)); do
         local join=()
         ((id > 1)) && join=(--join "127.0.0.1:$(raft_port 1)")
-        RUST_LOG=${RUST_LOG:-warn} "$BIN/walrus-server" --node-id "$id" --data-dir "$dir" \
+        RUST_LOG=${RUST_LOG:-warn} "$SERVER_BIN" --node-id "$id" --data-dir "$dir" \
             --raft-host 127.0.0.1 --raft-port "$(raft_port "$id")" \
             --client-host 127.0.0.1 --client-port "$(client_addr "$id" | cut -d: -f2)" \
             --fsync "$fsync" "${join[@]}" --log-file "$dir/node_$id.log" &
@@ -268,6 +270,12 @@ wait_ready() { # nodes tag
         '{section: "ready", label: $s, nodes: $n, ready_ms: $ms}' >>"$RESULTS"
 }
 
+# REGISTER a topic, retried until the cluster takes it (then one PUT of
+# "probe" shows it takes writes too).
+register_topic() { # addr topic
+    walrus-bench wait-write -a "$1" --topic "$2" --register --timeout 60s >/dev/null
+}
+
 # Node id leading the current segment of a topic (from STATE).
 segment_leader() { # addr topic
     walrus-bench request -a "$1" STATE "$2" | jq -r '.leader_node'
@@ -288,7 +296,7 @@ walrus_matrix() {
             for conns_depth in "1 1" "16 1" "16 32"; do
                 read -r conns depth <<<"$conns_depth"
                 topic="t${size}-${via}-c${conns}-d${depth}"
-                walrus-bench request -a "$reg" REGISTER "$topic-0" >/dev/null
+                register_topic "$reg" "$topic-0"
                 leader=$(segment_leader "$reg" "$topic-0")
                 if [[ $via == leader ]]; then
                     other=$leader
@@ -302,7 +310,7 @@ walrus_matrix() {
     done
     # The ordinary client: no TCP_NODELAY, 1 KiB, to the leader.
     topic="ordinary"
-    walrus-bench request -a "$reg" REGISTER "$topic-0" >/dev/null
+    register_topic "$reg" "$topic-0"
     leader=$(segment_leader "$reg" "$topic-0")
     bench_run "$tag" "PUT 1 KiB, to leader (node $leader), 1 conn, ordinary client (no TCP_NODELAY)" \
         -a "$(client_addr "$leader")" -s 1024 -c 1 -d 1 --no-nodelay --topic-prefix "$topic"
@@ -314,6 +322,7 @@ walrus_matrix() {
     done
     # A short verified run: the figures above are only worth something if
     # every acknowledged write is really there.
+    register_topic "$reg" verify-0
     RUN_DUR=2s bench_run "$tag" "PUT 1 KiB, 4 conns x depth 8, --verify" \
         -a "$(client_addr 1)" -s 1024 -c 4 -d 8 --topic-prefix verify --register --verify
     stop_cluster
@@ -330,15 +339,14 @@ failover() { # fsync
     # the Raft leader, then again with node 1 as the segment leader.
     for via in 2 1; do
         addr=$(client_addr "$via")
-        walrus-bench request -a "$addr" REGISTER "$topic$via" >/dev/null
+        register_topic "$addr" "$topic$via"
         victim=$(segment_leader "$addr" "$topic$via")
         survivor=$((victim % 3 + 1))
         [[ -z "${NODE_PIDS[$victim]:-}" ]] && continue
         local raft_leader
         raft_leader=$(walrus-bench request -a "$(client_addr "$survivor")" METRICS | jq -r '.current_leader')
         log "$tag: kill -9 node $victim (segment leader of $topic$via; raft leader $raft_leader)"
-        walrus-bench request -a "$(client_addr "$survivor")" PUT "$topic$via" before-kill >/dev/null
-        kill -9 "${NODE_PIDS[$victim]}"
+        stop_pid "${NODE_PIDS[$victim]}"
         local json
         json=$(walrus-bench wait-write -a "$(client_addr "$survivor")" --topic "$topic$via" --every 10ms --timeout 60s --json ||
             echo '{"elapsed_ms": null}')
