@@ -60,7 +60,7 @@ def errors_col(r):
 
 def table(rows, ratio_base=None, ratio_name=None):
     head = ["run", "ops/s", "MiB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
-            "server CPU % (per node)", "server anon MiB (max)"]
+            "server CPU % (per node)", "server anon MiB (max)", "client CPU %"]
     if ratio_base:
         head.insert(3, ratio_name)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -68,7 +68,8 @@ def table(rows, ratio_base=None, ratio_name=None):
         cpu, anon = server_cols(r)
         cells = [r["label"], fmt_rate(r.get("ops_per_sec")), f"{r.get('mib_per_sec', 0):.1f}",
                  fmt_ms(lat(r, "p50")), fmt_ms(lat(r, "p90")), fmt_ms(lat(r, "p99")),
-                 fmt_ms(lat(r, "p999")), fmt_ms(lat(r, "max")), errors_col(r), cpu, anon]
+                 fmt_ms(lat(r, "p999")), fmt_ms(lat(r, "max")), errors_col(r), cpu, anon,
+                 "—" if r.get("client_cpu_pct") is None else f"{r['client_cpu_pct']:.0f}"]
         if ratio_base:
             base = ratio_base(r)
             cells.insert(3, f"{r['ops_per_sec'] / base:.0%}" if base else "—")
@@ -123,7 +124,8 @@ def main():
     o.append("- Latency is measured by walrus-bench from the moment each request is written "
              "(closed loop: no `--rate`), over successful requests; the server columns are the "
              "CPU used by each server process during the run (100 = one core) and its anonymous "
-             "memory (`Anonymous:` of `/proc/<pid>/smaps_rollup`) right after it.\n")
+             "memory (`Anonymous:` of `/proc/<pid>/smaps_rollup`) right after it; client CPU is "
+             "walrus-bench's own (getrusage), which shares the same 2 cores.\n")
 
     echo = [r for r in results if r.get("section") == "echo"]
     echo1 = rate(find(results, "echo", "1 KiB, 1 conn"))

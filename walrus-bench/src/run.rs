@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::conn::{run_connection, ConnPlan, Limit, Workload};
 use crate::payload::PayloadCodec;
-use crate::stats::{ConnStats, Report, RunShape};
+use crate::stats::{process_cpu_time, ConnStats, Report, RunShape};
 use crate::verify::{check, read_topic};
 use crate::wire::{classify, excerpt, Answer, SimpleClient};
 
@@ -114,6 +114,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     };
 
     let progress = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu_time();
     let start = Instant::now();
     let per_conn_interval = cfg
         .rate
@@ -197,6 +198,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         nodelay: cfg.nodelay,
     };
     let mut report = Report::new(shape, &total, last - start);
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu_time()) {
+        let wall = start.elapsed().as_secs_f64().max(1e-9);
+        report.client_cpu_pct = Some(100.0 * (after - before).as_secs_f64() / wall);
+    }
 
     if let Some(codec) = codec {
         let deadline = Instant::now() + cfg.verify_timeout;

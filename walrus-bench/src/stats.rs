@@ -131,6 +131,9 @@ pub struct Report {
     /// rate was given (no coordinated omission), else from the actual send.
     pub latency_ms: Percentiles,
     pub verify: Option<VerifyReport>,
+    /// CPU used by walrus-bench itself during the run, in % of one core:
+    /// near the core count means the client, not the server, was the limit.
+    pub client_cpu_pct: Option<f64>,
     /// The merged histogram, for callers that need more than percentiles.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -170,6 +173,7 @@ impl Report {
             errors: stats.errors.clone(),
             latency_ms: Percentiles::of(&stats.latency),
             verify: None,
+            client_cpu_pct: None,
             histogram: stats.latency.clone(),
         }
     }
@@ -227,6 +231,9 @@ impl Report {
             l.max,
             l.mean
         ));
+        if let Some(cpu) = self.client_cpu_pct {
+            s.push_str(&format!("  client CPU: {cpu:.0}% of one core\n"));
+        }
         if self.errors_total == 0 {
             s.push_str("  errors: none\n");
         } else {
@@ -240,6 +247,17 @@ impl Report {
         }
         s
     }
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn process_cpu_time() -> Option<Duration> {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
 }
 
 #[cfg(test)]
