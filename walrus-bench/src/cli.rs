@@ -89,9 +89,11 @@ pub struct LoadArgs {
     /// Send this many requests in total instead of running for a duration.
     #[arg(short = 'n', long, conflicts_with = "duration")]
     pub requests: Option<u64>,
-    /// Target rate in requests/s over all connections. Latency is then
-    /// measured from each request's intended send time, so a stalled server
-    /// shows in the percentiles (no coordinated omission).
+    /// Target rate in requests/s over all connections. A request held back
+    /// because the server had not answered enough earlier ones (all `depth`
+    /// slots taken) is timed from its intended send time, so a stalled
+    /// server shows in the percentiles (no coordinated omission); one only
+    /// late by the client's 1 ms timer is timed from its actual send.
     #[arg(short, long)]
     pub rate: Option<f64>,
     /// Number of topics (named <prefix>-0, <prefix>-1, ...).

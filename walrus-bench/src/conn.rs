@@ -168,6 +168,11 @@ struct Driver<'a> {
     topic_count: u32,
     /// Set once the limit is reached: only answers are awaited from then on.
     drain_deadline: Option<Instant>,
+    /// All `depth` slots are taken.
+    pipeline_full: bool,
+    /// When the pipeline last stopped being full: a request due before
+    /// then was held back by the server, not by the client's timer.
+    last_unblocked: Option<Instant>,
 }
 
 impl<'a> Driver<'a> {
@@ -182,6 +187,8 @@ impl<'a> Driver<'a> {
             rbuf: BytesMut::with_capacity(64 * 1024),
             topic_count: plan.topics.len() as u32,
             drain_deadline: None,
+            pipeline_full: false,
+            last_unblocked: None,
         }
     }
 
@@ -288,7 +295,13 @@ impl<'a> Driver<'a> {
         while self.in_flight.len() < self.plan.depth && !self.limit_reached(now) {
             let start = match self.next_due() {
                 Some(due) if due > now => break,
-                Some(due) => due,
+                // Held back because every slot was taken when it was due:
+                // the wait counts (no coordinated omission).
+                Some(due) if self.last_unblocked.is_some_and(|t| due < t) => due,
+                // Slots were free, only the timer (1 ms granularity) or
+                // the client's scheduling made it late: not the server's
+                // doing, so it counts from the actual send.
+                Some(_) => now,
                 None => now,
             };
             let topic = ((self.plan.index as u64 + self.sent) % self.topic_count as u64) as u32;
@@ -321,6 +334,9 @@ impl<'a> Driver<'a> {
             };
             self.in_flight.push_back(InFlight { start, what });
             self.sent += 1;
+            if self.in_flight.len() == self.plan.depth {
+                self.pipeline_full = true;
+            }
         }
     }
 
@@ -362,6 +378,10 @@ impl<'a> Driver<'a> {
                     .stats
                     .record_error(format!("unexpected answer to GET: {}", excerpt(&body)), 1),
             }
+        }
+        if answered > 0 && self.pipeline_full {
+            self.pipeline_full = false;
+            self.last_unblocked = Some(now);
         }
         self.plan.progress.fetch_add(answered, Ordering::Relaxed);
         Ok(())

@@ -127,8 +127,9 @@ pub struct Report {
     pub empty: u64,
     pub errors_total: u64,
     pub errors: BTreeMap<String, u64>,
-    /// Latency of successful requests, from the intended send time when a
-    /// rate was given (no coordinated omission), else from the actual send.
+    /// Latency of successful requests, from the actual send; with a rate,
+    /// from the intended send time for requests the server held back (no
+    /// coordinated omission).
     pub latency_ms: Percentiles,
     pub verify: Option<VerifyReport>,
     /// CPU used by walrus-bench itself during the run, in % of one core:
@@ -220,7 +221,7 @@ impl Report {
         s.push_str(&format!(
             "  latency ms{}: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
             if self.rate.is_some() {
-                " (from intended send time)"
+                " (held-back requests from their intended time)"
             } else {
                 ""
             },
