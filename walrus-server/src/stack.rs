@@ -79,13 +79,12 @@ impl Stack {
 
         let transport = TcpTransport::new(TcpConfig::default());
 
-        let mut raft_config = RaftConfig::new(
+        let raft_config = RaftConfig::new(
             config.node_id,
             dir.join("raft"),
             config.raft_advertise_addr(),
             config.client_advertise_addr(),
         );
-        raft_config.node_id = config.node_id;
         let raft = RaftMetadataStore::open(raft_config, transport.clone())
             .await
             .context("cannot open the metadata store")?;
@@ -130,9 +129,7 @@ impl Stack {
         tracing::info!("client port closed");
         self.node.shutdown().await;
         tracing::info!("node stopped; log synced");
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!("consensus shutdown: {e}");
-        }
+        self.raft.shutdown().await;
         self.transport.shutdown();
         self.raft_server.abort();
         tracing::info!("stopped");
