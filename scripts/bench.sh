@@ -262,7 +262,12 @@ stop_cluster() {
 wait_ready() { # nodes tag
     local n=$1 tag=$2 id
     for ((id = 1; id <= n; id++)); do
-        walrus-bench wait-write -a "$(client_addr "$id")" --topic "ready-$id" --register --timeout 60s >/dev/null
+        if ! walrus-bench wait-write -a "$(client_addr "$id")" --topic "ready-$id" --register --timeout 60s >/dev/null; then
+            log "$tag: node $id did not accept a write within 60 s"
+            jq -nc --arg s "$tag" --arg p "node $id did not accept a write within 60 s of the start" \
+                '{section: "problem", label: $s, problem: $p}' >>"$RESULTS"
+            return 0
+        fi
     done
     local ms=$((($(date +%s%N) - CLUSTER_T0) / 1000000))
     log "$tag: every node accepted a write ${ms} ms after start"
@@ -273,17 +278,25 @@ wait_ready() { # nodes tag
 # REGISTER a topic, retried until the cluster takes it (then one PUT of
 # "probe" shows it takes writes too).
 register_topic() { # addr topic
-    walrus-bench wait-write -a "$1" --topic "$2" --register --timeout 60s >/dev/null
+    if ! walrus-bench wait-write -a "$1" --topic "$2" --register --timeout 30s >/dev/null; then
+        log "  cannot register $2 at $1: the runs on it will show the errors"
+        jq -nc --arg s "${CURRENT_SECTION:-}" --arg t "$2" --arg a "$1" \
+            '{section: "problem", label: $s, problem: "REGISTER \($t) at \($a) not accepted within 30 s"}' >>"$RESULTS"
+        return 1
+    fi
 }
 
 # Node id leading the current segment of a topic (from STATE).
-segment_leader() { # addr topic
-    walrus-bench request -a "$1" STATE "$2" | jq -r '.leader_node'
+segment_leader() { # addr topic (1 when STATE does not say)
+    local id
+    id=$(walrus-bench request -a "$1" STATE "$2" 2>/dev/null | jq -r '.leader_node // empty' 2>/dev/null) || true
+    echo "${id:-1}"
 }
 
 # walrus_matrix NODES FSYNC
 walrus_matrix() {
     local n=$1 fsync=$2 tag="walrus-${1}n-${2/:/}"
+    CURRENT_SECTION=$tag
     start_cluster "$n" "$fsync" "$tag"
     wait_ready "$n" "$tag"
     local reg
@@ -296,7 +309,7 @@ walrus_matrix() {
             for conns_depth in "1 1" "16 1" "16 32"; do
                 read -r conns depth <<<"$conns_depth"
                 topic="t${size}-${via}-c${conns}-d${depth}"
-                register_topic "$reg" "$topic-0"
+                register_topic "$reg" "$topic-0" || true
                 leader=$(segment_leader "$reg" "$topic-0")
                 if [[ $via == leader ]]; then
                     other=$leader
@@ -310,21 +323,27 @@ walrus_matrix() {
     done
     # The ordinary client: no TCP_NODELAY, 1 KiB, to the leader.
     topic="ordinary"
-    register_topic "$reg" "$topic-0"
+    register_topic "$reg" "$topic-0" || true
     leader=$(segment_leader "$reg" "$topic-0")
     bench_run "$tag" "PUT 1 KiB, to leader (node $leader), 1 conn, ordinary client (no TCP_NODELAY)" \
         -a "$(client_addr "$leader")" -s 1024 -c 1 -d 1 --no-nodelay --topic-prefix "$topic"
-    # GETs drain the topic the pipelined 1 KiB run filled.
+    # A short verified run: the figures above are only worth something if
+    # every acknowledged write is really there.
+    register_topic "$reg" verify-0 || true
+    RUN_DUR=2s bench_run "$tag" "PUT 1 KiB, 4 conns x depth 8, --verify" \
+        -a "$(client_addr 1)" -s 1024 -c 4 -d 8 --topic-prefix verify --register --verify
+    # GETs last: they drain the topic the pipelined 1 KiB run filled.
     topic="t1024-leader-c16-d32"
     for conns in 1 16; do
         bench_run "$tag" "GET, $conns conn(s), from node 1" \
             -a "$(client_addr 1)" -w get -c "$conns" -d 1 --topic-prefix "$topic"
     done
-    # A short verified run: the figures above are only worth something if
-    # every acknowledged write is really there.
-    register_topic "$reg" verify-0
-    RUN_DUR=2s bench_run "$tag" "PUT 1 KiB, 4 conns x depth 8, --verify" \
-        -a "$(client_addr 1)" -s 1024 -c 4 -d 8 --topic-prefix verify --register --verify
+    # How soon the cluster takes a write again once the GET load stops.
+    local json
+    json=$(walrus-bench wait-write -a "$(client_addr 1)" --topic after-get --register --timeout 60s --json 2>/dev/null ||
+        echo '{"elapsed_ms": null}')
+    jq -c --arg s "$tag" '. + {section: "after-get", label: $s}' <<<"$json" >>"$RESULTS"
+    log "  write after the GET load: $json"
     stop_cluster
 }
 
@@ -332,6 +351,7 @@ walrus_matrix() {
 # surviving node is accepted again.
 failover() { # fsync
     local tag="failover-${1/:/}"
+    CURRENT_SECTION=$tag
     start_cluster 3 "$1" "$tag"
     wait_ready 3 "$tag"
     local topic=fo victim survivor addr
@@ -339,7 +359,7 @@ failover() { # fsync
     # the Raft leader, then again with node 1 as the segment leader.
     for via in 2 1; do
         addr=$(client_addr "$via")
-        register_topic "$addr" "$topic$via"
+        register_topic "$addr" "$topic$via" || continue
         victim=$(segment_leader "$addr" "$topic$via")
         survivor=$((victim % 3 + 1))
         [[ -z "${NODE_PIDS[$victim]:-}" ]] && continue

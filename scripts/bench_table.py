@@ -188,7 +188,9 @@ def main():
 
     ready = [r for r in results if r.get("section") == "ready"]
     fo = [r for r in results if r.get("section") == "failover"]
-    if ready or fo:
+    after_get = [r for r in results if r.get("section") == "after-get"]
+    problems = [r for r in results if r.get("section") == "problem"]
+    if ready or fo or after_get or problems:
         o.append("## Start-up and failover\n")
         for r in ready:
             o.append(f"- {r['label']}: {r['nodes']} node(s) started at once; every node "
@@ -201,6 +203,14 @@ def main():
                      f"{r['survivor']}: writes resumed after {what} "
                      f"({r.get('failed_attempts', '?')} failed attempts, last error: "
                      f"`{r.get('last_error')}`).")
+        for r in after_get:
+            ms = r.get("elapsed_ms")
+            what = f"**{ms:.0f} ms**" if ms is not None else "**no write accepted within 60 s**"
+            o.append(f"- {r['label']}: right after the GET runs, REGISTER + PUT through node 1 "
+                     f"took {what}" + (f" ({r.get('failed_attempts')} failed attempts, last error: "
+                                       f"`{r.get('last_error')}`)" if r.get("failed_attempts") else "") + ".")
+        for r in problems:
+            o.append(f"- problem in {r['label']}: {r['problem']}")
         o.append("")
 
     # Targets of issue 6, where the figures exist.
