@@ -92,6 +92,33 @@ server_sample_end() {
     echo "$out]"
 }
 
+# --- the disk ------------------------------------------------------------------
+
+# fdatasync cost right now (1 KiB appends): on a shared virtual disk it
+# swings by 10x with the neighbours' I/O, and every --fsync always /
+# appendfsync always figure moves with it.
+fsync_probe() { # label
+    python3 - "$WORK" "$1" >>"$RESULTS" <<'EOF'
+import json, os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe.tmp")
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
+lat, buf, t0 = [], b"x" * 1024, time.perf_counter()
+while len(lat) < 500 and time.perf_counter() - t0 < 2:
+    a = time.perf_counter()
+    os.write(fd, buf)
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - a) * 1e3)
+elapsed = time.perf_counter() - t0
+os.close(fd)
+os.unlink(path)
+lat.sort()
+print(json.dumps({"section": "fsync-probe", "label": sys.argv[2], "count": len(lat),
+                  "per_sec": len(lat) / elapsed, "p50_ms": lat[len(lat) // 2],
+                  "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}))
+EOF
+    tail -1 "$RESULTS" | jq -r '"[fsync probe] \(.label): \(.per_sec|floor) fdatasync/s, p50 \(.p50_ms) ms"' >&2
+}
+
 # --- one walrus-bench run ---------------------------------------------------
 
 # bench_run SECTION LABEL walrus-bench-args...
@@ -206,6 +233,7 @@ if ! skipped redis; then
     fi
     PAYLOAD_1K=$(head -c 1024 /dev/zero | tr '\0' 'x')
     REDIS_PORT=$((PORT_BASE + 79))
+    fsync_probe "before Redis"
     for REDIS_FSYNC in everysec always; do
         mkdir -p "$WORK/redis-$REDIS_FSYNC"
         redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis-$REDIS_FSYNC" \
@@ -297,6 +325,7 @@ segment_leader() { # addr topic (1 when STATE does not say)
 walrus_matrix() {
     local n=$1 fsync=$2 tag="walrus-${1}n-${2/:/}"
     CURRENT_SECTION=$tag
+    fsync_probe "before $tag"
     start_cluster "$n" "$fsync" "$tag"
     wait_ready "$n" "$tag"
     local reg
@@ -391,6 +420,8 @@ if [[ $HAVE_SERVER == 1 ]] && ! skipped failover; then
     failover interval:200
     failover always
 fi
+
+fsync_probe "at the end"
 
 # --- the markdown -----------------------------------------------------------------
 

@@ -127,6 +127,19 @@ def main():
              "memory (`Anonymous:` of `/proc/<pid>/smaps_rollup`) right after it; client CPU is "
              "walrus-bench's own (getrusage), which shares the same 2 cores.\n")
 
+    probes = [r for r in results if r.get("section") == "fsync-probe"]
+    if probes:
+        o.append("## The disk during the sitting\n")
+        o.append("1 KiB append + `fdatasync` on the data disk, measured between sections. On this "
+                 "shared virtual disk its cost moves by an order of magnitude with the neighbours' "
+                 "I/O; every `always` figure below moves with it, so compare an `always` row with "
+                 "the probe taken just before it.\n")
+        o.append("| when | fdatasync/s | p50 ms | p99 ms |")
+        o.append("|---|---|---|---|")
+        for r in probes:
+            o.append(f"| {r['label']} | {r['per_sec']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
+        o.append("")
+
     echo = [r for r in results if r.get("section") == "echo"]
     echo1 = rate(find(results, "echo", "1 KiB, 1 conn"))
     echo16 = rate(find(results, "echo", "1 KiB, 16 conns"))
@@ -263,6 +276,23 @@ def main():
     if anon:
         checks.append(("server anonymous memory < 200 MiB in every run", f"{max(anon):.0f} MiB",
                        "200 MiB", "met" if max(anon) < 200 else "**missed**"))
+    verified = [r for r in results if r.get("verify")]
+    if verified:
+        o.append("## Verification\n")
+        o.append("Each cluster had one `--verify` run: every acknowledged payload (each carries a "
+                 "unique id) read back through GET and checked.\n")
+        for r in verified:
+            v = r["verify"]
+            errs = "; ".join(f"{k} ×{n}" for k, n in v.get("read_errors", {}).items())
+            o.append(f"- {r['section']}: **{'OK' if v['ok'] else 'FAILED'}**: {v['acked']:,} "
+                     f"acknowledged, {v['read']:,} read back, {v['missing']} missing, "
+                     f"{v['duplicated']} duplicated, {v['corrupt']} corrupt, {v['out_of_order']} "
+                     f"out of order"
+                     + (f"; error answers during the read-back (retried): {errs}" if errs else "")
+                     + "".join(f"; read-back incomplete: {w}" for w in v.get("read_stopped", []))
+                     + ".")
+        o.append("")
+
     if any(c[1] != "not measured" for c in checks):
         o.append("## Targets of issue 6 (3 nodes, 1 KiB, to the segment leader unless said)\n")
         o.append("| target | measured | needed | |")

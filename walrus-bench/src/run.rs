@@ -206,6 +206,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     if let Some(codec) = codec {
         let deadline = Instant::now() + cfg.verify_timeout;
         let mut read_errors = BTreeMap::new();
+        let mut stopped = Vec::new();
         for (i, topic) in topics.iter().enumerate() {
             let found = read_topic(
                 &cfg.targets[0],
@@ -214,11 +215,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 32,
                 deadline,
                 &mut read_errors,
+                &mut stopped,
             )
             .await;
             reads.push(found.into_iter().map(|d| (i as u32, d)).collect());
         }
-        report.verify = Some(check(&acked, &reads, read_errors));
+        report.verify = Some(check(&acked, &reads, read_errors, stopped));
     }
     Ok(report)
 }
