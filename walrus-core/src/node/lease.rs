@@ -7,7 +7,7 @@
 //! `lease + margin` after it last heard from a node before it gives that
 //! node's topics away, so the old and the new writer never overlap.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,7 +24,8 @@ pub struct QuorumLease {
     metadata: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     lease: Duration,
-    valid_until: Mutex<Option<Instant>>,
+    /// The end of the lease; a watch so writers can wait for a renewal.
+    valid_until: tokio::sync::watch::Sender<Option<Instant>>,
 }
 
 impl QuorumLease {
@@ -39,33 +40,41 @@ impl QuorumLease {
             metadata,
             clock,
             lease,
-            valid_until: Mutex::new(None),
+            valid_until: tokio::sync::watch::channel(None).0,
         }
     }
 
     /// Records a successful renewal that started at `t0`.
     pub fn renewed(&self, t0: Instant) {
-        let mut v = self.lock();
         let until = t0 + self.lease;
-        if v.is_none_or(|old| old < until) {
-            *v = Some(until);
-        }
+        self.valid_until.send_if_modified(|v| {
+            let later = v.is_none_or(|old| old < until);
+            if later {
+                *v = Some(until);
+            }
+            later
+        });
     }
 
     /// True while the lease has not run out (whatever this node leads).
     pub fn is_valid(&self) -> bool {
-        self.lock().is_some_and(|until| self.clock.now() < until)
+        self.valid_until
+            .borrow()
+            .is_some_and(|until| self.clock.now() < until)
     }
 
     /// The instant the lease runs out, if it was ever renewed.
     pub fn valid_until(&self) -> Option<Instant> {
-        *self.lock()
+        *self.valid_until.borrow()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.valid_until
-            .lock()
-            .expect("lease lock poisoned: a panic while holding a plain Option")
+    /// Waits (at most `limit`) for a renewal that makes the lease valid;
+    /// true if it is valid on return.
+    pub async fn wait_valid(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.valid_until.subscribe();
+        let wait = rx.wait_for(|v| v.is_some_and(|until| self.clock.now() < until));
+        let valid = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
+        valid
     }
 }
 

@@ -163,7 +163,17 @@ impl super::Node {
         key: &SegmentKey,
         entries: Vec<Bytes>,
     ) -> Result<Appended> {
-        self.lease.check(key)?;
+        match self.lease.check(key) {
+            // A renewal may be in flight (a node that just started, a slow
+            // quorum round): give it two renewal periods before refusing.
+            Err(Error::LeaseExpired) => {
+                if !self.lease.wait_valid(self.config.lease_renew * 2).await {
+                    return Err(Error::LeaseExpired);
+                }
+                self.lease.check(key)?;
+            }
+            other => other?,
+        }
         let limit = self.config.max_segment_entries;
         let appended = match self.log.append(key, &entries, limit).await {
             Ok(a) => a,
