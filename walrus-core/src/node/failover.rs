@@ -116,3 +116,46 @@ impl super::Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THRESHOLD: Duration = Duration::from_millis(1500);
+
+    #[tokio::test(start_paused = true)]
+    async fn given_new_leadership_when_nobody_was_heard_should_wait_the_threshold_from_then() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        assert!(
+            f.is_live(2, t0 + THRESHOLD * 10, THRESHOLD),
+            "not leader: no opinion"
+        );
+        f.observe_term(Some(3), t0);
+        assert!(f.is_live(2, t0 + THRESHOLD - Duration::from_millis(1), THRESHOLD));
+        assert!(!f.is_live(2, t0 + THRESHOLD, THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_renewal_heard_when_time_passes_should_count_from_the_last_one() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0 + Duration::from_secs(1));
+        f.heard(2, t0 + Duration::from_millis(500));
+        assert!(f.is_live(2, t0 + Duration::from_millis(2400), THRESHOLD));
+        assert!(!f.is_live(2, t0 + Duration::from_millis(2500), THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_new_term_should_forget_what_was_heard_and_restart_the_clock() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        f.observe_term(Some(2), t1);
+        assert!(f.is_live(2, t1 + Duration::from_secs(1), THRESHOLD));
+        assert!(!f.is_live(2, t1 + THRESHOLD, THRESHOLD));
+    }
+}

@@ -166,3 +166,98 @@ impl super::Node {
         Ok(crate::NodeResponse::Lease { version })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::metadata::MetadataCmd;
+    use crate::testing::{sim_info, FakeMetadataCluster};
+    use crate::types::TopicName;
+
+    async fn setup() -> (FakeMetadataCluster, QuorumLease, SegmentKey) {
+        let cluster = FakeMetadataCluster::new();
+        let store = cluster.join(1, sim_info(1));
+        cluster.join(2, sim_info(2));
+        let topic = TopicName::new("t").unwrap();
+        store
+            .propose(MetadataCmd::CreateTopic {
+                topic: topic.clone(),
+                leader: 1,
+            })
+            .await
+            .unwrap();
+        let lease = QuorumLease::new(1, store, Arc::new(SystemClock), Duration::from_secs(1));
+        (cluster, lease, SegmentKey::new(topic, 1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_renewal_when_the_lease_time_passes_should_expire() {
+        let (_c, lease, key) = setup().await;
+        assert_eq!(lease.check(&key), Err(Error::LeaseExpired), "never renewed");
+        lease.renewed(Instant::now());
+        assert_eq!(lease.check(&key), Ok(()));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(lease.check(&key), Ok(()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(lease.check(&key), Err(Error::LeaseExpired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_an_older_renewal_when_recorded_late_should_not_shorten_the_lease() {
+        let (_c, lease, key) = setup().await;
+        let t0 = Instant::now();
+        lease.renewed(t0 + Duration::from_millis(500));
+        lease.renewed(t0);
+        assert_eq!(lease.valid_until(), Some(t0 + Duration::from_millis(1500)));
+        tokio::time::advance(Duration::from_millis(1200)).await;
+        assert_eq!(lease.check(&key), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_rolled_segment_when_checking_it_should_answer_not_leader() {
+        let (c, lease, key) = setup().await;
+        lease.renewed(Instant::now());
+        c.store(2)
+            .propose(MetadataCmd::Roll {
+                topic: key.topic.clone(),
+                segment: 1,
+                count: Some(0),
+                next_leader: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            lease.check(&key),
+            Err(Error::NotLeader),
+            "segment 1 is closed"
+        );
+        let next = SegmentKey::new(key.topic.clone(), 2);
+        assert_eq!(lease.check(&next), Err(Error::NotLeader), "node 2 leads it");
+        let unknown = SegmentKey::new(TopicName::new("nope").unwrap(), 1);
+        assert_eq!(lease.check(&unknown), Err(Error::TopicNotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_waiting_writer_when_a_renewal_lands_should_wake_it() {
+        let (_c, lease, _key) = setup().await;
+        let lease = Arc::new(lease);
+        let waiter = {
+            let lease = lease.clone();
+            tokio::spawn(async move { lease.wait_valid(Duration::from_millis(200)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lease.renewed(Instant::now());
+        assert!(waiter.await.unwrap());
+        assert!(
+            !QuorumLease::new(
+                9,
+                lease.metadata.clone(),
+                Arc::new(SystemClock),
+                Duration::from_secs(1)
+            )
+            .wait_valid(Duration::from_millis(200))
+            .await
+        );
+    }
+}
