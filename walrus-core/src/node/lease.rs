@@ -82,7 +82,8 @@ impl LeaseProvider for QuorumLease {
     fn check(&self, segment: &SegmentKey) -> Result<()> {
         let state = self.metadata.state();
         let Some(topic) = state.topic(&segment.topic) else {
-            return Err(Error::TopicNotFound);
+            // Not a leader as far as we know (our metadata may lag).
+            return Err(Error::NotLeader);
         };
         let current = topic.current();
         if current.id != segment.segment
@@ -120,6 +121,19 @@ impl super::Node {
             Ok(Err(e)) => tracing::debug!(node = self.id, "lease renewal failed: {e}"),
             Err(_) => tracing::debug!(node = self.id, "lease renewal timed out"),
         }
+    }
+
+    /// A read barrier: waits until this node's metadata holds every command
+    /// committed before the call (e.g. a topic just registered elsewhere).
+    pub(crate) async fn catch_up(&self) -> Result<()> {
+        let t0 = self.clock.now();
+        tokio::time::timeout(self.config.request_timeout, async {
+            let version = self.confirm_through_leader(t0).await?;
+            self.wait_for_version(version).await;
+            Ok(())
+        })
+        .await
+        .map_err(|_| Error::Timeout("the metadata to catch up with the quorum".into()))?
     }
 
     async fn confirm_through_leader(&self, t0: Instant) -> Result<u64> {
@@ -235,7 +249,7 @@ mod tests {
         let next = SegmentKey::new(key.topic.clone(), 2);
         assert_eq!(lease.check(&next), Err(Error::NotLeader), "node 2 leads it");
         let unknown = SegmentKey::new(TopicName::new("nope").unwrap(), 1);
-        assert_eq!(lease.check(&unknown), Err(Error::TopicNotFound));
+        assert_eq!(lease.check(&unknown), Err(Error::NotLeader));
     }
 
     #[tokio::test(start_paused = true)]
