@@ -84,12 +84,21 @@ impl super::Node {
         self.failover.observe_term(Some(status.term), now);
         let threshold = self.failover_threshold();
         let state = self.metadata.state();
+        let mut chosen: HashMap<NodeId, NodeId> = HashMap::new();
         for (topic, t) in &state.topics {
             let current = t.current();
             if current.leader == self.id || self.failover.is_live(current.leader, now, threshold) {
                 continue;
             }
-            let next = self.next_leader(current.leader).await;
+            // One choice per silent node per pass: each choice may ping.
+            let next = match chosen.get(&current.leader) {
+                Some(n) => *n,
+                None => {
+                    let n = self.next_leader(current.leader).await;
+                    chosen.insert(current.leader, n);
+                    n
+                }
+            };
             if next == current.leader {
                 continue;
             }
