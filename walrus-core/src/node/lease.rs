@@ -217,6 +217,18 @@ mod tests {
         assert_eq!(lease.check(&key), Err(Error::LeaseExpired));
     }
 
+    #[tokio::test]
+    async fn given_a_manual_clock_when_moved_past_the_lease_should_expire_exactly_then() {
+        let (c, _, key) = setup().await;
+        let clock = Arc::new(crate::testing::ManualClock::new());
+        let lease = QuorumLease::new(1, c.store(1), clock.clone(), Duration::from_secs(1));
+        lease.renewed(clock.now());
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(lease.check(&key), Ok(()));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(lease.check(&key), Err(Error::LeaseExpired));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn given_an_older_renewal_when_recorded_late_should_not_shorten_the_lease() {
         let (_c, lease, key) = setup().await;
