@@ -392,3 +392,74 @@ async fn given_two_nodes_when_each_calls_the_other_should_both_answer() {
     assert_eq!(ab, Ok(echoed("a to b")));
     assert_eq!(ba, Ok(echoed("b to a")));
 }
+
+#[tokio::test]
+async fn given_an_isolated_node_when_calling_or_called_should_be_unreachable_both_ways_until_healed(
+) {
+    let a = TestNode::start(quick_config()).await;
+    let b = TestNode::start(quick_config()).await;
+    a.transport.set_peer_address(2, &b.addr.to_string());
+    b.transport.set_peer_address(1, &a.addr.to_string());
+    assert_eq!(
+        a.transport.call(2, NodeRequest::Ping).await,
+        Ok(NodeResponse::Done)
+    );
+    assert_eq!(
+        b.transport.call(1, NodeRequest::Ping).await,
+        Ok(NodeResponse::Done)
+    );
+    let handled_by_a = a.handled();
+
+    a.transport.set_isolated(true);
+
+    assert_eq!(
+        a.transport.call(2, NodeRequest::Ping).await,
+        Err(Error::Unreachable(2))
+    );
+    assert_eq!(
+        b.transport.call(1, NodeRequest::Ping).await,
+        Err(Error::Unreachable(1))
+    );
+    assert_eq!(
+        a.handled(),
+        handled_by_a,
+        "an isolated node handles nothing"
+    );
+
+    a.transport.set_isolated(false);
+    let healed = eventually(Duration::from_secs(3), || async {
+        a.transport.call(2, NodeRequest::Ping).await == Ok(NodeResponse::Done)
+            && b.transport.call(1, NodeRequest::Ping).await == Ok(NodeResponse::Done)
+    })
+    .await;
+    assert!(healed, "both directions should work again after healing");
+}
+
+#[tokio::test]
+async fn given_a_dropped_transport_when_it_had_connections_should_close_them() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let caller = TcpTransport::new(TcpConfig {
+        request_timeout: Duration::from_millis(100),
+        ..quick_config()
+    });
+    caller.set_peer_address(2, &addr.to_string());
+    // The raw listener never answers: the call times out but the
+    // connection stays pooled.
+    let _ = caller.call(2, NodeRequest::Ping).await;
+    let (mut accepted, _) = listener.accept().await.unwrap();
+
+    drop(caller);
+
+    let mut buf = vec![0u8; 1024];
+    let eof = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut accepted, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the Ping frame
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "the peer should see the connection closed");
+}

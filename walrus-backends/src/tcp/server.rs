@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -40,6 +41,7 @@ pub(crate) async fn accept_loop(
     handler: Arc<dyn RequestHandler>,
     config: TcpConfig,
     stop: watch::Receiver<bool>,
+    isolated: Arc<AtomicBool>,
 ) {
     let local = listener.local_addr().ok();
     let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -52,12 +54,21 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if isolated.load(Ordering::Acquire) {
+                    continue; // dropping the stream closes it
+                }
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, max = config.max_connections, "too many node connections; closing the new one");
                     continue;
                 };
-                let serve =
-                    serve_connection(stream, peer, handler.clone(), config.clone(), stop.clone());
+                let serve = serve_connection(
+                    stream,
+                    peer,
+                    handler.clone(),
+                    config.clone(),
+                    stop.clone(),
+                    isolated.clone(),
+                );
                 tokio::spawn(async move {
                     serve.await;
                     drop(permit);
@@ -78,6 +89,7 @@ async fn serve_connection(
     handler: Arc<dyn RequestHandler>,
     config: TcpConfig,
     stop: watch::Receiver<bool>,
+    isolated: Arc<AtomicBool>,
 ) {
     socket::tune(&stream, &config, &peer);
     let (read, write) = stream.into_split();
@@ -110,6 +122,9 @@ async fn serve_connection(
                 break;
             }
         };
+        if isolated.load(Ordering::Acquire) {
+            break;
+        }
         let permit = tokio::select! {
             _ = &mut until_stopped => break,
             permit = in_flight.clone().acquire_owned() => {
