@@ -463,3 +463,22 @@ async fn given_a_dropped_transport_when_it_had_connections_should_close_them() {
     .await;
     assert!(eof.is_ok(), "the peer should see the connection closed");
 }
+
+#[tokio::test]
+async fn given_calls_in_flight_when_the_caller_shuts_down_should_fail_them_with_shutting_down() {
+    let server = TestNode::start(quick_config()).await;
+    let caller = caller_for(&server, quick_config());
+    let pending = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.call(2, consensus("sleep:1000:pending")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    caller.shutdown();
+
+    let answer = tokio::time::timeout(Duration::from_millis(500), pending)
+        .await
+        .expect("shutdown must not leave callers waiting")
+        .unwrap();
+    assert_eq!(answer, Err(Error::ShuttingDown));
+}

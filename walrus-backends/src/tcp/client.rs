@@ -99,6 +99,9 @@ impl Pool {
             }
             match conn.request(req, &self.config).await {
                 Err(Failure::NotSent) => continue,
+                Err(Failure::Lost) if self.closed.load(Ordering::Acquire) => {
+                    return Err(Error::ShuttingDown)
+                }
                 Err(Failure::Lost) => {
                     return Err(target.unreachable(addr, "connection lost during the request"))
                 }

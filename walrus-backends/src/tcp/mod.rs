@@ -135,7 +135,9 @@ impl TcpTransport {
     }
 
     /// Stops serving, closes every connection in both directions and fails
-    /// calls in flight; later calls fail with `ShuttingDown`.
+    /// calls in flight; later calls fail with `ShuttingDown`. Final: a shut
+    /// down transport does not serve or call again (create a new one).
+    /// Dropping the last `Arc` of a transport has the same effect.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
         self.pool.shutdown();
