@@ -121,18 +121,18 @@ async fn given_a_request_that_times_out_when_the_next_is_sent_should_get_its_own
     let server = TestNode::start(quick_config()).await;
     let proxy = CountingProxy::start(server.addr).await;
     let caller = TcpTransport::new(TcpConfig {
-        request_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_millis(400),
         ..quick_config()
     });
     caller.set_peer_address(2, &proxy.addr.to_string());
 
-    let slow = caller.call(2, consensus("sleep:250:slow")).await;
+    let slow = caller.call(2, consensus("sleep:500:slow")).await;
     assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
     assert!(slow.unwrap_err().is_retryable());
 
     // Pending while the late answer to the slow request arrives...
-    let next = caller.call(2, consensus("sleep:100:next")).await;
-    assert_eq!(next, Ok(echoed("sleep:100:next")));
+    let next = caller.call(2, consensus("sleep:200:next")).await;
+    assert_eq!(next, Ok(echoed("sleep:200:next")));
     // ...and sent after it.
     let after = caller.call(2, consensus("after")).await;
 
