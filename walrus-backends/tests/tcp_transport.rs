@@ -482,3 +482,39 @@ async fn given_calls_in_flight_when_the_caller_shuts_down_should_fail_them_with_
         .unwrap();
     assert_eq!(answer, Err(Error::ShuttingDown));
 }
+
+#[tokio::test]
+async fn given_a_failed_dial_when_called_again_within_the_back_off_should_fail_fast_without_dialling(
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let caller = TcpTransport::new(TcpConfig {
+        reconnect_backoff_min: Duration::from_secs(30),
+        reconnect_backoff_max: Duration::from_secs(30),
+        ..quick_config()
+    });
+    caller.set_peer_address(2, &addr.to_string());
+    assert_eq!(
+        caller.call(2, NodeRequest::Ping).await,
+        Err(Error::Unreachable(2))
+    );
+
+    // The peer comes up, but the caller is still backing off.
+    let server = TestNode::start_on(TcpListener::bind(addr).await.unwrap(), quick_config());
+    let answer = caller.call(2, NodeRequest::Ping).await;
+
+    assert_eq!(answer, Err(Error::Unreachable(2)));
+    assert_eq!(
+        server.handled(),
+        0,
+        "no dial may happen during the back-off"
+    );
+    // Another caller, with no failures behind it, connects at once.
+    let fresh = TcpTransport::new(quick_config());
+    fresh.set_peer_address(2, &addr.to_string());
+    assert_eq!(
+        fresh.call(2, NodeRequest::Ping).await,
+        Ok(NodeResponse::Done)
+    );
+}
