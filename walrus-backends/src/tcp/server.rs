@@ -93,7 +93,9 @@ async fn serve_connection(
 ) {
     socket::tune(&stream, &config, &peer);
     let (read, write) = stream.into_split();
-    let (outbox, outbox_rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection);
+    // At least one, or the connection could never make progress.
+    let max_in_flight = config.max_in_flight_per_connection.max(1);
+    let (outbox, outbox_rx) = mpsc::channel::<Bytes>(max_in_flight);
     let stop_writing = stopped(stop.clone());
     tokio::spawn(async move {
         if let Err(e) = write_loop(write, outbox_rx, stop_writing).await {
@@ -101,7 +103,7 @@ async fn serve_connection(
         }
     });
 
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut read = BufReader::with_capacity(READ_BUFFER, read);
     let until_stopped = stopped(stop);
     tokio::pin!(until_stopped);
