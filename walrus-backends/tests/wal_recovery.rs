@@ -375,3 +375,13 @@ fn given_a_bad_file_size_when_opening_should_refuse_with_the_range() {
     let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 100)).unwrap_err();
     assert!(err.to_string().contains("segment_file_bytes"), "{err}");
 }
+
+#[tokio::test]
+async fn given_an_open_store_when_the_same_directory_is_opened_again_should_refuse_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = WalStore::open(dir.path(), WalConfig::default()).unwrap();
+    let err = WalStore::open(dir.path(), WalConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    WalStore::open(dir.path(), WalConfig::default()).expect("free again once dropped");
+}

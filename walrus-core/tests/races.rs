@@ -24,6 +24,8 @@ struct Case {
     seals: u64,
     /// Per-mille of messages lost while writing.
     drops: u32,
+    /// Microseconds followers apply metadata after the leader.
+    lag_us: u64,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -35,9 +37,10 @@ fn case() -> impl Strategy<Value = Case> {
         0u64..3000,
         0u64..6,
         prop_oneof![Just(0u32), 1u32..50],
+        prop_oneof![Just(0u64), 1u64..5000],
     )
         .prop_map(
-            |(seed, limit, writers, writes, max_delay_us, seals, drops)| Case {
+            |(seed, limit, writers, writes, max_delay_us, seals, drops, lag_us)| Case {
                 seed,
                 limit,
                 writers,
@@ -45,6 +48,7 @@ fn case() -> impl Strategy<Value = Case> {
                 max_delay_us,
                 seals,
                 drops,
+                lag_us,
             },
         )
 }
@@ -56,6 +60,7 @@ async fn run(case: Case) -> Result<(), String> {
     let lossy = net.clone();
     let c =
         Arc::new(TestCluster::start_with(3, net, |id| TestCluster::config(id, case.limit)).await);
+    c.metadata.set_lag(Some(Duration::from_micros(case.lag_us)));
     if c.send(1 + case.seed % 3, "REGISTER t").await != Response::Ok {
         return Err("REGISTER failed".into());
     }
