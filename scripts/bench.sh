@@ -425,6 +425,7 @@ fsync_probe "at the end"
 
 # --- the markdown -----------------------------------------------------------------
 
-python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$DUR" "${WORK}/redis-version" >"$OUT"
+python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$DUR" "${WORK}/redis-version" "$OUT" >"$WORK/performance.md"
+cp "$WORK/performance.md" "$OUT"
 cp "$RESULTS" "${OUT%.md}.jsonl"
 log "wrote $OUT (raw results: ${OUT%.md}.jsonl)"

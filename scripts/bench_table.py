@@ -140,6 +140,11 @@ def main():
             o.append(f"| {r['label']} | {r['per_sec']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
         o.append("")
 
+    notes = keep_notes(sys.argv[4] if len(sys.argv) > 4 else None)
+    o.append(notes or (NOTES_START + "\n_(No notes yet: write the reading of these figures "
+                                      "between these markers; re-runs keep it.)_\n" + NOTES_END))
+    o.append("")
+
     echo = [r for r in results if r.get("section") == "echo"]
     echo1 = rate(find(results, "echo", "1 KiB, 1 conn"))
     echo16 = rate(find(results, "echo", "1 KiB, 16 conns"))
@@ -198,6 +203,22 @@ def main():
             o.append(f"### {count} node{'' if count == '1' else 's'}, `--fsync {fsync}`\n")
             o.append(table([r for r in results if r.get("section") == s], echo_base, "of echo"))
             o.append("")
+
+    walrus_rows = [r for r in results if r.get("section", "").startswith("walrus-") and r.get("servers")]
+    if walrus_rows:
+        heavy = max(walrus_rows, key=lambda r: sum(x["cpu_pct"] for x in r["servers"]))
+        o.append("## Server resources\n")
+        o.append(f"Heaviest run (most server CPU): {heavy['section']}, {heavy['label']}, "
+                 f"{heavy.get('ops_per_sec', 0):,.0f} ops/s.\n")
+        o.append("| process | CPU % | RSS MiB | RssAnon MiB | Anonymous MiB (smaps_rollup) | peak RSS MiB (VmHWM) |")
+        o.append("|---|---|---|---|---|---|")
+        for i, x in enumerate(heavy["servers"], 1):
+            o.append(f"| node {i} (pid {x['pid']}) | {x['cpu_pct']:.0f} | {x['rss_kib'] / 1024:.0f} | "
+                     f"{x['rss_anon_kib'] / 1024:.0f} | {x['anonymous_kib'] / 1024:.0f} | "
+                     f"{x['hwm_kib'] / 1024:.0f} |")
+        peak = max((x["hwm_kib"], r["section"]) for r in walrus_rows for x in r["servers"])
+        o.append(f"\nHighest peak RSS of any server process over all runs: {peak[0] / 1024:.0f} MiB "
+                 f"({peak[1]}).\n")
 
     ready = [r for r in results if r.get("section") == "ready"]
     fo = [r for r in results if r.get("section") == "failover"]
@@ -301,6 +322,16 @@ def main():
             o.append("| " + " | ".join(c) + " |")
         o.append("")
 
+    o.append("## Measuring your own cluster\n")
+    o.append("```")
+    o.append("cargo build --release -p walrus-bench")
+    o.append("walrus-bench -a 127.0.0.1:9091 --register -s 1024 -c 16 -d 32 -t 10s      # PUT, pipelined")
+    o.append("walrus-bench -a 127.0.0.1:9091 -w get -c 16 -t 10s                          # GET")
+    o.append("walrus-bench -a 127.0.0.1:9091 --register -r 20000 -c 16 -t 30s             # fixed rate, no coordinated omission")
+    o.append("walrus-bench -a 127.0.0.1:9091 --register --verify -c 4 -d 8 -n 100000      # check every acknowledged write")
+    o.append("walrus-bench --help                                                          # everything else (--json, --no-nodelay, --topics, mixed)")
+    o.append("```")
+    o.append("")
     o.append("## Commands\n")
     o.append("Everything above: `scripts/bench.sh` (set `BENCH_DURATION` to change the run length). "
              "Each row's exact command:\n")
@@ -319,6 +350,21 @@ def main():
     o.append("walrus-server --node-id N --data-dir <tmp> --raft-port 2703N --client-port 2701N --fsync <policy> --join 127.0.0.1:27031")
     o.append("```")
     print("\n".join(o))
+
+
+NOTES_START = "<!-- notes: kept by scripts/bench_table.py across re-runs -->"
+NOTES_END = "<!-- /notes -->"
+
+
+def keep_notes(path):
+    """The hand-written notes block of an earlier performance.md, if any."""
+    if not path or not os.path.exists(path):
+        return None
+    text = open(path).read()
+    start, end = text.find(NOTES_START), text.find(NOTES_END)
+    if start < 0 or end < start:
+        return None
+    return text[start:end + len(NOTES_END)]
 
 
 def find_label(results, section, start, contains):
