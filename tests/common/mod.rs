@@ -120,6 +120,8 @@ impl ServerProc {
             .arg(&s.client_host)
             .arg("--client-port")
             .arg(s.client_port.to_string());
+        // Small WAL files: tests make many small segments.
+        cmd.arg("--wal-file-bytes").arg("1048576");
         if let Some(j) = &s.join {
             cmd.arg("--join").arg(j);
         }
@@ -127,7 +129,7 @@ impl ServerProc {
             cmd.env(k, v);
         }
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+            cmd.env("RUST_LOG", "info,openraft=warn");
         }
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -33,8 +33,14 @@ async fn given_three_nodes_when_each_registers_puts_and_gets_should_route_every_
     }
     for topic in 1..=3u64 {
         let state = c.metadata.committed();
-        let t = state.topic(&walrus_core::TopicName::new(format!("t{topic}")).unwrap()).unwrap();
-        assert_eq!(t.current().leader, topic, "REGISTER on a voter makes it leader");
+        let t = state
+            .topic(&walrus_core::TopicName::new(format!("t{topic}")).unwrap())
+            .unwrap();
+        assert_eq!(
+            t.current().leader,
+            topic,
+            "REGISTER on a voter makes it leader"
+        );
         for via in 1..=3 {
             // GETs alternate over nodes, the shared cursor keeps PUT order.
             let get_via = (via % 3) + 1;
@@ -43,7 +49,10 @@ async fn given_three_nodes_when_each_registers_puts_and_gets_should_route_every_
                 ok_entry(&format!("from {via}"))
             );
         }
-        assert_eq!(c.send(topic, &format!("GET t{topic}")).await, Response::Empty);
+        assert_eq!(
+            c.send(topic, &format!("GET t{topic}")).await,
+            Response::Empty
+        );
     }
     // The entries live only on the segment leader's log.
     for n in 1..=3u64 {
@@ -60,8 +69,14 @@ async fn given_any_node_when_sending_bad_requests_should_answer_the_contract_tex
         assert_eq!(c.send(n, "PUT").await, err("PUT requires a topic"));
         assert_eq!(c.send(n, "PUT logs").await, err("PUT requires a payload"));
         assert_eq!(c.send(n, "PUT logs ").await, err("PUT requires a payload"));
-        assert_eq!(c.send(n, "PUT nonexistent hello").await, err("topic not found"));
-        assert_eq!(c.send(n, "REGISTER").await, err("REGISTER requires a topic"));
+        assert_eq!(
+            c.send(n, "PUT nonexistent hello").await,
+            err("topic not found")
+        );
+        assert_eq!(
+            c.send(n, "REGISTER").await,
+            err("REGISTER requires a topic")
+        );
         assert_eq!(c.send(n, "GET").await, err("GET requires a topic"));
         assert_eq!(c.send(n, "STATE").await, err("STATE requires a topic"));
         assert_eq!(c.send(n, "GET nonexistent").await, err("topic not found"));
