@@ -144,3 +144,36 @@ async fn given_a_put_through_a_node_cut_off_from_the_leader_should_answer_a_retr
     assert_eq!(c.send(2, "PUT logs x").await, Response::Ok);
     assert_eq!(c.send(3, "GET logs").await, ok_entry("x"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_lagging_followers_when_a_topic_was_just_registered_elsewhere_should_still_find_it() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 3)).await;
+    c.metadata.set_lag(Some(Duration::from_millis(30)));
+    assert_eq!(c.send(1, "REGISTER fresh").await, Response::Ok);
+    // Node 2 has not applied the REGISTER yet: it catches up first.
+    assert_eq!(c.send(2, "PUT fresh a").await, Response::Ok);
+    assert_eq!(c.send(3, "REGISTER other").await, Response::Ok);
+    assert_eq!(c.send(2, "STATE other").await, {
+        let state = c.metadata.committed();
+        Response::Json(
+            state
+                .topic_json(&walrus_core::TopicName::new("other").unwrap())
+                .unwrap()
+                .to_string(),
+        )
+    });
+    for i in 0..10 {
+        assert_eq!(
+            c.send(i % 3 + 1, &format!("PUT fresh b{i}")).await,
+            Response::Ok
+        );
+    }
+    assert_eq!(c.send(3, "GET fresh").await, ok_entry("a"));
+    for i in 0..10 {
+        assert_eq!(
+            c.send(i % 3 + 1, "GET fresh").await,
+            ok_entry(&format!("b{i}"))
+        );
+    }
+    assert_eq!(c.send(2, "GET nonexistent").await, err("topic not found"));
+}

@@ -8,10 +8,13 @@
 //! One redb file per node: `<dir>/raft.redb`.
 //!
 //! Timing defaults (see [`RaftConfig::new`]): heartbeat 100 ms, election
-//! timeout 600–1200 ms. A dead leader is replaced after at most ~1.2 s plus
-//! one vote round, inside the 1.5 s failover margin of core's leases; the
-//! heartbeat is far above a loopback connect time, so a leadership check
-//! never times out just because a connection is being (re)made.
+//! timeout 300–600 ms. openraft 0.9 starts an election only after a follower
+//! has heard nothing for `election_timeout_max` (its leader lease) plus its
+//! own random election timeout, checked every 1.5 heartbeats: 0.9–1.35 s
+//! after the leader's last heartbeat, so a dead leader is replaced well
+//! within 2 s while a follower tolerates ~9 lost heartbeats. The heartbeat
+//! is far above a connect time, so a leadership check (`confirm`) never
+//! fails just because a connection is being (re)made.
 
 pub mod log_store;
 pub mod network;
@@ -71,7 +74,7 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
-    /// Defaults: heartbeat 100 ms, election 600–1200 ms, proposals time out
+    /// Defaults: heartbeat 100 ms, election 300–600 ms, proposals time out
     /// after 5 s, snapshot every 10 000 entries.
     pub fn new(
         node_id: NodeId,
@@ -85,8 +88,8 @@ impl RaftConfig {
             raft_addr: raft_addr.into(),
             client_addr: client_addr.into(),
             heartbeat_ms: 100,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             propose_timeout: Duration::from_secs(5),
             add_node_timeout: Duration::from_secs(30),
             snapshot_every: 10_000,

@@ -22,7 +22,14 @@ struct Queue {
     pending: Vec<Arc<Segment>>,
     urgent: bool,
     shutdown: bool,
+    /// Urgent requests since the syncer last took the queue.
+    arrivals: usize,
+    /// The syncer is waiting for the rest of a group to arrive.
+    gathering: bool,
 }
+
+/// Longest a flush is delayed to let more appenders join it.
+const MAX_GATHER: Duration = Duration::from_micros(500);
 
 struct Shared {
     queue: Mutex<Queue>,
@@ -62,9 +69,12 @@ impl Syncer {
         if !already {
             q.pending.push(segment.clone());
         }
-        if urgent && !q.urgent {
-            q.urgent = true;
-            self.shared.wake.notify_one();
+        if urgent {
+            q.arrivals += 1;
+            if !q.urgent || q.gathering {
+                q.urgent = true;
+                self.shared.wake.notify_one();
+            }
         }
     }
 }
@@ -85,6 +95,9 @@ impl Drop for Syncer {
 
 fn run(shared: &Shared, interval: Option<Duration>) {
     let mut next_tick = interval.map(|d| Instant::now() + d);
+    // The previous group: how many joined it and how long its flush took.
+    let mut last_group = 0usize;
+    let mut last_flush = Duration::ZERO;
     loop {
         let (batch, stop) = {
             let mut q = shared.queue.lock().expect("sync queue lock poisoned");
@@ -108,15 +121,40 @@ fn run(shared: &Shared, interval: Option<Duration>) {
                     None => q = shared.wake.wait(q).expect("sync queue lock poisoned"),
                 }
             }
+            // Appenders released by the previous flush come back a few
+            // microseconds apart; flushing for the first one alone would
+            // split them into two half-sized groups. So when the last group
+            // had several members, wait (a fraction of a flush at most) for
+            // as many to be back.
+            if q.urgent && last_group > 1 {
+                let deadline = Instant::now() + (last_flush / 2).min(MAX_GATHER);
+                q.gathering = true;
+                while q.arrivals < last_group && !q.shutdown {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    q = shared
+                        .wake
+                        .wait_timeout(q, deadline - now)
+                        .expect("sync queue lock poisoned")
+                        .0;
+                }
+                q.gathering = false;
+            }
+            last_group = q.arrivals;
+            q.arrivals = 0;
             q.urgent = false;
             (std::mem::take(&mut q.pending), q.shutdown)
         };
+        let started = Instant::now();
         for segment in batch {
             // Cleared before the snapshot: an append after this point
             // queues the segment again and gets the next round.
             segment.queued.store(false, Ordering::SeqCst);
             segment.sync_round();
         }
+        last_flush = started.elapsed();
         if stop {
             return;
         }

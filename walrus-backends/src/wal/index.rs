@@ -35,7 +35,7 @@ impl SparseIndex {
     /// Records where entry `index` starts; only every `STRIDE`-th is kept.
     /// Entries must be recorded in order.
     pub fn record(&mut self, index: u64, pos: Pos) {
-        if index % STRIDE == 0 {
+        if index.is_multiple_of(STRIDE) {
             debug_assert_eq!(
                 self.points.len() as u64,
                 index / STRIDE,

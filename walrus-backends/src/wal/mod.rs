@@ -135,6 +135,8 @@ struct Inner {
     params: SegmentParams,
     segments: RwLock<HashMap<SegmentKey, Arc<Segment>>>,
     cache: Arc<ReadCache>,
+    /// Held (flock) for the store's life: one store per directory.
+    _lock: std::fs::File,
     // Declared last: dropped after everything above (it joins its thread).
     syncer: Syncer,
 }
@@ -167,6 +169,7 @@ impl WalStore {
                 dir.display()
             ))
         })?;
+        let lock = lock_dir(&dir)?;
         let params = SegmentParams {
             file_len: config.segment_file_bytes,
             group_commit: config.fsync == FsyncPolicy::Always,
@@ -185,6 +188,7 @@ impl WalStore {
                 config,
                 params,
                 segments: RwLock::new(segments),
+                _lock: lock,
                 syncer,
             }),
         })
@@ -341,6 +345,25 @@ impl LogStore for WalStore {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// Takes the directory's lock file: two stores appending to the same files
+/// would destroy each other's records.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        Error::Storage(format!(
+            "WAL directory {} is in use by another WalStore (this or another process): {e}; stop it before opening the WAL again",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
 }
 
 /// What a file name in a topic directory means.

@@ -361,7 +361,7 @@ impl Segment {
             // SAFETY: past the published end, under the append lock.
             unsafe { f.write_record(*off, e) };
             let index = first_index + i as u64;
-            if index % super::index::STRIDE == 0 {
+            if index.is_multiple_of(super::index::STRIDE) {
                 points.push((index, Pos::new(*part, *off)));
             }
             *off += RECORD_HEADER + e.len();
