@@ -241,5 +241,9 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
         m.acked.len(),
         l.unknown.len() + m.unknown.len()
     );
+    println!(
+        "partition test errors: isolated {:?}; majority {:?}",
+        l.errors, m.errors
+    );
     report("e2e partition", t0.elapsed());
 }
