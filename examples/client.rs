@@ -6,7 +6,9 @@ use distributed_walrus::cli_client::CliClient;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9091".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9091".into());
     let client = CliClient::new(addr);
 
     // Register topic first
@@ -24,7 +26,10 @@ async fn main() -> Result<()> {
         .into_iter()
         .filter(|r| r.is_err())
         .count();
-    println!("appended {} messages ({failed} failed)", batch.len() + 2 - failed);
+    println!(
+        "appended {} messages ({failed} failed)",
+        batch.len() + 2 - failed
+    );
 
     // Read through the topic's shared cursor.
     if let Some(entry) = client.get("logs").await? {

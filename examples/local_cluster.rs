@@ -81,7 +81,9 @@ async fn main() -> Result<()> {
     println!("Ctrl-C stops every node.\n");
     tokio::signal::ctrl_c().await?;
     for n in &nodes {
-        let _ = Command::new("kill").args(["-TERM", &n.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &n.id().to_string()])
+            .status();
     }
     for mut n in nodes {
         let _ = n.wait();

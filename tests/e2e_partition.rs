@@ -174,7 +174,7 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
     let cluster = Cluster::start(3, opts).await;
     let leader = cluster.leader(1).await.expect("a consensus leader");
     // The leader registers, so it leads the topic's open segment too.
-    cluster.client(leader).register("part").await.unwrap();
+    cluster.register(leader, "part").await;
     let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
     let addr = |i: u64| cluster.nodes[&i].spec.client_addr();
 
@@ -240,6 +240,10 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
         l.acked.len(),
         m.acked.len(),
         l.unknown.len() + m.unknown.len()
+    );
+    println!(
+        "partition test errors: isolated {:?}; majority {:?}",
+        l.errors, m.errors
     );
     report("e2e partition", t0.elapsed());
 }

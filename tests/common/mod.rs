@@ -120,6 +120,8 @@ impl ServerProc {
             .arg(&s.client_host)
             .arg("--client-port")
             .arg(s.client_port.to_string());
+        // Small WAL files: tests make many small segments.
+        cmd.arg("--wal-file-bytes").arg("1048576");
         if let Some(j) = &s.join {
             cmd.arg("--join").arg(j);
         }
@@ -127,7 +129,7 @@ impl ServerProc {
             cmd.env(k, v);
         }
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+            cmd.env("RUST_LOG", "info,openraft=warn");
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -333,6 +335,24 @@ impl Cluster {
         }
     }
 
+    /// REGISTER through `via`, then waits until every running node's
+    /// applied metadata has the topic. (A node that has not applied the
+    /// CreateTopic yet answers `ERR topic not found`; see the report.)
+    pub async fn register(&self, via: u64, topic: &str) {
+        self.client(via).register(topic).await.expect("REGISTER");
+        let start = Instant::now();
+        for id in self.ids() {
+            let c = self.client(id);
+            while c.state(topic).await.is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "node {id} never saw topic {topic}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
     /// The consensus leader as node `via` sees it.
     pub async fn leader(&self, via: u64) -> Option<u64> {
         self.client(via).metrics().await.ok()?["current_leader"].as_u64()
@@ -369,6 +389,8 @@ pub struct WriterLog {
     /// Longest time between two OKs, and when it started.
     pub longest_gap: Duration,
     pub ack_times: Vec<Instant>,
+    /// Every error seen, with how often.
+    pub errors: BTreeMap<String, usize>,
 }
 
 /// Writes `prefix-<i>` payloads to `topic` through `addrs` (rotating to the
@@ -401,12 +423,14 @@ pub async fn writer(
                     break;
                 }
                 Err(e) if retry_safe(&e) => {
+                    *log.errors.entry(e.to_string()).or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
                 }
-                Err(_) => {
+                Err(e) => {
+                    *log.errors.entry(e.to_string()).or_default() += 1;
                     // The write may have been applied (a timeout, a broken
                     // connection): never resend, record as unknown, move on.
                     log.unknown.push(payload.clone());

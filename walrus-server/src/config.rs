@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use walrus_backends::wal::{FsyncPolicy, WalConfig};
 
 use crate::listener::ListenerConfig;
 
@@ -66,8 +67,15 @@ pub struct ServerConfig {
 
     /// When an acknowledged PUT is on disk: `always` (before OK, shared
     /// fsyncs), `interval:<ms>` (within that many ms), `never` (left to the OS).
-    #[arg(long, env = "WALRUS_FSYNC", default_value = "always")]
-    pub fsync: String,
+    #[arg(long, env = "WALRUS_FSYNC", default_value = "always",
+          value_parser = clap::value_parser!(FsyncPolicy))]
+    pub fsync: FsyncPolicy,
+
+    /// Size of each WAL file, in bytes (reserved on disk up front; a segment
+    /// spans several files when it outgrows one; bounds one entry's size).
+    #[arg(long, env = "WALRUS_WAL_FILE_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(128 * 1024..=(4u64 << 30) - 1))]
+    pub wal_file_bytes: u64,
 
     /// Entries per segment before it is sealed and the next one opens.
     #[arg(long, env = "WALRUS_MAX_SEGMENT_ENTRIES", default_value_t = 1_000_000,
@@ -140,6 +148,14 @@ impl ServerConfig {
         }
     }
 
+    pub fn wal_config(&self) -> WalConfig {
+        WalConfig {
+            fsync: self.fsync,
+            segment_file_bytes: self.wal_file_bytes,
+            ..WalConfig::default()
+        }
+    }
+
     pub fn node_config(&self) -> walrus_core::NodeConfig {
         let mut c = walrus_core::NodeConfig::new(self.node_id);
         c.max_segment_entries = self.max_segment_entries;
@@ -163,7 +179,7 @@ mod tests {
         assert_eq!(c.client_bind_addr(), "127.0.0.1:9091");
         assert_eq!(c.raft_bind_addr(), "127.0.0.1:9191");
         assert_eq!(c.node_dir(), PathBuf::from("./data/node_1"));
-        assert_eq!(c.fsync, "always");
+        assert_eq!(c.fsync, FsyncPolicy::Always);
         assert!(c.join.is_none());
     }
 
@@ -192,11 +208,13 @@ mod tests {
         assert_eq!(c.raft_advertise_addr(), "127.0.0.1:7002");
         assert_eq!(c.join.as_deref(), Some("10.0.0.1:7001"));
         assert_eq!(c.listener_config().max_connections, 10);
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(50)));
     }
 
     #[test]
     fn given_a_zero_segment_size_should_refuse_it() {
         assert!(parse(&["--max-segment-entries", "0"]).is_err());
         assert!(parse(&["--client-port", "70000"]).is_err());
+        assert!(parse(&["--fsync", "sometimes"]).is_err());
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use walrus_backends::raft::{RaftConfig, RaftMetadataStore};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
-use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
+use walrus_backends::wal::WalStore;
 use walrus_core::{LogStore, MetadataStore, Node, RequestHandler, SystemClock};
 
 use crate::config::ServerConfig;
@@ -32,18 +32,10 @@ impl Stack {
     /// Opens this node's data, joins (or bootstraps, or rejoins) its
     /// cluster and opens the client port.
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Stack> {
-        let fsync: FsyncPolicy = config.fsync.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "--fsync {:?}: {e}; use always, interval:<ms> or never",
-                config.fsync
-            )
-        })?;
         let dir = config.node_dir();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let mut wal_config = WalConfig::default();
-        wal_config.fsync = fsync;
-        let wal = WalStore::open(dir.join("wal"), wal_config)
+        let wal = WalStore::open(dir.join("wal"), config.wal_config())
             .with_context(|| format!("cannot open the write-ahead log in {}", dir.display()))?;
         Self::start_with_log(config, Arc::new(wal)).await
     }
@@ -107,8 +99,9 @@ impl Stack {
         tracing::info!(node = config.node_id, "cluster membership established");
 
         node.start();
-        let clients = ClientListener::start(client_listener, node.clone(), config.listener_config())
-            .context("cannot start the client listener")?;
+        let clients =
+            ClientListener::start(client_listener, node.clone(), config.listener_config())
+                .context("cannot start the client listener")?;
         tracing::info!(node = config.node_id, addr = %clients.local_addr(), "client port open; node ready");
         Ok(Stack {
             node,

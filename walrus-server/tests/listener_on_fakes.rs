@@ -27,12 +27,20 @@ async fn given_the_seed_session_should_answer_as_the_seed_shows() {
     assert_eq!(c.send_raw("REGISTER logs").await.unwrap(), "OK");
     assert_eq!(c.send_raw("PUT logs hello world").await.unwrap(), "OK");
     assert_eq!(
-        c.send_raw("PUT logs {\"event\":\"user.login\",\"user_id\":123}").await.unwrap(),
+        c.send_raw("PUT logs {\"event\":\"user.login\",\"user_id\":123}")
+            .await
+            .unwrap(),
         "OK"
     );
     assert_eq!(c.send_raw("PUT").await.unwrap(), "ERR PUT requires a topic");
-    assert_eq!(c.send_raw("PUT logs").await.unwrap(), "ERR PUT requires a payload");
-    assert_eq!(c.send_raw("PUT nonexistent hello").await.unwrap(), "ERR topic not found");
+    assert_eq!(
+        c.send_raw("PUT logs").await.unwrap(),
+        "ERR PUT requires a payload"
+    );
+    assert_eq!(
+        c.send_raw("PUT nonexistent hello").await.unwrap(),
+        "ERR topic not found"
+    );
     assert_eq!(c.get("logs").await.unwrap().as_deref(), Some("hello world"));
     let state = c.state("logs").await.unwrap();
     assert!(state.get("current_segment").is_some(), "{state}");

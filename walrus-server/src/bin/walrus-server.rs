@@ -45,6 +45,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         raft = %config.raft_bind_addr(),
         join = ?config.join,
         fsync = %config.fsync,
+        version = env!("CARGO_PKG_VERSION"),
         max_segment_entries = config.max_segment_entries,
         "starting"
     );
@@ -84,7 +85,9 @@ async fn shutdown_signal() -> &'static str {
 }
 
 fn init_logging(config: &ServerConfig) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // openraft logs every election step at info; ours are the lifecycle lines.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match &config.log_file {
         Some(path) => {
@@ -98,7 +101,13 @@ fn init_logging(config: &ServerConfig) -> anyhow::Result<()> {
                 .with_writer(std::sync::Mutex::new(file))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
     }
     Ok(())
 }
