@@ -356,12 +356,7 @@ walrus_matrix() {
     leader=$(segment_leader "$reg" "$topic-0")
     bench_run "$tag" "PUT 1 KiB, to leader (node $leader), 1 conn, ordinary client (no TCP_NODELAY)" \
         -a "$(client_addr "$leader")" -s 1024 -c 1 -d 1 --no-nodelay --topic-prefix "$topic"
-    # A short verified run: the figures above are only worth something if
-    # every acknowledged write is really there.
-    register_topic "$reg" verify-0 || true
-    RUN_DUR=2s bench_run "$tag" "PUT 1 KiB, 4 conns x depth 8, --verify" \
-        -a "$(client_addr 1)" -s 1024 -c 4 -d 8 --topic-prefix verify --register --verify
-    # GETs last: they drain the topic the pipelined 1 KiB run filled.
+    # GETs drain the topic the pipelined 1 KiB run filled.
     topic="t1024-leader-c16-d32"
     for conns in 1 16; do
         bench_run "$tag" "GET, $conns conn(s), from node 1" \
@@ -373,6 +368,16 @@ walrus_matrix() {
         echo '{"elapsed_ms": null}')
     jq -c --arg s "$tag" '. + {section: "after-get", label: $s}' <<<"$json" >>"$RESULTS"
     log "  write after the GET load: $json"
+    stop_cluster
+
+    # A verified run on a fresh cluster of the same kind (so that neither
+    # the runs above nor its own read-back disturb the others): the figures
+    # are only worth something if every acknowledged write is really there.
+    start_cluster "$n" "$fsync" "$tag-verify"
+    wait_ready "$n" "$tag-verify" >/dev/null
+    register_topic "$reg" verify-0 || true
+    RUN_DUR=2s bench_run "$tag" "PUT 1 KiB, 4 conns x depth 8, --verify" \
+        -a "$(client_addr 1)" -s 1024 -c 4 -d 8 --topic-prefix verify --register --verify
     stop_cluster
 }
 

@@ -227,7 +227,10 @@ def main():
     if ready or fo or after_get or problems:
         o.append("## Start-up and failover\n")
         for r in ready:
-            o.append(f"- {r['label']}: {r['nodes']} node(s) started at once; every node "
+            if r["label"].endswith("-verify"):
+                continue
+            nodes = "1 node started;" if r["nodes"] == 1 else f"{r['nodes']} nodes started at once;"
+            o.append(f"- {r['label']}: {nodes} every node "
                      f"accepted a PUT (after REGISTER) **{r['ready_ms']} ms** after the start.")
         for r in fo:
             ms = r.get("elapsed_ms")
