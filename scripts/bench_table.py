@@ -140,6 +140,13 @@ def main():
             o.append(f"| {r['label']} | {r['per_sec']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
         o.append("")
 
+    docs_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
+    parts = [f"`docs/{n}`" for n in ("wal-performance.md", "raft-performance.md", "tcp-performance.md")
+             if os.path.exists(os.path.join(docs_dir, n))]
+    if parts:
+        o.append("Figures of the single components (WAL, Raft log, transport) measured on their own: "
+                 + ", ".join(parts) + ".\n")
+
     notes = keep_notes(sys.argv[4] if len(sys.argv) > 4 else None)
     o.append(notes or (NOTES_START + "\n_(No notes yet: write the reading of these figures "
                                       "between these markers; re-runs keep it.)_\n" + NOTES_END))
