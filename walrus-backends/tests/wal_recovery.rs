@@ -385,3 +385,31 @@ async fn given_an_open_store_when_the_same_directory_is_opened_again_should_refu
     drop(first);
     WalStore::open(dir.path(), WalConfig::default()).expect("free again once dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_concurrent_appenders_with_fsync_always_when_appending_should_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = WalStore::open(dir.path(), WalConfig::default()).unwrap();
+    let seg = key("group", 1);
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let (store, seg) = (store.clone(), seg.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                store
+                    .append(&seg, &[payload(t * 100 + i, 100)], u64::MAX)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let flushes = store.flush_count();
+    assert_eq!(store.info(&seg).await.unwrap().unwrap().count, 640);
+    assert!(
+        flushes < 640 / 2,
+        "640 concurrent appends took {flushes} flushes: no group commit"
+    );
+}

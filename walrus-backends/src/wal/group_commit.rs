@@ -10,7 +10,7 @@
 //! flushed on its timer; with `never` they are flushed only on request
 //! (`sync`, `seal`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +34,8 @@ const MAX_GATHER: Duration = Duration::from_micros(500);
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Segment flushes done (one per segment per group).
+    flushes: AtomicU64,
 }
 
 pub(crate) struct Syncer {
@@ -48,6 +50,7 @@ impl Syncer {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            flushes: AtomicU64::new(0),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -76,6 +79,13 @@ impl Syncer {
                 self.shared.wake.notify_one();
             }
         }
+    }
+}
+
+impl Syncer {
+    /// Segment flushes done so far.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
     }
 }
 
@@ -152,7 +162,9 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // Cleared before the snapshot: an append after this point
             // queues the segment again and gets the next round.
             segment.queued.store(false, Ordering::SeqCst);
-            segment.sync_round();
+            if segment.sync_round() {
+                shared.flushes.fetch_add(1, Ordering::Relaxed);
+            }
         }
         last_flush = started.elapsed();
         if stop {

@@ -207,6 +207,12 @@ impl WalStore {
         self.inner.cache.len()
     }
 
+    /// Flushes (msync) done by the syncer so far, one per segment per group
+    /// commit: fewer than appends when appends share them.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.syncer.flushes()
+    }
+
     fn get(&self, key: &SegmentKey) -> Option<Arc<Segment>> {
         self.inner
             .segments

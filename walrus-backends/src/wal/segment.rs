@@ -466,8 +466,9 @@ impl Segment {
 
     /// Called by the syncer only: makes everything written so far durable
     /// and completes the waiters it covers. Holds the append lock only to
-    /// snapshot and to publish, never during the flush.
-    pub fn sync_round(&self) {
+    /// snapshot and to publish, never during the flush. Returns whether it
+    /// flushed anything.
+    pub fn sync_round(&self) -> bool {
         let (from, target, target_count, parts) = {
             let mut st = self.lock();
             let Some(target) = st.pos else {
@@ -475,14 +476,14 @@ impl Segment {
                 let done = take_waiters(&mut st.waiters, synced);
                 drop(st);
                 complete(done, Ok(()));
-                return;
+                return false;
             };
             if st.synced_pos == Some(target) {
                 let synced = st.synced_count;
                 let done = take_waiters(&mut st.waiters, synced);
                 drop(st);
                 complete(done, Ok(()));
-                return;
+                return false;
             }
             let first_part = st.synced_pos.map_or(0, |p| p.part) as usize;
             let parts: Vec<_> = self
@@ -529,6 +530,7 @@ impl Segment {
                 complete(failed, Err(e));
             }
         }
+        true
     }
 
     fn rollback(&self, st: &mut AppendState) {
