@@ -327,7 +327,10 @@ impl Segment {
         let first_new_part = st.pos.map_or(0, |p| p.part + 1);
         let created = self.create_parts(first_new_part, need)?;
 
-        // Write: infallible memcpy into the maps.
+        // Write: memcpy into the maps. A file that is left behind is made
+        // durable (with its next marker) before its successor gets any
+        // data, so after a crash only the last file can have a torn tail
+        // and data in a later file always means corruption.
         let first_index = st.count;
         let mut cur: Option<(Arc<SegmentFile>, u32, usize)> = st
             .current
@@ -335,7 +338,6 @@ impl Segment {
             .zip(st.pos)
             .map(|(f, p)| (f, p.part, p.off()));
         let mut new_files = created.iter();
-        let mut rolled: Vec<(Arc<SegmentFile>, usize)> = Vec::new();
         let mut points = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             if !cur
@@ -350,7 +352,10 @@ impl Segment {
                     Some((f, part, off)) => {
                         // SAFETY: past the published end, under the append lock.
                         unsafe { f.write_next_marker(off) };
-                        rolled.push((f, off + RECORD_HEADER));
+                        if let Err(e) = f.flush(HEADER_LEN, off + RECORD_HEADER) {
+                            self.undo_unpublished(&st, &created);
+                            return Err(e);
+                        }
                         part + 1
                     }
                     None => 0,
@@ -365,15 +370,6 @@ impl Segment {
                 points.push((index, Pos::new(*part, *off)));
             }
             *off += RECORD_HEADER + e.len();
-        }
-
-        // A file that is left behind is made durable before its successor
-        // gets any data, so on recovery only the last file can have a tail.
-        for (f, end) in &rolled {
-            if let Err(e) = f.flush(HEADER_LEN, *end) {
-                self.undo_unpublished(&st, &created);
-                return Err(e);
-            }
         }
 
         // Publish to readers' structures, then to the counters.
