@@ -141,6 +141,15 @@ async fn wal(
             .unwrap_or(0)
     };
     let entries_per_s = count as f64 / t;
+    let flushes = store.flush_count();
+    let group = if flushes > 0 && fsync == FsyncPolicy::Always {
+        format!(
+            ", {:.1} appends per flush",
+            lat.len() as f64 / flushes as f64
+        )
+    } else {
+        String::new()
+    };
     drop(store);
     let _ = std::fs::remove_dir_all(&sub);
     Row {
@@ -155,7 +164,11 @@ async fn wal(
         ),
         ops: entries_per_s,
         mib: entries_per_s * size as f64 / MIB,
-        extra: format!("append latency p50 {} µs, p99 {} µs", pct(0.5), pct(0.99)),
+        extra: format!(
+            "append latency p50 {} µs, p99 {} µs{group}",
+            pct(0.5),
+            pct(0.99)
+        ),
     }
 }
 

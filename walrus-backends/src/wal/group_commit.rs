@@ -29,7 +29,7 @@ struct Queue {
 }
 
 /// Longest a flush is delayed to let more appenders join it.
-const MAX_GATHER: Duration = Duration::from_micros(500);
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
 struct Shared {
     queue: Mutex<Queue>,
@@ -134,10 +134,10 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // Appenders released by the previous flush come back a few
             // microseconds apart; flushing for the first one alone would
             // split them into two half-sized groups. So when the last group
-            // had several members, wait (a fraction of a flush at most) for
+            // had several members, wait (one flush time at most) for
             // as many to be back.
             if q.urgent && last_group > 1 {
-                let deadline = Instant::now() + (last_flush / 2).min(MAX_GATHER);
+                let deadline = Instant::now() + last_flush.min(MAX_GATHER);
                 q.gathering = true;
                 while q.arrivals < last_group && !q.shutdown {
                     let now = Instant::now();
