@@ -1,1 +1,682 @@
-//! openraft + redb metadata store.
+//! openraft + redb metadata store: [`RaftMetadataStore`].
+//!
+//! - [`types`]: the openraft type configuration and encodings.
+//! - [`log_store`]: the Raft log, vote and committed index in redb.
+//! - [`state_machine`]: [`walrus_core::ClusterState`] with snapshots in redb.
+//! - [`network`]: Raft RPCs and forwarded proposals over the core `Transport`.
+//!
+//! One redb file per node: `<dir>/raft.redb`.
+//!
+//! Timing defaults (see [`RaftConfig::new`]): heartbeat 100 ms, election
+//! timeout 300–600 ms. openraft 0.9 starts an election only after a follower
+//! has heard nothing for `election_timeout_max` (its leader lease) plus its
+//! own random election timeout, checked every 1.5 heartbeats: 0.9–1.35 s
+//! after the leader's last heartbeat, so a dead leader is replaced well
+//! within 2 s while a follower tolerates ~9 lost heartbeats. The heartbeat
+//! is far above a connect time, so a leadership check (`confirm`) never
+//! fails just because a connection is being (re)made.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader,
+    InitializeError, RaftError,
+};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use walrus_core::{
+    ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore, NodeInfo,
+    NodeRequest, NodeResponse, Result, Transport,
+};
+
+use self::log_store::RedbLogStore;
+use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
+use self::state_machine::StateMachineStore;
+use self::types::{NodeId, Raft};
+
+/// How one node runs its consensus.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub node_id: NodeId,
+    /// The node's data directory (e.g. `<data-dir>/node_<id>`).
+    pub dir: PathBuf,
+    /// Advertised inter-node address (`host:port`).
+    pub raft_addr: String,
+    /// Advertised client address (`host:port`).
+    pub client_addr: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a proposal (or a confirm) may wait for a quorum before it
+    /// fails with `Unavailable`.
+    pub propose_timeout: Duration,
+    /// How long `add_node` may take (the learner catches up first).
+    pub add_node_timeout: Duration,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging
+    /// follower gets entries instead of a whole snapshot.
+    pub keep_behind_snapshot: u64,
+}
+
+impl RaftConfig {
+    /// Defaults: heartbeat 100 ms, election 300–600 ms, proposals time out
+    /// after 5 s, snapshot every 10 000 entries.
+    pub fn new(
+        node_id: NodeId,
+        dir: impl Into<PathBuf>,
+        raft_addr: impl Into<String>,
+        client_addr: impl Into<String>,
+    ) -> Self {
+        RaftConfig {
+            node_id,
+            dir: dir.into(),
+            raft_addr: raft_addr.into(),
+            client_addr: client_addr.into(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            propose_timeout: Duration::from_secs(5),
+            add_node_timeout: Duration::from_secs(30),
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+        }
+    }
+
+    fn openraft_config(&self) -> anyhow::Result<openraft::Config> {
+        let config = openraft::Config {
+            cluster_name: "walrus".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .context("invalid raft timing configuration")
+    }
+
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            raft_addr: self.raft_addr.clone(),
+            client_addr: self.client_addr.clone(),
+        }
+    }
+}
+
+/// Why one attempt of a forwarded operation failed.
+enum Attempt {
+    /// Nothing was done (no leader known, leader changed, peer unreachable):
+    /// try again until the deadline.
+    Retry(String),
+    /// Give up with this error.
+    Fail(Error),
+}
+
+/// The [`MetadataStore`] on openraft, with its log and snapshots in redb.
+pub struct RaftMetadataStore {
+    id: NodeId,
+    config: RaftConfig,
+    raft: Raft,
+    transport: Arc<dyn Transport>,
+    state_rx: watch::Receiver<Arc<ClusterState>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+impl RaftMetadataStore {
+    /// Opens (or creates) the node's redb file under `config.dir` and starts
+    /// its Raft. Call [`Self::bootstrap_or_join`] next.
+    pub async fn open(
+        config: RaftConfig,
+        transport: Arc<dyn Transport>,
+    ) -> anyhow::Result<Arc<RaftMetadataStore>> {
+        let raft_config = Arc::new(config.openraft_config()?);
+        std::fs::create_dir_all(&config.dir)
+            .with_context(|| format!("cannot create data directory {}", config.dir.display()))?;
+        let db = Arc::new(open_db(config.dir.join("raft.redb")).await?);
+        let log_store = RedbLogStore::new(db.clone())?;
+        let state_machine = StateMachineStore::new(db)?;
+        let state_rx = state_machine.watch();
+        let network = NetworkFactory {
+            me: config.node_id,
+            transport: transport.clone(),
+            backoff: Duration::from_millis(config.heartbeat_ms * 2),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .context("cannot start raft")?;
+        let store = Arc::new(RaftMetadataStore {
+            id: config.node_id,
+            config,
+            raft,
+            transport,
+            state_rx,
+            tasks: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+        });
+        let sync = tokio::spawn(sync_peer_addresses(
+            store.raft.metrics(),
+            store.state_rx.clone(),
+            store.transport.clone(),
+        ));
+        store.track(sync);
+        Ok(store)
+    }
+
+    /// Makes this node part of a cluster:
+    ///
+    /// - a member restarting from its data: nothing to wait for; it re-registers
+    ///   (and, if it was left a learner, is promoted) in the background;
+    /// - no data and no `join`: initialises a one-voter cluster (only ever on
+    ///   empty data) and records this node's addresses;
+    /// - no data and `join = Some(addr)`: asks the cluster at `addr` to add
+    ///   this node, retrying with backoff until it is accepted.
+    pub async fn bootstrap_or_join(self: &Arc<Self>, join: Option<String>) -> anyhow::Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .context("raft stopped while starting")?;
+        if initialized {
+            let me = self.clone();
+            let task = tokio::spawn(async move { me.register_until_done().await });
+            self.track(task);
+            return Ok(());
+        }
+        match join {
+            None => {
+                let members = BTreeMap::from([(self.id, BasicNode::new(&self.config.raft_addr))]);
+                match self.raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => return Err(anyhow::anyhow!("cannot initialise the cluster: {e}")),
+                }
+                self.register_until_done().await;
+                Ok(())
+            }
+            Some(addr) => self.join_via(&addr).await,
+        }
+    }
+
+    /// Stops Raft and the background tasks. The redb file is closed once
+    /// openraft has dropped its storage.
+    pub async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = self.id, "raft shutdown: {e}");
+        }
+    }
+
+    /// The openraft handle, for tests and diagnostics.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn track(&self, task: JoinHandle<()>) {
+        self.lock_tasks().push(task);
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn remember(&self, leader: &ForwardToLeader<NodeId, BasicNode>) {
+        if let (Some(id), Some(node)) = (leader.leader_id, &leader.leader_node) {
+            self.transport.set_peer_address(id, &node.addr);
+        }
+    }
+
+    /// Joins through `addr` until the cluster accepts this node.
+    async fn join_via(&self, addr: &str) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                anyhow::bail!("shut down before joining the cluster at {addr}");
+            }
+            let req = NodeRequest::Join {
+                node: self.id,
+                info: self.config.info(),
+            };
+            match self.transport.call_addr(addr, req).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    tracing::info!(
+                        node = self.id,
+                        "join via {addr} not accepted yet: {e}; retrying"
+                    )
+                }
+                Err(e) => anyhow::bail!("the cluster at {addr} refused node {}: {e}", self.id),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Records this node's addresses in metadata (and makes it a voter if it
+    /// is not), retrying until done or shut down.
+    async fn register_until_done(&self) {
+        let mut backoff = Duration::from_millis(50);
+        while !self.stopped.load(Ordering::SeqCst) {
+            match self.add_node(self.id, self.config.info()).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(node = self.id, "registering addresses: {e}; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Waits until this node has applied log `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "read your writes")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "committed at index {index} but not yet applied on node {}: {e}; retry",
+                    self.id
+                ))
+            })
+    }
+
+    /// Runs `op` (one attempt: locally if leader, else forwarded) until it
+    /// succeeds, fails for good, or the deadline passes.
+    async fn with_retries<T, F, Fut>(&self, what: &str, timeout: Duration, mut op: F) -> Result<T>
+    where
+        F: FnMut(Instant) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Attempt>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(Error::ShuttingDown);
+            }
+            match op(deadline).await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(why)) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(Error::Unavailable(format!(
+                            "no quorum for {what} within {timeout:?} ({why}), retry"
+                        )));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Commits `cmd` on this node, which must be the leader.
+    async fn write_local(
+        &self,
+        cmd: MetadataCmd,
+        deadline: Instant,
+    ) -> std::result::Result<(CmdResult, u64), Attempt> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                self.remember(&f);
+                Err(Attempt::Retry(format!(
+                    "node {} is no longer the leader",
+                    self.id
+                )))
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(Attempt::Fail(Error::internal(e))),
+            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(fatal(e))),
+            // It may still commit later; retrying could apply it twice.
+            Err(_) => Err(Attempt::Fail(Error::Unavailable(format!(
+                "no quorum: the proposal was not committed within {:?}, retry",
+                self.config.propose_timeout
+            )))),
+        }
+    }
+
+    /// Makes `node` a voter with `info` recorded, on this node as leader.
+    /// Returns the log index of the `UpsertNode`.
+    async fn add_node_local(
+        &self,
+        node: NodeId,
+        info: &NodeInfo,
+        deadline: Instant,
+    ) -> std::result::Result<u64, Attempt> {
+        self.transport.set_peer_address(node, &info.raft_addr);
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let is_voter = membership.membership().voter_ids().any(|id| id == node);
+        if !is_voter {
+            let is_learner = membership.nodes().any(|(id, _)| *id == node);
+            if !is_learner {
+                let learner = BasicNode::new(&info.raft_addr);
+                // Blocking: returns once the learner has caught up, so the
+                // promotion below does not stall the quorum.
+                let r = self.membership_op(deadline, self.raft.add_learner(node, learner, true));
+                r.await?;
+            }
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
+            self.membership_op(deadline, self.raft.change_membership(change, false))
+                .await?;
+        }
+        let cmd = MetadataCmd::UpsertNode {
+            node,
+            info: info.clone(),
+        };
+        Ok(self.write_local(cmd, deadline).await?.1)
+    }
+
+    async fn membership_op<F>(&self, deadline: Instant, op: F) -> std::result::Result<(), Attempt>
+    where
+        F: std::future::Future<
+            Output = std::result::Result<
+                openraft::raft::ClientWriteResponse<types::TypeConfig>,
+                RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+            >,
+        >,
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, op).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                self.remember(&f);
+                Err(Attempt::Retry("the leader changed".into()))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )))) => Err(Attempt::Retry(
+                "another membership change is in progress".into(),
+            )),
+            Ok(Err(RaftError::APIError(e))) => Err(Attempt::Fail(Error::internal(e))),
+            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(fatal(e))),
+            Err(_) => Err(Attempt::Fail(Error::Unavailable(
+                "no quorum: the membership change did not complete in time, retry".into(),
+            ))),
+        }
+    }
+
+    /// Sends a forwarded request to the leader `to`.
+    async fn forward(
+        &self,
+        to: NodeId,
+        req: &ConsensusRequest,
+        deadline: Instant,
+    ) -> std::result::Result<ConsensusReply, Attempt> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, network::call(&*self.transport, to, req)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(
+                e @ (Error::NotLeader
+                | Error::Unreachable(_)
+                | Error::ShuttingDown
+                | Error::Unavailable(_)),
+            )) => Err(Attempt::Retry(format!("leader {to}: {e}"))),
+            Ok(Err(e)) => Err(Attempt::Fail(e)),
+            Err(_) => Err(Attempt::Fail(Error::Timeout(format!(
+                "the consensus leader (node {to})"
+            )))),
+        }
+    }
+
+    fn not_leader() -> Attempt {
+        Attempt::Retry("no consensus leader is known".into())
+    }
+}
+
+/// Opens the redb file, waiting briefly if a previous instance in this
+/// process is still closing it (openraft drops its storage asynchronously).
+async fn open_db(path: PathBuf) -> anyhow::Result<redb::Database> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || redb::Database::create(p)).await?;
+        match r {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open raft database {}", path.display()))
+            }
+        }
+    }
+}
+
+fn fatal(e: Fatal<NodeId>) -> Error {
+    match e {
+        Fatal::Stopped => Error::ShuttingDown,
+        other => Error::Internal(format!("raft failed: {other}")),
+    }
+}
+
+/// Passes every member address learnt from membership or metadata to the
+/// transport, so that any member can be dialled (forwarding, replication).
+async fn sync_peer_addresses(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    mut state: watch::Receiver<Arc<ClusterState>>,
+    transport: Arc<dyn Transport>,
+) {
+    let mut known: HashMap<NodeId, String> = HashMap::new();
+    loop {
+        let mut addrs: Vec<(NodeId, String)> = metrics
+            .borrow_and_update()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        addrs.extend(
+            state
+                .borrow_and_update()
+                .nodes
+                .iter()
+                .map(|(id, info)| (*id, info.raft_addr.clone())),
+        );
+        for (id, addr) in addrs {
+            if known.get(&id) != Some(&addr) {
+                transport.set_peer_address(id, &addr);
+                known.insert(id, addr);
+            }
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            r = state.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataStore for RaftMetadataStore {
+    async fn propose(&self, cmd: MetadataCmd) -> Result<CmdResult> {
+        let timeout = self.config.propose_timeout;
+        self.with_retries("a metadata proposal", timeout, |deadline| {
+            let cmd = cmd.clone();
+            async move {
+                match self.current_leader() {
+                    None => Err(Self::not_leader()),
+                    Some(leader) if leader == self.id => {
+                        Ok(self.write_local(cmd, deadline).await?.0)
+                    }
+                    Some(leader) => {
+                        let req = ConsensusRequest::Propose(cmd);
+                        match self.forward(leader, &req, deadline).await? {
+                            ConsensusReply::Proposed { result, index } => {
+                                self.wait_applied(index, deadline)
+                                    .await
+                                    .map_err(Attempt::Fail)?;
+                                Ok(result)
+                            }
+                            other => Err(Attempt::Fail(Error::Internal(format!(
+                                "leader {leader} answered a proposal with {other:?}"
+                            )))),
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    fn watch(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state_rx.clone()
+    }
+
+    async fn confirm(&self) -> Result<u64> {
+        let timeout = self.config.propose_timeout;
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            // ensure_linearizable has waited until the read point is applied.
+            Ok(Ok(_)) => Ok(self.state_rx.borrow().version),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                self.remember(&f);
+                Err(Error::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(Error::Unavailable(format!(
+                    "no quorum: node {} could not confirm its leadership ({e}), retry",
+                    self.id
+                )))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no quorum: node {} could not confirm its leadership within {timeout:?}, retry",
+                self.id
+            ))),
+        }
+    }
+
+    fn status(&self) -> ConsensusStatus {
+        let m = self.raft.metrics().borrow().clone();
+        ConsensusStatus {
+            node: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    async fn add_node(&self, node: NodeId, info: NodeInfo) -> Result<()> {
+        let timeout = self.config.add_node_timeout;
+        self.with_retries("adding a node", timeout, |deadline| {
+            let info = info.clone();
+            async move {
+                match self.current_leader() {
+                    None => Err(Self::not_leader()),
+                    Some(leader) if leader == self.id => {
+                        self.add_node_local(node, &info, deadline).await.map(|_| ())
+                    }
+                    Some(leader) => {
+                        let req = ConsensusRequest::AddNode { node, info };
+                        match self.forward(leader, &req, deadline).await? {
+                            ConsensusReply::NodeAdded { .. } => Ok(()),
+                            other => Err(Attempt::Fail(Error::Internal(format!(
+                                "leader {leader} answered add_node with {other:?}"
+                            )))),
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(&*self.raft.metrics().borrow())
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert(
+                "metadata_version".into(),
+                self.state_rx.borrow().version.into(),
+            );
+        }
+        json
+    }
+
+    async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
+        let reply = match network::decode_request(&msg)? {
+            ConsensusRequest::AppendEntries(rpc) => {
+                ConsensusReply::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            ConsensusRequest::Vote(rpc) => ConsensusReply::Vote(self.raft.vote(rpc).await),
+            ConsensusRequest::InstallSnapshot(rpc) => {
+                ConsensusReply::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+            ConsensusRequest::Propose(cmd) => {
+                let deadline = Instant::now() + self.config.propose_timeout;
+                match self.write_local(cmd, deadline).await {
+                    Ok((result, index)) => ConsensusReply::Proposed { result, index },
+                    Err(Attempt::Retry(_)) => return Err(Error::NotLeader),
+                    Err(Attempt::Fail(e)) => return Err(e),
+                }
+            }
+            ConsensusRequest::AddNode { node, info } => {
+                if self.current_leader() != Some(self.id) {
+                    return Err(Error::NotLeader);
+                }
+                let deadline = Instant::now() + self.config.add_node_timeout;
+                match self.add_node_local(node, &info, deadline).await {
+                    Ok(index) => ConsensusReply::NodeAdded { index },
+                    Err(Attempt::Retry(_)) => return Err(Error::NotLeader),
+                    Err(Attempt::Fail(e)) => return Err(e),
+                }
+            }
+        };
+        network::encode_reply(&reply)
+    }
+}
+
+impl Drop for RaftMetadataStore {
+    fn drop(&mut self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Answers a `NodeRequest` aimed at the metadata store; for tests and
+/// servers that route by hand (core's `Node` does the same routing).
+pub async fn route(store: &RaftMetadataStore, req: NodeRequest) -> Result<NodeResponse> {
+    match req {
+        NodeRequest::Consensus(bytes) => {
+            Ok(NodeResponse::Consensus(store.handle_message(bytes).await?))
+        }
+        NodeRequest::Join { node, info } => {
+            store.add_node(node, info).await?;
+            Ok(NodeResponse::Done)
+        }
+        NodeRequest::Ping => Ok(NodeResponse::Done),
+        other => Err(Error::BadRequest(format!(
+            "the metadata store does not handle {other:?}"
+        ))),
+    }
+}

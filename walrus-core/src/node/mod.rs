@@ -1,9 +1,26 @@
 //! The node logic, written against the traits only: routing and forwarding,
 //! lease checks, rollover, failover and the shared GET cursor.
 //! See `docs/architecture.md` for the design.
+//!
+//! - `router`: client requests, the PUT path and reads of segments.
+//! - [`lease`]: [`QuorumLease`] (the [`LeaseProvider`](crate::LeaseProvider))
+//!   and its renewal.
+//! - `rollover`: sealing full segments and opening the next one.
+//! - `failover`: the consensus leader's watch over segment leaders.
+//! - `cursor`: the shared GET cursor, owned by the consensus leader.
+//! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
 
-use std::sync::Arc;
+mod cursor;
+mod failover;
+mod handler;
+pub mod lease;
+mod rollover;
+mod router;
+
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, DEFAULT_FAILOVER_MARGIN, DEFAULT_LEASE, DEFAULT_LEASE_RENEW};
 use crate::log_store::LogStore;
@@ -11,6 +28,8 @@ use crate::metadata_store::MetadataStore;
 use crate::protocol::{Request, Response};
 use crate::transport::Transport;
 use crate::types::NodeId;
+
+pub use lease::QuorumLease;
 
 /// Settings of one node's logic.
 #[derive(Debug, Clone)]
@@ -49,7 +68,19 @@ impl NodeConfig {
 /// [`NodeRequest`](crate::NodeRequest)s (it is the [`RequestHandler`](crate::RequestHandler)
 /// to give the transport's receiving side).
 pub struct Node {
-    _private: (),
+    config: NodeConfig,
+    id: NodeId,
+    metadata: Arc<dyn MetadataStore>,
+    log: Arc<dyn LogStore>,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    lease: QuorumLease,
+    rollover: rollover::Rollovers,
+    failover: failover::Failover,
+    cursors: cursor::Cursors,
+    /// A weak handle on ourselves, to spawn work that outlives a request.
+    me: Weak<Node>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Node {
@@ -57,29 +88,115 @@ impl Node {
     /// its background loops (lease renewal, rollover monitor, failover,
     /// cursor persistence).
     pub fn new(
-        _config: NodeConfig,
-        _metadata: Arc<dyn MetadataStore>,
-        _log: Arc<dyn LogStore>,
-        _transport: Arc<dyn Transport>,
-        _clock: Arc<dyn Clock>,
+        config: NodeConfig,
+        metadata: Arc<dyn MetadataStore>,
+        log: Arc<dyn LogStore>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
     ) -> Arc<Node> {
-        todo!("node logic: issue 2")
+        Arc::new_cyclic(|me| Node {
+            id: config.node_id,
+            lease: QuorumLease::new(
+                config.node_id,
+                metadata.clone(),
+                clock.clone(),
+                config.lease,
+            ),
+            rollover: rollover::Rollovers::default(),
+            failover: failover::Failover::default(),
+            cursors: cursor::Cursors::default(),
+            config,
+            metadata,
+            log,
+            transport,
+            clock,
+            me: me.clone(),
+            tasks: Mutex::new(Vec::new()),
+        })
     }
 
     /// Spawns the background loops on the current tokio runtime.
     pub fn start(self: &Arc<Self>) {
-        todo!("node logic: issue 2")
+        let loops: Vec<JoinHandle<()>> = vec![
+            tokio::spawn(lease_loop(Arc::downgrade(self))),
+            tokio::spawn(monitor_loop(Arc::downgrade(self))),
+            tokio::spawn(failover_loop(Arc::downgrade(self))),
+            tokio::spawn(cursor_loop(Arc::downgrade(self))),
+        ];
+        self.tasks_lock().extend(loops);
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, _req: Request) -> Response {
-        todo!("node logic: issue 2")
+    pub async fn handle(&self, req: Request) -> Response {
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => Response::Err(e.to_string()),
+        }
     }
 
     /// Stops the background loops, persists the GET cursors and syncs the
     /// log store. In-flight requests finish first (the server stops
     /// accepting before calling this).
     pub async fn shutdown(&self) {
-        todo!("node logic: issue 2")
+        let tasks: Vec<JoinHandle<()>> = self.tasks_lock().drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.persist_cursors().await;
+        if let Err(e) = self.log.sync().await {
+            tracing::warn!(node = self.id, "log sync at shutdown failed: {e}");
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's write lease.
+    pub fn lease(&self) -> &QuorumLease {
+        &self.lease
+    }
+
+    /// The metadata store this node runs on.
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.metadata
+    }
+
+    fn tasks_lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks
+            .lock()
+            .expect("task list lock poisoned: a panic while pushing a handle")
     }
 }
+
+/// Runs `tick` every `period` while the node exists.
+macro_rules! node_loop {
+    ($name:ident, $period:expr, $tick:ident) => {
+        async fn $name(node: Weak<Node>) {
+            loop {
+                let Some(n) = node.upgrade() else { return };
+                let period: Duration = $period(&n.config);
+                n.$tick().await;
+                drop(n);
+                tokio::time::sleep(period).await;
+            }
+        }
+    };
+}
+
+node_loop!(lease_loop, |c: &NodeConfig| c.lease_renew, renew_lease);
+node_loop!(
+    monitor_loop,
+    |c: &NodeConfig| c.monitor_interval,
+    monitor_tick
+);
+node_loop!(failover_loop, |c: &NodeConfig| c.lease_renew, failover_tick);
+node_loop!(
+    cursor_loop,
+    |_: &NodeConfig| cursor::PERSIST_EVERY,
+    persist_cursors
+);

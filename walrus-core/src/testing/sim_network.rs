@@ -1,1 +1,267 @@
-//! (to be written)
+//! [`SimNetwork`]: a [`Transport`] between in-process nodes that can
+//! partition, drop and delay messages.
+//!
+//! Each node registers its [`RequestHandler`] and takes a
+//! [`SimTransport`] for its outgoing calls. A call to a node that is cut
+//! off (either side isolated, or the pair partitioned) fails with
+//! `Error::Unreachable` after the configured delay; a dropped request fails
+//! with `Error::Timeout` without reaching the receiver, a dropped response
+//! after the receiver handled it (the transport contract's "may or may not
+//! have been handled"). Randomness comes from a seeded RNG, so a run is
+//! reproducible under tokio's paused clock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
+use crate::types::NodeId;
+
+struct Inner {
+    handlers: HashMap<NodeId, Arc<dyn RequestHandler>>,
+    isolated: BTreeSet<NodeId>,
+    /// Pairs (low, high) that cannot talk.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    min_delay: Duration,
+    max_delay: Duration,
+    drop_rate: f64,
+    rng: StdRng,
+    calls: u64,
+}
+
+impl Inner {
+    fn blocked(&self, a: NodeId, b: NodeId) -> bool {
+        self.isolated.contains(&a)
+            || self.isolated.contains(&b)
+            || self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn delay(&mut self) -> Duration {
+        if self.max_delay <= self.min_delay {
+            return self.min_delay;
+        }
+        self.rng.gen_range(self.min_delay..=self.max_delay)
+    }
+
+    fn drops(&mut self) -> bool {
+        self.drop_rate > 0.0 && self.rng.gen_bool(self.drop_rate)
+    }
+}
+
+/// A simulated network. Cloning gives another handle to the same network.
+#[derive(Clone)]
+pub struct SimNetwork {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Default for SimNetwork {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl SimNetwork {
+    /// A network with no delay and no losses; `seed` drives the random
+    /// delays and drops configured later.
+    pub fn new(seed: u64) -> Self {
+        SimNetwork {
+            inner: Arc::new(Mutex::new(Inner {
+                handlers: HashMap::new(),
+                isolated: BTreeSet::new(),
+                cut: BTreeSet::new(),
+                min_delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+                drop_rate: 0.0,
+                rng: StdRng::seed_from_u64(seed),
+                calls: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("SimNetwork lock poisoned: a test panicked while holding it")
+    }
+
+    /// Makes `node` reachable: requests to it go to `handler`.
+    pub fn register(&self, node: NodeId, handler: Arc<dyn RequestHandler>) {
+        self.lock().handlers.insert(node, handler);
+    }
+
+    /// Removes `node`'s handler (a crashed node): calls to it fail.
+    pub fn unregister(&self, node: NodeId) {
+        self.lock().handlers.remove(&node);
+    }
+
+    /// The transport `node` uses for its outgoing calls.
+    pub fn transport(&self, node: NodeId) -> Arc<SimTransport> {
+        Arc::new(SimTransport {
+            net: self.clone(),
+            from: node,
+        })
+    }
+
+    /// Cuts `node` off from every other node.
+    pub fn isolate(&self, node: NodeId) {
+        self.lock().isolated.insert(node);
+    }
+
+    /// Cuts the link between `a` and `b` (both directions).
+    pub fn partition(&self, a: NodeId, b: NodeId) {
+        self.lock().cut.insert((a.min(b), a.max(b)));
+    }
+
+    /// Removes every isolation and partition.
+    pub fn heal(&self) {
+        let mut inner = self.lock();
+        inner.isolated.clear();
+        inner.cut.clear();
+    }
+
+    /// Every message (request and response alike) takes a random time in
+    /// `min..=max`.
+    pub fn set_delay(&self, min: Duration, max: Duration) {
+        let mut inner = self.lock();
+        inner.min_delay = min;
+        inner.max_delay = max.max(min);
+    }
+
+    /// Each message is lost with probability `rate` (0.0 to 1.0).
+    pub fn set_drop_rate(&self, rate: f64) {
+        self.lock().drop_rate = rate.clamp(0.0, 1.0);
+    }
+
+    /// Number of calls made so far (all nodes).
+    pub fn calls(&self) -> u64 {
+        self.lock().calls
+    }
+}
+
+/// One node's outgoing side of a [`SimNetwork`].
+pub struct SimTransport {
+    net: SimNetwork,
+    from: NodeId,
+}
+
+#[async_trait]
+impl Transport for SimTransport {
+    async fn call(&self, to: NodeId, req: NodeRequest) -> Result<NodeResponse> {
+        let (delay, dropped, handler) = {
+            let mut inner = self.net.lock();
+            inner.calls += 1;
+            let delay = inner.delay();
+            let dropped = inner.drops();
+            let handler = if inner.blocked(self.from, to) {
+                None
+            } else {
+                inner.handlers.get(&to).cloned()
+            };
+            (delay, dropped, handler)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let Some(handler) = handler else {
+            return Err(Error::Unreachable(to));
+        };
+        if dropped {
+            return Err(Error::Timeout(format!("node {to} (request lost)")));
+        }
+        let result = handler.handle(req).await;
+        let (delay, dropped, blocked) = {
+            let mut inner = self.net.lock();
+            (inner.delay(), inner.drops(), inner.blocked(self.from, to))
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if dropped || blocked {
+            return Err(Error::Timeout(format!("node {to} (response lost)")));
+        }
+        result
+    }
+
+    async fn call_addr(&self, addr: &str, req: NodeRequest) -> Result<NodeResponse> {
+        // Simulated addresses are `sim:<node id>`.
+        let node = addr
+            .strip_prefix("sim:")
+            .and_then(|n| n.parse::<NodeId>().ok())
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "{addr:?} is not a simulated address; use \"sim:<node id>\""
+                ))
+            })?;
+        self.call(node, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+
+    #[async_trait]
+    impl RequestHandler for Echo {
+        async fn handle(&self, req: NodeRequest) -> Result<NodeResponse> {
+            match req {
+                NodeRequest::Ping => Ok(NodeResponse::Done),
+                _ => Err(Error::NotLeader),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_partition_when_calling_across_it_should_fail_until_healed() {
+        let net = SimNetwork::new(1);
+        net.register(1, Arc::new(Echo));
+        net.register(2, Arc::new(Echo));
+        let t1 = net.transport(1);
+        assert_eq!(t1.call(2, NodeRequest::Ping).await, Ok(NodeResponse::Done));
+        assert_eq!(
+            t1.call(
+                2,
+                NodeRequest::Append {
+                    segment: crate::SegmentKey::new(crate::TopicName::new("t").unwrap(), 1),
+                    entries: vec![]
+                }
+            )
+            .await,
+            Err(Error::NotLeader),
+            "errors travel unchanged"
+        );
+        net.partition(1, 2);
+        assert_eq!(
+            t1.call(2, NodeRequest::Ping).await,
+            Err(Error::Unreachable(2))
+        );
+        net.heal();
+        net.isolate(2);
+        assert!(t1.call(2, NodeRequest::Ping).await.is_err());
+        net.heal();
+        assert!(t1.call_addr("sim:2", NodeRequest::Ping).await.is_ok());
+        assert!(t1.call(3, NodeRequest::Ping).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_drops_when_calling_many_times_should_lose_some_and_deliver_some() {
+        let net = SimNetwork::new(7);
+        net.register(2, Arc::new(Echo));
+        net.set_drop_rate(0.5);
+        net.set_delay(Duration::from_millis(1), Duration::from_millis(5));
+        let t1 = net.transport(1);
+        let mut ok = 0;
+        for _ in 0..100 {
+            if t1.call(2, NodeRequest::Ping).await.is_ok() {
+                ok += 1;
+            }
+        }
+        assert!(ok > 0 && ok < 100, "{ok} of 100 delivered");
+    }
+}

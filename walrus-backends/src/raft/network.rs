@@ -1,0 +1,215 @@
+//! openraft's network over walrus-core's [`Transport`]: every Raft RPC is
+//! one [`ConsensusRequest`] carried as `NodeRequest::Consensus(bytes)`.
+//! Connection pooling, request ids and timeouts are the transport's job;
+//! here a failed call becomes the `RPCError` openraft expects
+//! (`Unreachable` makes openraft back off before it tries that peer again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use walrus_core::{CmdResult, Error, MetadataCmd, NodeInfo, NodeRequest, NodeResponse, Transport};
+
+use super::types::{decode, encode, NodeId, TypeConfig};
+
+/// A message of this backend, carried by the transport as
+/// `NodeRequest::Consensus`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ConsensusRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A proposal forwarded by a follower to the consensus leader.
+    Propose(MetadataCmd),
+    /// A membership request forwarded by a follower to the consensus leader.
+    AddNode {
+        node: NodeId,
+        info: NodeInfo,
+    },
+}
+
+/// The answer to a [`ConsensusRequest`], variant for variant.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ConsensusReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The command is committed and applied on the leader at log `index`.
+    Proposed {
+        result: CmdResult,
+        index: u64,
+    },
+    /// The node is a voter; its addresses are committed at log `index`.
+    NodeAdded {
+        index: u64,
+    },
+}
+
+pub fn encode_request(req: &ConsensusRequest) -> Result<Bytes, Error> {
+    encode(req)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("cannot encode consensus request: {e}")))
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<ConsensusRequest, Error> {
+    decode(bytes).map_err(|e| Error::BadRequest(format!("malformed consensus request: {e}")))
+}
+
+pub fn encode_reply(reply: &ConsensusReply) -> Result<Bytes, Error> {
+    encode(reply)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("cannot encode consensus reply: {e}")))
+}
+
+pub fn decode_reply(bytes: &[u8]) -> Result<ConsensusReply, Error> {
+    decode(bytes).map_err(|e| Error::Internal(format!("malformed consensus reply: {e}")))
+}
+
+/// Sends one consensus request to `to` and decodes the answer.
+pub async fn call(
+    transport: &dyn Transport,
+    to: NodeId,
+    req: &ConsensusRequest,
+) -> Result<ConsensusReply, Error> {
+    let bytes = encode_request(req)?;
+    match transport.call(to, NodeRequest::Consensus(bytes)).await? {
+        NodeResponse::Consensus(reply) => decode_reply(&reply),
+        other => Err(Error::Internal(format!(
+            "node {to} answered a consensus request with {other:?}"
+        ))),
+    }
+}
+
+/// Creates one [`RaftNetworkConnection`] per peer; the transport pools the
+/// real connections, so a client is cheap to create.
+pub struct NetworkFactory {
+    pub(crate) me: NodeId,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) backoff: Duration,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = RaftNetworkConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        // Membership is where openraft learns addresses: pass them on so the
+        // transport can dial the peer.
+        self.transport.set_peer_address(target, &node.addr);
+        RaftNetworkConnection {
+            me: self.me,
+            target,
+            transport: self.transport.clone(),
+            backoff: self.backoff,
+        }
+    }
+}
+
+pub struct RaftNetworkConnection {
+    me: NodeId,
+    target: NodeId,
+    transport: Arc<dyn Transport>,
+    backoff: Duration,
+}
+
+impl RaftNetworkConnection {
+    async fn send<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        req: ConsensusRequest,
+        option: &RPCOption,
+    ) -> Result<ConsensusReply, RPCError<NodeId, BasicNode, E>> {
+        let ttl = option.hard_ttl();
+        let timeout = || {
+            RPCError::Timeout(Timeout {
+                action,
+                id: self.me,
+                target: self.target,
+                timeout: ttl,
+            })
+        };
+        match tokio::time::timeout(ttl, call(&*self.transport, self.target, &req)).await {
+            Err(_) => Err(timeout()),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e @ Error::Unreachable(_))) | Ok(Err(e @ Error::ShuttingDown)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Ok(Err(Error::Timeout(_))) => Err(timeout()),
+            Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(
+        &self,
+        reply: ConsensusReply,
+    ) -> RPCError<NodeId, BasicNode, E> {
+        let e = Error::Internal(format!(
+            "node {} answered with the wrong reply kind: {reply:?}",
+            self.target
+        ));
+        RPCError::Network(NetworkError::new(&e))
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        e: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl RaftNetwork<TypeConfig> for RaftNetworkConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let req = ConsensusRequest::AppendEntries(rpc);
+        match self.send(RPCTypes::AppendEntries, req, &option).await? {
+            ConsensusReply::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let req = ConsensusRequest::InstallSnapshot(rpc);
+        match self.send(RPCTypes::InstallSnapshot, req, &option).await? {
+            ConsensusReply::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        let req = ConsensusRequest::Vote(rpc);
+        match self.send(RPCTypes::Vote, req, &option).await? {
+            ConsensusReply::Vote(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.backoff))
+    }
+}

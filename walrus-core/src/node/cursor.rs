@@ -1,0 +1,209 @@
+//! The shared GET cursor: one per topic for the whole cluster, owned by
+//! the consensus leader. The owner keeps the next offset and a read-ahead
+//! buffer; it persists the offset through metadata (`AdvanceCursor`) in
+//! batches. A new owner starts from the persisted offset, so after an
+//! owner crash entries may come again (at-least-once), never skipped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::metadata::{Location, MetadataCmd};
+use crate::types::{Offset, SegmentKey, TopicName};
+
+/// Persist cursors at least this often.
+pub(crate) const PERSIST_EVERY: Duration = Duration::from_millis(200);
+/// Persist a cursor after this many deliveries.
+const PERSIST_BATCH: u64 = 64;
+/// Entries fetched per read-ahead.
+const READ_AHEAD: u32 = 64;
+
+struct TopicCursor {
+    /// Entries starting at the live offset (`CursorCell::next`).
+    buffer: VecDeque<Bytes>,
+}
+
+struct CursorCell {
+    /// `None` until loaded from the persisted offset. Held across the
+    /// refill's I/O on purpose: GETs of one topic are served in order.
+    state: tokio::sync::Mutex<Option<TopicCursor>>,
+    /// The next offset to deliver.
+    next: AtomicU64,
+    /// The offset last persisted (or loaded).
+    persisted: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct Cursors {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The consensus term these cursors belong to.
+    term: Option<u64>,
+    topics: HashMap<TopicName, Arc<CursorCell>>,
+}
+
+impl Cursors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("cursor map lock poisoned: a panic while updating a map")
+    }
+
+    /// Drops every cursor when leadership moved on (their buffers may be
+    /// stale: another owner may have delivered in between).
+    fn observe_term(&self, term: Option<u64>) {
+        let mut inner = self.lock();
+        if inner.term != term {
+            inner.term = term;
+            inner.topics.clear();
+        }
+    }
+
+    fn cell(&self, topic: &TopicName) -> Arc<CursorCell> {
+        self.lock()
+            .topics
+            .entry(topic.clone())
+            .or_insert_with(|| {
+                Arc::new(CursorCell {
+                    state: tokio::sync::Mutex::new(None),
+                    next: AtomicU64::new(0),
+                    persisted: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    fn all(&self) -> Vec<(TopicName, Arc<CursorCell>)> {
+        self.lock()
+            .topics
+            .iter()
+            .map(|(t, c)| (t.clone(), c.clone()))
+            .collect()
+    }
+}
+
+impl super::Node {
+    /// The next entry of `topic` for the shared cursor; this node must be
+    /// the consensus leader. `None` at the end of the topic.
+    pub(crate) async fn cursor_next(&self, topic: &TopicName) -> Result<Option<Bytes>> {
+        let status = self.metadata.status();
+        if !status.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        // An owner cut off from the quorum stops serving within its lease,
+        // so a deposed owner and its successor rarely serve at once.
+        if !self.lease.is_valid() && !self.lease.wait_valid(self.config.lease_renew * 2).await {
+            return Err(Error::Unavailable(format!(
+                "node {} owns the GET cursor but cannot reach the quorum, retry",
+                self.id
+            )));
+        }
+        self.cursors.observe_term(Some(status.term));
+        let cell = self.cursors.cell(topic);
+        let mut guard = cell.state.lock().await;
+        if guard.is_none() {
+            // Start from the persisted cursor as of our leadership: every
+            // AdvanceCursor committed before is in the state we wait for.
+            let version = self.metadata.confirm().await?;
+            self.wait_for_version(version).await;
+            let persisted = self
+                .metadata
+                .state()
+                .topic(topic)
+                .ok_or(Error::TopicNotFound)?
+                .cursor;
+            cell.next.store(persisted, Ordering::SeqCst);
+            cell.persisted.store(persisted, Ordering::SeqCst);
+            *guard = Some(TopicCursor {
+                buffer: VecDeque::new(),
+            });
+        }
+        let cursor = guard.as_mut().expect("initialised just above");
+        if cursor.buffer.is_empty() {
+            let next = cell.next.load(Ordering::SeqCst);
+            cursor.buffer = self.read_ahead(topic, next).await?;
+        }
+        let Some(entry) = cursor.buffer.pop_front() else {
+            return Ok(None);
+        };
+        let next = cell.next.fetch_add(1, Ordering::SeqCst) + 1;
+        drop(guard);
+        if next - cell.persisted.load(Ordering::SeqCst) >= PERSIST_BATCH {
+            if let Some(me) = self.me.upgrade() {
+                let topic = topic.clone();
+                tokio::spawn(async move { me.persist_cursor(&topic, &cell).await });
+            }
+        }
+        Ok(Some(entry))
+    }
+
+    /// Fetches the entries from `offset` on, up to the end of the segment
+    /// that holds it. Empty at the end of the topic.
+    async fn read_ahead(&self, topic: &TopicName, offset: Offset) -> Result<VecDeque<Bytes>> {
+        let state = self.metadata.state();
+        let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
+        match t.locate(offset) {
+            Location::BlockedBy { segment, leader } => Err(Error::Unavailable(format!(
+                "segment {segment} of {topic} is on node {leader}, which is down"
+            ))),
+            Location::At {
+                segment,
+                leader,
+                index,
+                sealed_count,
+            } => {
+                let key = SegmentKey::new(topic.clone(), segment);
+                let mut entries = self
+                    .read_segment(leader, &key, index, READ_AHEAD)
+                    .await?
+                    .entries;
+                if let Some(count) = sealed_count {
+                    entries.truncate((count - index) as usize);
+                    if entries.is_empty() {
+                        return Err(Error::Unavailable(format!(
+                            "segment {segment} of {topic} on node {leader} returned no entry at index {index} of {count}, retry"
+                        )));
+                    }
+                }
+                Ok(entries.into())
+            }
+        }
+    }
+
+    async fn persist_cursor(&self, topic: &TopicName, cell: &CursorCell) {
+        let next = cell.next.load(Ordering::SeqCst);
+        if next <= cell.persisted.load(Ordering::SeqCst) {
+            return;
+        }
+        let cmd = MetadataCmd::AdvanceCursor {
+            topic: topic.clone(),
+            offset: next,
+        };
+        match self.metadata.propose(cmd).await {
+            Ok(_) => {
+                cell.persisted.fetch_max(next, Ordering::SeqCst);
+            }
+            Err(e) => tracing::debug!(node = self.id, "cannot persist the cursor of {topic}: {e}"),
+        }
+    }
+
+    /// Persists every cursor that moved (the cursor loop; shutdown).
+    pub(crate) async fn persist_cursors(&self) {
+        let status = self.metadata.status();
+        if !status.is_leader() {
+            self.cursors.observe_term(None);
+            return;
+        }
+        self.cursors.observe_term(Some(status.term));
+        for (topic, cell) in self.cursors.all() {
+            self.persist_cursor(&topic, &cell).await;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Failover: the consensus leader gives the open segments of a node it has
+//! not heard from for `lease + margin` to a live node; the old segment's
+//! count becomes pending until its leader comes back and reports it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metadata::MetadataCmd;
+use crate::types::NodeId;
+
+#[derive(Default)]
+pub(crate) struct Failover {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The consensus term we lead in, if we lead.
+    term: Option<u64>,
+    /// When we noticed we lead `term`: every node counts as heard then.
+    since: Option<Instant>,
+    last_heard: HashMap<NodeId, Instant>,
+}
+
+impl Failover {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("failover lock poisoned: a panic while updating a map")
+    }
+
+    /// Starts a fresh liveness record when our leadership term changes.
+    /// Forgetting older `last_heard` is safe: `since` is later than all of them.
+    pub(crate) fn observe_term(&self, term: Option<u64>, now: Instant) {
+        let mut inner = self.lock();
+        if inner.term != term {
+            inner.term = term;
+            inner.since = term.map(|_| now);
+            inner.last_heard.clear();
+        }
+    }
+
+    pub(crate) fn heard(&self, node: NodeId, at: Instant) {
+        let mut inner = self.lock();
+        let e = inner.last_heard.entry(node).or_insert(at);
+        if *e < at {
+            *e = at;
+        }
+    }
+
+    /// Heard from `node` less than `threshold` ago (or only just became
+    /// leader). Without leadership we know nothing: everyone counts as live.
+    pub(crate) fn is_live(&self, node: NodeId, now: Instant, threshold: Duration) -> bool {
+        let inner = self.lock();
+        let Some(since) = inner.since else {
+            return true;
+        };
+        let heard = inner
+            .last_heard
+            .get(&node)
+            .copied()
+            .unwrap_or(since)
+            .max(since);
+        now.saturating_duration_since(heard) < threshold
+    }
+}
+
+impl super::Node {
+    pub(crate) fn failover_threshold(&self) -> Duration {
+        self.config.lease + self.config.failover_margin
+    }
+
+    /// One pass of the failover loop (on the consensus leader only).
+    pub(crate) async fn failover_tick(&self) {
+        let status = self.metadata.status();
+        let now = self.clock.now();
+        if !status.is_leader() {
+            self.failover.observe_term(None, now);
+            return;
+        }
+        self.failover.observe_term(Some(status.term), now);
+        let threshold = self.failover_threshold();
+        let state = self.metadata.state();
+        let mut chosen: HashMap<NodeId, NodeId> = HashMap::new();
+        for (topic, t) in &state.topics {
+            let current = t.current();
+            if current.leader == self.id || self.failover.is_live(current.leader, now, threshold) {
+                continue;
+            }
+            // One choice per silent node per pass: each choice may ping.
+            let next = match chosen.get(&current.leader) {
+                Some(n) => *n,
+                None => {
+                    let n = self.next_leader(current.leader).await;
+                    chosen.insert(current.leader, n);
+                    n
+                }
+            };
+            if next == current.leader {
+                continue;
+            }
+            tracing::info!(
+                node = self.id,
+                "segment {topic}:{} leader {} silent for over {threshold:?}; opening segment {} on node {next}",
+                current.id,
+                current.leader,
+                current.id + 1
+            );
+            let cmd = MetadataCmd::Roll {
+                topic: topic.clone(),
+                segment: current.id,
+                count: None,
+                next_leader: next,
+            };
+            if let Err(e) = self.metadata.propose(cmd).await {
+                tracing::warn!(
+                    node = self.id,
+                    "failover of {topic}:{} failed: {e}",
+                    current.id
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THRESHOLD: Duration = Duration::from_millis(1500);
+
+    #[tokio::test(start_paused = true)]
+    async fn given_new_leadership_when_nobody_was_heard_should_wait_the_threshold_from_then() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        assert!(
+            f.is_live(2, t0 + THRESHOLD * 10, THRESHOLD),
+            "not leader: no opinion"
+        );
+        f.observe_term(Some(3), t0);
+        assert!(f.is_live(2, t0 + THRESHOLD - Duration::from_millis(1), THRESHOLD));
+        assert!(!f.is_live(2, t0 + THRESHOLD, THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_renewal_heard_when_time_passes_should_count_from_the_last_one() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0 + Duration::from_secs(1));
+        f.heard(2, t0 + Duration::from_millis(500));
+        assert!(f.is_live(2, t0 + Duration::from_millis(2400), THRESHOLD));
+        assert!(!f.is_live(2, t0 + Duration::from_millis(2500), THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_new_term_should_forget_what_was_heard_and_restart_the_clock() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        f.observe_term(Some(2), t1);
+        assert!(f.is_live(2, t1 + Duration::from_secs(1), THRESHOLD));
+        assert!(!f.is_live(2, t1 + THRESHOLD, THRESHOLD));
+    }
+}

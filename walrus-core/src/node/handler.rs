@@ -1,0 +1,54 @@
+//! What a node does with requests from other nodes.
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::transport::{NodeRequest, NodeResponse, RequestHandler};
+
+#[async_trait]
+impl RequestHandler for super::Node {
+    async fn handle(&self, req: NodeRequest) -> Result<NodeResponse> {
+        match req {
+            NodeRequest::Append { segment, entries } => {
+                let a = self.append_local(&segment, entries).await?;
+                Ok(NodeResponse::Appended {
+                    first_index: a.first_index,
+                    count: a.count,
+                })
+            }
+            NodeRequest::Read {
+                segment,
+                from,
+                max_entries,
+                max_bytes,
+            } => {
+                // Info first: the entries read next are at least as many.
+                let info = self.log.info(&segment).await?;
+                let entries = self
+                    .log
+                    .read(&segment, from, max_entries as usize, max_bytes as usize)
+                    .await?;
+                Ok(NodeResponse::Entries {
+                    entries,
+                    count: info.map_or(0, |i| i.count),
+                    sealed: info.is_some_and(|i| i.sealed),
+                })
+            }
+            NodeRequest::Get { topic } => {
+                if self.metadata.state().topic(&topic).is_none() {
+                    return Err(Error::TopicNotFound);
+                }
+                Ok(NodeResponse::Entry(self.cursor_next(&topic).await?))
+            }
+            NodeRequest::RenewLease { node } => self.on_renew_lease(node).await,
+            NodeRequest::Join { node, info } => {
+                self.metadata.add_node(node, info).await?;
+                Ok(NodeResponse::Done)
+            }
+            NodeRequest::Consensus(msg) => Ok(NodeResponse::Consensus(
+                self.metadata.handle_message(msg).await?,
+            )),
+            NodeRequest::Ping => Ok(NodeResponse::Done),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Rollover: a full segment is sealed on its leader first (exact count),
+//! then `Roll` commits that count and opens the next segment on the next
+//! voter round-robin. The append path triggers it; the monitor loop is the
+//! backstop (a failed proposal, a restart between seal and commit).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::metadata::MetadataCmd;
+use crate::transport::NodeRequest;
+use crate::types::{NodeId, SegmentKey};
+
+/// The segments whose rollover is in flight on this node: one at a time each.
+#[derive(Default)]
+pub(crate) struct Rollovers {
+    in_flight: Mutex<HashSet<SegmentKey>>,
+}
+
+impl Rollovers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<SegmentKey>> {
+        self.in_flight
+            .lock()
+            .expect("rollover lock poisoned: a panic while updating a set")
+    }
+
+    fn begin(&self, key: &SegmentKey) -> bool {
+        self.lock().insert(key.clone())
+    }
+
+    fn end(&self, key: &SegmentKey) {
+        self.lock().remove(key);
+    }
+}
+
+impl super::Node {
+    /// Starts the rollover of `key` in the background, unless one is running.
+    pub(crate) fn spawn_rollover(&self, key: SegmentKey) {
+        let Some(me) = self.me.upgrade() else { return };
+        if !self.rollover.begin(&key) {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = me.roll(&key).await {
+                tracing::warn!(
+                    node = me.id,
+                    "rollover of {key} failed (the monitor retries): {e}"
+                );
+            }
+            me.rollover.end(&key);
+        });
+    }
+
+    async fn roll(&self, key: &SegmentKey) -> Result<()> {
+        let state = self.metadata.state();
+        let Some(topic) = state.topic(&key.topic) else {
+            return Ok(());
+        };
+        let current = topic.current();
+        if current.id != key.segment || current.leader != self.id {
+            return Ok(());
+        }
+        let count = self.log.seal(key).await?;
+        let next_leader = self.next_leader(self.id).await;
+        self.metadata
+            .propose(MetadataCmd::Roll {
+                topic: key.topic.clone(),
+                segment: key.segment,
+                count: Some(count),
+                next_leader,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The voter after `current` in id order that looks alive: the
+    /// consensus leader skips nodes it has not heard from; every node skips
+    /// nodes that do not answer a ping. Falls back to this node.
+    pub(crate) async fn next_leader(&self, current: NodeId) -> NodeId {
+        let status = self.metadata.status();
+        let voters: Vec<NodeId> = status.voters.iter().copied().collect();
+        let ring = voters
+            .iter()
+            .filter(|v| **v > current)
+            .chain(voters.iter().filter(|v| **v <= current));
+        let now = self.clock.now();
+        let threshold = self.failover_threshold();
+        for &candidate in ring {
+            if candidate == self.id {
+                return candidate;
+            }
+            if status.is_leader() && !self.failover.is_live(candidate, now, threshold) {
+                continue;
+            }
+            if self.ping(candidate).await.is_ok() {
+                return candidate;
+            }
+        }
+        self.id
+    }
+
+    async fn ping(&self, node: NodeId) -> Result<()> {
+        tokio::time::timeout(
+            self.config.lease_renew,
+            self.transport.call(node, NodeRequest::Ping),
+        )
+        .await
+        .map_err(|_| Error::Timeout(format!("a ping of node {node}")))?
+        .map(|_| ())
+    }
+
+    /// One pass of the monitor loop: roll any open segment of ours that is
+    /// full or already sealed locally.
+    pub(crate) async fn monitor_tick(&self) {
+        let state = self.metadata.state();
+        for (topic, t) in &state.topics {
+            let current = t.current();
+            if current.leader != self.id {
+                continue;
+            }
+            let key = SegmentKey::new(topic.clone(), current.id);
+            match self.log.info(&key).await {
+                Ok(Some(info)) if info.sealed || info.count >= self.config.max_segment_entries => {
+                    self.spawn_rollover(key)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = self.id, "monitor cannot read {key}: {e}"),
+            }
+        }
+    }
+
+    /// Seals and reports every segment of ours whose count is pending
+    /// (failed over while we were unreachable).
+    pub(crate) async fn report_pending(&self) {
+        let state = self.metadata.state();
+        for key in state.pending_segments_of(self.id) {
+            let result = async {
+                let count = self.log.seal(&key).await?;
+                self.metadata
+                    .propose(MetadataCmd::ReportCount {
+                        topic: key.topic.clone(),
+                        segment: key.segment,
+                        count,
+                    })
+                    .await
+            }
+            .await;
+            match result {
+                Ok(_) => tracing::info!(
+                    node = self.id,
+                    "reported the count of pending segment {key}"
+                ),
+                Err(e) => {
+                    tracing::warn!(node = self.id, "cannot report pending segment {key}: {e}")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Client requests: routing, the PUT path with its lease checks, and
+//! reads of segments wherever they live.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseProvider;
+use crate::log_store::Appended;
+use crate::metadata::{MetadataCmd, SegmentStatus};
+use crate::protocol::{Request, Response};
+use crate::transport::{NodeRequest, NodeResponse};
+use crate::types::{NodeId, SegmentKey, TopicName};
+
+/// Largest payload a segment read returns at once (a read-ahead batch).
+pub(crate) const READ_MAX_BYTES: usize = 1 << 20;
+/// Longest pause between re-routing attempts of a PUT.
+const MAX_REROUTE_PAUSE: Duration = Duration::from_millis(100);
+
+/// A segment's entries as read from its holder.
+pub(crate) struct SegmentRead {
+    pub entries: Vec<Bytes>,
+}
+
+impl super::Node {
+    pub(crate) async fn route(&self, req: Request) -> Result<Response> {
+        match req {
+            Request::Register(topic) => self.register(topic).await.map(|()| Response::Ok),
+            Request::Put { topic, payload } => {
+                self.put(&topic, payload).await.map(|()| Response::Ok)
+            }
+            Request::Get(topic) => Ok(match self.get(&topic).await? {
+                Some(entry) => Response::Entry(entry),
+                None => Response::Empty,
+            }),
+            Request::State(topic) => {
+                self.known_topic(&topic).await?;
+                self.metadata
+                    .state()
+                    .topic_json(&topic)
+                    .map(|j| Response::Json(j.to_string()))
+                    .ok_or(Error::TopicNotFound)
+            }
+            Request::Metrics => Ok(Response::Json(self.metrics().to_string())),
+            Request::Ping => Ok(Response::Pong),
+            Request::Topics => {
+                let state = self.metadata.state();
+                let names: Vec<&str> = state.topics.keys().map(TopicName::as_str).collect();
+                Ok(Response::Json(serde_json::json!(names).to_string()))
+            }
+        }
+    }
+
+    /// The consensus metrics of the store, with a `walrus` object of ours.
+    fn metrics(&self) -> serde_json::Value {
+        let mut m = self.metadata.metrics();
+        let state = self.metadata.state();
+        let ours = serde_json::json!({
+            "node_id": self.id,
+            "topics": state.topics.len(),
+            "metadata_version": state.version,
+            "write_lease_valid": self.lease.is_valid(),
+        });
+        match m.as_object_mut() {
+            Some(obj) => {
+                obj.insert("walrus".into(), ours);
+                m
+            }
+            None => serde_json::json!({ "consensus": m, "walrus": ours }),
+        }
+    }
+
+    /// REGISTER: the first segment is led by this node if it votes, else
+    /// by the lowest voter.
+    async fn register(&self, topic: TopicName) -> Result<()> {
+        let status = self.metadata.status();
+        let leader = if status.voters.is_empty() || status.voters.contains(&self.id) {
+            self.id
+        } else {
+            *status.voters.first().expect("voters is not empty here")
+        };
+        match self
+            .metadata
+            .propose(MetadataCmd::CreateTopic { topic, leader })
+            .await?
+        {
+            crate::CmdResult::Rejected(why) => Err(Error::BadRequest(why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// PUT: append to the current segment here or on its leader. When the
+    /// segment is sealed under us or the leader says it does not lead, the
+    /// metadata is about to move: wait for it (bounded) and route again.
+    /// Only errors that guarantee nothing was written are retried here.
+    async fn put(&self, topic: &TopicName, payload: Bytes) -> Result<()> {
+        self.known_topic(topic).await?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut watch = self.metadata.watch();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let state = watch.borrow_and_update().clone();
+            let current = state.topic(topic).ok_or(Error::TopicNotFound)?.current();
+            let key = SegmentKey::new(topic.clone(), current.id);
+            let result = if current.leader == self.id {
+                self.append_local(&key, vec![payload.clone()])
+                    .await
+                    .map(|_| ())
+            } else {
+                self.forward_append(current.leader, key, payload.clone())
+                    .await
+            };
+            let err = match result {
+                Ok(()) => return Ok(()),
+                Err(e @ (Error::NotLeader | Error::SegmentSealed(_))) => e,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(match err {
+                    Error::SegmentSealed(k) => {
+                        Error::Timeout(format!("the rollover of segment {k}"))
+                    }
+                    e => e,
+                });
+            }
+            let until = deadline.min(now + pause);
+            if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
+                // The store is gone; do not spin.
+                tokio::time::sleep_until(until).await;
+            }
+            pause = (pause * 2).min(MAX_REROUTE_PAUSE);
+        }
+    }
+
+    async fn forward_append(
+        &self,
+        leader: NodeId,
+        segment: SegmentKey,
+        payload: Bytes,
+    ) -> Result<()> {
+        match self
+            .transport
+            .call(
+                leader,
+                NodeRequest::Append {
+                    segment,
+                    entries: vec![payload],
+                },
+            )
+            .await?
+        {
+            NodeResponse::Appended { .. } => Ok(()),
+            other => Err(Error::Internal(format!(
+                "node {leader} answered an append with {other:?}"
+            ))),
+        }
+    }
+
+    /// A local append to a segment this node leads: lease check, append,
+    /// lease check again before acknowledging.
+    pub(crate) async fn append_local(
+        &self,
+        key: &SegmentKey,
+        entries: Vec<Bytes>,
+    ) -> Result<Appended> {
+        self.await_write_lease(key).await?;
+        let limit = self.config.max_segment_entries;
+        let appended = match self.log.append(key, &entries, limit).await {
+            Ok(a) => a,
+            Err(Error::SegmentSealed(k)) => {
+                self.spawn_rollover(k.clone());
+                return Err(Error::SegmentSealed(k));
+            }
+            Err(e) => return Err(e),
+        };
+        if appended.count >= limit {
+            self.spawn_rollover(key.clone());
+        }
+        if self.lease.check(key).is_err() && !self.sealed_past(key, appended.count) {
+            // Written, but we can no longer vouch for it: the client must
+            // not count on it (it may still be read, like any unacknowledged
+            // write), and we must not retry it ourselves.
+            return Err(Error::LeaseExpired);
+        }
+        Ok(appended)
+    }
+
+    /// The lease check before an append, giving short-lived causes a
+    /// moment: a renewal in flight (a node that just started, a slow quorum
+    /// round), or our metadata lagging the sender's (it routed by a newer
+    /// segment than we know). Each is waited for once, for at most two
+    /// renewal periods.
+    async fn await_write_lease(&self, key: &SegmentKey) -> Result<()> {
+        let patience = self.config.lease_renew * 2;
+        let (mut waited_lease, mut waited_metadata) = (false, false);
+        loop {
+            match self.lease.check(key) {
+                Err(Error::LeaseExpired) if !waited_lease => {
+                    waited_lease = true;
+                    self.lease.wait_valid(patience).await;
+                }
+                Err(Error::NotLeader) if !waited_metadata && self.metadata_behind(key) => {
+                    waited_metadata = true;
+                    let mut watch = self.metadata.watch();
+                    let caught_up = watch.wait_for(|s| {
+                        s.topic(&key.topic)
+                            .is_some_and(|t| t.current().id >= key.segment)
+                    });
+                    let _ = tokio::time::timeout(patience, caught_up).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// True when our metadata does not know `key` yet.
+    fn metadata_behind(&self, key: &SegmentKey) -> bool {
+        self.metadata
+            .state()
+            .topic(&key.topic)
+            .is_none_or(|t| t.current().id < key.segment)
+    }
+
+    /// True when `key` was rolled over normally with at least `count`
+    /// entries: an append that finished before the seal is then safe.
+    fn sealed_past(&self, key: &SegmentKey, count: u64) -> bool {
+        let state = self.metadata.state();
+        state
+            .topic(&key.topic)
+            .and_then(|t| t.segment(key.segment))
+            .is_some_and(|s| matches!(s.status, SegmentStatus::Sealed { count: n } if n >= count))
+    }
+
+    /// `Ok` if `topic` exists. A topic this node does not know may have
+    /// been registered elsewhere a moment ago: catch up with the quorum
+    /// before saying `topic not found`.
+    async fn known_topic(&self, topic: &TopicName) -> Result<()> {
+        if self.metadata.state().topic(topic).is_some() {
+            return Ok(());
+        }
+        self.catch_up().await?;
+        match self.metadata.state().topic(topic) {
+            Some(_) => Ok(()),
+            None => Err(Error::TopicNotFound),
+        }
+    }
+
+    /// GET: the cursor lives on the consensus leader. An owner that says
+    /// it is not the leader popped nothing: ask again once the view of
+    /// the leader moves (bounded by the request timeout).
+    async fn get(&self, topic: &TopicName) -> Result<Option<Bytes>> {
+        self.known_topic(topic).await?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let result = match self.metadata.status().leader {
+                Some(l) if l == self.id => self.cursor_next(topic).await,
+                Some(l) => self.forward_get(l, topic).await,
+                None => Err(Error::Unavailable(
+                    "no consensus leader to serve GET, retry".into(),
+                )),
+            };
+            match result {
+                Err(Error::NotLeader) if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_REROUTE_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward_get(&self, owner: NodeId, topic: &TopicName) -> Result<Option<Bytes>> {
+        match self
+            .transport
+            .call(
+                owner,
+                NodeRequest::Get {
+                    topic: topic.clone(),
+                },
+            )
+            .await?
+        {
+            NodeResponse::Entry(e) => Ok(e),
+            other => Err(Error::Internal(format!(
+                "node {owner} answered a GET with {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads entries `from..` of `key` from `holder` (maybe this node).
+    pub(crate) async fn read_segment(
+        &self,
+        holder: NodeId,
+        key: &SegmentKey,
+        from: u64,
+        max_entries: u32,
+    ) -> Result<SegmentRead> {
+        if holder == self.id {
+            let entries = self
+                .log
+                .read(key, from, max_entries as usize, READ_MAX_BYTES)
+                .await?;
+            return Ok(SegmentRead { entries });
+        }
+        match self
+            .transport
+            .call(
+                holder,
+                NodeRequest::Read {
+                    segment: key.clone(),
+                    from,
+                    max_entries,
+                    max_bytes: READ_MAX_BYTES as u32,
+                },
+            )
+            .await?
+        {
+            NodeResponse::Entries { entries, .. } => Ok(SegmentRead { entries }),
+            other => Err(Error::Internal(format!(
+                "node {holder} answered a read with {other:?}"
+            ))),
+        }
+    }
+}

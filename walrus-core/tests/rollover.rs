@@ -1,0 +1,129 @@
+//! Rollover: full segments are sealed with exact counts, the next one opens
+//! on the next voter round-robin, and writers never notice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use walrus_core::metadata::SegmentStatus;
+use walrus_core::protocol::Response;
+use walrus_core::testing::TestCluster;
+use walrus_core::TopicName;
+
+fn topic(s: &str) -> TopicName {
+    TopicName::new(s).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_limit_10_when_60_puts_go_through_a_non_leader_should_seal_6_segments_round_robin() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 10)).await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    for i in 0..60 {
+        assert_eq!(
+            c.send(2, &format!("PUT logs m{i}")).await,
+            Response::Ok,
+            "PUT m{i}"
+        );
+    }
+    // The last rollover commits in the background.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    let sealed: Vec<_> = t.segments.iter().filter(|s| s.id <= 6).collect();
+    assert_eq!(sealed.len(), 6);
+    for s in &sealed {
+        assert_eq!(
+            s.status,
+            SegmentStatus::Sealed { count: 10 },
+            "segment {}",
+            s.id
+        );
+        let expected_leader = (s.id - 1) % 3 + 1;
+        assert_eq!(s.leader, expected_leader, "segment {} leader", s.id);
+    }
+    assert_eq!(t.current().id, 7, "segment 7 is open and empty");
+    assert_eq!(t.current().leader, 1);
+    assert_eq!(t.current().status, SegmentStatus::Open);
+
+    for i in 0..60 {
+        assert_eq!(
+            c.send(3, "GET logs").await,
+            Response::Entry(Bytes::from(format!("m{i}"))),
+            "GET #{i}"
+        );
+    }
+    assert_eq!(c.send(3, "GET logs").await, Response::Empty);
+    assert_eq!(c.send(1, "GET logs").await, Response::Empty);
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_segment_sealed_but_not_rolled_when_the_monitor_runs_should_roll_it() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    assert_eq!(c.send(1, "PUT logs a").await, Response::Ok);
+    // Simulates a leader that sealed and crashed before committing the Roll.
+    let key = walrus_core::SegmentKey::new(topic("logs"), 1);
+    use walrus_core::LogStore;
+    assert_eq!(c.logs[&1].seal(&key).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    assert_eq!(t.segments[0].status, SegmentStatus::Sealed { count: 1 });
+    assert_eq!(t.current().id, 2, "the monitor rolled the sealed segment");
+    assert_eq!(t.current().leader, 2);
+    assert_eq!(c.send(3, "PUT logs b").await, Response::Ok);
+    assert_eq!(c.send(2, "GET logs").await, Response::Entry("a".into()));
+    assert_eq!(c.send(2, "GET logs").await, Response::Entry("b".into()));
+    assert_eq!(c.send(2, "GET logs").await, Response::Empty);
+}
+
+/// 8 writers × 500 unique ids through random nodes, limit 37: every
+/// acknowledged id is read exactly once, and each writer's order is kept.
+#[tokio::test(start_paused = true)]
+async fn given_8_concurrent_writers_when_segments_roll_every_37_should_read_each_ack_once_in_writer_order(
+) {
+    let c = std::sync::Arc::new(TestCluster::start(3, |id| TestCluster::config(id, 37)).await);
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let c = c.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..500u64 {
+                let via = (w + i) % 3 + 1;
+                match c.send(via, &format!("PUT logs {w}:{i}")).await {
+                    Response::Ok => acked.push(i),
+                    other => panic!("writer {w} PUT {i} via {via}: {other:?}"),
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (w, h) in writers.into_iter().enumerate() {
+        acked.insert(w as u64, h.await.unwrap());
+    }
+    let entries = c.drain(2, "logs", Duration::from_secs(10)).await;
+    assert_eq!(entries.len(), 4000);
+    let mut seen: HashMap<u64, Vec<u64>> = HashMap::new();
+    for e in &entries {
+        let s = std::str::from_utf8(e).unwrap();
+        let (w, i) = s.split_once(':').unwrap();
+        seen.entry(w.parse().unwrap())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    assert_eq!(seen, acked, "each writer's acked ids, once each, in order");
+
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    for s in &t.segments[..t.segments.len() - 1] {
+        assert_eq!(
+            s.status,
+            SegmentStatus::Sealed { count: 37 },
+            "segment {}",
+            s.id
+        );
+    }
+}
