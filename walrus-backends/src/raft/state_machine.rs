@@ -161,7 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CmdResult>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<CmdResult>>>
     where
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -172,11 +172,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
-                    EntryPayload::Blank => CmdResult::Unchanged,
-                    EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(batch) => {
+                        batch.0.iter().map(|cmd| a.state.apply(cmd)).collect()
+                    }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
-                        CmdResult::Unchanged
+                        Vec::new()
                     }
                 };
                 results.push(result);
