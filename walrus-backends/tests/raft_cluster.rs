@@ -203,3 +203,38 @@ async fn given_frequent_snapshots_when_nodes_join_and_restart_should_rebuild_fro
     c.leader().await;
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_a_bootstrapped_single_node_when_restarted_without_join_should_keep_its_data_and_not_reinitialise(
+) {
+    let mut c = Cluster::start(1).await;
+    assert_eq!(c.leader().await, 1);
+    assert_eq!(
+        c.store(1).propose(create("single")).await,
+        Ok(CmdResult::Applied)
+    );
+    let term_before = c.store(1).status().term;
+    let last_index_before = c.store(1).metrics()["last_log_index"].as_u64();
+    let addr = c.stop(1).await;
+    // Restarting with no --join finds data: it must not initialise again.
+    c.restart(1, &addr).await;
+    assert!(wait_topic(c.store(1), "single", Duration::from_secs(5)).await);
+    assert_eq!(c.leader().await, 1);
+    let st = c.store(1).status();
+    assert!(
+        st.term >= term_before,
+        "the persisted vote survived the restart"
+    );
+    assert_eq!(st.voters.len(), 1);
+    let m = c.store(1).metrics();
+    assert!(
+        m["last_log_index"].as_u64() >= last_index_before,
+        "the log continues from where it was: {m}"
+    );
+    assert_eq!(
+        c.store(1).propose(create("single")).await,
+        Ok(CmdResult::Unchanged),
+        "the topic survived the restart"
+    );
+    c.stop_all().await;
+}
