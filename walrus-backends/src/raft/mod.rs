@@ -3,9 +3,38 @@
 //! - [`types`]: the openraft type configuration and encodings.
 //! - [`log_store`]: the Raft log, vote and committed index in redb.
 //! - [`state_machine`]: [`walrus_core::ClusterState`] with snapshots in redb.
-//! - [`network`]: Raft RPCs and forwarded proposals over the core `Transport`.
+//! - [`network`]: Raft RPCs and forwarded requests over the core `Transport`.
 //!
-//! One redb file per node: `<dir>/raft.redb`.
+//! # Storage
+//!
+//! One redb file per node, `<dir>/raft.redb`, with tables `raft_log`
+//! (index → postcard entry), `raft_meta` (`vote`, `committed`,
+//! `last_purged`) and `sm_snapshot` (the latest snapshot: its meta and the
+//! JSON of the `ClusterState`). The state machine lives in memory; after a
+//! restart it is the snapshot plus the log replayed up to `committed`.
+//! A snapshot is built every `snapshot_every` entries and persisted before
+//! openraft purges the log it covers.
+//!
+//! # Write path
+//!
+//! `propose` on the leader queues the command for a batcher, which writes
+//! every command queued meanwhile as ONE log entry ([`types::MetadataBatch`]):
+//! openraft 0.9 makes each entry durable before it takes the next, so this
+//! is where concurrent proposers share an fsync and a replication round.
+//! On a follower, `propose` forwards the command to the leader
+//! (`ConsensusRequest::Propose`) and then waits until its own state has
+//! applied the returned log index (read your writes).
+//!
+//! # Membership
+//!
+//! `bootstrap_or_join`: a node with data does nothing but re-register in the
+//! background (`add_node` of itself: idempotent, promotes a left-over
+//! learner); a node without data either initialises a one-voter cluster or
+//! sends `NodeRequest::Join` to `--join` until accepted. `add_node` on the
+//! leader: `add_learner` (blocking until caught up), `change_membership`
+//! to voter, then `UpsertNode` with its addresses.
+//!
+//! # Timing
 //!
 //! Timing defaults (see [`RaftConfig::new`]): heartbeat 100 ms, election
 //! timeout 300–600 ms. openraft 0.9 starts an election only after a follower
