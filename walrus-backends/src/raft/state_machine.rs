@@ -126,11 +126,12 @@ fn read_stored(db: &Database) -> Result<Option<StoredSnapshot>, anyhow::Error> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot> {
-        let (last_applied, membership, data) = {
+        // Clone under the lock, encode outside it: `apply` is not held up.
+        let (last_applied, membership, state) = {
             let a = self.lock();
-            let data = serde_json::to_vec(&a.state).map_err(read_err)?;
-            (a.last_applied, a.membership.clone(), data)
+            (a.last_applied, a.membership.clone(), a.state.clone())
         };
+        let data = serde_json::to_vec(&state).map_err(read_err)?;
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
