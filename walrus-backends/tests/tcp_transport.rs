@@ -121,18 +121,18 @@ async fn given_a_request_that_times_out_when_the_next_is_sent_should_get_its_own
     let server = TestNode::start(quick_config()).await;
     let proxy = CountingProxy::start(server.addr).await;
     let caller = TcpTransport::new(TcpConfig {
-        request_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_millis(400),
         ..quick_config()
     });
     caller.set_peer_address(2, &proxy.addr.to_string());
 
-    let slow = caller.call(2, consensus("sleep:250:slow")).await;
+    let slow = caller.call(2, consensus("sleep:500:slow")).await;
     assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
     assert!(slow.unwrap_err().is_retryable());
 
     // Pending while the late answer to the slow request arrives...
-    let next = caller.call(2, consensus("sleep:100:next")).await;
-    assert_eq!(next, Ok(echoed("sleep:100:next")));
+    let next = caller.call(2, consensus("sleep:200:next")).await;
+    assert_eq!(next, Ok(echoed("sleep:200:next")));
     // ...and sent after it.
     let after = caller.call(2, consensus("after")).await;
 
@@ -391,4 +391,130 @@ async fn given_two_nodes_when_each_calls_the_other_should_both_answer() {
 
     assert_eq!(ab, Ok(echoed("a to b")));
     assert_eq!(ba, Ok(echoed("b to a")));
+}
+
+#[tokio::test]
+async fn given_an_isolated_node_when_calling_or_called_should_be_unreachable_both_ways_until_healed(
+) {
+    let a = TestNode::start(quick_config()).await;
+    let b = TestNode::start(quick_config()).await;
+    a.transport.set_peer_address(2, &b.addr.to_string());
+    b.transport.set_peer_address(1, &a.addr.to_string());
+    assert_eq!(
+        a.transport.call(2, NodeRequest::Ping).await,
+        Ok(NodeResponse::Done)
+    );
+    assert_eq!(
+        b.transport.call(1, NodeRequest::Ping).await,
+        Ok(NodeResponse::Done)
+    );
+    let handled_by_a = a.handled();
+
+    a.transport.set_isolated(true);
+
+    assert_eq!(
+        a.transport.call(2, NodeRequest::Ping).await,
+        Err(Error::Unreachable(2))
+    );
+    assert_eq!(
+        b.transport.call(1, NodeRequest::Ping).await,
+        Err(Error::Unreachable(1))
+    );
+    assert_eq!(
+        a.handled(),
+        handled_by_a,
+        "an isolated node handles nothing"
+    );
+
+    a.transport.set_isolated(false);
+    let healed = eventually(Duration::from_secs(3), || async {
+        a.transport.call(2, NodeRequest::Ping).await == Ok(NodeResponse::Done)
+            && b.transport.call(1, NodeRequest::Ping).await == Ok(NodeResponse::Done)
+    })
+    .await;
+    assert!(healed, "both directions should work again after healing");
+}
+
+#[tokio::test]
+async fn given_a_dropped_transport_when_it_had_connections_should_close_them() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let caller = TcpTransport::new(TcpConfig {
+        request_timeout: Duration::from_millis(100),
+        ..quick_config()
+    });
+    caller.set_peer_address(2, &addr.to_string());
+    // The raw listener never answers: the call times out but the
+    // connection stays pooled.
+    let _ = caller.call(2, NodeRequest::Ping).await;
+    let (mut accepted, _) = listener.accept().await.unwrap();
+
+    drop(caller);
+
+    let mut buf = vec![0u8; 1024];
+    let eof = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut accepted, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the Ping frame
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "the peer should see the connection closed");
+}
+
+#[tokio::test]
+async fn given_calls_in_flight_when_the_caller_shuts_down_should_fail_them_with_shutting_down() {
+    let server = TestNode::start(quick_config()).await;
+    let caller = caller_for(&server, quick_config());
+    let pending = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.call(2, consensus("sleep:1000:pending")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    caller.shutdown();
+
+    let answer = tokio::time::timeout(Duration::from_millis(500), pending)
+        .await
+        .expect("shutdown must not leave callers waiting")
+        .unwrap();
+    assert_eq!(answer, Err(Error::ShuttingDown));
+}
+
+#[tokio::test]
+async fn given_a_failed_dial_when_called_again_within_the_back_off_should_fail_fast_without_dialling(
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let caller = TcpTransport::new(TcpConfig {
+        reconnect_backoff_min: Duration::from_secs(30),
+        reconnect_backoff_max: Duration::from_secs(30),
+        ..quick_config()
+    });
+    caller.set_peer_address(2, &addr.to_string());
+    assert_eq!(
+        caller.call(2, NodeRequest::Ping).await,
+        Err(Error::Unreachable(2))
+    );
+
+    // The peer comes up, but the caller is still backing off.
+    let server = TestNode::start_on(TcpListener::bind(addr).await.unwrap(), quick_config());
+    let answer = caller.call(2, NodeRequest::Ping).await;
+
+    assert_eq!(answer, Err(Error::Unreachable(2)));
+    assert_eq!(
+        server.handled(),
+        0,
+        "no dial may happen during the back-off"
+    );
+    // Another caller, with no failures behind it, connects at once.
+    let fresh = TcpTransport::new(quick_config());
+    fresh.set_peer_address(2, &addr.to_string());
+    assert_eq!(
+        fresh.call(2, NodeRequest::Ping).await,
+        Ok(NodeResponse::Done)
+    );
 }

@@ -19,7 +19,11 @@ async fn given_limit_10_when_60_puts_go_through_a_non_leader_should_seal_6_segme
     let c = TestCluster::start(3, |id| TestCluster::config(id, 10)).await;
     assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
     for i in 0..60 {
-        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok, "PUT m{i}");
+        assert_eq!(
+            c.send(2, &format!("PUT logs m{i}")).await,
+            Response::Ok,
+            "PUT m{i}"
+        );
     }
     // The last rollover commits in the background.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -29,7 +33,12 @@ async fn given_limit_10_when_60_puts_go_through_a_non_leader_should_seal_6_segme
     let sealed: Vec<_> = t.segments.iter().filter(|s| s.id <= 6).collect();
     assert_eq!(sealed.len(), 6);
     for s in &sealed {
-        assert_eq!(s.status, SegmentStatus::Sealed { count: 10 }, "segment {}", s.id);
+        assert_eq!(
+            s.status,
+            SegmentStatus::Sealed { count: 10 },
+            "segment {}",
+            s.id
+        );
         let expected_leader = (s.id - 1) % 3 + 1;
         assert_eq!(s.leader, expected_leader, "segment {} leader", s.id);
     }
@@ -110,6 +119,11 @@ async fn given_8_concurrent_writers_when_segments_roll_every_37_should_read_each
     let state = c.metadata.committed();
     let t = state.topic(&topic("logs")).unwrap();
     for s in &t.segments[..t.segments.len() - 1] {
-        assert_eq!(s.status, SegmentStatus::Sealed { count: 37 }, "segment {}", s.id);
+        assert_eq!(
+            s.status,
+            SegmentStatus::Sealed { count: 37 },
+            "segment {}",
+            s.id
+        );
     }
 }

@@ -33,8 +33,14 @@ async fn given_three_nodes_when_each_registers_puts_and_gets_should_route_every_
     }
     for topic in 1..=3u64 {
         let state = c.metadata.committed();
-        let t = state.topic(&walrus_core::TopicName::new(format!("t{topic}")).unwrap()).unwrap();
-        assert_eq!(t.current().leader, topic, "REGISTER on a voter makes it leader");
+        let t = state
+            .topic(&walrus_core::TopicName::new(format!("t{topic}")).unwrap())
+            .unwrap();
+        assert_eq!(
+            t.current().leader,
+            topic,
+            "REGISTER on a voter makes it leader"
+        );
         for via in 1..=3 {
             // GETs alternate over nodes, the shared cursor keeps PUT order.
             let get_via = (via % 3) + 1;
@@ -43,7 +49,10 @@ async fn given_three_nodes_when_each_registers_puts_and_gets_should_route_every_
                 ok_entry(&format!("from {via}"))
             );
         }
-        assert_eq!(c.send(topic, &format!("GET t{topic}")).await, Response::Empty);
+        assert_eq!(
+            c.send(topic, &format!("GET t{topic}")).await,
+            Response::Empty
+        );
     }
     // The entries live only on the segment leader's log.
     for n in 1..=3u64 {
@@ -60,8 +69,14 @@ async fn given_any_node_when_sending_bad_requests_should_answer_the_contract_tex
         assert_eq!(c.send(n, "PUT").await, err("PUT requires a topic"));
         assert_eq!(c.send(n, "PUT logs").await, err("PUT requires a payload"));
         assert_eq!(c.send(n, "PUT logs ").await, err("PUT requires a payload"));
-        assert_eq!(c.send(n, "PUT nonexistent hello").await, err("topic not found"));
-        assert_eq!(c.send(n, "REGISTER").await, err("REGISTER requires a topic"));
+        assert_eq!(
+            c.send(n, "PUT nonexistent hello").await,
+            err("topic not found")
+        );
+        assert_eq!(
+            c.send(n, "REGISTER").await,
+            err("REGISTER requires a topic")
+        );
         assert_eq!(c.send(n, "GET").await, err("GET requires a topic"));
         assert_eq!(c.send(n, "STATE").await, err("STATE requires a topic"));
         assert_eq!(c.send(n, "GET nonexistent").await, err("topic not found"));
@@ -128,4 +143,37 @@ async fn given_a_put_through_a_node_cut_off_from_the_leader_should_answer_a_retr
     c.heal();
     assert_eq!(c.send(2, "PUT logs x").await, Response::Ok);
     assert_eq!(c.send(3, "GET logs").await, ok_entry("x"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_lagging_followers_when_a_topic_was_just_registered_elsewhere_should_still_find_it() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 3)).await;
+    c.metadata.set_lag(Some(Duration::from_millis(30)));
+    assert_eq!(c.send(1, "REGISTER fresh").await, Response::Ok);
+    // Node 2 has not applied the REGISTER yet: it catches up first.
+    assert_eq!(c.send(2, "PUT fresh a").await, Response::Ok);
+    assert_eq!(c.send(3, "REGISTER other").await, Response::Ok);
+    assert_eq!(c.send(2, "STATE other").await, {
+        let state = c.metadata.committed();
+        Response::Json(
+            state
+                .topic_json(&walrus_core::TopicName::new("other").unwrap())
+                .unwrap()
+                .to_string(),
+        )
+    });
+    for i in 0..10 {
+        assert_eq!(
+            c.send(i % 3 + 1, &format!("PUT fresh b{i}")).await,
+            Response::Ok
+        );
+    }
+    assert_eq!(c.send(3, "GET fresh").await, ok_entry("a"));
+    for i in 0..10 {
+        assert_eq!(
+            c.send(i % 3 + 1, "GET fresh").await,
+            ok_entry(&format!("b{i}"))
+        );
+    }
+    assert_eq!(c.send(2, "GET nonexistent").await, err("topic not found"));
 }

@@ -27,13 +27,14 @@ use tokio::time::Instant;
 use walrus_core::{Error, NodeId, NodeRequest, NodeResponse, Result};
 
 use super::envelope::{self, Kind, ResponsePayload};
+use super::socket;
 use super::writer::{stopped, write_loop};
 use super::TcpConfig;
 
 /// Frames a connection's writer may have queued before callers wait.
 const OUTBOX_FRAMES: usize = 1024;
 /// Read buffer per connection.
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Who a call is for, to word its errors.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +99,9 @@ impl Pool {
             }
             match conn.request(req, &self.config).await {
                 Err(Failure::NotSent) => continue,
+                Err(Failure::Lost) if self.closed.load(Ordering::Acquire) => {
+                    return Err(Error::ShuttingDown)
+                }
                 Err(Failure::Lost) => {
                     return Err(target.unreachable(addr, "connection lost during the request"))
                 }
@@ -114,12 +118,18 @@ impl Pool {
     /// Closes every connection; later calls fail with `ShuttingDown`.
     pub(crate) fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
+        self.close_connections();
+    }
+
+    /// Closes every open connection (failing their callers); later calls
+    /// dial again.
+    pub(crate) fn close_connections(&self) {
         let peers: Vec<Arc<Peer>> = self
             .peers
             .lock()
             .expect("pool lock poisoned: a thread panicked while holding it")
-            .drain()
-            .map(|(_, p)| p)
+            .values()
+            .cloned()
             .collect();
         for peer in peers {
             if let Some(conn) = peer.current() {
@@ -140,6 +150,14 @@ impl Pool {
             .entry(addr.to_string())
             .or_insert_with(|| Arc::new(Peer::new(addr.to_string())))
             .clone())
+    }
+}
+
+impl Drop for Pool {
+    /// The connections' tasks hold them alive; without this a dropped
+    /// transport would leave its sockets open.
+    fn drop(&mut self) {
+        self.close_connections();
     }
 }
 
@@ -209,9 +227,7 @@ impl Peer {
         match dialled {
             Ok(stream) => {
                 *backoff = Backoff::default();
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(addr = %self.addr, "cannot set TCP_NODELAY: {e}");
-                }
+                socket::tune(&stream, config, &self.addr);
                 let conn = Connection::start(stream, self.addr.clone(), config);
                 *self
                     .conn

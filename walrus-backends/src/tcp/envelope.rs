@@ -287,4 +287,55 @@ mod tests {
         };
         assert!(frame.decode::<NodeRequest>().is_err());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a current-thread runtime builds")
+        }
+
+        proptest! {
+            #[test]
+            fn given_arbitrary_bytes_when_read_should_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let rt = runtime();
+                rt.block_on(async {
+                    let mut r = &bytes[..];
+                    if let Ok(frame) = read_frame(&mut r, 1024, STALL).await {
+                        let _ = frame.decode::<NodeRequest>();
+                        let _ = frame.decode::<ResponsePayload>();
+                    }
+                });
+            }
+
+            #[test]
+            fn given_arbitrary_payload_and_id_when_round_tripped_should_be_equal(
+                id in any::<u64>(),
+                payload in proptest::collection::vec(any::<u8>(), 0..4096),
+            ) {
+                let req = NodeRequest::Consensus(Bytes::from(payload));
+                let frame = encode_request(id, &req, MAX).unwrap();
+                let rt = runtime();
+                let got = rt.block_on(async {
+                    let mut r = &frame[..];
+                    read_frame(&mut r, MAX, STALL).await
+                }).unwrap();
+                prop_assert_eq!(got.id, id);
+                prop_assert_eq!(got.decode::<NodeRequest>().unwrap(), req);
+            }
+
+            #[test]
+            fn given_a_valid_header_and_garbage_payload_when_decoded_should_error_not_panic(
+                payload in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let frame = Frame { kind: Kind::Request, id: 1, payload: Bytes::from(payload) };
+                let _ = frame.decode::<NodeRequest>();
+                let _ = frame.decode::<ResponsePayload>();
+            }
+        }
+    }
 }

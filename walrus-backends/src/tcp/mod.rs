@@ -23,9 +23,11 @@ pub mod envelope;
 
 mod client;
 mod server;
+mod socket;
 mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -62,6 +64,12 @@ pub struct TcpConfig {
     /// waiting fail fast with `Unreachable`.
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,
+    /// TCP keepalive period (`None`: off). A peer that vanished without
+    /// closing its connections is noticed after about 5 × this.
+    pub keepalive: Option<Duration>,
+    /// Connections a server accepts at once; further ones are closed at
+    /// once, so a flood of connections cannot exhaust the node.
+    pub max_connections: usize,
 }
 
 impl Default for TcpConfig {
@@ -74,6 +82,8 @@ impl Default for TcpConfig {
             max_in_flight_per_connection: 1024,
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
+            keepalive: Some(Duration::from_secs(1)),
+            max_connections: 1024,
         }
     }
 }
@@ -87,6 +97,8 @@ pub struct TcpTransport {
     peers: RwLock<HashMap<NodeId, String>>,
     pool: Pool,
     stop: watch::Sender<bool>,
+    /// Fault injection: see [`set_isolated`](Self::set_isolated).
+    isolated: Arc<AtomicBool>,
 }
 
 impl TcpTransport {
@@ -97,6 +109,7 @@ impl TcpTransport {
             config,
             peers: RwLock::new(HashMap::new()),
             stop,
+            isolated: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -117,14 +130,33 @@ impl TcpTransport {
             handler,
             self.config.clone(),
             self.stop.subscribe(),
+            self.isolated.clone(),
         ))
     }
 
     /// Stops serving, closes every connection in both directions and fails
-    /// calls in flight; later calls fail with `ShuttingDown`.
+    /// calls in flight; later calls fail with `ShuttingDown`. Final: a shut
+    /// down transport does not serve or call again (create a new one).
+    /// Dropping the last `Arc` of a transport has the same effect.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
         self.pool.shutdown();
+    }
+
+    /// Cuts this node off the network (for fault-injection tests), or
+    /// reconnects it. While isolated, its calls fail with `Unreachable` and
+    /// every incoming connection or request closes the connection it came
+    /// on, so peers see this node as unreachable too; open connections in
+    /// both directions are dropped. Serving resumes when isolation ends.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::Release);
+        if isolated {
+            self.pool.close_connections();
+        }
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Acquire)
     }
 
     /// Where `node` listens, if known.
@@ -140,11 +172,19 @@ impl TcpTransport {
 #[async_trait]
 impl Transport for TcpTransport {
     async fn call(&self, to: NodeId, req: NodeRequest) -> Result<NodeResponse> {
+        if self.is_isolated() {
+            return Err(Error::Unreachable(to));
+        }
         let addr = self.peer_address(to).ok_or(Error::Unreachable(to))?;
         self.pool.call(Target::Node(to), &addr, &req).await
     }
 
     async fn call_addr(&self, addr: &str, req: NodeRequest) -> Result<NodeResponse> {
+        if self.is_isolated() {
+            return Err(Error::Unavailable(format!(
+                "cannot reach {addr}: this node is isolated"
+            )));
+        }
         self.pool.call(Target::Addr, addr, &req).await
     }
 

@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,10 +26,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use walrus_core::{Error, NodeRequest, RequestHandler};
 
 use super::envelope::{self, Kind, ReadError, ResponsePayload};
+use super::socket;
 use super::writer::{stopped, write_loop};
 use super::TcpConfig;
 
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so that the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -39,8 +41,10 @@ pub(crate) async fn accept_loop(
     handler: Arc<dyn RequestHandler>,
     config: TcpConfig,
     stop: watch::Receiver<bool>,
+    isolated: Arc<AtomicBool>,
 ) {
     let local = listener.local_addr().ok();
+    let connections = Arc::new(Semaphore::new(config.max_connections));
     let until_stopped = stopped(stop.clone());
     tokio::pin!(until_stopped);
     loop {
@@ -50,13 +54,25 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(
+                if isolated.load(Ordering::Acquire) {
+                    continue; // dropping the stream closes it
+                }
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = config.max_connections, "too many node connections; closing the new one");
+                    continue;
+                };
+                let serve = serve_connection(
                     stream,
                     peer,
                     handler.clone(),
                     config.clone(),
                     stop.clone(),
-                ));
+                    isolated.clone(),
+                );
+                tokio::spawn(async move {
+                    serve.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(?local, "accept failed: {e}");
@@ -73,12 +89,13 @@ async fn serve_connection(
     handler: Arc<dyn RequestHandler>,
     config: TcpConfig,
     stop: watch::Receiver<bool>,
+    isolated: Arc<AtomicBool>,
 ) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::warn!(%peer, "cannot set TCP_NODELAY: {e}");
-    }
+    socket::tune(&stream, &config, &peer);
     let (read, write) = stream.into_split();
-    let (outbox, outbox_rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection);
+    // At least one, or the connection could never make progress.
+    let max_in_flight = config.max_in_flight_per_connection.max(1);
+    let (outbox, outbox_rx) = mpsc::channel::<Bytes>(max_in_flight);
     let stop_writing = stopped(stop.clone());
     tokio::spawn(async move {
         if let Err(e) = write_loop(write, outbox_rx, stop_writing).await {
@@ -86,7 +103,7 @@ async fn serve_connection(
         }
     });
 
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut read = BufReader::with_capacity(READ_BUFFER, read);
     let until_stopped = stopped(stop);
     tokio::pin!(until_stopped);
@@ -107,6 +124,9 @@ async fn serve_connection(
                 break;
             }
         };
+        if isolated.load(Ordering::Acquire) {
+            break;
+        }
         let permit = tokio::select! {
             _ = &mut until_stopped => break,
             permit = in_flight.clone().acquire_owned() => {

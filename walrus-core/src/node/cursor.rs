@@ -97,6 +97,14 @@ impl super::Node {
         if !status.is_leader() {
             return Err(Error::NotLeader);
         }
+        // An owner cut off from the quorum stops serving within its lease,
+        // so a deposed owner and its successor rarely serve at once.
+        if !self.lease.is_valid() && !self.lease.wait_valid(self.config.lease_renew * 2).await {
+            return Err(Error::Unavailable(format!(
+                "node {} owns the GET cursor but cannot reach the quorum, retry",
+                self.id
+            )));
+        }
         self.cursors.observe_term(Some(status.term));
         let cell = self.cursors.cell(topic);
         let mut guard = cell.state.lock().await;

@@ -84,12 +84,21 @@ impl super::Node {
         self.failover.observe_term(Some(status.term), now);
         let threshold = self.failover_threshold();
         let state = self.metadata.state();
+        let mut chosen: HashMap<NodeId, NodeId> = HashMap::new();
         for (topic, t) in &state.topics {
             let current = t.current();
             if current.leader == self.id || self.failover.is_live(current.leader, now, threshold) {
                 continue;
             }
-            let next = self.next_leader(current.leader).await;
+            // One choice per silent node per pass: each choice may ping.
+            let next = match chosen.get(&current.leader) {
+                Some(n) => *n,
+                None => {
+                    let n = self.next_leader(current.leader).await;
+                    chosen.insert(current.leader, n);
+                    n
+                }
+            };
             if next == current.leader {
                 continue;
             }
@@ -114,5 +123,48 @@ impl super::Node {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THRESHOLD: Duration = Duration::from_millis(1500);
+
+    #[tokio::test(start_paused = true)]
+    async fn given_new_leadership_when_nobody_was_heard_should_wait_the_threshold_from_then() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        assert!(
+            f.is_live(2, t0 + THRESHOLD * 10, THRESHOLD),
+            "not leader: no opinion"
+        );
+        f.observe_term(Some(3), t0);
+        assert!(f.is_live(2, t0 + THRESHOLD - Duration::from_millis(1), THRESHOLD));
+        assert!(!f.is_live(2, t0 + THRESHOLD, THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_renewal_heard_when_time_passes_should_count_from_the_last_one() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0 + Duration::from_secs(1));
+        f.heard(2, t0 + Duration::from_millis(500));
+        assert!(f.is_live(2, t0 + Duration::from_millis(2400), THRESHOLD));
+        assert!(!f.is_live(2, t0 + Duration::from_millis(2500), THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_new_term_should_forget_what_was_heard_and_restart_the_clock() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        f.observe_term(Some(2), t1);
+        assert!(f.is_live(2, t1 + Duration::from_secs(1), THRESHOLD));
+        assert!(!f.is_live(2, t1 + THRESHOLD, THRESHOLD));
     }
 }

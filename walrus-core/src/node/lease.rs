@@ -7,7 +7,7 @@
 //! `lease + margin` after it last heard from a node before it gives that
 //! node's topics away, so the old and the new writer never overlap.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,7 +24,8 @@ pub struct QuorumLease {
     metadata: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     lease: Duration,
-    valid_until: Mutex<Option<Instant>>,
+    /// The end of the lease; a watch so writers can wait for a renewal.
+    valid_until: tokio::sync::watch::Sender<Option<Instant>>,
 }
 
 impl QuorumLease {
@@ -39,33 +40,41 @@ impl QuorumLease {
             metadata,
             clock,
             lease,
-            valid_until: Mutex::new(None),
+            valid_until: tokio::sync::watch::channel(None).0,
         }
     }
 
     /// Records a successful renewal that started at `t0`.
     pub fn renewed(&self, t0: Instant) {
-        let mut v = self.lock();
         let until = t0 + self.lease;
-        if v.is_none_or(|old| old < until) {
-            *v = Some(until);
-        }
+        self.valid_until.send_if_modified(|v| {
+            let later = v.is_none_or(|old| old < until);
+            if later {
+                *v = Some(until);
+            }
+            later
+        });
     }
 
     /// True while the lease has not run out (whatever this node leads).
     pub fn is_valid(&self) -> bool {
-        self.lock().is_some_and(|until| self.clock.now() < until)
+        self.valid_until
+            .borrow()
+            .is_some_and(|until| self.clock.now() < until)
     }
 
     /// The instant the lease runs out, if it was ever renewed.
     pub fn valid_until(&self) -> Option<Instant> {
-        *self.lock()
+        *self.valid_until.borrow()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.valid_until
-            .lock()
-            .expect("lease lock poisoned: a panic while holding a plain Option")
+    /// Waits (at most `limit`) for a renewal that makes the lease valid;
+    /// true if it is valid on return.
+    pub async fn wait_valid(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.valid_until.subscribe();
+        let wait = rx.wait_for(|v| v.is_some_and(|until| self.clock.now() < until));
+        let valid = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
+        valid
     }
 }
 
@@ -73,7 +82,8 @@ impl LeaseProvider for QuorumLease {
     fn check(&self, segment: &SegmentKey) -> Result<()> {
         let state = self.metadata.state();
         let Some(topic) = state.topic(&segment.topic) else {
-            return Err(Error::TopicNotFound);
+            // Not a leader as far as we know (our metadata may lag).
+            return Err(Error::NotLeader);
         };
         let current = topic.current();
         if current.id != segment.segment
@@ -111,6 +121,19 @@ impl super::Node {
             Ok(Err(e)) => tracing::debug!(node = self.id, "lease renewal failed: {e}"),
             Err(_) => tracing::debug!(node = self.id, "lease renewal timed out"),
         }
+    }
+
+    /// A read barrier: waits until this node's metadata holds every command
+    /// committed before the call (e.g. a topic just registered elsewhere).
+    pub(crate) async fn catch_up(&self) -> Result<()> {
+        let t0 = self.clock.now();
+        tokio::time::timeout(self.config.request_timeout, async {
+            let version = self.confirm_through_leader(t0).await?;
+            self.wait_for_version(version).await;
+            Ok(())
+        })
+        .await
+        .map_err(|_| Error::Timeout("the metadata to catch up with the quorum".into()))?
     }
 
     async fn confirm_through_leader(&self, t0: Instant) -> Result<u64> {
@@ -155,5 +178,112 @@ impl super::Node {
         let version = self.metadata.confirm().await?;
         self.failover.heard(node, heard_at);
         Ok(crate::NodeResponse::Lease { version })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::metadata::MetadataCmd;
+    use crate::testing::{sim_info, FakeMetadataCluster};
+    use crate::types::TopicName;
+
+    async fn setup() -> (FakeMetadataCluster, QuorumLease, SegmentKey) {
+        let cluster = FakeMetadataCluster::new();
+        let store = cluster.join(1, sim_info(1));
+        cluster.join(2, sim_info(2));
+        let topic = TopicName::new("t").unwrap();
+        store
+            .propose(MetadataCmd::CreateTopic {
+                topic: topic.clone(),
+                leader: 1,
+            })
+            .await
+            .unwrap();
+        let lease = QuorumLease::new(1, store, Arc::new(SystemClock), Duration::from_secs(1));
+        (cluster, lease, SegmentKey::new(topic, 1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_renewal_when_the_lease_time_passes_should_expire() {
+        let (_c, lease, key) = setup().await;
+        assert_eq!(lease.check(&key), Err(Error::LeaseExpired), "never renewed");
+        lease.renewed(Instant::now());
+        assert_eq!(lease.check(&key), Ok(()));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(lease.check(&key), Ok(()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(lease.check(&key), Err(Error::LeaseExpired));
+    }
+
+    #[tokio::test]
+    async fn given_a_manual_clock_when_moved_past_the_lease_should_expire_exactly_then() {
+        let (c, _, key) = setup().await;
+        let clock = Arc::new(crate::testing::ManualClock::new());
+        let lease = QuorumLease::new(1, c.store(1), clock.clone(), Duration::from_secs(1));
+        lease.renewed(clock.now());
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(lease.check(&key), Ok(()));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(lease.check(&key), Err(Error::LeaseExpired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_an_older_renewal_when_recorded_late_should_not_shorten_the_lease() {
+        let (_c, lease, key) = setup().await;
+        let t0 = Instant::now();
+        lease.renewed(t0 + Duration::from_millis(500));
+        lease.renewed(t0);
+        assert_eq!(lease.valid_until(), Some(t0 + Duration::from_millis(1500)));
+        tokio::time::advance(Duration::from_millis(1200)).await;
+        assert_eq!(lease.check(&key), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_rolled_segment_when_checking_it_should_answer_not_leader() {
+        let (c, lease, key) = setup().await;
+        lease.renewed(Instant::now());
+        c.store(2)
+            .propose(MetadataCmd::Roll {
+                topic: key.topic.clone(),
+                segment: 1,
+                count: Some(0),
+                next_leader: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            lease.check(&key),
+            Err(Error::NotLeader),
+            "segment 1 is closed"
+        );
+        let next = SegmentKey::new(key.topic.clone(), 2);
+        assert_eq!(lease.check(&next), Err(Error::NotLeader), "node 2 leads it");
+        let unknown = SegmentKey::new(TopicName::new("nope").unwrap(), 1);
+        assert_eq!(lease.check(&unknown), Err(Error::NotLeader));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_waiting_writer_when_a_renewal_lands_should_wake_it() {
+        let (_c, lease, _key) = setup().await;
+        let lease = Arc::new(lease);
+        let waiter = {
+            let lease = lease.clone();
+            tokio::spawn(async move { lease.wait_valid(Duration::from_millis(200)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lease.renewed(Instant::now());
+        assert!(waiter.await.unwrap());
+        assert!(
+            !QuorumLease::new(
+                9,
+                lease.metadata.clone(),
+                Arc::new(SystemClock),
+                Duration::from_secs(1)
+            )
+            .wait_valid(Duration::from_millis(200))
+            .await
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! lease checks, rollover, failover and the shared GET cursor.
 //! See `docs/architecture.md` for the design.
 //!
-//! - [`router`](self): client requests, the PUT path and reads of segments.
-//! - [`lease`]: [`QuorumLease`] and its renewal loop.
+//! - `router`: client requests, the PUT path and reads of segments.
+//! - [`lease`]: [`QuorumLease`] (the [`LeaseProvider`](crate::LeaseProvider))
+//!   and its renewal.
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.

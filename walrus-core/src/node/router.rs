@@ -35,12 +35,14 @@ impl super::Node {
                 Some(entry) => Response::Entry(entry),
                 None => Response::Empty,
             }),
-            Request::State(topic) => self
-                .metadata
-                .state()
-                .topic_json(&topic)
-                .map(|j| Response::Json(j.to_string()))
-                .ok_or(Error::TopicNotFound),
+            Request::State(topic) => {
+                self.known_topic(&topic).await?;
+                self.metadata
+                    .state()
+                    .topic_json(&topic)
+                    .map(|j| Response::Json(j.to_string()))
+                    .ok_or(Error::TopicNotFound)
+            }
             Request::Metrics => Ok(Response::Json(self.metrics().to_string())),
             Request::Ping => Ok(Response::Pong),
             Request::Topics => {
@@ -94,6 +96,7 @@ impl super::Node {
     /// metadata is about to move: wait for it (bounded) and route again.
     /// Only errors that guarantee nothing was written are retried here.
     async fn put(&self, topic: &TopicName, payload: Bytes) -> Result<()> {
+        self.known_topic(topic).await?;
         let deadline = Instant::now() + self.config.request_timeout;
         let mut watch = self.metadata.watch();
         let mut pause = Duration::from_millis(2);
@@ -163,7 +166,7 @@ impl super::Node {
         key: &SegmentKey,
         entries: Vec<Bytes>,
     ) -> Result<Appended> {
-        self.lease.check(key)?;
+        self.await_write_lease(key).await?;
         let limit = self.config.max_segment_entries;
         let appended = match self.log.append(key, &entries, limit).await {
             Ok(a) => a,
@@ -185,6 +188,42 @@ impl super::Node {
         Ok(appended)
     }
 
+    /// The lease check before an append, giving short-lived causes a
+    /// moment: a renewal in flight (a node that just started, a slow quorum
+    /// round), or our metadata lagging the sender's (it routed by a newer
+    /// segment than we know). Each is waited for once, for at most two
+    /// renewal periods.
+    async fn await_write_lease(&self, key: &SegmentKey) -> Result<()> {
+        let patience = self.config.lease_renew * 2;
+        let (mut waited_lease, mut waited_metadata) = (false, false);
+        loop {
+            match self.lease.check(key) {
+                Err(Error::LeaseExpired) if !waited_lease => {
+                    waited_lease = true;
+                    self.lease.wait_valid(patience).await;
+                }
+                Err(Error::NotLeader) if !waited_metadata && self.metadata_behind(key) => {
+                    waited_metadata = true;
+                    let mut watch = self.metadata.watch();
+                    let caught_up = watch.wait_for(|s| {
+                        s.topic(&key.topic)
+                            .is_some_and(|t| t.current().id >= key.segment)
+                    });
+                    let _ = tokio::time::timeout(patience, caught_up).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// True when our metadata does not know `key` yet.
+    fn metadata_behind(&self, key: &SegmentKey) -> bool {
+        self.metadata
+            .state()
+            .topic(&key.topic)
+            .is_none_or(|t| t.current().id < key.segment)
+    }
+
     /// True when `key` was rolled over normally with at least `count`
     /// entries: an append that finished before the seal is then safe.
     fn sealed_past(&self, key: &SegmentKey, count: u64) -> bool {
@@ -195,32 +234,60 @@ impl super::Node {
             .is_some_and(|s| matches!(s.status, SegmentStatus::Sealed { count: n } if n >= count))
     }
 
-    /// GET: the cursor lives on the consensus leader.
-    async fn get(&self, topic: &TopicName) -> Result<Option<Bytes>> {
-        if self.metadata.state().topic(topic).is_none() {
-            return Err(Error::TopicNotFound);
+    /// `Ok` if `topic` exists. A topic this node does not know may have
+    /// been registered elsewhere a moment ago: catch up with the quorum
+    /// before saying `topic not found`.
+    async fn known_topic(&self, topic: &TopicName) -> Result<()> {
+        if self.metadata.state().topic(topic).is_some() {
+            return Ok(());
         }
-        let status = self.metadata.status();
-        match status.leader {
-            Some(l) if l == self.id => self.cursor_next(topic).await,
-            Some(l) => match self
-                .transport
-                .call(
-                    l,
-                    NodeRequest::Get {
-                        topic: topic.clone(),
-                    },
-                )
-                .await?
-            {
-                NodeResponse::Entry(e) => Ok(e),
-                other => Err(Error::Internal(format!(
-                    "node {l} answered a GET with {other:?}"
-                ))),
-            },
-            None => Err(Error::Unavailable(
-                "no consensus leader to serve GET, retry".into(),
-            )),
+        self.catch_up().await?;
+        match self.metadata.state().topic(topic) {
+            Some(_) => Ok(()),
+            None => Err(Error::TopicNotFound),
+        }
+    }
+
+    /// GET: the cursor lives on the consensus leader. An owner that says
+    /// it is not the leader popped nothing: ask again once the view of
+    /// the leader moves (bounded by the request timeout).
+    async fn get(&self, topic: &TopicName) -> Result<Option<Bytes>> {
+        self.known_topic(topic).await?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let result = match self.metadata.status().leader {
+                Some(l) if l == self.id => self.cursor_next(topic).await,
+                Some(l) => self.forward_get(l, topic).await,
+                None => Err(Error::Unavailable(
+                    "no consensus leader to serve GET, retry".into(),
+                )),
+            };
+            match result {
+                Err(Error::NotLeader) if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_REROUTE_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward_get(&self, owner: NodeId, topic: &TopicName) -> Result<Option<Bytes>> {
+        match self
+            .transport
+            .call(
+                owner,
+                NodeRequest::Get {
+                    topic: topic.clone(),
+                },
+            )
+            .await?
+        {
+            NodeResponse::Entry(e) => Ok(e),
+            other => Err(Error::Internal(format!(
+                "node {owner} answered a GET with {other:?}"
+            ))),
         }
     }
 

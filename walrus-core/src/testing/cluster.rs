@@ -29,6 +29,7 @@ use super::sim_network::SimNetwork;
 
 /// An in-process cluster of nodes 1..=n.
 pub struct TestCluster {
+    pub configs: BTreeMap<NodeId, NodeConfig>,
     pub metadata: FakeMetadataCluster,
     pub net: SimNetwork,
     pub nodes: BTreeMap<NodeId, Arc<Node>>,
@@ -72,6 +73,7 @@ impl TestCluster {
             .collect();
         let mut nodes = BTreeMap::new();
         let mut logs = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         for (id, store) in stores {
             let log = Arc::new(MemLogStore::new());
             let node = Node::new(
@@ -85,8 +87,10 @@ impl TestCluster {
             node.start();
             nodes.insert(id, node);
             logs.insert(id, log);
+            configs.insert(id, config(id));
         }
         let cluster = TestCluster {
+            configs,
             metadata,
             net,
             nodes,
@@ -169,6 +173,30 @@ impl TestCluster {
                 other => panic!("GET {topic} via node {id}: unexpected {other:?}"),
             }
         }
+    }
+
+    /// Crashes node `id`: it drops off the network and out of consensus
+    /// and its loops stop. Its log (the disk) stays, for [`restart`](Self::restart).
+    pub async fn crash(&self, id: NodeId) {
+        self.net.unregister(id);
+        self.metadata.cut_off(id);
+        self.node(id).shutdown().await;
+    }
+
+    /// Starts a fresh node `id` on the log and metadata it had (a restart
+    /// after [`crash`](Self::crash)), reconnected to the network and consensus.
+    pub fn restart(&mut self, id: NodeId) {
+        let node = Node::new(
+            self.configs[&id].clone(),
+            self.metadata.store(id),
+            self.logs[&id].clone(),
+            self.net.transport(id),
+            Arc::new(SystemClock),
+        );
+        self.metadata.reconnect(id);
+        self.net.register(id, node.clone());
+        node.start();
+        self.nodes.insert(id, node);
     }
 
     /// Stops every node.

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -38,6 +39,8 @@ struct Inner {
     cut_off: BTreeSet<NodeId>,
     leader: Option<NodeId>,
     term: u64,
+    /// Followers apply commits this late (None: at once).
+    lag: Option<Duration>,
 }
 
 impl Inner {
@@ -60,9 +63,15 @@ impl Inner {
 
     /// Applies the committed log to every connected member and publishes.
     fn replicate(&mut self) {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        self.replicate_to(&ids);
+    }
+
+    /// Applies the committed log to the connected members among `ids`.
+    fn replicate_to(&mut self, ids: &[NodeId]) {
         let (log, leader, term, cut_off) = (&self.log, self.leader, self.term, &self.cut_off);
         for (id, m) in self.members.iter_mut() {
-            if cut_off.contains(id) {
+            if cut_off.contains(id) || !ids.contains(id) {
                 continue;
             }
             m.known_leader = leader;
@@ -77,10 +86,18 @@ impl Inner {
         }
     }
 
-    fn commit(&mut self, cmd: MetadataCmd) -> CmdResult {
+    /// Commits `cmd`: applied at once on the leader and on `proposer`, on
+    /// the other members after the configured lag.
+    fn commit(&mut self, cmd: MetadataCmd, proposer: Option<NodeId>) -> CmdResult {
         let result = self.committed.apply(&cmd);
         self.log.push(cmd);
-        self.replicate();
+        match (self.lag, proposer) {
+            (Some(_), Some(p)) => {
+                let now: Vec<NodeId> = [Some(p), self.leader].into_iter().flatten().collect();
+                self.replicate_to(&now);
+            }
+            _ => self.replicate(),
+        }
         result
     }
 }
@@ -110,6 +127,7 @@ impl FakeMetadataCluster {
                 cut_off: BTreeSet::new(),
                 leader: None,
                 term: 0,
+                lag: None,
             })),
         }
     }
@@ -124,25 +142,22 @@ impl FakeMetadataCluster {
     /// first member becomes the leader. Also records `info` in metadata.
     pub fn join(&self, node: NodeId, info: NodeInfo) -> Arc<FakeMetadataStore> {
         let mut inner = self.lock();
-        if !inner.members.contains_key(&node) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = inner.members.entry(node) {
             let (tx, _) = watch::channel(Arc::new(ClusterState::default()));
-            inner.members.insert(
-                node,
-                Member {
-                    applied: 0,
-                    state: ClusterState::default(),
-                    tx,
-                    known_leader: None,
-                    known_term: 0,
-                },
-            );
+            slot.insert(Member {
+                applied: 0,
+                state: ClusterState::default(),
+                tx,
+                known_leader: None,
+                known_term: 0,
+            });
             inner.voters.insert(node);
             if inner.leader.is_none() {
                 inner.leader = Some(node);
                 inner.term += 1;
             }
         }
-        inner.commit(MetadataCmd::UpsertNode { node, info });
+        inner.commit(MetadataCmd::UpsertNode { node, info }, None);
         Arc::new(FakeMetadataStore {
             cluster: self.clone(),
             node,
@@ -163,6 +178,13 @@ impl FakeMetadataCluster {
         inner.leader = node;
         inner.term += 1;
         inner.replicate();
+    }
+
+    /// Makes followers apply each commit `lag` after the leader and the
+    /// proposer do (a lagging Raft follower); `None` applies at once.
+    /// Needs a tokio runtime when set.
+    pub fn set_lag(&self, lag: Option<Duration>) {
+        self.lock().lag = lag.filter(|l| !l.is_zero());
     }
 
     /// The current leader, as the cluster (not a cut-off node) sees it.
@@ -218,7 +240,19 @@ impl MetadataStore for FakeMetadataStore {
         let mut inner = self.cluster.lock();
         self.check_connected(&inner)?;
         inner.has_quorum()?;
-        Ok(inner.commit(cmd))
+        let result = inner.commit(cmd, Some(self.node));
+        let lag = inner.lag;
+        drop(inner);
+        if let Some(lag) = lag {
+            // Followers catch up later, like Raft followers applying on
+            // the next heartbeat.
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(lag).await;
+                cluster.lock().replicate();
+            });
+        }
+        Ok(result)
     }
 
     fn watch(&self) -> watch::Receiver<Arc<ClusterState>> {

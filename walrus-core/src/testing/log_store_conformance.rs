@@ -1,1 +1,470 @@
-//! (to be written)
+//! A conformance suite for any [`LogStore`]: points 1–6 of its contract.
+//!
+//! Run everything with [`run_all`], giving it a function that makes a fresh,
+//! empty store each time:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn my_store_conforms() {
+//!     walrus_core::testing::log_store_conformance::run_all(|| MyStore::new()).await;
+//! }
+//! ```
+//!
+//! Or call the scenarios one by one (each takes a fresh store) to see
+//! failures separately. A failing check panics with what was expected.
+//!
+//! Durability across a crash (contract 1 in full, 7 and 8) needs a real
+//! disk and a killed process: backends test that themselves.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::log_store::{Appended, LogStore, SegmentInfo};
+use crate::types::{SegmentKey, TopicName};
+
+fn key(topic: &str, segment: u64) -> SegmentKey {
+    SegmentKey::new(TopicName::new(topic).expect("valid test topic"), segment)
+}
+
+fn entries(prefix: &str, n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(format!("{prefix}-{i}")))
+        .collect()
+}
+
+async fn read_all<S: LogStore>(store: &S, seg: &SegmentKey) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    loop {
+        let batch = store
+            .read(seg, out.len() as u64, 1000, usize::MAX)
+            .await
+            .expect("read should succeed");
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+/// Runs every scenario, each on a fresh store from `make`.
+pub async fn run_all<S: LogStore>(make: impl Fn() -> S) {
+    given_appends_when_read_back_should_return_entries_in_order_with_contiguous_indexes(make())
+        .await;
+    given_empty_and_binary_payloads_when_read_should_return_them_byte_for_byte(make()).await;
+    given_read_limits_when_reading_should_respect_max_entries_and_max_bytes(make()).await;
+    given_unknown_segments_when_queried_should_be_empty_and_none(make()).await;
+    given_concurrent_appenders_when_done_should_have_exact_count_and_whole_batches(make()).await;
+    given_concurrent_reader_when_appending_should_only_see_completed_entries(make()).await;
+    given_a_limit_when_appending_past_it_should_refuse_and_write_nothing(make()).await;
+    given_a_sealed_segment_when_appending_should_refuse_and_keep_its_count(make()).await;
+    given_an_unknown_segment_when_sealed_should_be_sealed_with_count_zero(make()).await;
+    given_several_segments_when_listed_should_report_each_with_its_info(make()).await;
+    given_sync_when_called_should_succeed_and_change_nothing(make()).await;
+}
+
+/// Contract 2 and 4: appends add all their entries, contiguously, in order.
+pub async fn given_appends_when_read_back_should_return_entries_in_order_with_contiguous_indexes<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-order", 1);
+    let a = store
+        .append(&seg, &entries("a", 3), u64::MAX)
+        .await
+        .expect("append a");
+    assert_eq!(
+        a,
+        Appended {
+            first_index: 0,
+            count: 3
+        }
+    );
+    let b = store
+        .append(&seg, &entries("b", 2), u64::MAX)
+        .await
+        .expect("append b");
+    assert_eq!(
+        b,
+        Appended {
+            first_index: 3,
+            count: 5
+        }
+    );
+    let c = store
+        .append(&seg, &[], u64::MAX)
+        .await
+        .expect("an empty append is harmless");
+    assert_eq!(c.count, 5, "an empty append adds nothing");
+    let mut expected = entries("a", 3);
+    expected.extend(entries("b", 2));
+    assert_eq!(read_all(&store, &seg).await, expected);
+    assert_eq!(
+        store.info(&seg).await.expect("info"),
+        Some(SegmentInfo {
+            count: 5,
+            sealed: false
+        })
+    );
+    let tail = store
+        .read(&seg, 3, 10, usize::MAX)
+        .await
+        .expect("read from 3");
+    assert_eq!(
+        tail,
+        entries("b", 2),
+        "reading from an index starts exactly there"
+    );
+}
+
+/// Payloads are opaque bytes: empty ones and every byte value survive.
+pub async fn given_empty_and_binary_payloads_when_read_should_return_them_byte_for_byte<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-bytes", 1);
+    let payloads = vec![
+        Bytes::new(),
+        Bytes::from((0..=255u8).collect::<Vec<_>>()),
+        Bytes::from(vec![0u8; 4096]),
+        Bytes::from_static(b"\n\r\0 end"),
+        Bytes::new(),
+    ];
+    store
+        .append(&seg, &payloads, u64::MAX)
+        .await
+        .expect("append");
+    assert_eq!(read_all(&store, &seg).await, payloads);
+}
+
+/// `read` returns at most `max_entries`, at most `max_bytes` of payload but
+/// at least one entry, and nothing at or past the count.
+pub async fn given_read_limits_when_reading_should_respect_max_entries_and_max_bytes<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-limits", 1);
+    let ten: Vec<Bytes> = (0..10).map(|i| Bytes::from(vec![i as u8; 10])).collect();
+    store.append(&seg, &ten, u64::MAX).await.expect("append");
+    let r = store.read(&seg, 0, 4, usize::MAX).await.expect("read");
+    assert_eq!(r, ten[0..4], "max_entries caps the batch");
+    let r = store.read(&seg, 2, 100, 35).await.expect("read");
+    assert_eq!(r, ten[2..5], "max_bytes 35 holds three 10-byte entries");
+    let r = store.read(&seg, 7, 100, 1).await.expect("read");
+    assert_eq!(
+        r,
+        ten[7..8],
+        "one entry is returned even if it exceeds max_bytes"
+    );
+    let r = store.read(&seg, 0, 0, usize::MAX).await.expect("read");
+    assert!(r.is_empty(), "max_entries 0 returns nothing");
+    for from in [10, 11, u64::MAX] {
+        let r = store.read(&seg, from, 10, usize::MAX).await.expect("read");
+        assert!(r.is_empty(), "from {from} is at or past the count");
+    }
+}
+
+/// Unknown segments read empty, have no info and are not listed.
+pub async fn given_unknown_segments_when_queried_should_be_empty_and_none<S: LogStore>(store: S) {
+    let seg = key("conf-unknown", 9);
+    assert!(store
+        .read(&seg, 0, 10, usize::MAX)
+        .await
+        .expect("read")
+        .is_empty());
+    assert_eq!(store.info(&seg).await.expect("info"), None);
+    assert!(store.segments().await.expect("segments").is_empty());
+}
+
+/// Contract 1, 2 and 4 under concurrency: the final count is the sum, and
+/// each batch sits contiguously at the index its append returned.
+pub async fn given_concurrent_appenders_when_done_should_have_exact_count_and_whole_batches<
+    S: LogStore,
+>(
+    store: S,
+) {
+    const TASKS: usize = 16;
+    const BATCHES: usize = 20;
+    let store = Arc::new(store);
+    let seg = key("conf-concurrent", 1);
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        let seg = seg.clone();
+        handles.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for b in 0..BATCHES {
+                let batch = entries(&format!("t{t}b{b}"), 1 + (t + b) % 4);
+                let a = store.append(&seg, &batch, u64::MAX).await.expect("append");
+                assert_eq!(
+                    a.count - a.first_index,
+                    batch.len() as u64,
+                    "count after an append covers at least its own batch"
+                );
+                placed.push((a.first_index, batch));
+            }
+            placed
+        }));
+    }
+    let mut placed = Vec::new();
+    for h in handles {
+        placed.extend(h.await.expect("appender task panicked"));
+    }
+    let total: usize = placed.iter().map(|(_, b)| b.len()).sum();
+    let all = read_all(&*store, &seg).await;
+    assert_eq!(
+        all.len(),
+        total,
+        "count is exactly the number of entries appended"
+    );
+    assert_eq!(
+        store.info(&seg).await.expect("info").map(|i| i.count),
+        Some(total as u64)
+    );
+    let mut starts = HashSet::new();
+    for (first, batch) in placed {
+        assert!(
+            starts.insert(first),
+            "two appends returned the same first index {first}"
+        );
+        let at = first as usize;
+        assert_eq!(
+            all[at..at + batch.len()],
+            batch[..],
+            "batch at {first} is contiguous and in order"
+        );
+    }
+}
+
+/// Contract 3: a reader running alongside appenders sees a growing prefix
+/// of whole, correct entries and never an entry whose append is unfinished.
+pub async fn given_concurrent_reader_when_appending_should_only_see_completed_entries<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let store = Arc::new(store);
+    let seg = key("conf-visible", 1);
+    let writer = {
+        let store = store.clone();
+        let seg = seg.clone();
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            for i in 0..200u64 {
+                let e = Bytes::from(format!("entry-{i}-{}", "x".repeat((i % 50) as usize)));
+                let a = store.append(&seg, &[e], u64::MAX).await.expect("append");
+                assert_eq!(a.first_index, i, "single writer gets consecutive indexes");
+                done = a.count;
+            }
+            done
+        })
+    };
+    let mut seen = 0u64;
+    while !writer.is_finished() || seen < 200 {
+        let count_before = store.info(&seg).await.expect("info").map_or(0, |i| i.count);
+        let seen_before = seen;
+        let batch = store.read(&seg, seen, 64, usize::MAX).await.expect("read");
+        assert!(
+            seen_before >= count_before || !batch.is_empty(),
+            "info counted {count_before} entries but a read from {seen_before} returned none"
+        );
+        for e in &batch {
+            let expected_prefix = format!("entry-{seen}-");
+            assert!(
+                e.starts_with(expected_prefix.as_bytes()),
+                "entry {seen} is {e:?}: a reader saw an unfinished or misplaced entry"
+            );
+            seen += 1;
+        }
+        if batch.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(writer.await.expect("writer panicked"), 200);
+    assert_eq!(seen, 200);
+}
+
+/// Contract 5: a non-empty segment refuses an append that would pass the
+/// limit and writes none of it; an empty one takes any batch.
+pub async fn given_a_limit_when_appending_past_it_should_refuse_and_write_nothing<S: LogStore>(
+    store: S,
+) {
+    let seg = key("conf-limit", 1);
+    let a = store
+        .append(&seg, &entries("big", 5), 3)
+        .await
+        .expect("an empty segment takes any batch");
+    assert_eq!(a.count, 5);
+    let err = store
+        .append(&seg, &entries("more", 1), 5)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::SegmentSealed(seg.clone()),
+        "count 5 + 1 > limit 5"
+    );
+    let seg2 = key("conf-limit", 2);
+    store
+        .append(&seg2, &entries("a", 2), 4)
+        .await
+        .expect("2 <= 4");
+    let err = store.append(&seg2, &entries("b", 3), 4).await.unwrap_err();
+    assert_eq!(err, Error::SegmentSealed(seg2.clone()), "2 + 3 > 4");
+    let ok = store
+        .append(&seg2, &entries("c", 2), 4)
+        .await
+        .expect("2 + 2 == 4 fits");
+    assert_eq!(
+        ok,
+        Appended {
+            first_index: 2,
+            count: 4
+        }
+    );
+    let mut expected = entries("a", 2);
+    expected.extend(entries("c", 2));
+    assert_eq!(
+        read_all(&store, &seg2).await,
+        expected,
+        "the refused append wrote nothing"
+    );
+    assert_eq!(read_all(&store, &seg).await, entries("big", 5));
+}
+
+/// Contract 6: seal returns the count, is idempotent, and every later
+/// append fails while the data stays readable.
+pub async fn given_a_sealed_segment_when_appending_should_refuse_and_keep_its_count<S: LogStore>(
+    store: S,
+) {
+    let seg = key("conf-seal", 1);
+    store
+        .append(&seg, &entries("s", 4), u64::MAX)
+        .await
+        .expect("append");
+    assert_eq!(store.seal(&seg).await.expect("seal"), 4);
+    assert_eq!(
+        store.seal(&seg).await.expect("sealing again"),
+        4,
+        "seal is idempotent"
+    );
+    let err = store
+        .append(&seg, &entries("late", 1), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::SegmentSealed(seg.clone()));
+    let err = store.append(&seg, &[], u64::MAX).await;
+    assert!(
+        matches!(err, Err(Error::SegmentSealed(_))) || matches!(err, Ok(a) if a.count == 4),
+        "an empty append to a sealed segment adds nothing"
+    );
+    assert_eq!(
+        store.info(&seg).await.expect("info"),
+        Some(SegmentInfo {
+            count: 4,
+            sealed: true
+        })
+    );
+    assert_eq!(read_all(&store, &seg).await, entries("s", 4));
+    let other = key("conf-seal", 2);
+    store
+        .append(&other, &entries("o", 1), u64::MAX)
+        .await
+        .expect("other segments are unaffected");
+}
+
+/// Contract 6: a segment the store never saw can be sealed (count 0).
+pub async fn given_an_unknown_segment_when_sealed_should_be_sealed_with_count_zero<S: LogStore>(
+    store: S,
+) {
+    let seg = key("conf-seal-unknown", 7);
+    assert_eq!(store.seal(&seg).await.expect("seal"), 0);
+    assert_eq!(
+        store.info(&seg).await.expect("info"),
+        Some(SegmentInfo {
+            count: 0,
+            sealed: true
+        })
+    );
+    let err = store
+        .append(&seg, &entries("x", 1), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::SegmentSealed(seg.clone()));
+    assert!(store
+        .read(&seg, 0, 10, usize::MAX)
+        .await
+        .expect("read")
+        .is_empty());
+}
+
+/// `segments` lists every segment with the same info `info` gives.
+pub async fn given_several_segments_when_listed_should_report_each_with_its_info<S: LogStore>(
+    store: S,
+) {
+    let a = key("conf-list-a", 1);
+    let b = key("conf-list-b", 3);
+    let c = key("conf-list-b", 4);
+    store
+        .append(&a, &entries("a", 2), u64::MAX)
+        .await
+        .expect("append");
+    store
+        .append(&b, &entries("b", 1), u64::MAX)
+        .await
+        .expect("append");
+    store.seal(&b).await.expect("seal");
+    store.seal(&c).await.expect("seal unknown");
+    let mut listed = store.segments().await.expect("segments");
+    listed.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        listed,
+        vec![
+            (
+                a,
+                SegmentInfo {
+                    count: 2,
+                    sealed: false
+                }
+            ),
+            (
+                b,
+                SegmentInfo {
+                    count: 1,
+                    sealed: true
+                }
+            ),
+            (
+                c,
+                SegmentInfo {
+                    count: 0,
+                    sealed: true
+                }
+            ),
+        ]
+    );
+}
+
+/// `sync` succeeds on an empty and a busy store and changes no count.
+pub async fn given_sync_when_called_should_succeed_and_change_nothing<S: LogStore>(store: S) {
+    store.sync().await.expect("sync of an empty store");
+    let seg = key("conf-sync", 1);
+    store
+        .append(&seg, &entries("y", 3), u64::MAX)
+        .await
+        .expect("append");
+    store.sync().await.expect("sync");
+    assert_eq!(
+        store.info(&seg).await.expect("info"),
+        Some(SegmentInfo {
+            count: 3,
+            sealed: false
+        })
+    );
+    assert_eq!(read_all(&store, &seg).await, entries("y", 3));
+}

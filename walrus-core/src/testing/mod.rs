@@ -10,6 +10,7 @@
 //! - [`SimNetwork`]: a [`Transport`](crate::Transport) between in-process
 //!   nodes that partitions, drops and delays.
 //! - [`TestCluster`]: N real nodes on those fakes, driven by text requests.
+//! - [`ManualClock`]: a clock that moves only when the test advances it.
 //! - `log_store_conformance`, `metadata_store_conformance`: suites.
 //!
 //! Time: the fakes and the node read time through tokio, so a test under
@@ -19,11 +20,13 @@
 pub mod cluster;
 pub mod fake_metadata;
 pub mod log_store_conformance;
+pub mod manual_clock;
 pub mod mem_log_store;
 pub mod metadata_store_conformance;
 pub mod sim_network;
 
 pub use cluster::{sim_info, TestCluster};
 pub use fake_metadata::{FakeMetadataCluster, FakeMetadataStore};
+pub use manual_clock::ManualClock;
 pub use mem_log_store::MemLogStore;
 pub use sim_network::{SimNetwork, SimTransport};

@@ -1,0 +1,162 @@
+//! The syncer: one thread that makes appended data durable for everyone.
+//!
+//! Appenders write under their segment's short lock, queue the segment
+//! here and wait. The syncer takes every queued segment at once and flushes
+//! each (msync of the written range, which on Linux is an fdatasync of that
+//! range), so all appends that arrived during the previous flush share the
+//! next one: group commit. No append lock is held during a flush.
+//!
+//! With `interval:<ms>` segments are queued without waking the syncer and
+//! flushed on its timer; with `never` they are flushed only on request
+//! (`sync`, `seal`).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::segment::Segment;
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Arc<Segment>>,
+    urgent: bool,
+    shutdown: bool,
+    /// Urgent requests since the syncer last took the queue.
+    arrivals: usize,
+    /// The syncer is waiting for the rest of a group to arrive.
+    gathering: bool,
+}
+
+/// Longest a flush is delayed to let more appenders join it.
+const MAX_GATHER: Duration = Duration::from_micros(500);
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+pub(crate) struct Syncer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts the syncer thread; `interval` flushes queued segments
+    /// periodically even when nobody asks.
+    pub fn start(interval: Option<Duration>) -> std::io::Result<Syncer> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("walrus-wal-sync".into())
+            .spawn(move || run(&worker, interval))?;
+        Ok(Syncer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `segment` for the next flush; `urgent` wakes the syncer now.
+    pub fn enqueue(&self, segment: &Arc<Segment>, urgent: bool) {
+        let already = segment.queued.swap(true, Ordering::SeqCst);
+        if already && !urgent {
+            return;
+        }
+        let mut q = self.shared.queue.lock().expect("sync queue lock poisoned");
+        if !already {
+            q.pending.push(segment.clone());
+        }
+        if urgent {
+            q.arrivals += 1;
+            if !q.urgent || q.gathering {
+                q.urgent = true;
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .expect("sync queue lock poisoned")
+            .shutdown = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, interval: Option<Duration>) {
+    let mut next_tick = interval.map(|d| Instant::now() + d);
+    // The previous group: how many joined it and how long its flush took.
+    let mut last_group = 0usize;
+    let mut last_flush = Duration::ZERO;
+    loop {
+        let (batch, stop) = {
+            let mut q = shared.queue.lock().expect("sync queue lock poisoned");
+            loop {
+                if q.shutdown || q.urgent {
+                    break;
+                }
+                match next_tick {
+                    Some(tick) => {
+                        let now = Instant::now();
+                        if now >= tick {
+                            next_tick = interval.map(|d| now + d);
+                            break;
+                        }
+                        q = shared
+                            .wake
+                            .wait_timeout(q, tick - now)
+                            .expect("sync queue lock poisoned")
+                            .0;
+                    }
+                    None => q = shared.wake.wait(q).expect("sync queue lock poisoned"),
+                }
+            }
+            // Appenders released by the previous flush come back a few
+            // microseconds apart; flushing for the first one alone would
+            // split them into two half-sized groups. So when the last group
+            // had several members, wait (a fraction of a flush at most) for
+            // as many to be back.
+            if q.urgent && last_group > 1 {
+                let deadline = Instant::now() + (last_flush / 2).min(MAX_GATHER);
+                q.gathering = true;
+                while q.arrivals < last_group && !q.shutdown {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    q = shared
+                        .wake
+                        .wait_timeout(q, deadline - now)
+                        .expect("sync queue lock poisoned")
+                        .0;
+                }
+                q.gathering = false;
+            }
+            last_group = q.arrivals;
+            q.arrivals = 0;
+            q.urgent = false;
+            (std::mem::take(&mut q.pending), q.shutdown)
+        };
+        let started = Instant::now();
+        for segment in batch {
+            // Cleared before the snapshot: an append after this point
+            // queues the segment again and gets the next round.
+            segment.queued.store(false, Ordering::SeqCst);
+            segment.sync_round();
+        }
+        last_flush = started.elapsed();
+        if stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,787 @@
+//! One segment of the WAL: its files, its append state, its recovery, its
+//! reads and its seal.
+//!
+//! Concurrency protocol:
+//! - Appenders take `append` (a short lock: memcpy into the map, no I/O
+//!   except creating the next file once per `segment_file_bytes`) and write
+//!   past the published end.
+//! - The syncer snapshots the written end under `append`, flushes without
+//!   it, then publishes (`synced_*`, and `visible` with group commit).
+//! - Readers read only entries `< visible`; they take `shared` (parts and
+//!   index) for a moment, never `append`. Published bytes are never written
+//!   again, so they can be read without any lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
+
+use super::index::{Pos, SparseIndex};
+use super::read_cache::ReadCache;
+use super::segment_file::{sync_dir, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
+
+pub(crate) fn part_path(dir: &Path, segment: u64, part: u32) -> PathBuf {
+    dir.join(format!("{segment:020}.{part:06}.wal"))
+}
+
+pub(crate) fn seal_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.sealed"))
+}
+
+/// How a segment is stored, shared by all segments of a store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentParams {
+    pub file_len: u64,
+    /// fsync=always: entries become visible only once synced.
+    pub group_commit: bool,
+}
+
+struct Waiter {
+    target: u64,
+    tx: oneshot::Sender<Result<()>>,
+}
+
+struct AppendState {
+    /// Entries written (with group commit, possibly not yet synced).
+    count: u64,
+    /// Where the next record goes; `None` before the first file exists.
+    pos: Option<Pos>,
+    /// The file `pos` is in.
+    current: Option<Arc<SegmentFile>>,
+    /// Durable end and count as far as the syncer (or recovery) knows.
+    synced_pos: Option<Pos>,
+    synced_count: u64,
+    /// A seal is in progress: appends are refused.
+    sealing: bool,
+    waiters: Vec<Waiter>,
+}
+
+struct Shared {
+    /// Maps of the files while the segment is open; empty once sealed
+    /// (its files are then read through the store's read cache).
+    parts: Vec<Arc<SegmentFile>>,
+    part_count: u32,
+    index: SparseIndex,
+    /// False for a segment found sealed on open until its first read
+    /// scans (and verifies) it.
+    index_ready: bool,
+}
+
+pub(crate) struct Segment {
+    pub key: SegmentKey,
+    dir: PathBuf,
+    params: SegmentParams,
+    visible: AtomicU64,
+    sealed: AtomicBool,
+    /// In the syncer's queue (avoids queueing twice).
+    pub queued: AtomicBool,
+    append: Mutex<AppendState>,
+    shared: RwLock<Shared>,
+}
+
+/// What `begin_seal` found.
+pub(crate) enum SealStep {
+    /// Already sealed with this count.
+    Done(u64),
+    /// Appends are now refused; once `count` entries are durable the seal
+    /// can be written.
+    SyncTo(u64),
+}
+
+impl Segment {
+    fn with_state(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        state: AppendState,
+        shared: Shared,
+        visible: u64,
+        sealed: bool,
+    ) -> Segment {
+        Segment {
+            key,
+            dir,
+            params,
+            visible: AtomicU64::new(visible),
+            sealed: AtomicBool::new(sealed),
+            queued: AtomicBool::new(false),
+            append: Mutex::new(state),
+            shared: RwLock::new(shared),
+        }
+    }
+
+    /// A segment that has no file yet.
+    pub fn new_empty(key: SegmentKey, dir: PathBuf, params: SegmentParams) -> Segment {
+        let state = AppendState {
+            count: 0,
+            pos: None,
+            current: None,
+            synced_pos: None,
+            synced_count: 0,
+            sealing: false,
+            waiters: Vec::new(),
+        };
+        let shared = Shared {
+            parts: Vec::new(),
+            part_count: 0,
+            index: SparseIndex::default(),
+            index_ready: true,
+        };
+        Segment::with_state(key, dir, params, state, shared, 0, false)
+    }
+
+    /// A segment found sealed on open: its count comes from the seal file,
+    /// its files are scanned (and verified) on first read.
+    pub fn new_sealed(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        count: u64,
+        part_count: u32,
+    ) -> Segment {
+        let state = AppendState {
+            count,
+            pos: None,
+            current: None,
+            synced_pos: None,
+            synced_count: count,
+            sealing: false,
+            waiters: Vec::new(),
+        };
+        let shared = Shared {
+            parts: Vec::new(),
+            part_count,
+            index: SparseIndex::default(),
+            index_ready: part_count == 0,
+        };
+        Segment::with_state(key, dir, params, state, shared, count, true)
+    }
+
+    /// Recovers an open segment from its files (`paths[i]` is part `i`):
+    /// scans them, cuts a torn tail, reports corruption before it.
+    pub fn recover(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        paths: &[PathBuf],
+    ) -> Result<Segment> {
+        let mut files = Vec::with_capacity(paths.len());
+        for (i, path) in paths.iter().enumerate() {
+            let f = SegmentFile::open_rw(path)?;
+            check_identity(&f, key.segment, i as u32)?;
+            files.push(Arc::new(f));
+        }
+        let mut index = SparseIndex::default();
+        let mut count = 0u64;
+        let mut end = Pos::new(0, HEADER_LEN);
+        let mut keep = files.len();
+        for (i, f) in files.iter().enumerate() {
+            let base = count;
+            // SAFETY: nobody else uses the files during recovery.
+            let scan = unsafe { f.scan(|j, off| index.record(base + j, Pos::new(i as u32, off))) };
+            count += scan.records;
+            end = Pos::new(i as u32, scan.end);
+            let reason = match scan.stop {
+                ScanEnd::Next if i + 1 < files.len() => continue,
+                // A marker with no file after it: the file was being rolled;
+                // the next append writes over the marker or rolls again.
+                ScanEnd::Next => break,
+                ScanEnd::Invalid { reason } => reason,
+            };
+            if (scan.end as u64) < f.header().checkpoint {
+                return Err(Error::Corrupt(format!(
+                    "{} at byte {}: {reason}, before the last synced point {}; the segment {} cannot be served past entry {count}. Restore the file from a replica or backup",
+                    f.path().display(),
+                    scan.end,
+                    f.header().checkpoint,
+                    key
+                )));
+            }
+            for later in &files[i + 1..] {
+                // SAFETY: as above.
+                let s = unsafe { later.scan(|_, _| {}) };
+                if s.records > 0 {
+                    return Err(Error::Corrupt(format!(
+                        "{} at byte {}: {reason}, but the later file {} holds {} records; the segment {} has a hole after entry {count}",
+                        f.path().display(),
+                        scan.end,
+                        later.path().display(),
+                        s.records,
+                        key
+                    )));
+                }
+            }
+            // SAFETY: as above.
+            unsafe { f.zero_from(scan.end)? };
+            if reason != "zeros (end of written data)" {
+                tracing::warn!(file = %f.path().display(), at = scan.end, reason, "cut the torn tail of a WAL file");
+            }
+            keep = i + 1;
+            break;
+        }
+        for extra in files.drain(keep..) {
+            tracing::warn!(file = %extra.path().display(), "removing an empty WAL file past a torn tail");
+            std::fs::remove_file(extra.path()).map_err(|e| {
+                Error::Storage(format!("cannot remove {}: {e}", extra.path().display()))
+            })?;
+        }
+        // What was recovered may sit only in the page cache (the writer was
+        // killed, the machine was not): make it durable before serving it.
+        for f in &files {
+            f.flush(0, f.len())?;
+        }
+        let current = files.last().cloned();
+        let pos = current.as_ref().map(|_| end);
+        let state = AppendState {
+            count,
+            pos,
+            current,
+            synced_pos: pos,
+            synced_count: count,
+            sealing: false,
+            waiters: Vec::new(),
+        };
+        let shared = Shared {
+            part_count: files.len() as u32,
+            parts: files,
+            index,
+            index_ready: true,
+        };
+        Ok(Segment::with_state(
+            key, dir, params, state, shared, count, false,
+        ))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AppendState> {
+        self.append.lock().expect("segment append lock poisoned")
+    }
+
+    pub fn info(&self) -> Option<SegmentInfo> {
+        let sealed = self.sealed.load(Ordering::Acquire);
+        let count = self.visible.load(Ordering::Acquire);
+        let has_files = self
+            .shared
+            .read()
+            .expect("segment lock poisoned")
+            .part_count
+            > 0;
+        (sealed || has_files || count > 0).then_some(SegmentInfo { count, sealed })
+    }
+
+    /// Writes `entries` into the map. With group commit, returns a receiver
+    /// that completes once they are durable (the caller queues the segment
+    /// for the syncer); otherwise they are visible on return.
+    pub fn append(
+        &self,
+        entries: &[Bytes],
+        limit: u64,
+    ) -> Result<(Appended, Option<oneshot::Receiver<Result<()>>>)> {
+        let max_payload = SegmentFile::max_payload(self.params.file_len);
+        if let Some(big) = entries.iter().find(|e| e.len() > max_payload) {
+            return Err(Error::BadRequest(format!(
+                "entry of {} bytes is larger than the WAL's limit of {max_payload} bytes per entry (segment_file_bytes {})",
+                big.len(),
+                self.params.file_len
+            )));
+        }
+        let mut st = self.lock();
+        if self.sealed.load(Ordering::Acquire) || st.sealing {
+            return Err(Error::SegmentSealed(self.key.clone()));
+        }
+        let n = entries.len() as u64;
+        if st.count > 0 && st.count.saturating_add(n) > limit {
+            return Err(Error::SegmentSealed(self.key.clone()));
+        }
+        if n == 0 {
+            let count = st.count;
+            return Ok((
+                Appended {
+                    first_index: count,
+                    count,
+                },
+                None,
+            ));
+        }
+
+        // Plan: how many new files this append needs, so that every
+        // fallible step (creating them) happens before anything is written.
+        let mut need = 0u32;
+        let mut sim: Option<(usize, usize)> = st
+            .current
+            .as_ref()
+            .zip(st.pos)
+            .map(|(f, p)| (p.off(), f.len()));
+        for e in entries {
+            let fits = sim.is_some_and(|(off, len)| off + 2 * RECORD_HEADER + e.len() <= len);
+            if !fits {
+                need += 1;
+                sim = Some((HEADER_LEN, self.params.file_len as usize));
+            }
+            if let Some((off, _)) = sim.as_mut() {
+                *off += RECORD_HEADER + e.len();
+            }
+        }
+        let first_new_part = st.pos.map_or(0, |p| p.part + 1);
+        let created = self.create_parts(first_new_part, need)?;
+
+        // Write: infallible memcpy into the maps.
+        let first_index = st.count;
+        let mut cur: Option<(Arc<SegmentFile>, u32, usize)> = st
+            .current
+            .clone()
+            .zip(st.pos)
+            .map(|(f, p)| (f, p.part, p.off()));
+        let mut new_files = created.iter();
+        let mut rolled: Vec<(Arc<SegmentFile>, usize)> = Vec::new();
+        let mut points = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if !cur
+                .as_ref()
+                .is_some_and(|(f, _, off)| f.fits(*off, e.len()))
+            {
+                let next = new_files
+                    .next()
+                    .expect("the plan created every file needed")
+                    .clone();
+                let part = match cur.take() {
+                    Some((f, part, off)) => {
+                        // SAFETY: past the published end, under the append lock.
+                        unsafe { f.write_next_marker(off) };
+                        rolled.push((f, off + RECORD_HEADER));
+                        part + 1
+                    }
+                    None => 0,
+                };
+                cur = Some((next, part, HEADER_LEN));
+            }
+            let (f, part, off) = cur.as_mut().expect("a file was just ensured");
+            // SAFETY: past the published end, under the append lock.
+            unsafe { f.write_record(*off, e) };
+            let index = first_index + i as u64;
+            if index.is_multiple_of(super::index::STRIDE) {
+                points.push((index, Pos::new(*part, *off)));
+            }
+            *off += RECORD_HEADER + e.len();
+        }
+
+        // A file that is left behind is made durable before its successor
+        // gets any data, so on recovery only the last file can have a tail.
+        for (f, end) in &rolled {
+            if let Err(e) = f.flush(HEADER_LEN, *end) {
+                self.undo_unpublished(&st, &created);
+                return Err(e);
+            }
+        }
+
+        // Publish to readers' structures, then to the counters.
+        let (file, part, off) = cur.expect("at least one entry was written");
+        {
+            let mut sh = self.shared.write().expect("segment lock poisoned");
+            sh.part_count += created.len() as u32;
+            sh.parts.extend(created.iter().cloned());
+            for (index, pos) in points {
+                sh.index.record(index, pos);
+            }
+        }
+        st.current = Some(file);
+        st.pos = Some(Pos::new(part, off));
+        st.count += n;
+        let appended = Appended {
+            first_index,
+            count: st.count,
+        };
+        if self.params.group_commit {
+            let (tx, rx) = oneshot::channel();
+            let target = st.count;
+            st.waiters.push(Waiter { target, tx });
+            Ok((appended, Some(rx)))
+        } else {
+            self.visible.store(st.count, Ordering::Release);
+            Ok((appended, None))
+        }
+    }
+
+    fn create_parts(&self, first: u32, n: u32) -> Result<Vec<Arc<SegmentFile>>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if first == 0 {
+            let fresh = !self.dir.exists();
+            std::fs::create_dir_all(&self.dir).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot create WAL directory {}: {e}",
+                    self.dir.display()
+                ))
+            })?;
+            if fresh {
+                if let Some(root) = self.dir.parent() {
+                    sync_dir(root)?;
+                }
+            }
+        }
+        let mut created = Vec::with_capacity(n as usize);
+        for part in first..first + n {
+            let path = part_path(&self.dir, self.key.segment, part);
+            match SegmentFile::create(&path, self.key.segment, part, self.params.file_len) {
+                Ok(f) => created.push(Arc::new(f)),
+                Err(e) => {
+                    for f in &created {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Undoes an append that failed after writing: zeros what it wrote
+    /// (nothing of it was published) and deletes the files it created.
+    fn undo_unpublished(&self, st: &AppendState, created: &[Arc<SegmentFile>]) {
+        if let (Some(f), Some(p)) = (&st.current, st.pos) {
+            // SAFETY: unpublished range, under the append lock.
+            unsafe { f.zero_range(p.off(), f.len()) };
+            let _ = f.flush(p.off(), f.len());
+        }
+        for f in created {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+
+    /// Adds a waiter for everything written so far to be durable; `None`
+    /// if it already is.
+    pub fn sync_waiter(&self) -> Option<oneshot::Receiver<Result<()>>> {
+        let mut st = self.lock();
+        if st.synced_count >= st.count && st.synced_pos == st.pos {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let target = st.count;
+        st.waiters.push(Waiter { target, tx });
+        Some(rx)
+    }
+
+    /// Called by the syncer only: makes everything written so far durable
+    /// and completes the waiters it covers. Holds the append lock only to
+    /// snapshot and to publish, never during the flush.
+    pub fn sync_round(&self) {
+        let (from, target, target_count, parts) = {
+            let mut st = self.lock();
+            let Some(target) = st.pos else {
+                let synced = st.synced_count;
+                let done = take_waiters(&mut st.waiters, synced);
+                drop(st);
+                complete(done, Ok(()));
+                return;
+            };
+            if st.synced_pos == Some(target) {
+                let synced = st.synced_count;
+                let done = take_waiters(&mut st.waiters, synced);
+                drop(st);
+                complete(done, Ok(()));
+                return;
+            }
+            let first_part = st.synced_pos.map_or(0, |p| p.part) as usize;
+            let parts: Vec<_> = self
+                .shared
+                .read()
+                .expect("segment lock poisoned")
+                .parts
+                .get(first_part..=target.part as usize)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
+            (st.synced_pos, target, st.count, parts)
+        };
+        let result = flush_parts(from, target, &parts);
+        let mut st = self.lock();
+        match result {
+            Ok(()) => {
+                st.synced_pos = Some(target);
+                st.synced_count = target_count;
+                if self.params.group_commit {
+                    self.visible.store(target_count, Ordering::Release);
+                }
+                let done = take_waiters(&mut st.waiters, target_count);
+                drop(st);
+                complete(done, Ok(()));
+            }
+            Err(e) => {
+                tracing::error!(segment = %self.key, error = %e, "WAL sync failed");
+                let failed = if self.params.group_commit {
+                    // Nothing past the synced point was acknowledged: drop
+                    // it, so that a later sync cannot make a failed append
+                    // durable after all.
+                    self.rollback(&mut st);
+                    std::mem::take(&mut st.waiters)
+                } else {
+                    // Entries were acknowledged already; keep them and let
+                    // the next round retry. Only explicit syncs fail.
+                    let synced = st.synced_count;
+                    let (ok, failed): (Vec<_>, Vec<_>) =
+                        st.waiters.drain(..).partition(|w| w.target <= synced);
+                    st.waiters = ok;
+                    failed
+                };
+                drop(st);
+                complete(failed, Err(e));
+            }
+        }
+    }
+
+    fn rollback(&self, st: &mut AppendState) {
+        let Some(pos) = st.pos else { return };
+        let start = st.synced_pos.unwrap_or(Pos::new(0, HEADER_LEN));
+        let mut sh = self.shared.write().expect("segment lock poisoned");
+        for part in start.part..=pos.part {
+            let Some(f) = sh.parts.get(part as usize) else {
+                break;
+            };
+            let from = if part == start.part {
+                start.off()
+            } else {
+                HEADER_LEN
+            };
+            let to = if part == pos.part { pos.off() } else { f.len() };
+            // SAFETY: beyond `visible`, under the append lock.
+            unsafe { f.zero_range(from, to) };
+            let _ = f.flush(from, to);
+        }
+        for f in sh.parts.drain(start.part as usize + 1..) {
+            let _ = std::fs::remove_file(f.path());
+        }
+        sh.part_count = sh.parts.len() as u32;
+        sh.index.truncate(st.synced_count);
+        st.current = sh.parts.get(start.part as usize).cloned();
+        st.pos = st.current.as_ref().map(|_| start);
+        st.count = st.synced_count;
+    }
+
+    pub fn begin_seal(&self) -> SealStep {
+        let mut st = self.lock();
+        if self.sealed.load(Ordering::Acquire) {
+            return SealStep::Done(self.visible.load(Ordering::Acquire));
+        }
+        st.sealing = true;
+        SealStep::SyncTo(st.count)
+    }
+
+    pub fn abort_seal(&self) {
+        self.lock().sealing = false;
+    }
+
+    /// Writes the seal file (blocking I/O) and releases the file maps: from
+    /// now on reads go through the read cache and take no append lock.
+    pub fn finish_seal(&self, count: u64) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            Error::Storage(format!(
+                "cannot create WAL directory {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;
+        let mut st = self.lock();
+        self.visible.store(count, Ordering::Release);
+        self.sealed.store(true, Ordering::Release);
+        st.current = None;
+        self.shared
+            .write()
+            .expect("segment lock poisoned")
+            .parts
+            .clear();
+        Ok(())
+    }
+
+    /// Reads entries `from..` (at most `max_entries`, at most `max_bytes`
+    /// of payload but at least one entry). Copies only what it returns.
+    pub fn read(
+        &self,
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+        cache: &ReadCache,
+    ) -> Result<Vec<Bytes>> {
+        let visible = self.visible.load(Ordering::Acquire);
+        if from >= visible || max_entries == 0 {
+            return Ok(Vec::new());
+        }
+        let want = (visible - from).min(max_entries as u64) as usize;
+        self.ensure_index(cache)?;
+        let (parts, (mut i, mut pos)) = {
+            let sh = self.shared.read().expect("segment lock poisoned");
+            let seek = sh.index.seek(from).ok_or_else(|| {
+                Error::Internal(format!("segment {} has entries but no index", self.key))
+            })?;
+            (sh.parts.clone(), seek)
+        };
+        let file_of = |part: u32| -> Result<Arc<SegmentFile>> {
+            match parts.get(part as usize) {
+                Some(f) => Ok(f.clone()),
+                None => cache.get(&part_path(&self.dir, self.key.segment, part)),
+            }
+        };
+        let mut file = file_of(pos.part)?;
+        let mut out = Vec::with_capacity(want.min(1024));
+        let mut bytes = 0usize;
+        while out.len() < want {
+            // SAFETY: `pos` is the start of a published record or marker
+            // (entries `< visible` and what precedes them are never written
+            // again), so reading it needs no lock.
+            let len = unsafe { file.record_len_at(pos.off()) };
+            if len == NEXT_MARKER {
+                pos = Pos::new(pos.part + 1, HEADER_LEN);
+                file = file_of(pos.part)?;
+                continue;
+            }
+            let len = len as usize;
+            if i >= from {
+                if !out.is_empty() && bytes + len > max_bytes {
+                    break;
+                }
+                // SAFETY: as above; the payload is part of a published record.
+                let payload = unsafe { file.slice(pos.off() + RECORD_HEADER, len) };
+                out.push(Bytes::copy_from_slice(payload));
+                bytes += len;
+            }
+            pos = Pos::new(pos.part, pos.off() + RECORD_HEADER + len);
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// Scans and verifies a segment found sealed on open, once.
+    fn ensure_index(&self, cache: &ReadCache) -> Result<()> {
+        if self
+            .shared
+            .read()
+            .expect("segment lock poisoned")
+            .index_ready
+        {
+            return Ok(());
+        }
+        let mut sh = self.shared.write().expect("segment lock poisoned");
+        if sh.index_ready {
+            return Ok(());
+        }
+        let sealed_count = self.visible.load(Ordering::Acquire);
+        let mut index = SparseIndex::default();
+        let mut count = 0u64;
+        for part in 0..sh.part_count {
+            let path = part_path(&self.dir, self.key.segment, part);
+            let f = cache.get(&path)?;
+            check_identity(&f, self.key.segment, part)?;
+            let base = count;
+            // SAFETY: a sealed segment's files are never written.
+            let scan = unsafe { f.scan(|j, off| index.record(base + j, Pos::new(part, off))) };
+            count += scan.records;
+            let last = part + 1 == sh.part_count;
+            let bad = match scan.stop {
+                ScanEnd::Next if !last => None,
+                ScanEnd::Next => Some("next-file marker in the last file"),
+                ScanEnd::Invalid { reason } if !last || count < sealed_count => Some(reason),
+                ScanEnd::Invalid { .. } => None,
+            };
+            if let Some(reason) = bad {
+                return Err(Error::Corrupt(format!(
+                    "{} at byte {}: {reason}; segment {} was sealed with {sealed_count} entries, only {count} are readable. Restore the file from a replica or backup",
+                    path.display(),
+                    scan.end,
+                    self.key
+                )));
+            }
+        }
+        if count != sealed_count {
+            return Err(Error::Corrupt(format!(
+                "segment {} in {} was sealed with {sealed_count} entries but its files hold {count}",
+                self.key,
+                self.dir.display()
+            )));
+        }
+        sh.index = index;
+        sh.index_ready = true;
+        Ok(())
+    }
+}
+
+fn flush_parts(from: Option<Pos>, target: Pos, parts: &[Arc<SegmentFile>]) -> Result<()> {
+    let first_part = from.map_or(0, |p| p.part);
+    for (i, f) in parts.iter().enumerate() {
+        let part = first_part + i as u32;
+        let start = match from {
+            Some(p) if p.part == part => p.off(),
+            _ => HEADER_LEN,
+        };
+        if part == target.part {
+            // The header records the end of the previous sync: durable for
+            // sure, so recovery may call anything bad before it corruption.
+            // SAFETY: only the syncer writes headers of open files.
+            unsafe { f.set_checkpoint(start as u64) };
+            f.flush(0, target.off())?;
+        } else {
+            f.flush(start, f.len())?;
+        }
+    }
+    Ok(())
+}
+
+fn take_waiters(waiters: &mut Vec<Waiter>, durable: u64) -> Vec<Waiter> {
+    let (done, rest): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|w| w.target <= durable);
+    *waiters = rest;
+    done
+}
+
+fn complete(waiters: Vec<Waiter>, result: Result<()>) {
+    for w in waiters {
+        let _ = w.tx.send(result.clone());
+    }
+}
+
+fn check_identity(f: &SegmentFile, segment: u64, part: u32) -> Result<()> {
+    let h = f.header();
+    if h.segment != segment || h.part != part {
+        return Err(Error::Corrupt(format!(
+            "{} says it is part {} of segment {}, but its name says part {part} of segment {segment}; it was renamed or copied by hand",
+            f.path().display(),
+            h.part,
+            h.segment
+        )));
+    }
+    Ok(())
+}
+
+fn write_seal_file(path: &Path, count: u64) -> Result<()> {
+    use std::io::Write;
+    let mut buf = [0u8; 12];
+    buf[0..8].copy_from_slice(&count.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[0..8]);
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let io = |e: std::io::Error| {
+        Error::Storage(format!("cannot write seal file {}: {e}", path.display()))
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&buf).and_then(|_| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn read_seal_file(path: &Path) -> Result<u64> {
+    let buf = std::fs::read(path)
+        .map_err(|e| Error::Storage(format!("cannot read seal file {}: {e}", path.display())))?;
+    if buf.len() != 12 || crc32c::crc32c(&buf[0..8]).to_le_bytes() != buf[8..12] {
+        return Err(Error::Corrupt(format!(
+            "seal file {} is damaged (bad length or checksum); the segment's final count is unknown",
+            path.display()
+        )));
+    }
+    Ok(u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")))
+}

@@ -1,0 +1,592 @@
+//! One fixed-size, memory-mapped WAL file: its header, its records and the
+//! scan that recovers them.
+//!
+//! Layout (all integers little endian):
+//!
+//! ```text
+//! 0   magic  b"WALRUSWL"
+//! 8   version u32 (= 1)
+//! 12  part u32            which file of the segment this is (0, 1, ...)
+//! 16  segment id u64
+//! 24  file length u64     the length the file was created with
+//! 32  checkpoint u64      records before this byte offset were durable
+//! 40  crc32c u32          of bytes 0..40
+//! 44  zero up to HEADER_LEN
+//! HEADER_LEN: records [len u32][crc32c u32][payload], crc over len ++ payload
+//! ```
+//!
+//! A record whose `len` is [`NEXT_MARKER`] ends the file: the segment goes
+//! on in the next part. Every file keeps room for that marker.
+//!
+//! The checkpoint lags the truly durable end by one sync (the syncer writes
+//! the previous sync's end into the header and flushes both with one msync),
+//! so it never claims more than the disk holds. On recovery a bad record
+//! before it is corruption; after it, a torn tail.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapOptions, MmapRaw};
+use walrus_core::{Error, Result};
+
+pub(crate) const MAGIC: &[u8; 8] = b"WALRUSWL";
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) const RECORD_HEADER: usize = 8;
+/// `len` value of the record that says "continued in the next file".
+pub(crate) const NEXT_MARKER: u32 = u32::MAX;
+/// Smallest file that still holds one small record and the next marker.
+pub(crate) const MIN_FILE_LEN: u64 = 4096;
+
+/// What the header of a file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileHeader {
+    pub part: u32,
+    pub segment: u64,
+    pub file_len: u64,
+    pub checkpoint: u64,
+}
+
+impl FileHeader {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&self.part.to_le_bytes());
+        h[16..24].copy_from_slice(&self.segment.to_le_bytes());
+        h[24..32].copy_from_slice(&self.file_len.to_le_bytes());
+        h[32..40].copy_from_slice(&self.checkpoint.to_le_bytes());
+        let crc = crc32c::crc32c(&h[0..40]);
+        h[40..44].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Decodes a header. A header whose checksum fails but whose magic,
+    /// version and identity fields are sane may have been torn while its
+    /// checkpoint was rewritten: it is accepted with checkpoint 0 (nothing
+    /// is known to be durable, so the whole file is treated as tail).
+    fn decode(h: &[u8], path: &Path) -> Result<FileHeader> {
+        if h.len() < HEADER_LEN || &h[0..8] != MAGIC {
+            return Err(Error::Corrupt(format!(
+                "{} is not a Walrus WAL file (bad magic); move it out of the WAL directory",
+                path.display()
+            )));
+        }
+        let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(Error::Corrupt(format!(
+                "{} has WAL format version {version}, this build reads version {VERSION}",
+                path.display()
+            )));
+        }
+        let mut header = FileHeader {
+            part: u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")),
+            segment: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+            file_len: u64::from_le_bytes(h[24..32].try_into().expect("8 bytes")),
+            checkpoint: u64::from_le_bytes(h[32..40].try_into().expect("8 bytes")),
+        };
+        let crc = u32::from_le_bytes(h[40..44].try_into().expect("4 bytes"));
+        if crc != crc32c::crc32c(&h[0..40]) {
+            tracing::warn!(path = %path.display(), "WAL file header checksum mismatch; treating the whole file as unverified tail");
+            header.checkpoint = HEADER_LEN as u64;
+        }
+        if header.file_len < MIN_FILE_LEN || header.file_len > u32::MAX as u64 {
+            return Err(Error::Corrupt(format!(
+                "{} header gives an impossible file length {}",
+                path.display(),
+                header.file_len
+            )));
+        }
+        header.checkpoint = header.checkpoint.clamp(HEADER_LEN as u64, header.file_len);
+        Ok(header)
+    }
+}
+
+/// Why a scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanEnd {
+    /// The file ends with a next marker at this offset: the segment goes on.
+    Next,
+    /// No valid record at this offset (zeros, bad length or bad checksum).
+    Invalid { reason: &'static str },
+}
+
+/// The outcome of scanning a file from its first record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Offset just past the last valid record (where the next one goes).
+    pub end: usize,
+    /// Valid records found.
+    pub records: u64,
+    pub stop: ScanEnd,
+}
+
+/// A mapped WAL file. The file descriptor is closed once mapped: only the
+/// map (address space) is held, so many files cost no descriptors.
+pub(crate) struct SegmentFile {
+    path: PathBuf,
+    map: MmapRaw,
+    header: FileHeader,
+}
+
+// SAFETY: the map is plain shared memory. Writers and readers of the same
+// bytes are kept apart by the segment's protocol (appenders write past the
+// published end under the append lock, readers read before it, the header is
+// written only by the syncer), so handing the pointer to other threads is
+// sound.
+unsafe impl Send for SegmentFile {}
+unsafe impl Sync for SegmentFile {}
+
+fn disk_full_or_io(e: io::Error, what: &str, path: &Path) -> Error {
+    if e.raw_os_error() == Some(libc_enospc()) {
+        Error::Storage(format!(
+            "disk full: cannot {what} {}; free space on the data disk and retry",
+            path.display()
+        ))
+    } else {
+        Error::Storage(format!("cannot {what} {}: {e}", path.display()))
+    }
+}
+
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+/// Reserves real blocks for `[0, len)` so writes through the map can never
+/// hit a full disk (which would be a SIGBUS, not an error).
+fn reserve(file: &File, len: u64, path: &Path) -> Result<()> {
+    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)
+        .map_err(|e| disk_full_or_io(e.into(), "reserve space for", path))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Storage(format!("cannot sync directory {}: {e}", dir.display())))
+}
+
+impl SegmentFile {
+    /// Creates a new file atomically: it appears under `path` only once its
+    /// blocks are reserved and its header is on disk.
+    pub fn create(path: &Path, segment: u64, part: u32, file_len: u64) -> Result<SegmentFile> {
+        let tmp = tmp_path(path);
+        let result = Self::create_at(&tmp, path, segment, part, file_len);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn create_at(
+        tmp: &Path,
+        path: &Path,
+        segment: u64,
+        part: u32,
+        file_len: u64,
+    ) -> Result<SegmentFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .map_err(|e| disk_full_or_io(e, "create", tmp))?;
+        reserve(&file, file_len, tmp)?;
+        let header = FileHeader {
+            part,
+            segment,
+            file_len,
+            checkpoint: HEADER_LEN as u64,
+        };
+        let map = Self::map(&file, file_len, tmp)?;
+        let f = SegmentFile {
+            path: path.to_path_buf(),
+            map,
+            header,
+        };
+        // SAFETY: nobody else knows this map yet.
+        unsafe { f.write(0, &header.encode()) };
+        f.map
+            .flush_range(0, HEADER_LEN)
+            .map_err(|e| disk_full_or_io(e, "write header of", tmp))?;
+        std::fs::rename(tmp, path).map_err(|e| disk_full_or_io(e, "rename", tmp))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(f)
+    }
+
+    /// Opens an existing file for appending. A file shorter than its header
+    /// says (truncated behind our back) is extended with zeros: what was cut
+    /// off is a torn tail for the scan to find.
+    pub fn open_rw(path: &Path) -> Result<SegmentFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| disk_full_or_io(e, "open", path))?;
+        let header = read_header(&file, path)?;
+        let actual = file
+            .metadata()
+            .map_err(|e| disk_full_or_io(e, "stat", path))?
+            .len();
+        if actual < header.file_len {
+            tracing::warn!(path = %path.display(), actual, expected = header.file_len, "WAL file is shorter than created; extending it, the cut-off records count as torn tail");
+            reserve(&file, header.file_len, path)?;
+        }
+        let map = Self::map(&file, header.file_len, path)?;
+        Ok(SegmentFile {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
+    }
+
+    /// Opens a file of a sealed segment for reading only.
+    pub fn open_ro(path: &Path) -> Result<SegmentFile> {
+        let file = File::open(path).map_err(|e| disk_full_or_io(e, "open", path))?;
+        let header = read_header(&file, path)?;
+        let actual = file
+            .metadata()
+            .map_err(|e| disk_full_or_io(e, "stat", path))?
+            .len();
+        if actual < header.file_len {
+            return Err(Error::Corrupt(format!(
+                "{} is {actual} bytes, shorter than the {} it was created with",
+                path.display(),
+                header.file_len
+            )));
+        }
+        let map = MmapOptions::new()
+            .len(header.file_len as usize)
+            .map_raw_read_only(&file)
+            .map_err(|e| disk_full_or_io(e, "map", path))?;
+        Ok(SegmentFile {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
+    }
+
+    fn map(file: &File, len: u64, path: &Path) -> Result<MmapRaw> {
+        MmapOptions::new()
+            .len(len as usize)
+            .map_raw(file)
+            .map_err(|e| disk_full_or_io(e, "map", path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> FileHeader {
+        self.header
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// # Safety
+    /// No other thread may read or write `[off, off + data.len())` meanwhile.
+    pub unsafe fn write(&self, off: usize, data: &[u8]) {
+        assert!(
+            off + data.len() <= self.len(),
+            "WAL write past the end of the map"
+        );
+        std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len());
+    }
+
+    /// # Safety
+    /// No other thread may write `[off, off + len)` while the slice lives.
+    pub unsafe fn slice(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off + len <= self.len(), "WAL read past the end of the map");
+        std::slice::from_raw_parts(self.map.as_ptr().add(off), len)
+    }
+
+    /// Writes one record at `off`; the caller checked that it fits.
+    /// The payload goes first so that a record is only complete once its
+    /// header (and checksum) is there.
+    ///
+    /// # Safety
+    /// Same as [`SegmentFile::write`] for the record's bytes.
+    pub unsafe fn write_record(&self, off: usize, payload: &[u8]) {
+        let len = payload.len() as u32;
+        self.write(off + RECORD_HEADER, payload);
+        let crc = record_crc(len, payload);
+        let mut h = [0u8; RECORD_HEADER];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.write(off, &h);
+    }
+
+    /// # Safety
+    /// Same as [`SegmentFile::write`] for the marker's 8 bytes.
+    pub unsafe fn write_next_marker(&self, off: usize) {
+        let mut h = [0u8; RECORD_HEADER];
+        h[0..4].copy_from_slice(&NEXT_MARKER.to_le_bytes());
+        h[4..8].copy_from_slice(&crc32c::crc32c(&NEXT_MARKER.to_le_bytes()).to_le_bytes());
+        self.write(off, &h);
+    }
+
+    /// Whether a record of `len` bytes fits at `off`, leaving room for the
+    /// next marker.
+    pub fn fits(&self, off: usize, len: usize) -> bool {
+        off + RECORD_HEADER + len + RECORD_HEADER <= self.len()
+    }
+
+    /// The largest payload one file can hold.
+    pub fn max_payload(file_len: u64) -> usize {
+        (file_len as usize).saturating_sub(HEADER_LEN + 2 * RECORD_HEADER)
+    }
+
+    /// Length of the record at `off`, known to be valid (published).
+    ///
+    /// # Safety
+    /// `off` must be the start of a published record or next marker.
+    pub unsafe fn record_len_at(&self, off: usize) -> u32 {
+        u32::from_le_bytes(self.slice(off, 4).try_into().expect("4 bytes"))
+    }
+
+    /// Checks the record at `off`: `Ok(Some(len))` for a valid record,
+    /// `Ok(None)` for a next marker, `Err(reason)` otherwise.
+    ///
+    /// # Safety
+    /// No other thread may write the file while it is checked (recovery).
+    pub unsafe fn check_record(
+        &self,
+        off: usize,
+    ) -> std::result::Result<Option<usize>, &'static str> {
+        if off + RECORD_HEADER > self.len() {
+            return Err("no room for a record header");
+        }
+        let h = self.slice(off, RECORD_HEADER);
+        let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+        if len == NEXT_MARKER {
+            return if crc == crc32c::crc32c(&NEXT_MARKER.to_le_bytes()) {
+                Ok(None)
+            } else {
+                Err("next-file marker with a bad checksum")
+            };
+        }
+        if len == 0 && crc == 0 {
+            return Err("zeros (end of written data)");
+        }
+        if !self.fits(off, len as usize) {
+            return Err("record length runs past the end of the file");
+        }
+        let payload = self.slice(off + RECORD_HEADER, len as usize);
+        if record_crc(len, payload) != crc {
+            return Err("record checksum mismatch");
+        }
+        Ok(Some(len as usize))
+    }
+
+    /// Scans the records from the first one; `on_record(index, offset)` is
+    /// called for each valid record.
+    ///
+    /// # Safety
+    /// No other thread may write the file during the scan.
+    pub unsafe fn scan(&self, mut on_record: impl FnMut(u64, usize)) -> Scan {
+        let mut off = HEADER_LEN;
+        let mut records = 0u64;
+        loop {
+            match self.check_record(off) {
+                Ok(Some(len)) => {
+                    on_record(records, off);
+                    records += 1;
+                    off += RECORD_HEADER + len;
+                }
+                Ok(None) => {
+                    return Scan {
+                        end: off,
+                        records,
+                        stop: ScanEnd::Next,
+                    }
+                }
+                Err(reason) => {
+                    return Scan {
+                        end: off,
+                        records,
+                        stop: ScanEnd::Invalid { reason },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Zeros `[from, len)` wherever it is not zero yet, and flushes: cuts a
+    /// torn tail so that no stale record behind it can ever be read again.
+    ///
+    /// # Safety
+    /// No other thread may use the file meanwhile (recovery).
+    pub unsafe fn zero_from(&self, from: usize) -> Result<()> {
+        const CHUNK: usize = 64 * 1024;
+        let zeros = [0u8; CHUNK];
+        let mut off = from;
+        let mut first_dirty = None;
+        let mut last_dirty = from;
+        while off < self.len() {
+            let n = CHUNK.min(self.len() - off);
+            if self.slice(off, n).iter().any(|&b| b != 0) {
+                self.write(off, &zeros[..n]);
+                first_dirty.get_or_insert(off);
+                last_dirty = off + n;
+            }
+            off += n;
+        }
+        if let Some(first) = first_dirty {
+            self.flush(first, last_dirty)?;
+        }
+        Ok(())
+    }
+
+    /// Zeros `[from, to)` without flushing (undoing unpublished writes).
+    ///
+    /// # Safety
+    /// Same as [`SegmentFile::write`] for that range.
+    pub unsafe fn zero_range(&self, from: usize, to: usize) {
+        let to = to.min(self.len());
+        if from < to {
+            std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, to - from);
+        }
+    }
+
+    /// Flushes `[from, to)` to disk (msync MS_SYNC): the durability point.
+    pub fn flush(&self, from: usize, to: usize) -> Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        self.map
+            .flush_range(from, to - from)
+            .map_err(|e| disk_full_or_io(e, "sync", &self.path))
+    }
+
+    /// Writes a new checkpoint into the header (not flushed: the caller
+    /// flushes it together with the data).
+    ///
+    /// # Safety
+    /// Only one thread may write the header at a time (the syncer, or the
+    /// appender holding the append lock while it rolls to a new file).
+    pub unsafe fn set_checkpoint(&self, checkpoint: u64) {
+        let header = FileHeader {
+            checkpoint,
+            ..self.header
+        };
+        self.write(0, &header.encode());
+    }
+}
+
+pub(crate) fn record_crc(len: u32, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), payload)
+}
+
+fn read_header(file: &File, path: &Path) -> Result<FileHeader> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; HEADER_LEN];
+    let mut read = 0;
+    while read < HEADER_LEN {
+        match file.read_at(&mut h[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(disk_full_or_io(e, "read header of", path)),
+        }
+    }
+    if read < HEADER_LEN {
+        return Err(Error::Corrupt(format!(
+            "{} is {read} bytes, too short for a WAL header; move it away if it is not needed",
+            path.display()
+        )));
+    }
+    FileHeader::decode(&h, path)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_file(dir: &Path, len: u64) -> SegmentFile {
+        SegmentFile::create(&dir.join("f.wal"), 7, 0, len).unwrap()
+    }
+
+    #[test]
+    fn given_written_records_when_scanned_should_find_them_and_stop_at_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 8192);
+        let mut off = HEADER_LEN;
+        for p in [&b"a"[..], b"", b"hello"] {
+            unsafe { f.write_record(off, p) };
+            off += RECORD_HEADER + p.len();
+        }
+        let scan = unsafe { f.scan(|_, _| {}) };
+        assert_eq!(scan.records, 3);
+        assert_eq!(scan.end, off);
+        assert!(matches!(scan.stop, ScanEnd::Invalid { .. }));
+    }
+
+    #[test]
+    fn given_a_flipped_payload_byte_when_scanned_should_stop_before_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 8192);
+        unsafe {
+            f.write_record(HEADER_LEN, b"first");
+            f.write_record(HEADER_LEN + 13, b"second");
+            f.write(HEADER_LEN + 13 + RECORD_HEADER, b"X");
+        }
+        let scan = unsafe { f.scan(|_, _| {}) };
+        assert_eq!(scan.records, 1);
+        assert_eq!(
+            scan.stop,
+            ScanEnd::Invalid {
+                reason: "record checksum mismatch"
+            }
+        );
+    }
+
+    #[test]
+    fn given_a_next_marker_when_scanned_should_report_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 8192);
+        unsafe {
+            f.write_record(HEADER_LEN, b"x");
+            f.write_next_marker(HEADER_LEN + 9);
+        }
+        let scan = unsafe { f.scan(|_, _| {}) };
+        assert_eq!((scan.records, scan.stop), (1, ScanEnd::Next));
+    }
+
+    #[test]
+    fn given_a_checkpoint_when_reopened_should_read_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 8192);
+        unsafe { f.set_checkpoint(100) };
+        f.flush(0, HEADER_LEN).unwrap();
+        drop(f);
+        let f = SegmentFile::open_rw(&dir.path().join("f.wal")).unwrap();
+        assert_eq!(f.header().checkpoint, 100);
+        assert_eq!(f.header().segment, 7);
+    }
+
+    #[test]
+    fn given_a_foreign_file_when_opened_should_name_it_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.wal");
+        std::fs::write(&path, vec![1u8; 5000]).unwrap();
+        let err = SegmentFile::open_rw(&path).err().unwrap();
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.contains("junk.wal")),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! The LogStore conformance suite against WalStore, under each fsync policy
+//! and with files small enough that segments span several of them.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
+use walrus_core::testing::log_store_conformance::run_all;
+
+fn maker(fsync: FsyncPolicy, segment_file_bytes: u64) -> impl Fn() -> WalStore {
+    // Every store gets its own directory, kept until the test ends.
+    let dirs = Mutex::new(Vec::new());
+    move || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = WalConfig {
+            fsync,
+            segment_file_bytes,
+            ..WalConfig::default()
+        };
+        let store = WalStore::open(dir.path(), config).expect("open WAL");
+        dirs.lock().unwrap().push(dir);
+        store
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_fsync_always_when_running_the_conformance_suite_should_pass() {
+    run_all(maker(FsyncPolicy::Always, 64 * 1024 * 1024)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_small_files_when_running_the_conformance_suite_should_pass() {
+    run_all(maker(FsyncPolicy::Always, 8192)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_fsync_never_when_running_the_conformance_suite_should_pass() {
+    run_all(maker(FsyncPolicy::Never, 8192)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_fsync_interval_when_running_the_conformance_suite_should_pass() {
+    run_all(maker(
+        FsyncPolicy::Interval(Duration::from_millis(5)),
+        1 << 20,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn given_a_single_threaded_runtime_when_running_the_conformance_suite_should_pass() {
+    run_all(maker(FsyncPolicy::Always, 1 << 20)).await;
+}

@@ -1,0 +1,147 @@
+//! Disk full: the WAL on a 1 MiB tmpfs (mounted by the test; needs root,
+//! otherwise the test prints why it skipped). Appends fail with a clear
+//! error and no SIGBUS, nothing acknowledged is lost, and once space is
+//! freed appends work again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bytes::Bytes;
+use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
+use walrus_core::{Error, LogStore, SegmentKey, TopicName};
+
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size`, or says why it cannot.
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed (not root or no CAP_SYS_ADMIN?): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn entry(i: u64) -> Bytes {
+    let mut v = format!("entry {i} ").into_bytes();
+    v.resize(1024, (i % 251) as u8);
+    Bytes::from(v)
+}
+
+async fn read_all(store: &WalStore, seg: &SegmentKey) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    loop {
+        let batch = store
+            .read(seg, out.len() as u64, 100, usize::MAX)
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+fn config() -> WalConfig {
+    WalConfig {
+        fsync: FsyncPolicy::Always,
+        segment_file_bytes: 64 * 1024,
+        ..WalConfig::default()
+    }
+}
+
+async fn append_until_full(store: &WalStore, seg: &SegmentKey, acked: &mut Vec<Bytes>) -> Error {
+    for _ in 0..10_000 {
+        let e = entry(acked.len() as u64);
+        match store.append(seg, std::slice::from_ref(&e), u64::MAX).await {
+            Ok(a) => {
+                assert_eq!(a.first_index, acked.len() as u64);
+                acked.push(e);
+            }
+            Err(err) => return err,
+        }
+    }
+    panic!("10,000 appends of 1 KiB fit on a 1 MiB file system");
+}
+
+#[tokio::test]
+async fn given_a_full_disk_when_appending_should_fail_clearly_lose_nothing_and_recover_once_freed()
+{
+    let fs = match Tmpfs::mount("1m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED disk-full test: {why}");
+            return;
+        }
+    };
+    let filler = fs.path.join("filler");
+    std::fs::write(&filler, vec![7u8; 256 * 1024]).unwrap();
+    let wal_dir: &Path = &fs.path.join("wal");
+    let seg = SegmentKey::new(TopicName::new("full").unwrap(), 1);
+    let mut acked = Vec::new();
+    {
+        let store = WalStore::open(wal_dir, config()).unwrap();
+        let err = append_until_full(&store, &seg, &mut acked).await;
+        assert!(
+            matches!(&err, Error::Storage(m) if m.contains("disk full") && m.contains("free space")),
+            "expected a disk-full storage error, got {err}"
+        );
+        assert!(
+            acked.len() > 100,
+            "only {} entries fit before the disk was full",
+            acked.len()
+        );
+        assert_eq!(
+            read_all(&store, &seg).await,
+            acked,
+            "everything acknowledged is readable"
+        );
+
+        let again = store.append(&seg, &[entry(0)], u64::MAX).await.unwrap_err();
+        assert!(again.to_string().contains("disk full"), "{again}");
+        assert_eq!(
+            store.info(&seg).await.unwrap().unwrap().count,
+            acked.len() as u64
+        );
+
+        std::fs::remove_file(&filler).unwrap();
+        let a = store
+            .append(&seg, &[entry(acked.len() as u64)], u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.first_index,
+            acked.len() as u64,
+            "appends resume right after the last acknowledged one"
+        );
+        acked.push(entry(acked.len() as u64));
+        store.sync().await.unwrap();
+    }
+    let store = WalStore::open(wal_dir, config()).unwrap();
+    assert_eq!(
+        read_all(&store, &seg).await,
+        acked,
+        "nothing acknowledged was lost across a restart"
+    );
+}

@@ -1,0 +1,387 @@
+//! Restart, recovery and corruption scenarios of the WAL, on real files.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
+use walrus_core::{Error, LogStore, SegmentInfo, SegmentKey, TopicName};
+
+fn key(topic: &str, segment: u64) -> SegmentKey {
+    SegmentKey::new(TopicName::new(topic).unwrap(), segment)
+}
+
+fn config(fsync: FsyncPolicy, file_bytes: u64) -> WalConfig {
+    WalConfig {
+        fsync,
+        segment_file_bytes: file_bytes,
+        ..WalConfig::default()
+    }
+}
+
+fn payload(i: u64, len: usize) -> Bytes {
+    let mut v = format!("{i}:").into_bytes();
+    v.resize(len.max(v.len()), b'a' + (i % 26) as u8);
+    Bytes::from(v)
+}
+
+fn part_file(dir: &Path, seg: &SegmentKey, part: u32) -> PathBuf {
+    dir.join(seg.topic.as_str())
+        .join(format!("{:020}.{part:06}.wal", seg.segment))
+}
+
+async fn read_all(store: &WalStore, seg: &SegmentKey) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    loop {
+        let batch = store
+            .read(seg, out.len() as u64, 500, usize::MAX)
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+/// Offsets of the records in a WAL file, from its bytes (for the tests to
+/// aim corruption at).
+fn record_offsets(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut off = 64;
+    let mut out = Vec::new();
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap());
+        let crc = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap());
+        if (len == 0 && crc == 0) || len == u32::MAX {
+            break;
+        }
+        out.push((off, len as usize));
+        off += 8 + len as usize;
+    }
+    out
+}
+
+#[tokio::test]
+async fn given_appends_across_files_when_reopened_should_have_exact_counts_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (key("orders", 1), key("orders", 2), key("logs", 7));
+    let mut expected_a = Vec::new();
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+        for i in 0..300u64 {
+            let p = payload(i, (i as usize * 37) % 700);
+            store
+                .append(&a, std::slice::from_ref(&p), u64::MAX)
+                .await
+                .unwrap();
+            expected_a.push(p);
+        }
+        store
+            .append(&b, &[payload(1, 10), payload(2, 20)], u64::MAX)
+            .await
+            .unwrap();
+        store.seal(&b).await.unwrap();
+        store.seal(&c).await.unwrap();
+    }
+    assert!(
+        part_file(dir.path(), &a, 5).exists(),
+        "300 entries span several 8 KiB files"
+    );
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+    assert_eq!(
+        store.info(&a).await.unwrap(),
+        Some(SegmentInfo {
+            count: 300,
+            sealed: false
+        })
+    );
+    assert_eq!(
+        store.info(&b).await.unwrap(),
+        Some(SegmentInfo {
+            count: 2,
+            sealed: true
+        })
+    );
+    assert_eq!(
+        store.info(&c).await.unwrap(),
+        Some(SegmentInfo {
+            count: 0,
+            sealed: true
+        })
+    );
+    assert_eq!(read_all(&store, &a).await, expected_a);
+    assert_eq!(
+        read_all(&store, &b).await,
+        vec![payload(1, 10), payload(2, 20)]
+    );
+    let err = store
+        .append(&b, &[payload(3, 1)], u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::SegmentSealed(b.clone()),
+        "a seal survives a restart"
+    );
+    let next = store
+        .append(&a, &[payload(300, 5)], u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.first_index, 300,
+        "appends continue after the recovered count"
+    );
+    assert_eq!(store.segments().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn given_a_torn_last_record_when_reopened_should_cut_it_and_append_after_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("torn", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+        for i in 0..10 {
+            store
+                .append(&seg, &[payload(i, 100)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    let path = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (last, len) = *record_offsets(&bytes).last().unwrap();
+    bytes[last + 8 + len / 2] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+    assert_eq!(
+        store.info(&seg).await.unwrap().unwrap().count,
+        9,
+        "the torn record is cut"
+    );
+    let a = store
+        .append(&seg, &[payload(99, 3)], u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(a.first_index, 9);
+    drop(store);
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+    let mut expected: Vec<_> = (0..9).map(|i| payload(i, 100)).collect();
+    expected.push(payload(99, 3));
+    assert_eq!(read_all(&store, &seg).await, expected);
+}
+
+#[tokio::test]
+async fn given_stale_records_behind_a_torn_one_when_overwritten_should_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("stale", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+        for i in 0..3 {
+            store
+                .append(&seg, &[payload(i, 50)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    // Record 1's page never reached the disk, record 2's did.
+    let path = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (second, _) = record_offsets(&bytes)[1];
+    bytes[second..second + 8].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+        assert_eq!(store.info(&seg).await.unwrap().unwrap().count, 1);
+        // Same size as the lost record: the next header lands where the
+        // stale record 2 was.
+        store
+            .append(&seg, &[payload(7, 50)], u64::MAX)
+            .await
+            .unwrap();
+    }
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+    assert_eq!(
+        read_all(&store, &seg).await,
+        vec![payload(0, 50), payload(7, 50)]
+    );
+}
+
+#[tokio::test]
+async fn given_corruption_before_the_synced_point_when_reopened_should_fail_naming_file_and_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("bitrot", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
+        for i in 0..20 {
+            store
+                .append(&seg, &[payload(i, 64)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    let path = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (third, _) = record_offsets(&bytes)[2];
+    bytes[third + 10] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap_err();
+    let Error::Corrupt(msg) = &err else {
+        panic!("expected Corrupt, got {err}")
+    };
+    assert!(msg.contains("00000000000000000001.000000.wal"), "{msg}");
+    assert!(msg.contains(&format!("byte {third}")), "{msg}");
+}
+
+#[tokio::test]
+async fn given_a_corrupt_sealed_segment_when_read_should_report_it_and_serve_nothing_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("sealedrot", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
+        store
+            .append(
+                &seg,
+                &[payload(0, 30), payload(1, 30), payload(2, 30)],
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        store.seal(&seg).await.unwrap();
+    }
+    let path = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (second, _) = record_offsets(&bytes)[1];
+    bytes[second + 9] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
+    assert_eq!(
+        store.info(&seg).await.unwrap(),
+        Some(SegmentInfo {
+            count: 3,
+            sealed: true
+        })
+    );
+    let err = store.read(&seg, 0, 10, usize::MAX).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt(m) if m.contains(&format!("byte {second}"))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn given_a_truncated_file_when_reopened_should_recover_the_prefix_before_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("cut", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+        for i in 0..10 {
+            store
+                .append(&seg, &[payload(i, 200)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    let path = part_file(dir.path(), &seg, 0);
+    let offsets = record_offsets(&std::fs::read(&path).unwrap());
+    let (sixth, _) = offsets[6];
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(sixth as u64 + 20).unwrap();
+    drop(f);
+
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+    let expected: Vec<_> = (0..6).map(|i| payload(i, 200)).collect();
+    assert_eq!(read_all(&store, &seg).await, expected);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        65536,
+        "the file is whole again"
+    );
+}
+
+#[tokio::test]
+async fn given_many_sealed_segments_when_all_read_should_keep_maps_and_descriptors_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300u64;
+    let cfg = WalConfig {
+        fsync: FsyncPolicy::Never,
+        segment_file_bytes: 4096,
+        max_read_maps: 8,
+    };
+    {
+        let store = WalStore::open(dir.path(), cfg.clone()).unwrap();
+        for s in 1..=n {
+            store
+                .append(&key("many", s), &[payload(s, 16)], u64::MAX)
+                .await
+                .unwrap();
+            store.seal(&key("many", s)).await.unwrap();
+        }
+    }
+    let fds_before = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let store = WalStore::open(dir.path(), cfg).unwrap();
+    for s in 1..=n {
+        assert_eq!(
+            read_all(&store, &key("many", s)).await,
+            vec![payload(s, 16)]
+        );
+    }
+    assert!(
+        store.cached_read_maps() <= 8,
+        "{} maps cached",
+        store.cached_read_maps()
+    );
+    let fds_after = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        fds_after < fds_before + 20,
+        "descriptors grew from {fds_before} to {fds_after}"
+    );
+}
+
+#[tokio::test]
+async fn given_a_foreign_file_in_a_topic_directory_when_opened_should_ignore_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("t")).unwrap();
+    std::fs::write(dir.path().join("t").join("README"), "hello").unwrap();
+    std::fs::create_dir_all(dir.path().join("not a topic")).unwrap();
+    let store = WalStore::open(dir.path(), WalConfig::default()).unwrap();
+    assert!(store.segments().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn given_an_entry_larger_than_a_file_when_appended_should_fail_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+    let seg = key("huge", 1);
+    let err = store
+        .append(&seg, &[Bytes::from(vec![0u8; 9000])], u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRequest(m) if m.contains("segment_file_bytes")),
+        "{err}"
+    );
+    assert_eq!(store.info(&seg).await.unwrap(), None, "nothing was written");
+}
+
+#[test]
+fn given_a_bad_file_size_when_opening_should_refuse_with_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 100)).unwrap_err();
+    assert!(err.to_string().contains("segment_file_bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn given_an_open_store_when_the_same_directory_is_opened_again_should_refuse_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = WalStore::open(dir.path(), WalConfig::default()).unwrap();
+    let err = WalStore::open(dir.path(), WalConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    WalStore::open(dir.path(), WalConfig::default()).expect("free again once dropped");
+}
