@@ -134,6 +134,11 @@ impl RaftConfig {
             election_timeout_max: self.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            // Keep every Raft message far below the transport's frame limit
+            // (16 MiB by default): at most 64 entries of up to 256 commands
+            // per AppendEntries, snapshots in 1 MiB chunks.
+            max_payload_entries: 64,
+            snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()
         };
         config
