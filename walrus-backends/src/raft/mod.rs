@@ -595,6 +595,14 @@ async fn open_db(path: PathBuf) -> anyhow::Result<redb::Database> {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
+            Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "raft database {} is in use (is another node running on this data directory?)",
+                        path.display()
+                    )
+                })
+            }
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("cannot open raft database {}", path.display()))
