@@ -67,9 +67,13 @@ async fn measure(store: &Arc<RaftMetadataStore>, proposers: usize) -> Figures {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement: run with --ignored --nocapture (in --release)"]
 async fn measure_metadata_proposals_on_a_three_node_loopback_cluster() {
-    let mut c = Cluster::start(3).await;
+    let nodes: u64 = std::env::var("BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut c = Cluster::start(nodes).await;
     let leader = c.leader().await;
-    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let follower = (1..=nodes).find(|id| *id != leader).unwrap_or(leader);
     for p in 0..16 {
         c.store(leader)
             .propose(create(&format!("bench-{p}")))

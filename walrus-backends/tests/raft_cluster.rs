@@ -203,3 +203,74 @@ async fn given_frequent_snapshots_when_nodes_join_and_restart_should_rebuild_fro
     c.leader().await;
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_a_bootstrapped_single_node_when_restarted_without_join_should_keep_its_data_and_not_reinitialise(
+) {
+    let mut c = Cluster::start(1).await;
+    assert_eq!(c.leader().await, 1);
+    assert_eq!(
+        c.store(1).propose(create("single")).await,
+        Ok(CmdResult::Applied)
+    );
+    let term_before = c.store(1).status().term;
+    let last_index_before = c.store(1).metrics()["last_log_index"].as_u64();
+    let addr = c.stop(1).await;
+    // Restarting with no --join finds data: it must not initialise again.
+    c.restart(1, &addr).await;
+    assert!(wait_topic(c.store(1), "single", Duration::from_secs(5)).await);
+    assert_eq!(c.leader().await, 1);
+    let st = c.store(1).status();
+    assert!(
+        st.term >= term_before,
+        "the persisted vote survived the restart"
+    );
+    assert_eq!(st.voters.len(), 1);
+    let m = c.store(1).metrics();
+    assert!(
+        m["last_log_index"].as_u64() >= last_index_before,
+        "the log continues from where it was: {m}"
+    );
+    assert_eq!(
+        c.store(1).propose(create("single")).await,
+        Ok(CmdResult::Unchanged),
+        "the topic survived the restart"
+    );
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_garbage_consensus_bytes_when_handled_should_answer_bad_request_and_keep_working() {
+    let mut c = Cluster::start(1).await;
+    c.leader().await;
+    let garbage = bytes::Bytes::from_static(b"\xff\xfe not a consensus message");
+    let r = c.store(1).handle_message(garbage).await;
+    assert!(matches!(r, Err(Error::BadRequest(_))), "got {r:?}");
+    let empty = c.store(1).handle_message(bytes::Bytes::new()).await;
+    assert!(matches!(empty, Err(Error::BadRequest(_))), "got {empty:?}");
+    assert_eq!(
+        c.store(1).propose(create("still-fine")).await,
+        Ok(CmdResult::Applied)
+    );
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_a_joined_node_when_restarted_with_its_original_join_flag_should_rejoin_as_the_same_voter(
+) {
+    let mut c = Cluster::start(3).await;
+    c.leader().await;
+    let addr = c.stop(3).await;
+    c.store(1)
+        .propose(create("while-3-down"))
+        .await
+        .expect("commit");
+    let join = Some(c.nodes[&1].addr.clone());
+    let node =
+        raft_common::TestNode::start(3, c.dir_of(3), &addr, join, raft_common::no_tuning).await;
+    c.nodes.insert(3, node);
+    assert!(wait_topic(c.store(3), "while-3-down", Duration::from_secs(10)).await);
+    let leader = c.leader().await;
+    assert_eq!(c.store(leader).status().voters.len(), 3);
+    c.stop_all().await;
+}

@@ -36,13 +36,13 @@ mod reopen {
     use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
     use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader, Vote};
     use walrus_backends::raft::log_store::RedbLogStore;
-    use walrus_backends::raft::types::Entry;
+    use walrus_backends::raft::types::{Entry, MetadataBatch};
     use walrus_core::MetadataCmd;
 
     fn entry(index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(MetadataCmd::Noop),
+            payload: EntryPayload::Normal(MetadataBatch(vec![MetadataCmd::Noop])),
         }
     }
 

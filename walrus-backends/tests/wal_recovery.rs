@@ -385,3 +385,99 @@ async fn given_an_open_store_when_the_same_directory_is_opened_again_should_refu
     drop(first);
     WalStore::open(dir.path(), WalConfig::default()).expect("free again once dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_concurrent_appenders_with_fsync_always_when_appending_should_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = WalStore::open(dir.path(), WalConfig::default()).unwrap();
+    let seg = key("group", 1);
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let (store, seg) = (store.clone(), seg.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                store
+                    .append(&seg, &[payload(t * 100 + i, 100)], u64::MAX)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let flushes = store.flush_count();
+    assert_eq!(store.info(&seg).await.unwrap().unwrap().count, 640);
+    assert!(
+        flushes < 640 / 2,
+        "640 concurrent appends took {flushes} flushes: no group commit"
+    );
+}
+
+/// Writes entries of 1000 bytes into 8 KiB files until the segment has
+/// three files; returns (entries written, entries in file 0).
+async fn three_files(dir: &Path, seg: &SegmentKey) -> (u64, usize) {
+    let store = WalStore::open(dir, config(FsyncPolicy::Always, 8192)).unwrap();
+    let mut n = 0;
+    while !part_file(dir, seg, 2).exists() {
+        store
+            .append(seg, &[payload(n, 1000)], u64::MAX)
+            .await
+            .unwrap();
+        n += 1;
+    }
+    let in_first = record_offsets(&std::fs::read(part_file(dir, seg, 0)).unwrap()).len();
+    (n, in_first)
+}
+
+#[tokio::test]
+async fn given_a_crash_while_rolling_to_a_new_file_when_reopened_should_drop_the_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("roll", 1);
+    let (_, in_first) = three_files(dir.path(), &seg).await;
+    // As if the crash came right after file 1 was created: file 0 has no
+    // next marker on disk and the later files hold nothing.
+    let f0 = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&f0).unwrap();
+    let (last, len) = *record_offsets(&bytes).last().unwrap();
+    bytes[last + 8 + len..last + 16 + len].fill(0);
+    std::fs::write(&f0, &bytes).unwrap();
+    for part in [1, 2] {
+        let p = part_file(dir.path(), &seg, part);
+        let mut b = std::fs::read(&p).unwrap();
+        b[64..].fill(0);
+        std::fs::write(&p, &b).unwrap();
+    }
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+    let expected: Vec<_> = (0..in_first as u64).map(|i| payload(i, 1000)).collect();
+    assert_eq!(read_all(&store, &seg).await, expected);
+    assert!(
+        !part_file(dir.path(), &seg, 2).exists(),
+        "empty files past the tail are removed"
+    );
+    let a = store
+        .append(&seg, &[payload(500, 1000)], u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(a.first_index, in_first as u64);
+}
+
+#[tokio::test]
+async fn given_a_damaged_earlier_file_when_later_files_hold_data_should_report_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("hole", 1);
+    three_files(dir.path(), &seg).await;
+    let f0 = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&f0).unwrap();
+    let (last, _) = *record_offsets(&bytes).last().unwrap();
+    bytes[last + 20] ^= 0x10;
+    std::fs::write(&f0, &bytes).unwrap();
+    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap_err();
+    let Error::Corrupt(msg) = &err else {
+        panic!("expected Corrupt, got {err}")
+    };
+    assert!(
+        msg.contains(&format!("byte {last}")) && msg.contains("000000.wal"),
+        "{msg}"
+    );
+}

@@ -47,3 +47,52 @@ impl MetadataStoreFactory for FakeFactory {
 async fn given_the_fake_metadata_cluster_when_running_the_conformance_suite_should_pass() {
     run(FakeFactory { cluster: None }).await;
 }
+
+/// A store that breaks rule 5: every node claims it confirmed leadership.
+struct ConfirmsAnywhere(Arc<dyn MetadataStore>);
+
+#[async_trait]
+impl MetadataStore for ConfirmsAnywhere {
+    async fn propose(
+        &self,
+        cmd: walrus_core::MetadataCmd,
+    ) -> walrus_core::Result<walrus_core::CmdResult> {
+        self.0.propose(cmd).await
+    }
+    fn watch(&self) -> tokio::sync::watch::Receiver<Arc<walrus_core::ClusterState>> {
+        self.0.watch()
+    }
+    async fn confirm(&self) -> walrus_core::Result<u64> {
+        Ok(self.0.state().version)
+    }
+    fn status(&self) -> walrus_core::ConsensusStatus {
+        self.0.status()
+    }
+    async fn add_node(&self, node: walrus_core::NodeId, info: NodeInfo) -> walrus_core::Result<()> {
+        self.0.add_node(node, info).await
+    }
+    fn metrics(&self) -> serde_json::Value {
+        self.0.metrics()
+    }
+}
+
+struct BrokenFactory(FakeFactory);
+
+#[async_trait]
+impl MetadataStoreFactory for BrokenFactory {
+    async fn open(&mut self) -> Vec<Arc<dyn MetadataStore>> {
+        self.0
+            .open()
+            .await
+            .into_iter()
+            .map(|s| Arc::new(ConfirmsAnywhere(s)) as Arc<dyn MetadataStore>)
+            .collect()
+    }
+    async fn close(&mut self) {}
+}
+
+#[tokio::test]
+#[should_panic(expected = "not the leader")]
+async fn given_a_store_that_confirms_on_followers_when_running_the_suite_should_fail() {
+    run(BrokenFactory(FakeFactory { cluster: None })).await;
+}

@@ -96,6 +96,8 @@ impl RedbLogStore {
         self.mem.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    // StorageError is openraft's type; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
     fn send(&self, op: Op) -> StorageResult<()> {
         self.writer
             .send(op)

@@ -3,9 +3,38 @@
 //! - [`types`]: the openraft type configuration and encodings.
 //! - [`log_store`]: the Raft log, vote and committed index in redb.
 //! - [`state_machine`]: [`walrus_core::ClusterState`] with snapshots in redb.
-//! - [`network`]: Raft RPCs and forwarded proposals over the core `Transport`.
+//! - [`network`]: Raft RPCs and forwarded requests over the core `Transport`.
 //!
-//! One redb file per node: `<dir>/raft.redb`.
+//! # Storage
+//!
+//! One redb file per node, `<dir>/raft.redb`, with tables `raft_log`
+//! (index → postcard entry), `raft_meta` (`vote`, `committed`,
+//! `last_purged`) and `sm_snapshot` (the latest snapshot: its meta and the
+//! JSON of the `ClusterState`). The state machine lives in memory; after a
+//! restart it is the snapshot plus the log replayed up to `committed`.
+//! A snapshot is built every `snapshot_every` entries and persisted before
+//! openraft purges the log it covers.
+//!
+//! # Write path
+//!
+//! `propose` on the leader queues the command for a batcher, which writes
+//! every command queued meanwhile as ONE log entry ([`types::MetadataBatch`]):
+//! openraft 0.9 makes each entry durable before it takes the next, so this
+//! is where concurrent proposers share an fsync and a replication round.
+//! On a follower, `propose` forwards the command to the leader
+//! (`ConsensusRequest::Propose`) and then waits until its own state has
+//! applied the returned log index (read your writes).
+//!
+//! # Membership
+//!
+//! `bootstrap_or_join`: a node with data does nothing but re-register in the
+//! background (`add_node` of itself: idempotent, promotes a left-over
+//! learner); a node without data either initialises a one-voter cluster or
+//! sends `NodeRequest::Join` to `--join` until accepted. `add_node` on the
+//! leader: `add_learner` (blocking until caught up), `change_membership`
+//! to voter, then `UpsertNode` with its addresses.
+//!
+//! # Timing
 //!
 //! Timing defaults (see [`RaftConfig::new`]): heartbeat 100 ms, election
 //! timeout 300–600 ms. openraft 0.9 starts an election only after a follower
@@ -35,7 +64,7 @@ use openraft::error::{
     InitializeError, RaftError,
 };
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use walrus_core::{
@@ -46,7 +75,7 @@ use walrus_core::{
 use self::log_store::RedbLogStore;
 use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
 use self::state_machine::StateMachineStore;
-use self::types::{NodeId, Raft};
+use self::types::{MetadataBatch, NodeId, Raft};
 
 /// How one node runs its consensus.
 #[derive(Debug, Clone)]
@@ -121,6 +150,7 @@ impl RaftConfig {
 }
 
 /// Why one attempt of a forwarded operation failed.
+#[derive(Clone)]
 enum Attempt {
     /// Nothing was done (no leader known, leader changed, peer unreachable):
     /// try again until the deadline.
@@ -136,8 +166,66 @@ pub struct RaftMetadataStore {
     raft: Raft,
     transport: Arc<dyn Transport>,
     state_rx: watch::Receiver<Arc<ClusterState>>,
+    proposals: mpsc::Sender<Proposal>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
+}
+
+/// A command waiting for the batcher, and where its outcome goes.
+struct Proposal {
+    cmd: MetadataCmd,
+    done: oneshot::Sender<std::result::Result<(CmdResult, u64), Attempt>>,
+}
+
+/// The most commands in one log entry.
+const MAX_BATCH: usize = 256;
+
+/// Writes queued proposals to Raft, one entry at a time, each entry
+/// carrying every proposal that queued up while the previous one was being
+/// committed (openraft 0.9 flushes each entry before taking the next, so
+/// this is where concurrent proposers share an fsync and a round trip).
+async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, timeout: Duration) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up must not have its command committed later.
+        batch.retain(|p| !p.done.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let cmds = MetadataBatch(batch.iter().map(|p| p.cmd.clone()).collect());
+        let outcome = match tokio::time::timeout(timeout, raft.client_write(cmds)).await {
+            Ok(Ok(resp)) if resp.data.len() == batch.len() => {
+                let index = resp.log_id.index;
+                for (p, result) in batch.into_iter().zip(resp.data) {
+                    let _ = p.done.send(Ok((result, index)));
+                }
+                continue;
+            }
+            Ok(Ok(resp)) => Attempt::Fail(Error::Internal(format!(
+                "a batch of {} commands applied with {} results",
+                batch.len(),
+                resp.data.len()
+            ))),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Attempt::Retry("this node is no longer the leader".into())
+            }
+            Ok(Err(RaftError::APIError(e))) => Attempt::Fail(Error::internal(e)),
+            Ok(Err(RaftError::Fatal(e))) => Attempt::Fail(fatal(e)),
+            // It may still commit later; retrying could apply it twice.
+            Err(_) => Attempt::Fail(Error::Unavailable(format!(
+                "no quorum: the proposal was not committed within {timeout:?}, retry"
+            ))),
+        };
+        for p in batch {
+            let _ = p.done.send(Err(outcome.clone()));
+        }
+    }
 }
 
 impl RaftMetadataStore {
@@ -154,6 +242,7 @@ impl RaftMetadataStore {
         let log_store = RedbLogStore::new(db.clone())?;
         let state_machine = StateMachineStore::new(db)?;
         let state_rx = state_machine.watch();
+        let (proposals, proposals_rx) = mpsc::channel(4 * MAX_BATCH);
         let network = NetworkFactory {
             me: config.node_id,
             transport: transport.clone(),
@@ -174,6 +263,7 @@ impl RaftMetadataStore {
             raft,
             transport,
             state_rx,
+            proposals,
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
         });
@@ -183,6 +273,12 @@ impl RaftMetadataStore {
             store.transport.clone(),
         ));
         store.track(sync);
+        let batcher = tokio::spawn(batch_loop(
+            store.raft.clone(),
+            proposals_rx,
+            store.config.propose_timeout,
+        ));
+        store.track(batcher);
         Ok(store)
     }
 
@@ -340,25 +436,21 @@ impl RaftMetadataStore {
         }
     }
 
-    /// Commits `cmd` on this node, which must be the leader.
+    /// Commits `cmd` on this node, which must be the leader, through the
+    /// batcher. Returns its result and the log index that carried it.
     async fn write_local(
         &self,
         cmd: MetadataCmd,
         deadline: Instant,
     ) -> std::result::Result<(CmdResult, u64), Attempt> {
+        let (done, outcome) = oneshot::channel();
+        if self.proposals.send(Proposal { cmd, done }).await.is_err() {
+            return Err(Attempt::Fail(Error::ShuttingDown));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                self.remember(&f);
-                Err(Attempt::Retry(format!(
-                    "node {} is no longer the leader",
-                    self.id
-                )))
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(Attempt::Fail(Error::internal(e))),
-            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(fatal(e))),
-            // It may still commit later; retrying could apply it twice.
+        match tokio::time::timeout(left, outcome).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Attempt::Fail(Error::ShuttingDown)),
             Err(_) => Err(Attempt::Fail(Error::Unavailable(format!(
                 "no quorum: the proposal was not committed within {:?}, retry",
                 self.config.propose_timeout

@@ -126,11 +126,12 @@ fn read_stored(db: &Database) -> Result<Option<StoredSnapshot>, anyhow::Error> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot> {
-        let (last_applied, membership, data) = {
+        // Clone under the lock, encode outside it: `apply` is not held up.
+        let (last_applied, membership, state) = {
             let a = self.lock();
-            let data = serde_json::to_vec(&a.state).map_err(read_err)?;
-            (a.last_applied, a.membership.clone(), data)
+            (a.last_applied, a.membership.clone(), a.state.clone())
         };
+        let data = serde_json::to_vec(&state).map_err(read_err)?;
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
@@ -161,7 +162,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CmdResult>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<CmdResult>>>
     where
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -172,11 +173,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
-                    EntryPayload::Blank => CmdResult::Unchanged,
-                    EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(batch) => {
+                        batch.0.iter().map(|cmd| a.state.apply(cmd)).collect()
+                    }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
-                        CmdResult::Unchanged
+                        Vec::new()
                     }
                 };
                 results.push(result);

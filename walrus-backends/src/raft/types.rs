@@ -5,15 +5,22 @@ use std::io::Cursor;
 
 use openraft::{AnyError, BasicNode, StorageError, StorageIOError};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use walrus_core::{CmdResult, MetadataCmd};
 
+/// The payload of one Raft log entry: the commands of concurrent proposals,
+/// applied in order. openraft 0.9 makes each entry durable before it takes
+/// the next one, so batching proposals into one entry is what lets many
+/// proposers share one fsync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataBatch(pub Vec<MetadataCmd>);
+
 openraft::declare_raft_types!(
-    /// Walrus metadata over openraft: log entries carry [`MetadataCmd`]s,
-    /// applying one yields a [`CmdResult`].
+    /// Walrus metadata over openraft: a log entry carries a [`MetadataBatch`],
+    /// applying it yields one [`CmdResult`] per command.
     pub TypeConfig:
-        D = MetadataCmd,
-        R = CmdResult,
+        D = MetadataBatch,
+        R = Vec<CmdResult>,
         NodeId = u64,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,

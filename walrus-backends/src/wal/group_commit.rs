@@ -10,7 +10,7 @@
 //! flushed on its timer; with `never` they are flushed only on request
 //! (`sync`, `seal`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,11 +29,13 @@ struct Queue {
 }
 
 /// Longest a flush is delayed to let more appenders join it.
-const MAX_GATHER: Duration = Duration::from_micros(500);
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Segment flushes done (one per segment per group).
+    flushes: AtomicU64,
 }
 
 pub(crate) struct Syncer {
@@ -48,6 +50,7 @@ impl Syncer {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            flushes: AtomicU64::new(0),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -76,6 +79,13 @@ impl Syncer {
                 self.shared.wake.notify_one();
             }
         }
+    }
+}
+
+impl Syncer {
+    /// Segment flushes done so far.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
     }
 }
 
@@ -124,10 +134,10 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // Appenders released by the previous flush come back a few
             // microseconds apart; flushing for the first one alone would
             // split them into two half-sized groups. So when the last group
-            // had several members, wait (a fraction of a flush at most) for
+            // had several members, wait (one flush time at most) for
             // as many to be back.
             if q.urgent && last_group > 1 {
-                let deadline = Instant::now() + (last_flush / 2).min(MAX_GATHER);
+                let deadline = Instant::now() + last_flush.min(MAX_GATHER);
                 q.gathering = true;
                 while q.arrivals < last_group && !q.shutdown {
                     let now = Instant::now();
@@ -152,7 +162,9 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // Cleared before the snapshot: an append after this point
             // queues the segment again and gets the next round.
             segment.queued.store(false, Ordering::SeqCst);
-            segment.sync_round();
+            if segment.sync_round() {
+                shared.flushes.fetch_add(1, Ordering::Relaxed);
+            }
         }
         last_flush = started.elapsed();
         if stop {

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! A segment is a sequence of records spread over one or more fixed-size
-//! files (parts); see [`segment_file`] for the record format and header.
+//! files (parts); see `segment_file.rs` for the record format and header.
 //! Files are created atomically (temporary name, blocks reserved with
 //! `fallocate`, header synced, rename), so a full disk is an error at
 //! creation and never a SIGBUS later.
@@ -35,7 +35,7 @@ mod group_commit;
 mod index;
 mod read_cache;
 mod segment;
-pub mod segment_file;
+mod segment_file;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -205,6 +205,12 @@ impl WalStore {
     /// Read maps currently cached (for tests of the bound).
     pub fn cached_read_maps(&self) -> usize {
         self.inner.cache.len()
+    }
+
+    /// Flushes (msync) done by the syncer so far, one per segment per group
+    /// commit: fewer than appends when appends share them.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.syncer.flushes()
     }
 
     fn get(&self, key: &SegmentKey) -> Option<Arc<Segment>> {

@@ -327,7 +327,10 @@ impl Segment {
         let first_new_part = st.pos.map_or(0, |p| p.part + 1);
         let created = self.create_parts(first_new_part, need)?;
 
-        // Write: infallible memcpy into the maps.
+        // Write: memcpy into the maps. A file that is left behind is made
+        // durable (with its next marker) before its successor gets any
+        // data, so after a crash only the last file can have a torn tail
+        // and data in a later file always means corruption.
         let first_index = st.count;
         let mut cur: Option<(Arc<SegmentFile>, u32, usize)> = st
             .current
@@ -335,7 +338,6 @@ impl Segment {
             .zip(st.pos)
             .map(|(f, p)| (f, p.part, p.off()));
         let mut new_files = created.iter();
-        let mut rolled: Vec<(Arc<SegmentFile>, usize)> = Vec::new();
         let mut points = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             if !cur
@@ -350,7 +352,10 @@ impl Segment {
                     Some((f, part, off)) => {
                         // SAFETY: past the published end, under the append lock.
                         unsafe { f.write_next_marker(off) };
-                        rolled.push((f, off + RECORD_HEADER));
+                        if let Err(e) = f.flush(HEADER_LEN, off + RECORD_HEADER) {
+                            self.undo_unpublished(&st, &created);
+                            return Err(e);
+                        }
                         part + 1
                     }
                     None => 0,
@@ -365,15 +370,6 @@ impl Segment {
                 points.push((index, Pos::new(*part, *off)));
             }
             *off += RECORD_HEADER + e.len();
-        }
-
-        // A file that is left behind is made durable before its successor
-        // gets any data, so on recovery only the last file can have a tail.
-        for (f, end) in &rolled {
-            if let Err(e) = f.flush(HEADER_LEN, *end) {
-                self.undo_unpublished(&st, &created);
-                return Err(e);
-            }
         }
 
         // Publish to readers' structures, then to the counters.
@@ -466,8 +462,9 @@ impl Segment {
 
     /// Called by the syncer only: makes everything written so far durable
     /// and completes the waiters it covers. Holds the append lock only to
-    /// snapshot and to publish, never during the flush.
-    pub fn sync_round(&self) {
+    /// snapshot and to publish, never during the flush. Returns whether it
+    /// flushed anything.
+    pub fn sync_round(&self) -> bool {
         let (from, target, target_count, parts) = {
             let mut st = self.lock();
             let Some(target) = st.pos else {
@@ -475,14 +472,14 @@ impl Segment {
                 let done = take_waiters(&mut st.waiters, synced);
                 drop(st);
                 complete(done, Ok(()));
-                return;
+                return false;
             };
             if st.synced_pos == Some(target) {
                 let synced = st.synced_count;
                 let done = take_waiters(&mut st.waiters, synced);
                 drop(st);
                 complete(done, Ok(()));
-                return;
+                return false;
             }
             let first_part = st.synced_pos.map_or(0, |p| p.part) as usize;
             let parts: Vec<_> = self
@@ -529,6 +526,7 @@ impl Segment {
                 complete(failed, Err(e));
             }
         }
+        true
     }
 
     fn rollback(&self, st: &mut AppendState) {

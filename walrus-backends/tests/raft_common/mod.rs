@@ -40,9 +40,9 @@ impl RequestHandler for Handler {
 }
 
 /// The node's outgoing side, failing every call while the node is cut.
-struct CuttableTransport {
-    inner: Arc<TcpTransport>,
-    cut: Arc<AtomicBool>,
+pub struct CuttableTransport {
+    pub inner: Arc<TcpTransport>,
+    pub cut: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -146,7 +146,7 @@ impl TestNode {
 }
 
 /// Binds `addr`, retrying while a just-closed listener still holds the port.
-async fn bind(addr: &str) -> TcpListener {
+pub async fn bind(addr: &str) -> TcpListener {
     for _ in 0..100 {
         match TcpListener::bind(addr).await {
             Ok(l) => return l,
