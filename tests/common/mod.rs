@@ -28,7 +28,7 @@ pub fn server_binary() -> PathBuf {
         if !bin.exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "walrus-server", "--bin", "walrus-server"])
+                .args(["build", "-p", "walrus-server", "--bins"])
                 .status()
                 .expect("running cargo build for walrus-server");
             assert!(status.success(), "building walrus-server failed");
