@@ -410,6 +410,9 @@ pub struct WriterLog {
     pub ack_times: Vec<Instant>,
     /// Every error seen, with how often.
     pub errors: BTreeMap<String, usize>,
+    /// Payloads given up on after only retry-safe errors (never applied,
+    /// per the protocol).
+    pub abandoned: Vec<String>,
     /// Payloads that saw errors before their outcome, with those errors.
     pub attempts: HashMap<String, Vec<String>>,
 }
@@ -451,6 +454,8 @@ pub async fn writer(
                         .push(e.to_string());
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Every answer said "not applied": give up on it.
+                        log.abandoned.push(payload.clone());
                         break;
                     }
                 }
@@ -538,6 +543,12 @@ pub fn check_reads(read: &[String], writers: &[WriterLog]) {
         .map(|s| s.as_str())
         .collect();
     for r in read {
+        if let Some(w) = writers.iter().find(|w| w.abandoned.contains(r)) {
+            panic!(
+                "read {r:?}, a write every answer to which said it was not applied: {:?}",
+                w.attempts.get(r)
+            );
+        }
         assert!(known.contains(r.as_str()), "read {r:?} that nobody wrote");
     }
     for w in writers {
