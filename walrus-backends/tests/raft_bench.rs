@@ -94,5 +94,25 @@ async fn measure_metadata_proposals_on_a_three_node_loopback_cluster() {
             );
         }
     }
+    // Leadership confirmations (what every lease renewal costs the leader).
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < RUN {
+        let t0 = Instant::now();
+        c.store(leader)
+            .confirm()
+            .await
+            .expect("the leader confirms");
+        latencies.push(t0.elapsed());
+    }
+    latencies.sort();
+    let pct = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "\nconfirm() on the leader, sequential: {} in {:?}, p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        RUN,
+        pct(0.5).as_secs_f64() * 1000.0,
+        pct(0.99).as_secs_f64() * 1000.0
+    );
     c.stop_all().await;
 }

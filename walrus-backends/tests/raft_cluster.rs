@@ -274,3 +274,36 @@ async fn given_a_joined_node_when_restarted_with_its_original_join_flag_should_r
     assert_eq!(c.store(leader).status().voters.len(), 3);
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_a_member_restarted_on_a_new_address_when_back_should_re_register_and_catch_up() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+    let old_addr = c.stop(victim).await;
+    c.store(leader)
+        .propose(create("while-moved"))
+        .await
+        .expect("commit");
+    // Same data directory, another port.
+    c.restart(victim, "127.0.0.1:0").await;
+    let new_addr = c.nodes[&victim].addr.clone();
+    assert_ne!(new_addr, old_addr);
+    assert!(wait_topic(c.store(victim), "while-moved", Duration::from_secs(10)).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = c.leader().await;
+        let recorded = c
+            .store(leader)
+            .state()
+            .nodes
+            .get(&victim)
+            .map(|i| i.raft_addr.clone());
+        if recorded.as_deref() == Some(new_addr.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metadata still has {recorded:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop_all().await;
+}

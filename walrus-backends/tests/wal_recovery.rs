@@ -481,3 +481,45 @@ async fn given_a_damaged_earlier_file_when_later_files_hold_data_should_report_a
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn given_fsync_never_when_synced_should_flush_only_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+    let seg = key("lazy", 1);
+    store
+        .append(&seg, &[payload(0, 10)], u64::MAX)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        store.flush_count(),
+        0,
+        "fsync=never does not flush by itself"
+    );
+    store.sync().await.unwrap();
+    assert_eq!(store.flush_count(), 1, "sync flushes the dirty segment");
+    store.sync().await.unwrap();
+    assert_eq!(store.flush_count(), 1, "nothing new: nothing to flush");
+}
+
+#[tokio::test]
+async fn given_fsync_interval_when_time_passes_should_flush_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let fsync = FsyncPolicy::Interval(std::time::Duration::from_millis(10));
+    let store = WalStore::open(dir.path(), config(fsync, 65536)).unwrap();
+    let seg = key("timer", 1);
+    store
+        .append(&seg, &[payload(0, 10)], u64::MAX)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.flush_count() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        store.flush_count(),
+        1,
+        "the interval flush ran once for the one append"
+    );
+}

@@ -134,6 +134,11 @@ impl RaftConfig {
             election_timeout_max: self.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            // Keep every Raft message far below the transport's frame limit
+            // (16 MiB by default): at most 64 entries of up to 256 commands
+            // per AppendEntries, snapshots in 1 MiB chunks.
+            max_payload_entries: 64,
+            snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()
         };
         config
@@ -247,6 +252,7 @@ impl RaftMetadataStore {
             me: config.node_id,
             transport: transport.clone(),
             backoff: Duration::from_millis(config.heartbeat_ms * 2),
+            state: state_rx.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -382,13 +388,44 @@ impl RaftMetadataStore {
     async fn register_until_done(&self) {
         let mut backoff = Duration::from_millis(50);
         while !self.stopped.load(Ordering::SeqCst) {
-            match self.add_node(self.id, self.config.info()).await {
+            match self.register_once().await {
                 Ok(()) => return,
                 Err(e) => tracing::debug!(node = self.id, "registering addresses: {e}; retrying"),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+
+    async fn register_once(&self) -> Result<()> {
+        if self.current_leader().is_some() {
+            return self.add_node(self.id, self.config.info()).await;
+        }
+        // No leader known: it may be replicating to an address this node no
+        // longer has. Ask the other members to pass the request on.
+        let peers: Vec<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.id)
+                .collect()
+        };
+        let mut last = Error::Unavailable("no consensus leader and no other member known".into());
+        for peer in peers {
+            let req = NodeRequest::Join {
+                node: self.id,
+                info: self.config.info(),
+            };
+            let call = self.transport.call(peer, req);
+            match tokio::time::timeout(self.config.propose_timeout, call).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = Error::Timeout(format!("node {peer} to pass on a join")),
+            }
+        }
+        Err(last)
     }
 
     /// Waits until this node has applied log `index`.
@@ -558,6 +595,14 @@ async fn open_db(path: PathBuf) -> anyhow::Result<redb::Database> {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
+            Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "raft database {} is in use (is another node running on this data directory?)",
+                        path.display()
+                    )
+                })
+            }
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("cannot open raft database {}", path.display()))
@@ -582,12 +627,14 @@ async fn sync_peer_addresses(
 ) {
     let mut known: HashMap<NodeId, String> = HashMap::new();
     loop {
-        let mut addrs: Vec<(NodeId, String)> = metrics
+        let mut addrs: BTreeMap<NodeId, String> = metrics
             .borrow_and_update()
             .membership_config
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
+        // Metadata is newer than the membership's address (a node that
+        // restarted on another address re-registers there).
         addrs.extend(
             state
                 .borrow_and_update()

@@ -18,7 +18,10 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
-use walrus_core::{CmdResult, Error, MetadataCmd, NodeInfo, NodeRequest, NodeResponse, Transport};
+use tokio::sync::watch;
+use walrus_core::{
+    ClusterState, CmdResult, Error, MetadataCmd, NodeInfo, NodeRequest, NodeResponse, Transport,
+};
 
 use super::types::{decode, encode, NodeId, TypeConfig};
 
@@ -98,15 +101,24 @@ pub struct NetworkFactory {
     pub(crate) me: NodeId,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) backoff: Duration,
+    /// Applied metadata: a node's address there (`UpsertNode`, updated when
+    /// it restarts elsewhere) wins over the one in the Raft membership.
+    pub(crate) state: watch::Receiver<Arc<ClusterState>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = RaftNetworkConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        // Membership is where openraft learns addresses: pass them on so the
-        // transport can dial the peer.
-        self.transport.set_peer_address(target, &node.addr);
+        // Pass the address on so the transport can dial the peer.
+        let addr = self
+            .state
+            .borrow()
+            .nodes
+            .get(&target)
+            .map(|info| info.raft_addr.clone())
+            .unwrap_or_else(|| node.addr.clone());
+        self.transport.set_peer_address(target, &addr);
         RaftNetworkConnection {
             me: self.me,
             target,
