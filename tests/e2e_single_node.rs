@@ -246,3 +246,55 @@ async fn given_sigterm_should_exit_zero_and_keep_every_write_after_restart() {
     assert_eq!(got, want);
     report("e2e single node: SIGTERM restart", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_cli_one_off_commands_should_print_answers_and_fail_on_err() {
+    let t0 = Instant::now();
+    let cluster = Cluster::start(1, ClusterOptions::default()).await;
+    let addr = cluster.nodes[&1].spec.client_addr();
+    let cli = server_binary().with_file_name("walrus-cli");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .arg("--addr")
+            .arg(&addr)
+            .args(args)
+            .output()
+            .expect("running walrus-cli");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        run(&["register", "logs"]),
+        (Some(0), "OK\n".into(), String::new())
+    );
+    assert_eq!(run(&["put", "logs", "hello world"]).0, Some(0));
+    assert_eq!(run(&["put", "logs", "line 1\nline 2"]).0, Some(0));
+    assert_eq!(run(&["get", "logs"]).1, "OK hello world\n");
+    assert_eq!(run(&["get", "logs"]).1, "OK line 1\nline 2\n");
+    assert_eq!(run(&["get", "logs"]).1, "EMPTY\n");
+    let (code, _, err) = run(&["put", "nonexistent", "x"]);
+    assert_eq!((code, err.as_str()), (Some(1), "ERR topic not found\n"));
+    let (code, out, _) = run(&["state", "logs"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+        "{out}"
+    );
+    assert_eq!(run(&["ping"]).1, "OK PONG\n");
+    let (code, _, err) = std::process::Command::new(&cli)
+        .args(["--addr", "127.0.0.1:1", "ping"])
+        .output()
+        .map(|o| {
+            (
+                o.status.code(),
+                (),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    assert_eq!(code, Some(2), "unreachable node: {err}");
+    report("e2e single node: CLI", t0.elapsed());
+}
