@@ -347,21 +347,27 @@ walrus_matrix() {
                 fi
                 bench_run "$tag" "PUT $sname, to $via (node $other), $conns conn x depth $depth" \
                     -a "$(client_addr "$other")" -s "$size" -c "$conns" -d "$depth" --topic-prefix "$topic"
+                if [[ $size == 1024 && $via == leader && $conns == 1 && $depth == 1 ]]; then
+                    # The ordinary client (no TCP_NODELAY) right after the
+                    # tuned one, so that the two compare.
+                    register_topic "$reg" ordinary-0 || true
+                    leader=$(segment_leader "$reg" ordinary-0)
+                    bench_run "$tag" "PUT 1 KiB, to leader (node $leader), 1 conn, ordinary client (no TCP_NODELAY)" \
+                        -a "$(client_addr "$leader")" -s 1024 -c 1 -d 1 --no-nodelay --topic-prefix ordinary
+                fi
             done
         done
     done
-    # The ordinary client: no TCP_NODELAY, 1 KiB, to the leader.
-    topic="ordinary"
-    register_topic "$reg" "$topic-0" || true
-    leader=$(segment_leader "$reg" "$topic-0")
-    bench_run "$tag" "PUT 1 KiB, to leader (node $leader), 1 conn, ordinary client (no TCP_NODELAY)" \
-        -a "$(client_addr "$leader")" -s 1024 -c 1 -d 1 --no-nodelay --topic-prefix "$topic"
-    # GETs drain the topic the pipelined 1 KiB run filled.
-    topic="t1024-leader-c16-d32"
-    for conns in 1 16; do
-        bench_run "$tag" "GET, $conns conn(s), from node 1" \
-            -a "$(client_addr 1)" -w get -c "$conns" -d 1 --topic-prefix "$topic"
-    done
+    # GETs read a topic filled first with more entries than they can take
+    # (counts bounded by the run length), so no GET meets the end (EMPTY).
+    register_topic "$reg" get-src-0 || true
+    leader=$(segment_leader "$reg" get-src-0)
+    RUN_DUR=60s bench_run "$tag" "(fill for the GETs: PUT 1 KiB x 150,000, 16 conn x depth 32)" \
+        -a "$(client_addr "$leader")" -s 1024 -c 16 -d 32 -n 150000 --topic-prefix get-src
+    bench_run "$tag" "GET, 1 conn, from node 1 (up to 40,000)" \
+        -a "$(client_addr 1)" -w get -c 1 -d 1 -n 40000 --topic-prefix get-src
+    bench_run "$tag" "GET, 16 conn, from node 1 (up to 100,000)" \
+        -a "$(client_addr 1)" -w get -c 16 -d 1 -n 100000 --topic-prefix get-src
     # How soon the cluster takes a write again once the GET load stops.
     local json
     json=$(walrus-bench wait-write -a "$(client_addr 1)" --topic after-get --register --timeout 60s --json 2>/dev/null ||

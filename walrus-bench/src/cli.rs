@@ -83,11 +83,12 @@ pub struct LoadArgs {
     /// Requests in flight per connection (pipeline depth).
     #[arg(short, long, default_value_t = 1)]
     pub depth: usize,
-    /// How long to send (e.g. 10s, 500ms, 2m).
-    #[arg(short = 't', long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Send this many requests in total instead of running for a duration.
-    #[arg(short = 'n', long, conflicts_with = "duration")]
+    /// How long to send (e.g. 10s, 500ms, 2m); 10s when neither this nor
+    /// --requests is given. With --requests: an upper bound.
+    #[arg(short = 't', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Send this many requests in total (within --duration, if given).
+    #[arg(short = 'n', long)]
     pub requests: Option<u64>,
     /// Target rate in requests/s over all connections. A request held back
     /// because the server had not answered enough earlier ones (all `depth`
@@ -136,9 +137,11 @@ impl LoadArgs {
             payload_size: self.size,
             connections: self.connections,
             depth: self.depth,
-            length: match self.requests {
-                Some(n) => Length::Requests(n),
-                None => Length::Duration(self.duration),
+            length: match (self.requests, self.duration) {
+                (Some(n), Some(d)) => Length::RequestsWithin(n, d),
+                (Some(n), None) => Length::Requests(n),
+                (None, Some(d)) => Length::Duration(d),
+                (None, None) => Length::Duration(Duration::from_secs(10)),
             },
             rate: self.rate,
             topics: self.topics,
@@ -217,8 +220,17 @@ mod tests {
     }
 
     #[test]
-    fn given_count_and_duration_together_when_parsed_should_refuse() {
-        assert!(Cli::try_parse_from(["walrus-bench", "-n", "5", "-t", "1s"]).is_err());
+    fn given_count_and_duration_together_when_parsed_should_bound_the_count_in_time() {
+        let cli = Cli::try_parse_from(["walrus-bench", "-n", "5", "-t", "1s"]).unwrap();
+        assert!(matches!(
+            cli.load.to_config().length,
+            Length::RequestsWithin(5, d) if d == Duration::from_secs(1)
+        ));
+        let cli = Cli::try_parse_from(["walrus-bench"]).unwrap();
+        assert!(matches!(
+            cli.load.to_config().length,
+            Length::Duration(d) if d == Duration::from_secs(10)
+        ));
     }
 
     #[test]

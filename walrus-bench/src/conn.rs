@@ -42,11 +42,12 @@ impl Workload {
     }
 }
 
-/// When a connection stops sending.
+/// When a connection stops sending: after `count` requests or at `until`,
+/// whichever comes first (at least one is set).
 #[derive(Debug, Clone, Copy)]
-pub enum Limit {
-    Count(u64),
-    Until(Instant),
+pub struct Limit {
+    pub count: Option<u64>,
+    pub until: Option<Instant>,
 }
 
 /// Everything one connection needs to run.
@@ -200,10 +201,9 @@ impl<'a> Driver<'a> {
     }
 
     fn limit_reached(&self, now: Instant) -> bool {
-        match self.plan.limit {
-            Limit::Count(n) => self.sent >= n,
-            Limit::Until(end) => now >= end || self.next_due().is_some_and(|due| due >= end),
-        }
+        let Limit { count, until } = self.plan.limit;
+        count.is_some_and(|n| self.sent >= n)
+            || until.is_some_and(|end| now >= end || self.next_due().is_some_and(|due| due >= end))
     }
 
     async fn run(&mut self, out: &mut ConnOutcome) {
@@ -234,7 +234,7 @@ impl<'a> Driver<'a> {
                             consider(due);
                         }
                     }
-                    if let Limit::Until(end) = self.plan.limit {
+                    if let Some(end) = self.plan.limit.until {
                         consider(end);
                     }
                 }

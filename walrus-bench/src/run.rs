@@ -22,6 +22,8 @@ pub enum Length {
     Duration(Duration),
     /// Total requests over all connections.
     Requests(u64),
+    /// Total requests, but stop sending after the duration all the same.
+    RequestsWithin(u64, Duration),
 }
 
 /// One load run, as the CLI (or a test) describes it.
@@ -121,12 +123,23 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .map(|r| Duration::from_secs_f64(cfg.connections as f64 / r));
     let mut handles = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
+        let share = |n: u64| {
+            let c = cfg.connections as u64;
+            n / c + u64::from((i as u64) < n % c)
+        };
         let limit = match cfg.length {
-            Length::Duration(d) => Limit::Until(start + d),
-            Length::Requests(n) => {
-                let c = cfg.connections as u64;
-                Limit::Count(n / c + u64::from((i as u64) < n % c))
-            }
+            Length::Duration(d) => Limit {
+                count: None,
+                until: Some(start + d),
+            },
+            Length::Requests(n) => Limit {
+                count: Some(share(n)),
+                until: None,
+            },
+            Length::RequestsWithin(n, d) => Limit {
+                count: Some(share(n)),
+                until: Some(start + d),
+            },
         };
         // Stagger the connections over one interval so that a rate does
         // not arrive in bursts of `connections` requests.
@@ -160,7 +173,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 let secs = start.elapsed().as_secs_f64();
                 match length {
                     Length::Duration(_) => bar.set_position(start.elapsed().as_millis() as u64),
-                    Length::Requests(_) => bar.set_position(done),
+                    Length::Requests(_) | Length::RequestsWithin(..) => bar.set_position(done),
                 }
                 bar.set_message(format!("{done} ok, {:.0}/s", done as f64 / secs.max(1e-3)));
             }
@@ -249,7 +262,7 @@ pub async fn register_topics(addr: &str, topics: &[String]) -> anyhow::Result<()
 fn progress_bar(cfg: &RunConfig) -> ProgressBar {
     let (len, unit) = match cfg.length {
         Length::Duration(d) => (d.as_millis() as u64, "ms"),
-        Length::Requests(n) => (n, "req"),
+        Length::Requests(n) | Length::RequestsWithin(n, _) => (n, "req"),
     };
     let bar = ProgressBar::new(len);
     let template =

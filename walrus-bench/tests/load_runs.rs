@@ -282,6 +282,28 @@ async fn given_a_payload_too_small_for_ids_when_verifying_should_refuse_before_s
 }
 
 #[tokio::test]
+async fn given_a_count_and_a_server_that_never_answers_when_bounded_in_time_should_stop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Accepts and reads, never answers.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    let mut cfg = RunConfig::new(&addr);
+    cfg.length = Length::RequestsWithin(1_000_000, Duration::from_millis(200));
+    cfg.drain_timeout = Duration::from_millis(200);
+    cfg.depth = 4;
+    let r = run(cfg).await.unwrap();
+    assert_eq!(r.ops, 0);
+    assert_eq!(r.errors.values().sum::<u64>(), 4, "{:?}", r.errors);
+    assert!(r.errors.keys().all(|k| k.starts_with("no answer within")));
+}
+
+#[tokio::test]
 async fn given_a_rate_when_running_should_send_at_that_rate() {
     let addr = start_echo().await;
     let mut cfg = RunConfig::new(&addr);
