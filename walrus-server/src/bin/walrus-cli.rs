@@ -1,0 +1,207 @@
+//! `walrus-cli`: the Walrus shell and one-off commands.
+//!
+//! `walrus-cli` opens the REPL (`🦭 > `); `walrus-cli put logs "hello"`
+//! sends one command, prints the answer and exits non-zero on `ERR`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rustyline::error::ReadlineError;
+use walrus_server::client::{CliClient, ClientError};
+
+#[derive(Parser)]
+#[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]
+struct Cli {
+    /// The node's client address.
+    #[arg(
+        long,
+        env = "WALRUS_ADDR",
+        default_value = "127.0.0.1:9091",
+        global = true
+    )]
+    addr: String,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a topic (OK if it exists).
+    Register { topic: String },
+    /// Append one entry; words after the topic are joined with one space.
+    Put {
+        topic: String,
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+        payload: Vec<String>,
+    },
+    /// Take the next entry from the topic's shared cursor.
+    Get { topic: String },
+    /// The topic's segments and leaders, as JSON.
+    State { topic: String },
+    /// The node's consensus metrics, as JSON.
+    Metrics,
+    /// The list of topics, as JSON.
+    Topics,
+    /// Check that the node answers.
+    Ping,
+    /// Follow the topic: print entries as they arrive (consumes the shared
+    /// cursor, like GET). Stops on Ctrl-C.
+    Tail {
+        topic: String,
+        /// How long to wait after reaching the end before asking again, in ms.
+        #[arg(long, default_value_t = 200)]
+        poll_ms: u64,
+    },
+    /// Send a raw request body and print the raw answer.
+    Raw {
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+        request: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = CliClient::new(cli.addr.clone());
+    match cli.command {
+        None => repl(&rt, &client),
+        Some(Command::Tail { topic, poll_ms }) => rt.block_on(tail(&client, &topic, poll_ms)),
+        Some(cmd) => {
+            let request = match cmd {
+                Command::Register { topic } => format!("REGISTER {topic}"),
+                Command::Put { topic, payload } => format!("PUT {topic} {}", payload.join(" ")),
+                Command::Get { topic } => format!("GET {topic}"),
+                Command::State { topic } => format!("STATE {topic}"),
+                Command::Metrics => "METRICS".into(),
+                Command::Topics => "TOPICS".into(),
+                Command::Ping => "PING".into(),
+                Command::Raw { request } => request.join(" "),
+                Command::Tail { .. } => unreachable!("handled above"),
+            };
+            one_off(&rt, &client, &request)
+        }
+    }
+}
+
+fn one_off(rt: &tokio::runtime::Runtime, client: &CliClient, request: &str) -> ExitCode {
+    match rt.block_on(client.send_raw(request)) {
+        Ok(answer) => {
+            let failed = answer.starts_with("ERR ");
+            if failed {
+                eprintln!("{answer}");
+                ExitCode::FAILURE
+            } else {
+                println!("{}", pretty(&answer));
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}", explain(&e, client.addr()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cannot open the terminal for the shell: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".walrus_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    println!(
+        "Walrus shell on {}. Commands: REGISTER, PUT, GET, STATE, METRICS, TOPICS, PING; exit or Ctrl-D to leave.",
+        client.addr()
+    );
+    loop {
+        match editor.readline("🦭 > ") {
+            Ok(line) => {
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(line);
+                if matches!(line.trim(), "exit" | "quit") {
+                    break;
+                }
+                if line.trim() == "help" {
+                    println!("REGISTER <topic> | PUT <topic> <payload> | GET <topic> | STATE <topic> | METRICS | TOPICS | PING | exit");
+                    continue;
+                }
+                match rt.block_on(client.send_raw(line)) {
+                    Ok(answer) => println!("{}", pretty(&answer)),
+                    Err(e) => println!("error: {}", explain(&e, client.addr())),
+                }
+            }
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("cannot read the terminal: {e}");
+                break;
+            }
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn tail(client: &CliClient, topic: &str, poll_ms: u64) -> ExitCode {
+    loop {
+        let step = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            r = client.get(topic) => r,
+        };
+        match step {
+            Ok(Some(entry)) => println!("{entry}"),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(poll_ms)).await,
+            Err(e) if e.is_retryable() => {
+                eprintln!("{}; retrying", explain(&e, client.addr()));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                eprintln!("ERR {}", explain(&e, client.addr()));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+}
+
+/// JSON answers (STATE, METRICS, TOPICS) pretty-printed; others as they are.
+fn pretty(answer: &str) -> String {
+    if answer.starts_with('{') || answer.starts_with('[') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(answer) {
+            if let Ok(p) = serde_json::to_string_pretty(&v) {
+                return p;
+            }
+        }
+    }
+    answer.to_string()
+}
+
+fn explain(e: &ClientError, addr: &str) -> String {
+    match e {
+        ClientError::Io { .. } => format!(
+            "{e}. Is a walrus-server listening on {addr}? Start one with `walrus-server`, or point --addr at a node"
+        ),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,113 @@
+//! `walrus-server`: one Walrus node. With no flags: node 1, a one-voter
+//! cluster, clients on 127.0.0.1:9091, data under ./data/node_1.
+//!
+//! SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, sync,
+//! exit 0.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use walrus_server::config::ServerConfig;
+use walrus_server::stack::Stack;
+
+fn main() -> ExitCode {
+    let config = ServerConfig::parse();
+    if let Err(e) = init_logging(&config) {
+        eprintln!("walrus-server: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walrus-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("walrus-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        node = config.node_id,
+        data = %config.node_dir().display(),
+        client = %config.client_bind_addr(),
+        raft = %config.raft_bind_addr(),
+        join = ?config.join,
+        fsync = %config.fsync,
+        version = env!("CARGO_PKG_VERSION"),
+        max_segment_entries = config.max_segment_entries,
+        "starting"
+    );
+    let stack = tokio::select! {
+        s = Stack::start(&config) => s?,
+        sig = shutdown_signal() => {
+            tracing::info!(signal = sig, "signal received while starting; exiting");
+            return Ok(());
+        }
+    };
+    let sig = shutdown_signal().await;
+    tracing::info!(signal = sig, "shutting down");
+    stack.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+fn init_logging(config: &ServerConfig) -> anyhow::Result<()> {
+    // openraft logs every election step at info; ours are the lifecycle lines.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &config.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open --log-file {}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
+    }
+    Ok(())
+}

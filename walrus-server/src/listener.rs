@@ -1,0 +1,566 @@
+//! The client listener: frames bytes, nothing else. Everything a request
+//! means is the [`ClientHandler`]'s business (in the real server, the
+//! walrus-core `Node`).
+//!
+//! Per connection, a reader task parses frames and starts each request as
+//! soon as it is read, and a writer task sends the answers in request order.
+//! So a client may pipeline: its requests run without waiting for it to read.
+//! Requests of one connection that name the same topic run one after the
+//! other, in order, so a pipelined writer's entries land in the order it sent
+//! them; requests on different topics run concurrently.
+//!
+//! Each connection's reads and writes are its own: a client that stops
+//! reading stalls only itself (its in-flight window fills, then its reader
+//! waits), and it is dropped once a write makes no progress for the idle
+//! timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+use walrus_core::protocol::{read_frame, FrameError, Request, Response, MAX_FRAME};
+use walrus_core::{Node, TopicName};
+
+/// What answers client requests. The server gives the listener a `Node`;
+/// tests and custom builds may give anything else.
+#[async_trait]
+pub trait ClientHandler: Send + Sync + 'static {
+    async fn handle(&self, req: Request) -> Response;
+}
+
+#[async_trait]
+impl ClientHandler for Node {
+    async fn handle(&self, req: Request) -> Response {
+        Node::handle(self, req).await
+    }
+}
+
+/// Limits of the client listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Connections served at once; more are answered
+    /// `ERR too many connections…` and closed.
+    pub max_connections: usize,
+    /// A frame that has started must arrive whole within this time, and a
+    /// response write must make progress within it; otherwise the
+    /// connection is closed. A connection that is idle between frames is
+    /// kept.
+    pub idle_timeout: Duration,
+    /// Requests of one connection in flight at once (read but not yet
+    /// answered). Past it, the reader waits for the writer.
+    pub max_in_flight: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running client listener. Dropping it does not stop it; call
+/// [`ClientListener::shutdown`].
+pub struct ClientListener {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+    connections: Arc<Semaphore>,
+    config: ListenerConfig,
+}
+
+impl ClientListener {
+    /// Starts serving `listener` with `handler`.
+    pub fn start<H: ClientHandler + ?Sized>(
+        listener: TcpListener,
+        handler: Arc<H>,
+        config: ListenerConfig,
+    ) -> std::io::Result<ClientListener> {
+        let local_addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            handler,
+            config.clone(),
+            connections.clone(),
+            stop_rx,
+        ));
+        Ok(ClientListener {
+            local_addr,
+            stop,
+            accept_task,
+            connections,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets every connection finish the requests it has
+    /// read (new ones are not read), flushes their answers and closes them.
+    /// Returns false if some connection did not finish within the drain
+    /// timeout.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.stop.send(true);
+        let _ = self.accept_task.await;
+        // Every live connection holds one permit: all permits back means
+        // every connection is done.
+        let all = u32::try_from(self.config.max_connections).unwrap_or(u32::MAX);
+        tokio::time::timeout(
+            self.config.drain_timeout,
+            self.connections.acquire_many(all),
+        )
+        .await
+        .is_ok()
+    }
+}
+
+async fn accept_loop<H: ClientHandler + ?Sized>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    config: ListenerConfig,
+    connections: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of
+                // spinning; the listener itself stays usable.
+                tracing::warn!(error = %e, "accepting a client connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let handler = handler.clone();
+                let config = config.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, handler, config, stop).await;
+                    tracing::debug!(%peer, "client connection closed");
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream, config.idle_timeout));
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, timeout: Duration) {
+    let mut out = BytesMut::new();
+    Response::Err(
+        "too many connections: the server is at its connection limit, retry later".into(),
+    )
+    .encode(&mut out);
+    let _ = tokio::time::timeout(timeout, stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// An answer in the making, queued in request order.
+enum Pending {
+    Ready(Response),
+    Waiting(oneshot::Receiver<Response>),
+}
+
+async fn serve_connection<H: ClientHandler + ?Sized>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    config: ListenerConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
+    let writer = tokio::spawn(write_loop(write, rx, config.idle_timeout));
+    read_loop(read, handler, tx, config.idle_timeout, stop).await;
+    let _ = writer.await;
+}
+
+async fn read_loop<H: ClientHandler + ?Sized>(
+    read: OwnedReadHalf,
+    handler: Arc<H>,
+    tx: mpsc::Sender<Pending>,
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, read);
+    // Per topic: completion of this connection's latest request on it.
+    let mut last_on_topic: HashMap<TopicName, oneshot::Receiver<()>> = HashMap::new();
+    loop {
+        // Between frames a connection may idle as long as it likes; once a
+        // frame has begun it must arrive within the idle timeout.
+        let started = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = reader.fill_buf() => matches!(r, Ok(b) if !b.is_empty()),
+        };
+        if !started {
+            return;
+        }
+        let frame = match tokio::time::timeout(idle_timeout, read_frame(&mut reader, MAX_FRAME))
+            .await
+        {
+            Err(_) => {
+                tracing::debug!("closing a client connection idle in the middle of a frame");
+                return;
+            }
+            Ok(Ok(Some(body))) => body.freeze(),
+            Ok(Ok(None)) | Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => return,
+            Ok(Err(e @ FrameError::InvalidLength(_))) => {
+                // The stream cannot be resynchronised: answer, then close.
+                let _ = tx.send(Pending::Ready(Response::Err(e.to_string()))).await;
+                return;
+            }
+        };
+        let pending = dispatch(&handler, frame, &mut last_on_topic);
+        if tx.send(pending).await.is_err() {
+            return; // the writer gave up on this connection
+        }
+    }
+}
+
+/// Starts one request; returns its place in the answer queue.
+fn dispatch<H: ClientHandler + ?Sized>(
+    handler: &Arc<H>,
+    frame: Bytes,
+    last_on_topic: &mut HashMap<TopicName, oneshot::Receiver<()>>,
+) -> Pending {
+    let req = match Request::parse(frame) {
+        Ok(req) => req,
+        Err(e) => return Pending::Ready(e.into()),
+    };
+    let (resp_tx, resp_rx) = oneshot::channel();
+    let (before, done) = match topic_of(&req) {
+        Some(topic) => {
+            if last_on_topic.len() >= 256 {
+                // Forget topics whose last request has finished.
+                last_on_topic.retain(|_, rx| {
+                    matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                });
+            }
+            let (done_tx, done_rx) = oneshot::channel();
+            (last_on_topic.insert(topic.clone(), done_rx), Some(done_tx))
+        }
+        None => (None, None),
+    };
+    let handler = handler.clone();
+    tokio::spawn(async move {
+        if let Some(before) = before {
+            // Err means the predecessor finished (and dropped its sender).
+            let _ = before.await;
+        }
+        let resp = handler.handle(req).await;
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+        let _ = resp_tx.send(resp);
+    });
+    Pending::Waiting(resp_rx)
+}
+
+fn topic_of(req: &Request) -> Option<&TopicName> {
+    match req {
+        Request::Register(t) | Request::Get(t) | Request::State(t) => Some(t),
+        Request::Put { topic, .. } => Some(topic),
+        Request::Metrics | Request::Ping | Request::Topics => None,
+    }
+}
+
+async fn resolve(p: Pending) -> Response {
+    match p {
+        Pending::Ready(r) => r,
+        Pending::Waiting(rx) => rx.await.unwrap_or_else(|_| {
+            Response::Err("internal error: the request was dropped before it was answered".into())
+        }),
+    }
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
+    let mut out = BytesMut::with_capacity(4096);
+    let mut next: Option<Pending> = None;
+    loop {
+        let head = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        resolve(head).await.encode(&mut out);
+        // Batch every answer that is already there into the same write.
+        while out.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(Pending::Ready(r)) => r.encode(&mut out),
+                Ok(Pending::Waiting(mut w)) => match w.try_recv() {
+                    Ok(r) => r.encode(&mut out),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        next = Some(Pending::Waiting(w));
+                        break;
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        next = Some(Pending::Ready(Response::Err(
+                            "internal error: the request was dropped before it was answered".into(),
+                        )));
+                        break;
+                    }
+                },
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(timeout, write.write_all(&out)).await {
+            Ok(Ok(())) => out.clear(),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!("closing a client connection that stopped reading");
+                return;
+            }
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    /// Answers PING at once; `PUT t <ms>` after sleeping `ms` and echoes the
+    /// payload; records the order PUTs finish in.
+    struct Echo {
+        finished: std::sync::Mutex<Vec<String>>,
+        active: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ClientHandler for Echo {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Ping => Response::Pong,
+                Request::Put { payload, .. } => {
+                    self.active.fetch_add(1, Ordering::SeqCst);
+                    let text = String::from_utf8_lossy(&payload).into_owned();
+                    let ms: u64 = text.split(' ').next().unwrap_or("0").parse().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    self.finished.lock().unwrap().push(text.clone());
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                    Response::Entry(payload)
+                }
+                _ => Response::Err("not in this test".into()),
+            }
+        }
+    }
+
+    async fn serve(config: ListenerConfig) -> (ClientListener, Arc<Echo>) {
+        let echo = Arc::new(Echo {
+            finished: Default::default(),
+            active: AtomicUsize::new(0),
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (
+            ClientListener::start(l, echo.clone(), config).unwrap(),
+            echo,
+        )
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    async fn read_resp(s: &mut TcpStream) -> Option<String> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0; u32::from_le_bytes(len) as usize];
+        s.read_exact(&mut body).await.ok()?;
+        Some(String::from_utf8(body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn given_pipelined_requests_when_later_ones_finish_first_should_answer_in_request_order()
+    {
+        let (l, echo) = serve(ListenerConfig::default()).await;
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend(frame(b"PUT a 200 slow"));
+        bytes.extend(frame(b"PUT b 0 fast"));
+        bytes.extend(frame(b"PING"));
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK 200 slow");
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK 0 fast");
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK PONG");
+        // Different topics ran concurrently: the fast one finished first.
+        assert_eq!(*echo.finished.lock().unwrap(), vec!["0 fast", "200 slow"]);
+    }
+
+    #[tokio::test]
+    async fn given_pipelined_puts_on_one_topic_should_run_them_in_order() {
+        let (l, echo) = serve(ListenerConfig::default()).await;
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        let mut bytes = Vec::new();
+        for (i, ms) in [50, 0, 20, 0].iter().enumerate() {
+            bytes.extend(frame(format!("PUT t {ms} #{i}").as_bytes()));
+        }
+        s.write_all(&bytes).await.unwrap();
+        for _ in 0..4 {
+            read_resp(&mut s).await.unwrap();
+        }
+        assert_eq!(
+            *echo.finished.lock().unwrap(),
+            vec!["50 #0", "0 #1", "20 #2", "0 #3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_bad_length_should_answer_and_close_while_others_keep_working() {
+        let (l, _) = serve(ListenerConfig::default()).await;
+        let mut good = TcpStream::connect(l.local_addr()).await.unwrap();
+        for len in [0u32, MAX_FRAME as u32 + 1, u32::MAX] {
+            let mut bad = TcpStream::connect(l.local_addr()).await.unwrap();
+            bad.write_all(&len.to_le_bytes()).await.unwrap();
+            assert_eq!(
+                read_resp(&mut bad).await.unwrap(),
+                "ERR invalid frame length"
+            );
+            assert_eq!(read_resp(&mut bad).await, None, "closed after the answer");
+        }
+        good.write_all(&frame(b"PING")).await.unwrap();
+        assert_eq!(read_resp(&mut good).await.unwrap(), "OK PONG");
+    }
+
+    #[tokio::test]
+    async fn given_invalid_utf8_should_answer_and_keep_the_connection() {
+        let (l, _) = serve(ListenerConfig::default()).await;
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        s.write_all(&frame(b"PUT logs \xff\xfe")).await.unwrap();
+        assert_eq!(read_resp(&mut s).await.unwrap(), "ERR invalid utf-8");
+        s.write_all(&frame(b"ping")).await.unwrap();
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK PONG");
+    }
+
+    #[tokio::test]
+    async fn given_a_max_size_frame_should_accept_it() {
+        let (l, _) = serve(ListenerConfig::default()).await;
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        let mut body = b"PUT t 0 ".to_vec();
+        body.resize(MAX_FRAME, b'x');
+        s.write_all(&frame(&body)).await.unwrap();
+        let resp = read_resp(&mut s).await.unwrap();
+        assert_eq!(resp.len(), 3 + MAX_FRAME - 6);
+    }
+
+    #[tokio::test]
+    async fn given_a_partial_frame_then_silence_should_close_after_the_idle_timeout() {
+        let config = ListenerConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let (l, _) = serve(config).await;
+        let mut idle = TcpStream::connect(l.local_addr()).await.unwrap();
+        idle.write_all(&frame(b"PING")).await.unwrap();
+        assert_eq!(read_resp(&mut idle).await.unwrap(), "OK PONG");
+        let mut partial = TcpStream::connect(l.local_addr()).await.unwrap();
+        partial.write_all(&[10, 0, 0, 0, b'P']).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), read_resp(&mut partial)).await;
+        assert_eq!(closed.unwrap(), None);
+        // A connection idle between frames is kept.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        idle.write_all(&frame(b"PING")).await.unwrap();
+        assert_eq!(read_resp(&mut idle).await.unwrap(), "OK PONG");
+    }
+
+    #[tokio::test]
+    async fn given_the_connection_cap_should_refuse_extra_connections_with_an_error() {
+        let config = ListenerConfig {
+            max_connections: 2,
+            ..Default::default()
+        };
+        let (l, _) = serve(config).await;
+        let mut a = TcpStream::connect(l.local_addr()).await.unwrap();
+        let mut b = TcpStream::connect(l.local_addr()).await.unwrap();
+        a.write_all(&frame(b"PING")).await.unwrap();
+        b.write_all(&frame(b"PING")).await.unwrap();
+        read_resp(&mut a).await.unwrap();
+        read_resp(&mut b).await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr()).await.unwrap();
+        assert!(read_resp(&mut c)
+            .await
+            .unwrap()
+            .starts_with("ERR too many connections"));
+        drop(a);
+        // The freed slot is usable again.
+        let mut ok = false;
+        for _ in 0..50 {
+            let mut d = TcpStream::connect(l.local_addr()).await.unwrap();
+            d.write_all(&frame(b"PING")).await.unwrap();
+            if read_resp(&mut d).await.as_deref() == Some("OK PONG") {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok);
+    }
+
+    #[tokio::test]
+    async fn given_a_client_that_never_reads_should_keep_serving_others() {
+        let (l, _) = serve(ListenerConfig::default()).await;
+        let stuck = TcpStream::connect(l.local_addr()).await.unwrap();
+        let (_stuck_r, mut stuck_w) = stuck.into_split();
+        // Large answers it never reads: fills the socket buffers.
+        let mut body = b"PUT t 0 ".to_vec();
+        body.resize(60_000, b'y');
+        let flood = frame(&body);
+        let flooder = tokio::spawn(async move {
+            for _ in 0..2000 {
+                if stuck_w.write_all(&flood).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut other = TcpStream::connect(l.local_addr()).await.unwrap();
+        other.write_all(&frame(b"PING")).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(2), read_resp(&mut other)).await;
+        assert_eq!(r.unwrap().unwrap(), "OK PONG");
+        flooder.abort();
+    }
+
+    #[tokio::test]
+    async fn given_shutdown_should_finish_in_flight_requests_and_stop_accepting() {
+        let (l, _) = serve(ListenerConfig::default()).await;
+        let addr = l.local_addr();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&frame(b"PUT t 300 last words")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stopping = tokio::spawn(l.shutdown());
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK 300 last words");
+        assert!(stopping.await.unwrap(), "drained in time");
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}
