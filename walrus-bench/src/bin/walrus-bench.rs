@@ -1,0 +1,76 @@
+//! `walrus-bench`: see `walrus-bench --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use walrus_bench::cli::{Cli, Command};
+use walrus_bench::{probe, run};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("walrus-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None => {
+            let json = cli.load.json;
+            let report = run::run(cli.load.to_config()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            // Errors during a run are measurements; a failed verification
+            // is a broken promise and must fail a script.
+            let verify_failed = report.verify.as_ref().is_some_and(|v| !v.ok);
+            Ok(if verify_failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Some(Command::WaitWrite {
+            addr,
+            topic,
+            register,
+            every,
+            timeout,
+            json,
+        }) => {
+            let w = probe::wait_for_write(&addr, &topic, register, every, timeout).await?;
+            let ms = w.elapsed.as_secs_f64() * 1000.0;
+            if json {
+                let v = serde_json::json!({
+                    "elapsed_ms": ms,
+                    "failed_attempts": w.failed_attempts,
+                    "last_error": w.last_error,
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "write accepted after {ms:.1} ms ({} failed attempts{})",
+                    w.failed_attempts,
+                    w.last_error
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Request { addr, words }) => {
+            let body = words.join(" ");
+            let answer =
+                probe::one_request(&addr, &body, std::time::Duration::from_secs(10)).await?;
+            println!("{}", String::from_utf8_lossy(&answer));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The command line of `walrus-bench`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::conn::Workload;
+use crate::run::{Length, RunConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walrus-bench",
+    version,
+    about = "Load generator for Walrus: PUT/GET/mixed load with pipelining, HDR latency \
+             percentiles (no coordinated omission with --rate) and --verify",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Retry `PUT <topic> probe` until one is answered OK; print the time it
+    /// took (start-up and failover measurements).
+    WaitWrite {
+        #[arg(short, long, default_value = "127.0.0.1:9091")]
+        addr: String,
+        #[arg(long, default_value = "probe")]
+        topic: String,
+        /// REGISTER the topic first (retried like the PUT).
+        #[arg(long)]
+        register: bool,
+        /// Pause between attempts.
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one request (the words joined by spaces) and print the answer.
+    Request {
+        #[arg(short, long, default_value = "127.0.0.1:9091")]
+        addr: String,
+        #[arg(required = true, trailing_var_arg = true)]
+        words: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    Put,
+    Get,
+    Mixed,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Server address(es); connections are spread over them round-robin.
+    #[arg(
+        short,
+        long = "addr",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9091"
+    )]
+    pub addrs: Vec<String>,
+    #[arg(short, long, value_enum, default_value = "put")]
+    pub workload: WorkloadArg,
+    /// Share of GETs in the mixed workload, in percent.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub get_percent: u8,
+    /// PUT payload size in bytes.
+    #[arg(short, long, default_value_t = 1024)]
+    pub size: usize,
+    /// Number of connections.
+    #[arg(short, long, default_value_t = 1)]
+    pub connections: usize,
+    /// Requests in flight per connection (pipeline depth).
+    #[arg(short, long, default_value_t = 1)]
+    pub depth: usize,
+    /// How long to send (e.g. 10s, 500ms, 2m).
+    #[arg(short = 't', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Send this many requests in total instead of running for a duration.
+    #[arg(short = 'n', long, conflicts_with = "duration")]
+    pub requests: Option<u64>,
+    /// Target rate in requests/s over all connections. A request held back
+    /// because the server had not answered enough earlier ones (all `depth`
+    /// slots taken) is timed from its intended send time, so a stalled
+    /// server shows in the percentiles (no coordinated omission); one only
+    /// late by the client's 1 ms timer is timed from its actual send.
+    #[arg(short, long)]
+    pub rate: Option<f64>,
+    /// Number of topics (named <prefix>-0, <prefix>-1, ...).
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    #[arg(long, default_value = "bench")]
+    pub topic_prefix: String,
+    /// REGISTER the topics before the run.
+    #[arg(long)]
+    pub register: bool,
+    /// Read everything back with GET after the run and check that every
+    /// acknowledged payload comes back exactly once, intact.
+    #[arg(long)]
+    pub verify: bool,
+    /// Do not set TCP_NODELAY: behave like an ordinary client.
+    #[arg(long)]
+    pub no_nodelay: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// How long to wait for answers still in flight when the run ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl LoadArgs {
+    pub fn to_config(&self) -> RunConfig {
+        RunConfig {
+            targets: self.addrs.clone(),
+            workload: match self.workload {
+                WorkloadArg::Put => Workload::Put,
+                WorkloadArg::Get => Workload::Get,
+                WorkloadArg::Mixed => Workload::Mixed {
+                    get_percent: self.get_percent,
+                },
+            },
+            payload_size: self.size,
+            connections: self.connections,
+            depth: self.depth,
+            length: match self.requests {
+                Some(n) => Length::Requests(n),
+                None => Length::Duration(self.duration),
+            },
+            rate: self.rate,
+            topics: self.topics,
+            topic_prefix: self.topic_prefix.clone(),
+            register: self.register,
+            verify: self.verify,
+            nodelay: !self.no_nodelay,
+            progress: !self.quiet && !self.json,
+            drain_timeout: self.drain_timeout,
+            verify_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; write e.g. 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("unknown unit in '{s}'; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a usable duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_duration_texts_when_parsed_should_read_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn given_bench_flags_when_parsed_should_build_the_run() {
+        let cli = Cli::try_parse_from([
+            "walrus-bench",
+            "--addr",
+            "127.0.0.1:1,127.0.0.1:2",
+            "-w",
+            "mixed",
+            "--get-percent",
+            "20",
+            "-c",
+            "16",
+            "-d",
+            "32",
+            "-n",
+            "1000",
+            "--no-nodelay",
+            "--verify",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let cfg = cli.load.to_config();
+        assert_eq!(cfg.targets.len(), 2);
+        assert_eq!(cfg.workload, Workload::Mixed { get_percent: 20 });
+        assert_eq!((cfg.connections, cfg.depth), (16, 32));
+        assert!(matches!(cfg.length, Length::Requests(1000)));
+        assert!(!cfg.nodelay && cfg.verify);
+    }
+
+    #[test]
+    fn given_count_and_duration_together_when_parsed_should_refuse() {
+        assert!(Cli::try_parse_from(["walrus-bench", "-n", "5", "-t", "1s"]).is_err());
+    }
+
+    #[test]
+    fn given_a_subcommand_when_parsed_should_select_it() {
+        let cli =
+            Cli::try_parse_from(["walrus-bench", "request", "-a", "x:1", "STATE", "t"]).unwrap();
+        match cli.command {
+            Some(Command::Request { addr, words }) => {
+                assert_eq!(addr, "x:1");
+                assert_eq!(words, vec!["STATE", "t"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
