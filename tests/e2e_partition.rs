@@ -221,6 +221,11 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
         last_isolated_ok < Duration::from_millis(2000),
         "isolated node acked {last_isolated_ok:?} after the cut"
     );
+    assert!(
+        l.errors.contains_key("write lease expired"),
+        "the isolated leader answers `ERR write lease expired`: {:?}",
+        l.errors
+    );
     let majority_resumed = m
         .ack_times
         .iter()

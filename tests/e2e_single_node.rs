@@ -298,3 +298,57 @@ async fn given_the_cli_one_off_commands_should_print_answers_and_fail_on_err() {
     assert_eq!(code, Some(2), "unreachable node: {err}");
     report("e2e single node: CLI", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_connection_cap_and_idle_timeout_flags_should_enforce_them() {
+    let t0 = Instant::now();
+    let mut opts = ClusterOptions::default();
+    opts.env.push(("WALRUS_MAX_CONNECTIONS".into(), "4".into()));
+    opts.env
+        .push(("WALRUS_IDLE_TIMEOUT_MS".into(), "300".into()));
+    let cluster = Cluster::start(1, opts).await;
+    let addr = cluster.nodes[&1].spec.client_addr();
+    // Readiness checks may still hold a slot for a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&frame(b"PING")).await.unwrap();
+        let mut buf = [0u8; 11];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[4..], b"OK PONG");
+        held.push(s);
+    }
+    let refused = raw_exchange(&addr, &frame(b"PING"))
+        .await
+        .unwrap_or_default();
+    assert!(
+        refused.starts_with("ERR too many connections"),
+        "{refused:?}"
+    );
+    drop(held);
+
+    // A half-sent frame is dropped after the idle timeout.
+    let mut s = loop {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&frame(b"PING")).await.unwrap();
+        let mut buf = [0u8; 11];
+        if s.read_exact(&mut buf).await.is_ok() && &buf[4..] == b"OK PONG" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    s.write_all(&[20, 0, 0, 0, b'P']).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed, not answered: {closed:?}"
+    );
+    report(
+        "e2e single node: connection cap and idle timeout",
+        t0.elapsed(),
+    );
+}

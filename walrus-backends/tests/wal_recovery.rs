@@ -308,6 +308,7 @@ async fn given_many_sealed_segments_when_all_read_should_keep_maps_and_descripto
         fsync: FsyncPolicy::Never,
         segment_file_bytes: 4096,
         max_read_maps: 8,
+        spare_files: 1,
     };
     {
         let store = WalStore::open(dir.path(), cfg.clone()).unwrap();
@@ -522,4 +523,90 @@ async fn given_fsync_interval_when_time_passes_should_flush_without_being_asked(
         1,
         "the interval flush ran once for the one append"
     );
+}
+
+fn spares_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("spare-"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_for_spares(store: &WalStore, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.spare_files() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spare pool never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn given_ready_spares_when_segments_roll_should_take_them_and_recover_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("spares", 1);
+    let cfg = WalConfig {
+        spare_files: 2,
+        ..config(FsyncPolicy::Always, 8192)
+    };
+    let mut written = Vec::new();
+    {
+        let store = WalStore::open(dir.path(), cfg.clone()).unwrap();
+        wait_for_spares(&store, 2).await;
+        let before = spares_in(dir.path());
+        for i in 0..30 {
+            store
+                .append(&seg, &[payload(i, 1000)], u64::MAX)
+                .await
+                .unwrap();
+            written.push(payload(i, 1000));
+        }
+        assert!(
+            part_file(dir.path(), &seg, 3).exists(),
+            "30 KB of entries span several 8 KiB files"
+        );
+        let after = spares_in(dir.path());
+        assert!(
+            before.iter().all(|s| !after.contains(s)),
+            "the ready spares {before:?} were taken (now {after:?})"
+        );
+        assert_eq!(read_all(&store, &seg).await, written);
+    }
+    let store = WalStore::open(dir.path(), cfg).unwrap();
+    assert_eq!(read_all(&store, &seg).await, written);
+    let topics = store.segments().await.unwrap();
+    assert_eq!(
+        topics.len(),
+        1,
+        "spares are never taken for topics: {topics:?}"
+    );
+    wait_for_spares(&store, 2).await;
+    let spare = dir.path().join(&spares_in(dir.path())[0]);
+    assert!(std::fs::read(&spare).unwrap().iter().all(|&b| b == 0));
+}
+
+#[tokio::test]
+async fn given_spares_of_another_size_when_reopened_should_discard_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+        wait_for_spares(&store, 1).await;
+    }
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 16384)).unwrap();
+    wait_for_spares(&store, 1).await;
+    for name in spares_in(dir.path()) {
+        let len = std::fs::metadata(dir.path().join(&name)).unwrap().len();
+        assert_eq!(len, 16384, "{name} has the old size");
+    }
+    let seg = key("resized", 1);
+    store
+        .append(&seg, &[payload(1, 10_000)], u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&store, &seg).await, vec![payload(1, 10_000)]);
 }

@@ -162,9 +162,7 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // Cleared before the snapshot: an append after this point
             // queues the segment again and gets the next round.
             segment.queued.store(false, Ordering::SeqCst);
-            if segment.sync_round() {
-                shared.flushes.fetch_add(1, Ordering::Relaxed);
-            }
+            segment.sync_round(&shared.flushes);
         }
         last_flush = started.elapsed();
         if stop {

@@ -36,6 +36,7 @@ mod index;
 mod read_cache;
 mod segment;
 mod segment_file;
+mod spare;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +53,7 @@ use group_commit::Syncer;
 use read_cache::ReadCache;
 use segment::{part_path, read_seal_file, seal_path, SealStep, Segment, SegmentParams};
 use segment_file::MIN_FILE_LEN;
+use spare::SparePool;
 
 /// When appended data is forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +113,11 @@ pub struct WalConfig {
     pub segment_file_bytes: u64,
     /// Read-only maps of sealed segments' files kept open at most.
     pub max_read_maps: usize,
+    /// Zero-filled files kept ready (in the WAL directory, each
+    /// `segment_file_bytes` long) for segments that need a new file:
+    /// syncs into them are cheaper than into `fallocate`d ones. 0 disables
+    /// the pool (new files are then always fallocated).
+    pub spare_files: usize,
 }
 
 impl Default for WalConfig {
@@ -119,6 +126,7 @@ impl Default for WalConfig {
             fsync: FsyncPolicy::Always,
             segment_file_bytes: 64 * 1024 * 1024,
             max_read_maps: 256,
+            spare_files: 1,
         }
     }
 }
@@ -170,11 +178,19 @@ impl WalStore {
             ))
         })?;
         let lock = lock_dir(&dir)?;
+        let spares = SparePool::start(&dir, config.segment_file_bytes, config.spare_files)
+            .map_err(|e| {
+                Error::Storage(format!(
+                    "cannot start the WAL's spare-file pool in {}: {e}",
+                    dir.display()
+                ))
+            })?;
         let params = SegmentParams {
             file_len: config.segment_file_bytes,
             group_commit: config.fsync == FsyncPolicy::Always,
+            spares: Arc::new(spares),
         };
-        let segments = recover_all(&dir, params)?;
+        let segments = recover_all(&dir, &params)?;
         let interval = match config.fsync {
             FsyncPolicy::Interval(d) => Some(d),
             _ => None,
@@ -207,6 +223,11 @@ impl WalStore {
         self.inner.cache.len()
     }
 
+    /// Zero-filled spare files ready now (for tests and the benchmark).
+    pub fn spare_files(&self) -> usize {
+        self.inner.params.spares.ready()
+    }
+
     /// Flushes (msync) done by the syncer so far, one per segment per group
     /// commit: fewer than appends when appends share them.
     pub fn flush_count(&self) -> u64 {
@@ -236,7 +257,7 @@ impl WalStore {
                 Arc::new(Segment::new_empty(
                     key.clone(),
                     self.inner.dir.join(key.topic.as_str()),
-                    self.inner.params,
+                    self.inner.params.clone(),
                 ))
             })
             .clone()
@@ -399,7 +420,7 @@ fn classify(name: &str) -> FileKind {
     FileKind::Other
 }
 
-fn recover_all(dir: &Path, params: SegmentParams) -> Result<HashMap<SegmentKey, Arc<Segment>>> {
+fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey, Arc<Segment>>> {
     let io = |p: &Path, e: std::io::Error| {
         Error::Storage(format!("cannot list WAL directory {}: {e}", p.display()))
     };
@@ -457,12 +478,12 @@ fn recover_all(dir: &Path, params: SegmentParams) -> Result<HashMap<SegmentKey, 
                     Segment::new_sealed(
                         key.clone(),
                         path.clone(),
-                        params,
+                        params.clone(),
                         count,
                         paths.len() as u32,
                     )
                 }
-                None => Segment::recover(key.clone(), path.clone(), params, &paths)?,
+                None => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
             };
             segments.insert(key, Arc::new(segment));
         }

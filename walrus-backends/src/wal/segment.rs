@@ -22,6 +22,7 @@ use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
 use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
 use super::segment_file::{sync_dir, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
+use super::spare::SparePool;
 
 pub(crate) fn part_path(dir: &Path, segment: u64, part: u32) -> PathBuf {
     dir.join(format!("{segment:020}.{part:06}.wal"))
@@ -32,11 +33,13 @@ pub(crate) fn seal_path(dir: &Path, segment: u64) -> PathBuf {
 }
 
 /// How a segment is stored, shared by all segments of a store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct SegmentParams {
     pub file_len: u64,
     /// fsync=always: entries become visible only once synced.
     pub group_commit: bool,
+    /// Zero-filled files to take before falling back to `fallocate`.
+    pub spares: Arc<SparePool>,
 }
 
 struct Waiter {
@@ -421,7 +424,13 @@ impl Segment {
         let mut created = Vec::with_capacity(n as usize);
         for part in first..first + n {
             let path = part_path(&self.dir, self.key.segment, part);
-            match SegmentFile::create(&path, self.key.segment, part, self.params.file_len) {
+            match SegmentFile::create(
+                &path,
+                self.key.segment,
+                part,
+                self.params.file_len,
+                &self.params.spares,
+            ) {
                 Ok(f) => created.push(Arc::new(f)),
                 Err(e) => {
                     for f in &created {
@@ -462,9 +471,9 @@ impl Segment {
 
     /// Called by the syncer only: makes everything written so far durable
     /// and completes the waiters it covers. Holds the append lock only to
-    /// snapshot and to publish, never during the flush. Returns whether it
-    /// flushed anything.
-    pub fn sync_round(&self) -> bool {
+    /// snapshot and to publish, never during the flush. Counts each flush
+    /// in `flushes` before any waiter hears of it.
+    pub fn sync_round(&self, flushes: &AtomicU64) {
         let (from, target, target_count, parts) = {
             let mut st = self.lock();
             let Some(target) = st.pos else {
@@ -472,14 +481,14 @@ impl Segment {
                 let done = take_waiters(&mut st.waiters, synced);
                 drop(st);
                 complete(done, Ok(()));
-                return false;
+                return;
             };
             if st.synced_pos == Some(target) {
                 let synced = st.synced_count;
                 let done = take_waiters(&mut st.waiters, synced);
                 drop(st);
                 complete(done, Ok(()));
-                return false;
+                return;
             }
             let first_part = st.synced_pos.map_or(0, |p| p.part) as usize;
             let parts: Vec<_> = self
@@ -493,6 +502,7 @@ impl Segment {
             (st.synced_pos, target, st.count, parts)
         };
         let result = flush_parts(from, target, &parts);
+        flushes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         match result {
             Ok(()) => {
@@ -526,7 +536,6 @@ impl Segment {
                 complete(failed, Err(e));
             }
         }
-        true
     }
 
     fn rollback(&self, st: &mut AppendState) {
