@@ -35,6 +35,7 @@ impl Stack {
         let dir = config.node_dir();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        check_data_is_whole(&dir, config.node_id)?;
         let wal = WalStore::open(dir.join("wal"), config.wal_config())
             .with_context(|| format!("cannot open the write-ahead log in {}", dir.display()))?;
         Self::start_with_log(config, Arc::new(wal)).await
@@ -126,5 +127,74 @@ impl Stack {
         self.transport.shutdown();
         self.raft_server.abort();
         tracing::info!("stopped");
+    }
+}
+
+/// Refuses to start a node whose data directory holds only half of its
+/// state. A member whose log was lost would report its pending segments as
+/// empty (their entries gone for good); a log without its metadata would
+/// make node 1 bootstrap a second cluster. Either is an operator's decision,
+/// never something a restart does silently.
+fn check_data_is_whole(dir: &std::path::Path, node_id: u64) -> anyhow::Result<()> {
+    let (raft, wal) = (dir.join("raft"), dir.join("wal"));
+    if raft.exists() && !wal.exists() {
+        anyhow::bail!(
+            "node {node_id} has its Raft metadata in {} but its write-ahead log {} is missing: \
+             its entries were lost, and starting would report its segments as empty. \
+             Restore {} from a backup; or, to accept the loss, create it empty (mkdir) and start again",
+            raft.display(),
+            wal.display(),
+            wal.display()
+        );
+    }
+    // A log directory holding no topic yet is what a first start that
+    // stopped early leaves behind: nothing to lose there.
+    let wal_has_entries = std::fs::read_dir(&wal)
+        .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
+        .unwrap_or(false);
+    if wal_has_entries && !raft.exists() {
+        anyhow::bail!(
+            "node {node_id} has a write-ahead log in {} but no Raft metadata in {}: \
+             starting would make it a new member (node 1 would bootstrap a second cluster). \
+             Restore {} from a backup; or, to discard this node's data, remove {}",
+            wal.display(),
+            raft.display(),
+            raft.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_data_is_whole;
+
+    #[test]
+    fn given_a_node_dir_missing_half_its_state_should_refuse_to_start() {
+        let dir = tempfile::tempdir().expect("a temp dir for the test");
+        assert!(
+            check_data_is_whole(dir.path(), 1).is_ok(),
+            "a new node starts"
+        );
+        std::fs::create_dir(dir.path().join("raft")).unwrap();
+        let err = check_data_is_whole(dir.path(), 1).unwrap_err().to_string();
+        assert!(
+            err.contains("write-ahead log") && err.contains("missing"),
+            "{err}"
+        );
+        std::fs::create_dir(dir.path().join("wal")).unwrap();
+        assert!(
+            check_data_is_whole(dir.path(), 1).is_ok(),
+            "a whole node starts"
+        );
+        std::fs::remove_dir(dir.path().join("raft")).unwrap();
+        assert!(
+            check_data_is_whole(dir.path(), 1).is_ok(),
+            "an empty log is no loss"
+        );
+        std::fs::create_dir(dir.path().join("wal").join("logs")).unwrap();
+        let err = check_data_is_whole(dir.path(), 1).unwrap_err().to_string();
+        assert!(err.contains("no Raft metadata"), "{err}");
     }
 }
