@@ -610,3 +610,88 @@ async fn given_spares_of_another_size_when_reopened_should_discard_them() {
         .unwrap();
     assert_eq!(read_all(&store, &seg).await, vec![payload(1, 10_000)]);
 }
+
+fn header_checkpoint(path: &Path) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize
+}
+
+fn end_of_records(path: &Path) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    let (last, len) = *record_offsets(&bytes).last().unwrap();
+    last + 8 + len
+}
+
+#[tokio::test]
+async fn given_synced_appends_when_closed_gracefully_should_checkpoint_all_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("closed", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
+        for i in 0..20 {
+            store
+                .append(&seg, &[payload(i, 64)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    let path = part_file(dir.path(), &seg, 0);
+    assert_eq!(
+        header_checkpoint(&path),
+        end_of_records(&path),
+        "after a graceful close everything synced is behind the checkpoint"
+    );
+    // So damage to the very last record is reported, not cut.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (last, _) = *record_offsets(&bytes).last().unwrap();
+    bytes[last + 9] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt(m) if m.contains(&format!("byte {last}"))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn given_syncs_spread_over_time_when_still_open_should_advance_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("ticking", 1);
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
+    let path = part_file(dir.path(), &seg, 0);
+    for i in 0..5 {
+        store
+            .append(&seg, &[payload(i, 64)], u64::MAX)
+            .await
+            .unwrap();
+    }
+    let first_five = end_of_records(&path);
+    // Past the checkpoint interval, the next flush records where the
+    // previous one ended: a crash from here on reports damage before it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    store
+        .append(&seg, &[payload(5, 64)], u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(header_checkpoint(&path), first_five);
+}
+
+#[tokio::test]
+async fn given_fsync_never_when_closed_should_not_checkpoint_unsynced_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("unsynced", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
+        for i in 0..5 {
+            store
+                .append(&seg, &[payload(i, 64)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        header_checkpoint(&part_file(dir.path(), &seg, 0)),
+        64,
+        "nothing was synced, so nothing is known durable"
+    );
+}

@@ -261,3 +261,42 @@ async fn given_five_nodes_when_two_segment_leaders_are_cut_off_should_keep_every
         assert_eq!(read, acked[n as usize], "topic t{n}");
     }
 }
+
+/// The duplicate found by the end-to-end partition test: an entry written
+/// under a valid lease whose append outlives the lease is stored (and will
+/// be read), so its answer must not be the retry-safe `write lease
+/// expired`: a client retrying it would store it twice.
+#[tokio::test(start_paused = true)]
+async fn given_an_append_that_outlives_the_lease_should_not_invite_a_retry_and_be_read_once() {
+    let c = Arc::new(TestCluster::start(3, |id| TestCluster::config(id, 1_000_000)).await);
+    let cfg = TestCluster::config(2, 0);
+    assert_eq!(c.send(2, "REGISTER logs").await, Response::Ok);
+    assert_eq!(c.send(2, "PUT logs before").await, Response::Ok);
+
+    // Node 2's disk stalls for longer than a lease plus the margin, and
+    // node 2 is cut off while the append is in flight.
+    c.logs[&2].delay_appends(Some(cfg.lease + cfg.failover_margin));
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { c.send(2, "PUT logs slow").await })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    c.isolate(2);
+    let answer = slow.await.unwrap();
+    let Response::Err(text) = &answer else {
+        panic!("a write that outlived its lease was acknowledged: {answer:?}");
+    };
+    assert!(
+        text != "write lease expired" && text != "NotLeaderError",
+        "a stored write was answered with a retry-safe error: {text}"
+    );
+    assert!(text.contains("do not send it again"), "{text}");
+
+    // The majority moves on; after healing, the stored entry is read once.
+    c.logs[&2].delay_appends(None);
+    assert_eq!(c.send(1, "PUT logs after").await, Response::Ok);
+    c.heal();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = c.drain(3, "logs", Duration::from_secs(5)).await;
+    assert_eq!(entries, vec!["before", "slow", "after"]);
+}

@@ -26,6 +26,8 @@ struct Queue {
     arrivals: usize,
     /// The syncer is waiting for the rest of a group to arrive.
     gathering: bool,
+    /// Segments whose final checkpoint the syncer writes when it stops.
+    closing: Vec<Arc<Segment>>,
 }
 
 /// Longest a flush is delayed to let more appenders join it.
@@ -83,6 +85,15 @@ impl Syncer {
 }
 
 impl Syncer {
+    /// Stops the syncer after a last round; it then writes the final
+    /// checkpoint of every segment in `segments` (a graceful close).
+    pub fn close(&self, segments: Vec<Arc<Segment>>) {
+        let mut q = self.shared.queue.lock().expect("sync queue lock poisoned");
+        q.closing = segments;
+        q.shutdown = true;
+        self.shared.wake.notify_one();
+    }
+
     /// Segment flushes done so far.
     pub fn flushes(&self) -> u64 {
         self.shared.flushes.load(Ordering::Relaxed)
@@ -157,6 +168,17 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             q.urgent = false;
             (std::mem::take(&mut q.pending), q.shutdown)
         };
+        let closing = if stop {
+            std::mem::take(
+                &mut shared
+                    .queue
+                    .lock()
+                    .expect("sync queue lock poisoned")
+                    .closing,
+            )
+        } else {
+            Vec::new()
+        };
         let started = Instant::now();
         for segment in batch {
             // Cleared before the snapshot: an append after this point
@@ -166,6 +188,11 @@ fn run(shared: &Shared, interval: Option<Duration>) {
         }
         last_flush = started.elapsed();
         if stop {
+            for segment in closing {
+                if let Err(e) = segment.write_final_checkpoint() {
+                    tracing::warn!(segment = %segment.key, error = %e, "cannot write the WAL's final checkpoint; recovery will treat damage in the last synced data as a torn tail");
+                }
+            }
             return;
         }
     }

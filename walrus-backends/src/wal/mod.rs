@@ -149,6 +149,19 @@ struct Inner {
     syncer: Syncer,
 }
 
+impl Drop for Inner {
+    /// A graceful close: the syncer's last round, then the final
+    /// checkpoints (see `segment::CHECKPOINT_EVERY`).
+    fn drop(&mut self) {
+        let segments = self
+            .segments
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        self.syncer.close(segments);
+    }
+}
+
 impl fmt::Debug for WalStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WalStore")

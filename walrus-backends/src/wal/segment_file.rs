@@ -26,6 +26,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -130,6 +131,8 @@ pub(crate) struct SegmentFile {
     path: PathBuf,
     map: MmapRaw,
     header: FileHeader,
+    /// The checkpoint the header holds now (the syncer rewrites it).
+    checkpoint: AtomicU64,
 }
 
 // SAFETY: the map is plain shared memory. Writers and readers of the same
@@ -270,6 +273,7 @@ impl SegmentFile {
             path: path.to_path_buf(),
             map,
             header,
+            checkpoint: AtomicU64::new(header.checkpoint),
         };
         // SAFETY: nobody else knows this map yet.
         unsafe { f.write(0, &header.encode()) };
@@ -306,6 +310,7 @@ impl SegmentFile {
             path: path.to_path_buf(),
             map,
             header,
+            checkpoint: AtomicU64::new(header.checkpoint),
         })
     }
 
@@ -332,6 +337,7 @@ impl SegmentFile {
             path: path.to_path_buf(),
             map,
             header,
+            checkpoint: AtomicU64::new(header.checkpoint),
         })
     }
 
@@ -542,6 +548,12 @@ impl SegmentFile {
             ..self.header
         };
         self.write(0, &header.encode());
+        self.checkpoint.store(checkpoint, Ordering::Relaxed);
+    }
+
+    /// The checkpoint last written into the header (maybe not flushed yet).
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Relaxed)
     }
 }
 

@@ -48,6 +48,10 @@ pub struct NodeConfig {
     /// How long a request waits for a rollover or failover before answering
     /// a retryable error.
     pub request_timeout: Duration,
+    /// How long a forwarded PUT waits for the segment leader. A leader cut
+    /// off by a partition never answers; after this the client is told the
+    /// outcome is unknown instead of waiting out `request_timeout`.
+    pub forward_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -60,6 +64,10 @@ impl NodeConfig {
             lease_renew: DEFAULT_LEASE_RENEW,
             failover_margin: DEFAULT_FAILOVER_MARGIN,
             request_timeout: Duration::from_secs(5),
+            // Past two leases and the margin a cut-off leader has stopped
+            // acknowledging and the failover is due: waiting longer gains
+            // nothing.
+            forward_timeout: DEFAULT_LEASE * 2 + DEFAULT_FAILOVER_MARGIN,
         }
     }
 }

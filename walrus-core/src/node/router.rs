@@ -141,17 +141,23 @@ impl super::Node {
         segment: SegmentKey,
         payload: Bytes,
     ) -> Result<()> {
-        match self
-            .transport
-            .call(
-                leader,
-                NodeRequest::Append {
-                    segment,
-                    entries: vec![payload],
-                },
-            )
-            .await?
-        {
+        let call = self.transport.call(
+            leader,
+            NodeRequest::Append {
+                segment: segment.clone(),
+                entries: vec![payload],
+            },
+        );
+        let answer = tokio::time::timeout(self.config.forward_timeout, call)
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "node {leader}, the leader of {segment}, did not answer the write within {:?}; \
+                     it may or may not be stored, read the topic before sending it again",
+                    self.config.forward_timeout
+                ))
+            })??;
+        match answer {
             NodeResponse::Appended { .. } => Ok(()),
             other => Err(Error::Internal(format!(
                 "node {leader} answered an append with {other:?}"
@@ -179,11 +185,15 @@ impl super::Node {
         if appended.count >= limit {
             self.spawn_rollover(key.clone());
         }
-        if self.lease.check(key).is_err() && !self.sealed_past(key, appended.count) {
-            // Written, but we can no longer vouch for it: the client must
-            // not count on it (it may still be read, like any unacknowledged
-            // write), and we must not retry it ourselves.
-            return Err(Error::LeaseExpired);
+        if !self.may_acknowledge(key, appended.count) {
+            // The entry is stored and will be read, but we can no longer
+            // vouch for its place among other nodes' acknowledgements. This
+            // must not be `write lease expired`: that answer means "nothing
+            // was written, retry", and a retry would store it twice.
+            return Err(Error::Unavailable(format!(
+                "the write lease on {key} lapsed while the entry was being written; \
+                 it is stored and will be read, do not send it again"
+            )));
         }
         Ok(appended)
     }
@@ -222,6 +232,25 @@ impl super::Node {
             .state()
             .topic(&key.topic)
             .is_none_or(|t| t.current().id < key.segment)
+    }
+
+    /// Whether an entry that was written under a valid lease may still be
+    /// acknowledged. Yes while the lease holds or the segment was sealed
+    /// normally past it. Also shortly after the lease ran out: failover
+    /// waits `lease + failover_margin` after it last heard from us, so until
+    /// `valid_until + failover_margin / 2` (half the margin is kept for clock
+    /// drift) no other node can have acknowledged a write of this topic.
+    fn may_acknowledge(&self, key: &SegmentKey, count: u64) -> bool {
+        match self.lease.check(key) {
+            Ok(()) => true,
+            Err(Error::LeaseExpired) => {
+                self.sealed_past(key, count)
+                    || self.lease.valid_until().is_some_and(|until| {
+                        self.clock.now() < until + self.config.failover_margin / 2
+                    })
+            }
+            Err(_) => self.sealed_past(key, count),
+        }
     }
 
     /// True when `key` was rolled over normally with at least `count`

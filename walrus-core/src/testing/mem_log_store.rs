@@ -27,6 +27,7 @@ struct Segment {
 struct Inner {
     segments: BTreeMap<SegmentKey, Segment>,
     fail_appends: Option<String>,
+    append_delay: Option<std::time::Duration>,
     history: Vec<(Instant, SegmentKey, u64)>,
 }
 
@@ -45,6 +46,12 @@ impl MemLogStore {
     /// and writes nothing (a full disk, say). `None` heals it.
     pub fn fail_appends(&self, reason: Option<&str>) {
         self.lock().fail_appends = reason.map(str::to_owned);
+    }
+
+    /// While `Some(d)`, every append takes `d` before it stores its entries
+    /// (a slow disk: a stalled fsync). `None` makes appends instant again.
+    pub fn delay_appends(&self, delay: Option<std::time::Duration>) {
+        self.lock().append_delay = delay;
     }
 
     /// Every successful append so far: when it happened (tokio's clock),
@@ -68,6 +75,10 @@ impl LogStore for MemLogStore {
         entries: &[Bytes],
         limit: u64,
     ) -> Result<Appended> {
+        let delay = self.lock().append_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut inner = self.lock();
         if let Some(reason) = &inner.fail_appends {
             return Err(Error::Storage(reason.clone()));
