@@ -203,7 +203,13 @@ impl<'a> Driver<'a> {
     fn limit_reached(&self, now: Instant) -> bool {
         let Limit { count, until } = self.plan.limit;
         count.is_some_and(|n| self.sent >= n)
-            || until.is_some_and(|end| now >= end || self.next_due().is_some_and(|due| due >= end))
+            || until.is_some_and(|end| match self.next_due() {
+                // With a rate the schedule decides: a request due before
+                // the end is still sent when the client runs late, unless
+                // the server has held everything up past the drain time.
+                Some(due) => due >= end || now >= end + self.plan.drain_timeout,
+                None => now >= end,
+            })
     }
 
     async fn run(&mut self, out: &mut ConnOutcome) {
