@@ -695,3 +695,42 @@ async fn given_fsync_never_when_closed_should_not_checkpoint_unsynced_data() {
         "nothing was synced, so nothing is known durable"
     );
 }
+
+#[tokio::test]
+async fn given_a_torn_earlier_file_when_later_files_hold_only_unsynced_data_should_cut_it_all_as_tail(
+) {
+    // As after a crash while rolling: the kernel wrote the new files'
+    // pages before the old file's tail, nothing was synced since.
+    let dir = tempfile::tempdir().unwrap();
+    let seg = key("reordered", 1);
+    {
+        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 8192)).unwrap();
+        for i in 0..30 {
+            store
+                .append(&seg, &[payload(i, 1000)], u64::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(part_file(dir.path(), &seg, 2).exists());
+    let f0 = part_file(dir.path(), &seg, 0);
+    let mut bytes = std::fs::read(&f0).unwrap();
+    let offsets = record_offsets(&bytes);
+    let (last, _) = *offsets.last().unwrap();
+    bytes[last + 20] ^= 0x10;
+    std::fs::write(&f0, &bytes).unwrap();
+
+    let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 8192)).unwrap();
+    let kept = offsets.len() as u64 - 1;
+    let expected: Vec<_> = (0..kept).map(|i| payload(i, 1000)).collect();
+    assert_eq!(read_all(&store, &seg).await, expected);
+    assert!(
+        !part_file(dir.path(), &seg, 1).exists(),
+        "files past the torn tail are removed"
+    );
+    let a = store
+        .append(&seg, &[payload(99, 1000)], u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(a.first_index, kept, "appends go on right after the tear");
+}

@@ -211,9 +211,15 @@ impl Segment {
             for later in &files[i + 1..] {
                 // SAFETY: as above.
                 let s = unsafe { later.scan(|_, _| {}) };
-                if s.records > 0 {
+                // A later file with a checkpoint was synced after this one
+                // was complete (the syncer flushes parts in order): this
+                // file's damage is not a tear. Without one, its records
+                // were never acknowledged as durable behind a complete
+                // predecessor: the kernel wrote them first, then the crash
+                // came; they are part of the torn tail.
+                if s.records > 0 && later.header().checkpoint > HEADER_LEN as u64 {
                     return Err(Error::Corrupt(format!(
-                        "{} at byte {}: {reason}, but the later file {} holds {} records; the segment {} has a hole after entry {count}",
+                        "{} at byte {}: {reason}, but the later file {} holds {} records synced after it; the segment {} has a hole after entry {count}. Restore the file from a replica or backup",
                         f.path().display(),
                         scan.end,
                         later.path().display(),
@@ -231,7 +237,7 @@ impl Segment {
             break;
         }
         for extra in files.drain(keep..) {
-            tracing::warn!(file = %extra.path().display(), "removing an empty WAL file past a torn tail");
+            tracing::warn!(file = %extra.path().display(), "removing a WAL file past a torn tail (empty, or holding only unsynced records)");
             std::fs::remove_file(extra.path()).map_err(|e| {
                 Error::Storage(format!("cannot remove {}: {e}", extra.path().display()))
             })?;
@@ -335,10 +341,13 @@ impl Segment {
         let first_new_part = st.pos.map_or(0, |p| p.part + 1);
         let created = self.create_parts(first_new_part, need)?;
 
-        // Write: memcpy into the maps. A file that is left behind is made
-        // durable (with its next marker) before its successor gets any
-        // data, so after a crash only the last file can have a torn tail
-        // and data in a later file always means corruption.
+        // Write: memcpy into the maps, no I/O. A file that is left behind
+        // gets its next marker; the syncer flushes it before its successor
+        // (parts in order), so nothing in the successor is acknowledged
+        // (fsync=always) or checkpointed before the old file is complete.
+        // Until then the kernel may write the successor's pages first; a
+        // crash then leaves a torn old file and data in a later file whose
+        // header has no checkpoint, which recovery cuts as one torn tail.
         let first_index = st.count;
         let mut cur: Option<(Arc<SegmentFile>, u32, usize)> = st
             .current
@@ -360,10 +369,6 @@ impl Segment {
                     Some((f, part, off)) => {
                         // SAFETY: past the published end, under the append lock.
                         unsafe { f.write_next_marker(off) };
-                        if let Err(e) = f.flush(HEADER_LEN, off + RECORD_HEADER) {
-                            self.undo_unpublished(&st, &created);
-                            return Err(e);
-                        }
                         part + 1
                     }
                     None => 0,
@@ -446,19 +451,6 @@ impl Segment {
             }
         }
         Ok(created)
-    }
-
-    /// Undoes an append that failed after writing: zeros what it wrote
-    /// (nothing of it was published) and deletes the files it created.
-    fn undo_unpublished(&self, st: &AppendState, created: &[Arc<SegmentFile>]) {
-        if let (Some(f), Some(p)) = (&st.current, st.pos) {
-            // SAFETY: unpublished range, under the append lock.
-            unsafe { f.zero_range(p.off(), f.len()) };
-            let _ = f.flush(p.off(), f.len());
-        }
-        for f in created {
-            let _ = std::fs::remove_file(f.path());
-        }
     }
 
     /// Adds a waiter for everything written so far to be durable; `None`
