@@ -7,16 +7,19 @@
 //! So a client may pipeline: its requests run without waiting for it to read.
 //! Requests of one connection that name the same topic run one after the
 //! other, in order, so a pipelined writer's entries land in the order it sent
-//! them; requests on different topics run concurrently.
+//! them; requests on different topics run concurrently. PUTs that queue up
+//! on a topic behind one in flight go to the handler together, as one batch
+//! ([`ClientHandler::handle_puts`]): they share one append and one sync
+//! instead of waiting for each other's.
 //!
 //! Each connection's reads and writes are its own: a client that stops
 //! reading stalls only itself (its in-flight window fills, then its reader
 //! waits), and it is dropped once a write makes no progress for the idle
 //! timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +37,21 @@ use walrus_core::{Node, TopicName};
 #[async_trait]
 pub trait ClientHandler: Send + Sync + 'static {
     async fn handle(&self, req: Request) -> Response;
+
+    /// PUTs of one connection on one topic, in the order sent: one answer
+    /// each, in the same order. A handler that can store them together
+    /// overrides this; the default runs them one after the other.
+    async fn handle_puts(&self, topic: TopicName, payloads: Vec<Bytes>) -> Vec<Response> {
+        let mut answers = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let put = Request::Put {
+                topic: topic.clone(),
+                payload,
+            };
+            answers.push(self.handle(put).await);
+        }
+        answers
+    }
 }
 
 #[async_trait]
@@ -41,7 +59,23 @@ impl ClientHandler for Node {
     async fn handle(&self, req: Request) -> Response {
         Node::handle(self, req).await
     }
+
+    async fn handle_puts(&self, topic: TopicName, payloads: Vec<Bytes>) -> Vec<Response> {
+        let n = payloads.len();
+        let (acked, error) = self.put_batch(&topic, payloads).await;
+        let mut answers = vec![Response::Ok; acked];
+        if let Some(e) = error {
+            answers.resize(n, Response::Err(e.to_string()));
+        }
+        answers
+    }
 }
+
+/// Most PUTs handed to the handler as one batch, and most payload bytes.
+const MAX_BATCH_ENTRIES: usize = 256;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Topics a connection remembers a lane for before forgetting idle ones.
+const MAX_IDLE_LANES: usize = 256;
 
 /// Limits of the client listener.
 #[derive(Debug, Clone)]
@@ -209,8 +243,7 @@ async fn read_loop<H: ClientHandler + ?Sized>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, read);
-    // Per topic: completion of this connection's latest request on it.
-    let mut last_on_topic: HashMap<TopicName, oneshot::Receiver<()>> = HashMap::new();
+    let mut lanes: HashMap<TopicName, Arc<Mutex<Lane>>> = HashMap::new();
     loop {
         // Between frames a connection may idle as long as it likes; once a
         // frame has begun it must arrive within the idle timeout.
@@ -236,50 +269,119 @@ async fn read_loop<H: ClientHandler + ?Sized>(
                 return;
             }
         };
-        let pending = dispatch(&handler, frame, &mut last_on_topic);
+        let pending = dispatch(&handler, frame, &mut lanes);
         if tx.send(pending).await.is_err() {
             return; // the writer gave up on this connection
         }
     }
 }
 
+/// A request waiting for its turn on its topic, and where its answer goes.
+struct Job {
+    req: Request,
+    answer: oneshot::Sender<Response>,
+}
+
+/// One connection's requests on one topic, run in order by one task that
+/// lives while there is work (`running`).
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Job>,
+    running: bool,
+}
+
+fn lock(lane: &Mutex<Lane>) -> std::sync::MutexGuard<'_, Lane> {
+    lane.lock()
+        .expect("lane lock poisoned: a panic while moving a job in or out of a queue")
+}
+
 /// Starts one request; returns its place in the answer queue.
 fn dispatch<H: ClientHandler + ?Sized>(
     handler: &Arc<H>,
     frame: Bytes,
-    last_on_topic: &mut HashMap<TopicName, oneshot::Receiver<()>>,
+    lanes: &mut HashMap<TopicName, Arc<Mutex<Lane>>>,
 ) -> Pending {
     let req = match Request::parse(frame) {
         Ok(req) => req,
         Err(e) => return Pending::Ready(e.into()),
     };
-    let (resp_tx, resp_rx) = oneshot::channel();
-    let (before, done) = match topic_of(&req) {
-        Some(topic) => {
-            if last_on_topic.len() >= 256 {
-                // Forget topics whose last request has finished.
-                last_on_topic.retain(|_, rx| {
-                    matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                });
-            }
-            let (done_tx, done_rx) = oneshot::channel();
-            (last_on_topic.insert(topic.clone(), done_rx), Some(done_tx))
-        }
-        None => (None, None),
+    let (answer, answer_rx) = oneshot::channel();
+    let Some(topic) = topic_of(&req).cloned() else {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _ = answer.send(handler.handle(req).await);
+        });
+        return Pending::Waiting(answer_rx);
     };
-    let handler = handler.clone();
-    tokio::spawn(async move {
-        if let Some(before) = before {
-            // Err means the predecessor finished (and dropped its sender).
-            let _ = before.await;
+    if lanes.len() >= MAX_IDLE_LANES {
+        lanes.retain(|_, lane| {
+            let lane = lock(lane);
+            lane.running || !lane.queue.is_empty()
+        });
+    }
+    let lane = lanes.entry(topic).or_default();
+    let start = {
+        let mut l = lock(lane);
+        l.queue.push_back(Job { req, answer });
+        !std::mem::replace(&mut l.running, true)
+    };
+    if start {
+        tokio::spawn(run_lane(handler.clone(), lane.clone()));
+    }
+    Pending::Waiting(answer_rx)
+}
+
+/// Runs a lane's jobs in order until it is empty; consecutive PUTs that
+/// are already queued go to the handler as one batch.
+async fn run_lane<H: ClientHandler + ?Sized>(handler: Arc<H>, lane: Arc<Mutex<Lane>>) {
+    loop {
+        let mut jobs = {
+            let mut l = lock(&lane);
+            let Some(first) = l.queue.pop_front() else {
+                l.running = false;
+                return;
+            };
+            let mut jobs = vec![first];
+            if let Request::Put { payload, .. } = &jobs[0].req {
+                let mut bytes = payload.len();
+                while jobs.len() < MAX_BATCH_ENTRIES {
+                    match l.queue.front() {
+                        Some(Job {
+                            req: Request::Put { payload, .. },
+                            ..
+                        }) if bytes + payload.len() <= MAX_BATCH_BYTES => {
+                            bytes += payload.len();
+                            jobs.extend(l.queue.pop_front());
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            jobs
+        };
+        if jobs.len() == 1 {
+            let Job { req, answer } = jobs.pop().expect("one job is there");
+            let _ = answer.send(handler.handle(req).await);
+            continue;
         }
-        let resp = handler.handle(req).await;
-        if let Some(done) = done {
-            let _ = done.send(());
+        let mut topic = None;
+        let mut payloads = Vec::with_capacity(jobs.len());
+        let mut answers = Vec::with_capacity(jobs.len());
+        for Job { req, answer } in jobs {
+            if let Request::Put { topic: t, payload } = req {
+                topic.get_or_insert(t);
+                payloads.push(payload);
+                answers.push(answer);
+            }
         }
-        let _ = resp_tx.send(resp);
-    });
-    Pending::Waiting(resp_rx)
+        let topic = topic.expect("a batch holds at least two PUTs");
+        let mut responses = handler.handle_puts(topic, payloads).await.into_iter();
+        for answer in answers {
+            let _ = answer.send(responses.next().unwrap_or_else(|| {
+                Response::Err("internal error: the batch of PUTs left this one unanswered".into())
+            }));
+        }
+    }
 }
 
 fn topic_of(req: &Request) -> Option<&TopicName> {
@@ -434,6 +536,94 @@ mod tests {
             *echo.finished.lock().unwrap(),
             vec!["50 #0", "0 #1", "20 #2", "0 #3"]
         );
+    }
+
+    /// Stores PUTs in a list; a batch is one "append". The first PUT of a
+    /// topic takes 100 ms, so the ones pipelined behind it queue up.
+    #[derive(Default)]
+    struct Batching {
+        stored: std::sync::Mutex<Vec<String>>,
+        appends: std::sync::Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl ClientHandler for Batching {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Put { topic, payload } => {
+                    self.handle_puts(topic, vec![payload]).await.remove(0)
+                }
+                _ => Response::Err("not in this test".into()),
+            }
+        }
+
+        async fn handle_puts(&self, _topic: TopicName, payloads: Vec<Bytes>) -> Vec<Response> {
+            if self.appends.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.appends.lock().unwrap().push(payloads.len());
+            let mut stored = self.stored.lock().unwrap();
+            payloads
+                .iter()
+                .map(|p| {
+                    stored.push(String::from_utf8_lossy(p).into_owned());
+                    Response::Entry(Bytes::from(format!("#{}", stored.len() - 1)))
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn given_puts_pipelined_behind_a_slow_one_should_batch_them_and_keep_their_order() {
+        let handler = Arc::new(Batching::default());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l = ClientListener::start(l, handler.clone(), ListenerConfig::default()).unwrap();
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        let sent: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
+        let mut bytes = Vec::new();
+        for p in &sent {
+            bytes.extend(frame(format!("PUT t {p}").as_bytes()));
+        }
+        s.write_all(&bytes).await.unwrap();
+        for i in 0..sent.len() {
+            assert_eq!(read_resp(&mut s).await.unwrap(), format!("OK #{i}"));
+        }
+        assert_eq!(*handler.stored.lock().unwrap(), sent);
+        let appends = handler.appends.lock().unwrap().clone();
+        assert_eq!(appends.iter().sum::<usize>(), sent.len());
+        assert!(
+            appends.len() < 10,
+            "PUTs queued behind the first were batched: {appends:?}"
+        );
+        assert!(
+            appends.iter().all(|&n| n <= MAX_BATCH_ENTRIES),
+            "{appends:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_handler_without_batching_should_run_queued_puts_one_by_one_in_order() {
+        let (l, echo) = serve(ListenerConfig::default()).await;
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        let mut bytes = Vec::new();
+        for i in 0..20 {
+            bytes.extend(frame(
+                format!("PUT t {} #{i}", if i == 0 { 50 } else { 0 }).as_bytes(),
+            ));
+        }
+        bytes.extend(frame(b"PING"));
+        s.write_all(&bytes).await.unwrap();
+        for i in 0..20 {
+            let ms = if i == 0 { 50 } else { 0 };
+            assert_eq!(read_resp(&mut s).await.unwrap(), format!("OK {ms} #{i}"));
+        }
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK PONG");
+        assert_eq!(echo.active.load(Ordering::SeqCst), 0);
+        let finished = echo.finished.lock().unwrap().clone();
+        let expected: Vec<String> = (0..20)
+            .map(|i| format!("{} #{i}", if i == 0 { 50 } else { 0 }))
+            .collect();
+        assert_eq!(finished, expected);
     }
 
     #[tokio::test]

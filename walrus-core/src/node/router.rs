@@ -91,40 +91,87 @@ impl super::Node {
         }
     }
 
-    /// PUT: append to the current segment here or on its leader. When the
+    /// PUT: one entry, through [`Node::put_batch`].
+    async fn put(&self, topic: &TopicName, payload: Bytes) -> Result<()> {
+        match self.put_batch(topic, vec![payload]).await {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// PUT of several entries in order (a pipelined writer's queued PUTs):
+    /// each stretch that fits the current segment goes in with one append
+    /// (one sync) here or one forwarded request to the segment leader.
+    /// Answers how many entries, from the first, were acknowledged, and
+    /// the error that stopped the rest (none of which was acknowledged).
+    ///
+    /// Every entry keeps the single PUT's guarantees: the lease is checked
+    /// before and after its append; segments fill exactly to their limit,
+    /// the remainder following the rollover into the next one. When the
     /// segment is sealed under us or the leader says it does not lead, the
     /// metadata is about to move: wait for it (bounded) and route again.
     /// Only errors that guarantee nothing was written are retried here.
-    async fn put(&self, topic: &TopicName, payload: Bytes) -> Result<()> {
-        self.known_topic(topic).await?;
-        let deadline = Instant::now() + self.config.request_timeout;
+    pub async fn put_batch(
+        &self,
+        topic: &TopicName,
+        payloads: Vec<Bytes>,
+    ) -> (usize, Option<Error>) {
+        if let Err(e) = self.known_topic(topic).await {
+            return (0, Some(e));
+        }
+        let mut done = 0;
+        let mut deadline = Instant::now() + self.config.request_timeout;
         let mut watch = self.metadata.watch();
         let mut pause = Duration::from_millis(2);
-        loop {
-            let state = watch.borrow_and_update().clone();
-            let current = state.topic(topic).ok_or(Error::TopicNotFound)?.current();
-            let key = SegmentKey::new(topic.clone(), current.id);
-            let result = if current.leader == self.id {
-                self.append_local(&key, vec![payload.clone()])
-                    .await
-                    .map(|_| ())
+        while done < payloads.len() {
+            let current = {
+                let state = watch.borrow_and_update();
+                match state.topic(topic) {
+                    Some(t) => (t.current().id, t.current().leader),
+                    None => return (done, Some(Error::TopicNotFound)),
+                }
+            };
+            let (segment, leader) = current;
+            let key = SegmentKey::new(topic.clone(), segment);
+            let rest = payloads[done..].to_vec();
+            let result = if leader == self.id {
+                self.append_local(&key, rest).await
             } else {
-                self.forward_append(current.leader, key, payload.clone())
-                    .await
+                self.forward_append(leader, key, rest).await
             };
             let err = match result {
-                Ok(()) => return Ok(()),
+                Ok(a) => {
+                    let stored = a.count.saturating_sub(a.first_index) as usize;
+                    if stored == 0 || stored > payloads.len() - done {
+                        return (
+                            done,
+                            Some(Error::Internal(format!(
+                                "an append of {} entries to segment {segment} of {topic} \
+                                 reported {a:?}",
+                                payloads.len() - done
+                            ))),
+                        );
+                    }
+                    done += stored;
+                    // Each entry gets the full wait for the next rollover.
+                    deadline = Instant::now() + self.config.request_timeout;
+                    pause = Duration::from_millis(2);
+                    continue;
+                }
                 Err(e @ (Error::NotLeader | Error::SegmentSealed(_))) => e,
-                Err(e) => return Err(e),
+                Err(e) => return (done, Some(e)),
             };
             let now = Instant::now();
             if now >= deadline {
-                return Err(match err {
-                    Error::SegmentSealed(k) => {
-                        Error::Timeout(format!("the rollover of segment {k}"))
-                    }
-                    e => e,
-                });
+                return (
+                    done,
+                    Some(match err {
+                        Error::SegmentSealed(k) => {
+                            Error::Timeout(format!("the rollover of segment {k}"))
+                        }
+                        e => e,
+                    }),
+                );
             }
             let until = deadline.min(now + pause);
             if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
@@ -133,19 +180,22 @@ impl super::Node {
             }
             pause = (pause * 2).min(MAX_REROUTE_PAUSE);
         }
+        (done, None)
     }
 
+    /// Sends `entries` to `leader`, which stores a prefix of them (all that
+    /// fit its segment) and answers how many.
     async fn forward_append(
         &self,
         leader: NodeId,
         segment: SegmentKey,
-        payload: Bytes,
-    ) -> Result<()> {
+        entries: Vec<Bytes>,
+    ) -> Result<Appended> {
         let call = self.transport.call(
             leader,
             NodeRequest::Append {
                 segment: segment.clone(),
-                entries: vec![payload],
+                entries,
             },
         );
         let answer = tokio::time::timeout(self.config.forward_timeout, call)
@@ -158,7 +208,7 @@ impl super::Node {
                 ))
             })??;
         match answer {
-            NodeResponse::Appended { .. } => Ok(()),
+            NodeResponse::Appended { first_index, count } => Ok(Appended { first_index, count }),
             other => Err(Error::Internal(format!(
                 "node {leader} answered an append with {other:?}"
             ))),
@@ -167,6 +217,13 @@ impl super::Node {
 
     /// A local append to a segment this node leads: lease check, append,
     /// lease check again before acknowledging.
+    ///
+    /// Of several entries it stores the longest prefix that fits the
+    /// segment (`count - first_index` of the answer says how many), so
+    /// segments fill exactly to the limit: the store would refuse the
+    /// whole batch when it passes the limit, or take all of it into an
+    /// empty segment. Only a refused single entry means the segment is
+    /// full (or sealed) and starts the rollover.
     pub(crate) async fn append_local(
         &self,
         key: &SegmentKey,
@@ -174,13 +231,24 @@ impl super::Node {
     ) -> Result<Appended> {
         self.await_write_lease(key).await?;
         let limit = self.config.max_segment_entries;
-        let appended = match self.log.append(key, &entries, limit).await {
-            Ok(a) => a,
-            Err(Error::SegmentSealed(k)) => {
-                self.spawn_rollover(k.clone());
-                return Err(Error::SegmentSealed(k));
+        let mut take = entries.len();
+        if take > 1 {
+            // The store's count may lag its appends (it counts durable
+            // entries): an estimate, corrected below when refused.
+            let count = self.log.info(key).await?.map_or(0, |i| i.count);
+            let room = usize::try_from(limit.saturating_sub(count)).unwrap_or(usize::MAX);
+            take = take.min(room.max(1));
+        }
+        let appended = loop {
+            match self.log.append(key, &entries[..take], limit).await {
+                Ok(a) => break a,
+                Err(Error::SegmentSealed(_)) if take > 1 => take /= 2,
+                Err(Error::SegmentSealed(k)) => {
+                    self.spawn_rollover(k.clone());
+                    return Err(Error::SegmentSealed(k));
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         };
         if appended.count >= limit {
             self.spawn_rollover(key.clone());
@@ -190,6 +258,15 @@ impl super::Node {
             // vouch for its place among other nodes' acknowledgements. This
             // must not be `write lease expired`: that answer means "nothing
             // was written, retry", and a retry would store it twice.
+            if take < entries.len() {
+                // The batch's answer covers all of it: say which part is in.
+                return Err(Error::Unavailable(format!(
+                    "the write lease on {key} lapsed while a batch of {} pipelined entries \
+                     was being written; the first {take} are stored and will be read, the \
+                     rest are not: read the topic before sending any of them again",
+                    entries.len()
+                )));
+            }
             return Err(Error::Unavailable(format!(
                 "the write lease on {key} lapsed while the entry was being written; \
                  it is stored and will be read, do not send it again"
