@@ -334,11 +334,17 @@ fn dispatch<H: ClientHandler + ?Sized>(
 /// Runs a lane's jobs in order until it is empty; consecutive PUTs that
 /// are already queued go to the handler as one batch.
 async fn run_lane<H: ClientHandler + ?Sized>(handler: Arc<H>, lane: Arc<Mutex<Lane>>) {
+    let mut guard = LaneGuard {
+        handler: handler.clone(),
+        lane: lane.clone(),
+        done: false,
+    };
     loop {
         let mut jobs = {
             let mut l = lock(&lane);
             let Some(first) = l.queue.pop_front() else {
                 l.running = false;
+                guard.done = true;
                 return;
             };
             let mut jobs = vec![first];
@@ -380,6 +386,32 @@ async fn run_lane<H: ClientHandler + ?Sized>(handler: Arc<H>, lane: Arc<Mutex<La
             let _ = answer.send(responses.next().unwrap_or_else(|| {
                 Response::Err("internal error: the batch of PUTs left this one unanswered".into())
             }));
+        }
+    }
+}
+
+/// Keeps a lane going when its handler panicked: the jobs it held are
+/// answered as dropped (their senders are gone), the ones behind them run.
+struct LaneGuard<H: ClientHandler + ?Sized> {
+    handler: Arc<H>,
+    lane: Arc<Mutex<Lane>>,
+    done: bool,
+}
+
+impl<H: ClientHandler + ?Sized> Drop for LaneGuard<H> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let more = {
+            let mut l = self.lane.lock().unwrap_or_else(|p| p.into_inner());
+            l.running = !l.queue.is_empty();
+            l.running
+        };
+        if more {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(run_lane(self.handler.clone(), self.lane.clone()));
+            }
         }
     }
 }
@@ -624,6 +656,53 @@ mod tests {
             .map(|i| format!("{} #{i}", if i == 0 { 50 } else { 0 }))
             .collect();
         assert_eq!(finished, expected);
+    }
+
+    /// Panics on the PUT whose payload is `boom`, stores the others.
+    struct Boom;
+
+    #[async_trait]
+    impl ClientHandler for Boom {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Put { payload, .. } if &payload[..] == b"boom" => {
+                    panic!("the handler failed on purpose")
+                }
+                Request::Put { payload, .. } => Response::Entry(payload),
+                _ => Response::Err("not in this test".into()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn given_a_handler_that_panics_on_one_put_should_answer_it_and_keep_serving_the_topic() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l = ClientListener::start(l, Arc::new(Boom), ListenerConfig::default()).unwrap();
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        s.write_all(&frame(b"PUT t a")).await.unwrap();
+        assert_eq!(read_resp(&mut s).await.unwrap(), "OK a");
+        let mut bytes = Vec::new();
+        for p in ["boom", "b", "c"] {
+            bytes.extend(frame(format!("PUT t {p}").as_bytes()));
+        }
+        s.write_all(&bytes).await.unwrap();
+        assert!(read_resp(&mut s)
+            .await
+            .unwrap()
+            .starts_with("ERR internal error"));
+        // b and c may have shared boom's batch (and its fate); either way
+        // they are answered in order.
+        for p in ["b", "c"] {
+            let r = read_resp(&mut s).await.unwrap();
+            assert!(
+                r == format!("OK {p}") || r.starts_with("ERR internal error"),
+                "{r}"
+            );
+        }
+        // The lane keeps serving the topic.
+        s.write_all(&frame(b"PUT t d")).await.unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), read_resp(&mut s)).await;
+        assert_eq!(d.expect("answered in time").unwrap(), "OK d");
     }
 
     #[tokio::test]
