@@ -5,7 +5,7 @@
 //! owner crash entries may come again (at-least-once), never skipped.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,9 +35,6 @@ struct CursorCell {
     next: AtomicU64,
     /// The offset last persisted (or loaded).
     persisted: AtomicU64,
-    /// A persist of this cursor is in flight: GETs meanwhile start none
-    /// (one proposal per round trip instead of one per GET).
-    persisting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -78,7 +75,6 @@ impl Cursors {
                     state: tokio::sync::Mutex::new(None),
                     next: AtomicU64::new(0),
                     persisted: AtomicU64::new(0),
-                    persisting: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -139,17 +135,10 @@ impl super::Node {
         };
         let next = cell.next.fetch_add(1, Ordering::SeqCst) + 1;
         drop(guard);
-        if next - cell.persisted.load(Ordering::SeqCst) >= PERSIST_BATCH
-            && !cell.persisting.swap(true, Ordering::SeqCst)
-        {
+        if next - cell.persisted.load(Ordering::SeqCst) >= PERSIST_BATCH {
             if let Some(me) = self.me.upgrade() {
                 let topic = topic.clone();
-                tokio::spawn(async move {
-                    me.persist_cursor(&topic, &cell).await;
-                    cell.persisting.store(false, Ordering::SeqCst);
-                });
-            } else {
-                cell.persisting.store(false, Ordering::SeqCst);
+                tokio::spawn(async move { me.persist_cursor(&topic, &cell).await });
             }
         }
         Ok(Some(entry))
