@@ -104,3 +104,58 @@ async fn given_the_cursor_owner_changes_should_resume_from_the_persisted_cursor_
     let expected: Vec<Bytes> = (100..200).map(|i| Bytes::from(format!("e{i}"))).collect();
     assert_eq!(rest, expected);
 }
+
+/// GETs far outpace metadata commits. The cursor must still be persisted
+/// by at most one proposal at a time: one per GET while a commit is pending
+/// queued thousands of them in the benchmark, delaying lease renewals
+/// behind them (writes refused for seconds) and holding their memory.
+#[tokio::test(start_paused = true)]
+async fn given_slow_commits_when_gets_stream_should_persist_the_cursor_in_few_proposals() {
+    let c = Arc::new(TestCluster::start(3, |id| TestCluster::config(id, 1_000_000)).await);
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    for i in 0..2000 {
+        assert_eq!(c.send(1, &format!("PUT logs e{i}")).await, Response::Ok);
+    }
+    c.metadata.set_commit_delay(Some(Duration::from_millis(20)));
+    let start = tokio::time::Instant::now();
+    let mut readers = Vec::new();
+    for via in 1..=3u64 {
+        let c = c.clone();
+        readers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while let Response::Entry(_) = c.send(via, "GET logs").await {
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for r in readers {
+        total += r.await.unwrap();
+    }
+    assert_eq!(total, 2000);
+    // Let the last persist land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elapsed = start.elapsed();
+    let persists = c
+        .metadata
+        .log()
+        .iter()
+        .filter(|cmd| matches!(cmd, walrus_core::MetadataCmd::AdvanceCursor { .. }))
+        .count();
+    // One proposal in flight at a time: at most one per commit delay.
+    let bound = (elapsed.as_millis() / 20) as usize + 2;
+    assert!(
+        persists <= bound,
+        "{persists} cursor proposals in {elapsed:?} (at most {bound} with one in flight)"
+    );
+    assert_eq!(
+        c.metadata
+            .committed()
+            .topic(&TopicName::new("logs").unwrap())
+            .unwrap()
+            .cursor,
+        2000,
+        "the persisted cursor reaches the end"
+    );
+}

@@ -5,7 +5,7 @@
 //! owner crash entries may come again (at-least-once), never skipped.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,11 @@ struct CursorCell {
     next: AtomicU64,
     /// The offset last persisted (or loaded).
     persisted: AtomicU64,
+    /// A batch persist is on its way through consensus. At most one per
+    /// topic: GETs far outpace commits, and one proposal per GET while a
+    /// commit is pending would queue thousands of them, delaying lease
+    /// renewals behind them and holding their memory.
+    persisting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -75,6 +80,7 @@ impl Cursors {
                     state: tokio::sync::Mutex::new(None),
                     next: AtomicU64::new(0),
                     persisted: AtomicU64::new(0),
+                    persisting: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -135,10 +141,17 @@ impl super::Node {
         };
         let next = cell.next.fetch_add(1, Ordering::SeqCst) + 1;
         drop(guard);
-        if next - cell.persisted.load(Ordering::SeqCst) >= PERSIST_BATCH {
+        if next - cell.persisted.load(Ordering::SeqCst) >= PERSIST_BATCH
+            && !cell.persisting.swap(true, Ordering::SeqCst)
+        {
             if let Some(me) = self.me.upgrade() {
                 let topic = topic.clone();
-                tokio::spawn(async move { me.persist_cursor(&topic, &cell).await });
+                tokio::spawn(async move {
+                    me.persist_cursor(&topic, &cell).await;
+                    cell.persisting.store(false, Ordering::SeqCst);
+                });
+            } else {
+                cell.persisting.store(false, Ordering::SeqCst);
             }
         }
         Ok(Some(entry))

@@ -41,6 +41,8 @@ struct Inner {
     term: u64,
     /// Followers apply commits this late (None: at once).
     lag: Option<Duration>,
+    /// Every proposal takes this long to commit (a quorum round and fsync).
+    commit_delay: Option<Duration>,
 }
 
 impl Inner {
@@ -128,6 +130,7 @@ impl FakeMetadataCluster {
                 leader: None,
                 term: 0,
                 lag: None,
+                commit_delay: None,
             })),
         }
     }
@@ -187,6 +190,12 @@ impl FakeMetadataCluster {
         self.lock().lag = lag.filter(|l| !l.is_zero());
     }
 
+    /// Makes every proposal take `delay` before it commits (a slow quorum
+    /// round or fsync); `None` commits at once. Needs a tokio runtime when set.
+    pub fn set_commit_delay(&self, delay: Option<Duration>) {
+        self.lock().commit_delay = delay.filter(|d| !d.is_zero());
+    }
+
     /// The current leader, as the cluster (not a cut-off node) sees it.
     pub fn leader(&self) -> Option<NodeId> {
         self.lock().leader
@@ -237,6 +246,10 @@ impl FakeMetadataStore {
 #[async_trait]
 impl MetadataStore for FakeMetadataStore {
     async fn propose(&self, cmd: MetadataCmd) -> Result<CmdResult> {
+        let delay = self.cluster.lock().commit_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut inner = self.cluster.lock();
         self.check_connected(&inner)?;
         inner.has_quorum()?;
