@@ -4,8 +4,8 @@
 //! ```text
 //! cargo bench -p walrus-backends --bench wal
 //! WAL_BENCH_DIR=/path/on/the/disk WAL_BENCH_SECS=3 cargo bench -p walrus-backends --bench wal
-//! WAL_BENCH_ROUNDS=5 WAL_BENCH_SPARES=0 cargo bench -p walrus-backends --bench wal
-//! WAL_BENCH_COMPARE_SPARES=0 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_ROUNDS=5 WAL_BENCH_SPARES=1 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_COMPARE_SPARES=1 cargo bench -p walrus-backends --bench wal
 //! ```
 //!
 //! The data goes to a temporary directory under `WAL_BENCH_DIR` (default:

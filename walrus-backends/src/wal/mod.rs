@@ -115,8 +115,10 @@ pub struct WalConfig {
     pub max_read_maps: usize,
     /// Zero-filled files kept ready (in the WAL directory, each
     /// `segment_file_bytes` long) for segments that need a new file:
-    /// syncs into them are cheaper than into `fallocate`d ones. 0 disables
-    /// the pool (new files are then always fallocated).
+    /// syncs into them are cheaper than into `fallocate`d ones, but every
+    /// spare costs a whole file of background writes, which compete with
+    /// the appenders' syncs while they run. 0 (the default, see
+    /// docs/wal-performance.md) disables the pool: new files are fallocated.
     pub spare_files: usize,
 }
 
@@ -126,7 +128,7 @@ impl Default for WalConfig {
             fsync: FsyncPolicy::Always,
             segment_file_bytes: 64 * 1024 * 1024,
             max_read_maps: 256,
-            spare_files: 1,
+            spare_files: 0,
         }
     }
 }
