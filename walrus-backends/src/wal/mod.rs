@@ -6,21 +6,24 @@
 //! ```text
 //! <dir>/<topic>/<segment:020>.<part:06>.wal   fixed-size mapped files
 //! <dir>/<topic>/<segment:020>.sealed          final count of a sealed segment
+//! <dir>/spare-<n>.zeroed                      zero-filled spare files (opt-in)
 //! ```
 //!
 //! A segment is a sequence of records spread over one or more fixed-size
 //! files (parts); see `segment_file.rs` for the record format and header.
 //! Files are created atomically (temporary name, blocks reserved with
-//! `fallocate`, header synced, rename), so a full disk is an error at
-//! creation and never a SIGBUS later.
+//! `fallocate` or taken from a zero-filled spare, header synced, rename),
+//! so a full disk is an error at creation and never a SIGBUS later.
 //!
 //! # Recovery
 //!
 //! On open every open segment is scanned: the exact count is whatever valid
 //! records are found, a torn tail (zeros, bad length, bad checksum after the
 //! last synced point) is cut and zeroed, anything bad before the last synced
-//! point, or followed by data in a later file, is [`Error::Corrupt`] naming
-//! the file and byte. Sealed segments take their count from the seal file
+//! point, or followed by a later file that was synced, is [`Error::Corrupt`]
+//! naming the file and byte. Later files holding only unsynced records are
+//! part of the torn tail (the kernel may write them before their
+//! predecessor's tail). Sealed segments take their count from the seal file
 //! and are verified when first read.
 //!
 //! # Durability
