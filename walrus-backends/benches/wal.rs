@@ -4,6 +4,8 @@
 //! ```text
 //! cargo bench -p walrus-backends --bench wal
 //! WAL_BENCH_DIR=/path/on/the/disk WAL_BENCH_SECS=3 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_ROUNDS=5 WAL_BENCH_SPARES=1 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_COMPARE_SPARES=1 cargo bench -p walrus-backends --bench wal
 //! ```
 //!
 //! The data goes to a temporary directory under `WAL_BENCH_DIR` (default:
@@ -128,6 +130,14 @@ fn raw(dir: &Path, kind: RawFile, chunk: usize, secs: f64) -> Row {
     }
 }
 
+/// `WAL_BENCH_SPARES`: the store's spare_files (default: the default).
+fn spare_files() -> usize {
+    std::env::var("WAL_BENCH_SPARES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(WalConfig::default().spare_files)
+}
+
 /// `appenders` tasks each appending `batch` entries of `size` bytes per
 /// call to one segment, for `secs`.
 async fn wal(
@@ -136,14 +146,17 @@ async fn wal(
     size: usize,
     appenders: usize,
     batch: usize,
+    spares: usize,
     secs: f64,
 ) -> Row {
-    let sub = dir.join(format!("wal-{fsync}-{size}-{appenders}-{batch}").replace(':', "_"));
+    let sub =
+        dir.join(format!("wal-{fsync}-{size}-{appenders}-{batch}-{spares}").replace(':', "_"));
     let store = Arc::new(
         WalStore::open(
             &sub,
             WalConfig {
                 fsync,
+                spare_files: spares,
                 ..WalConfig::default()
             },
         )
@@ -223,7 +236,11 @@ async fn wal(
             } else {
                 String::new()
             }
-        ),
+        ) + &if spares != spare_files() {
+            format!(", {spares} spare files")
+        } else {
+            String::new()
+        },
         ops: entries_per_s,
         mib: entries_per_s * size as f64 / MIB,
         extra: format!(
@@ -242,6 +259,7 @@ enum Case {
         size: usize,
         appenders: usize,
         batch: usize,
+        spares: usize,
     },
 }
 
@@ -287,12 +305,14 @@ fn main() {
         size,
         appenders,
         batch: 1,
+        spares: spare_files(),
     };
     let never = |size, batch| Case::Wal {
         fsync: FsyncPolicy::Never,
         size,
         appenders: 1,
         batch,
+        spares: spare_files(),
     };
     let cases = [
         Case::Raw(RawFile::Fallocated, 4 << 10),
@@ -315,8 +335,26 @@ fn main() {
             size: 100,
             appenders: 1,
             batch: 1000,
+            spares: spare_files(),
         },
     ];
+    // WAL_BENCH_COMPARE_SPARES=<n>: the 1 KiB fsync=always cases again with
+    // n spare files, interleaved with the others (same disk moods).
+    let compare: Option<usize> = std::env::var("WAL_BENCH_COMPARE_SPARES")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let mut cases = cases.to_vec();
+    if let Some(spares) = compare {
+        for appenders in [1, 16, 64] {
+            cases.push(Case::Wal {
+                fsync: FsyncPolicy::Always,
+                size: 1024,
+                appenders,
+                batch: 1,
+                spares,
+            });
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -335,7 +373,8 @@ fn main() {
                     size,
                     appenders,
                     batch,
-                } => rt.block_on(wal(dir.path(), fsync, size, appenders, batch, secs)),
+                    spares,
+                } => rt.block_on(wal(dir.path(), fsync, size, appenders, batch, spares, secs)),
             });
         }
     }

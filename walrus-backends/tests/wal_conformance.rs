@@ -34,8 +34,9 @@ fn maker_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn given_fsync_always_when_running_the_conformance_suite_should_pass() {
-    // Default-sized files; no spares, or every store of the suite would
-    // write 64 MiB of zeros (the small-file cases below use spares).
+    // Default-sized files and no spares (the default; with spares every
+    // store of the suite would write 64 MiB of zeros). The small-file
+    // cases below use spares.
     run_all(maker_with(FsyncPolicy::Always, 64 * 1024 * 1024, 0)).await;
 }
 

@@ -67,6 +67,9 @@ fn config() -> WalConfig {
     WalConfig {
         fsync: FsyncPolicy::Always,
         segment_file_bytes: 64 * 1024,
+        // Spares too: a zero-filled spare must never turn a full disk into
+        // anything but an append error.
+        spare_files: 1,
         ..WalConfig::default()
     }
 }

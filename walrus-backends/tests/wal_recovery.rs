@@ -593,11 +593,15 @@ async fn given_ready_spares_when_segments_roll_should_take_them_and_recover_ever
 #[tokio::test]
 async fn given_spares_of_another_size_when_reopened_should_discard_them() {
     let dir = tempfile::tempdir().unwrap();
+    let with_spares = |file_bytes| WalConfig {
+        spare_files: 1,
+        ..config(FsyncPolicy::Always, file_bytes)
+    };
     {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+        let store = WalStore::open(dir.path(), with_spares(8192)).unwrap();
         wait_for_spares(&store, 1).await;
     }
-    let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 16384)).unwrap();
+    let store = WalStore::open(dir.path(), with_spares(16384)).unwrap();
     wait_for_spares(&store, 1).await;
     for name in spares_in(dir.path()) {
         let len = std::fs::metadata(dir.path().join(&name)).unwrap().len();

@@ -6,21 +6,24 @@
 //! ```text
 //! <dir>/<topic>/<segment:020>.<part:06>.wal   fixed-size mapped files
 //! <dir>/<topic>/<segment:020>.sealed          final count of a sealed segment
+//! <dir>/spare-<n>.zeroed                      zero-filled spare files (opt-in)
 //! ```
 //!
 //! A segment is a sequence of records spread over one or more fixed-size
 //! files (parts); see `segment_file.rs` for the record format and header.
 //! Files are created atomically (temporary name, blocks reserved with
-//! `fallocate`, header synced, rename), so a full disk is an error at
-//! creation and never a SIGBUS later.
+//! `fallocate` or taken from a zero-filled spare, header synced, rename),
+//! so a full disk is an error at creation and never a SIGBUS later.
 //!
 //! # Recovery
 //!
 //! On open every open segment is scanned: the exact count is whatever valid
 //! records are found, a torn tail (zeros, bad length, bad checksum after the
 //! last synced point) is cut and zeroed, anything bad before the last synced
-//! point, or followed by data in a later file, is [`Error::Corrupt`] naming
-//! the file and byte. Sealed segments take their count from the seal file
+//! point, or followed by a later file that was synced, is [`Error::Corrupt`]
+//! naming the file and byte. Later files holding only unsynced records are
+//! part of the torn tail (the kernel may write them before their
+//! predecessor's tail). Sealed segments take their count from the seal file
 //! and are verified when first read.
 //!
 //! # Durability
@@ -115,8 +118,10 @@ pub struct WalConfig {
     pub max_read_maps: usize,
     /// Zero-filled files kept ready (in the WAL directory, each
     /// `segment_file_bytes` long) for segments that need a new file:
-    /// syncs into them are cheaper than into `fallocate`d ones. 0 disables
-    /// the pool (new files are then always fallocated).
+    /// syncs into them are cheaper than into `fallocate`d ones, but every
+    /// spare costs a whole file of background writes, which compete with
+    /// the appenders' syncs while they run. 0 (the default, see
+    /// docs/wal-performance.md) disables the pool: new files are fallocated.
     pub spare_files: usize,
 }
 
@@ -126,7 +131,7 @@ impl Default for WalConfig {
             fsync: FsyncPolicy::Always,
             segment_file_bytes: 64 * 1024 * 1024,
             max_read_maps: 256,
-            spare_files: 1,
+            spare_files: 0,
         }
     }
 }

@@ -18,10 +18,11 @@
 //! A record whose `len` is [`NEXT_MARKER`] ends the file: the segment goes
 //! on in the next part. Every file keeps room for that marker.
 //!
-//! The checkpoint lags the truly durable end by one sync (the syncer writes
-//! the previous sync's end into the header and flushes both with one msync),
-//! so it never claims more than the disk holds. On recovery a bad record
-//! before it is corruption; after it, a torn tail.
+//! The checkpoint lags the truly durable end (the syncer writes the
+//! previous sync's end into the header and flushes both with one msync, at
+//! most every `CHECKPOINT_EVERY`; a graceful close writes the final durable
+//! end after the data), so it never claims more than the disk holds. On
+//! recovery a bad record before it is corruption; after it, a torn tail.
 
 use std::fs::{File, OpenOptions};
 use std::io;
