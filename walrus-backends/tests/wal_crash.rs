@@ -9,22 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use walrus_backends::wal::{WalConfig, WalStore};
 use walrus_core::{LogStore, SegmentKey, TopicName};
 
-/// Same as the child's: entry `seq` of `writer`, checkable on its own.
-fn payload(writer: u32, seq: u64, len: usize) -> Bytes {
-    let len = len.max(16);
-    let mut v = Vec::with_capacity(len);
-    v.extend_from_slice(&writer.to_le_bytes());
-    v.extend_from_slice(&seq.to_le_bytes());
-    v.extend_from_slice(&(len as u32).to_le_bytes());
-    for i in 16..len {
-        v.push(((writer as u64 * 31 + seq * 7 + i as u64) % 251) as u8);
-    }
-    Bytes::from(v)
-}
+#[path = "wal_common/payload.rs"]
+mod crash_payload;
+use crash_payload::payload;
 
 /// `(writer, seq)` if `bytes` is exactly an entry a writer produced.
 fn decode(bytes: &[u8]) -> Option<(u32, u64)> {
