@@ -120,3 +120,61 @@ async fn given_appends_that_fail_should_ack_nothing_and_say_why() {
         payloads("y", 3)
     );
 }
+
+/// Many connections' PUTs through one non-leader, with a slow leader: the
+/// writes that queue behind the one in flight go to the leader together.
+async fn put_concurrently_through(c: &TestCluster, via: u64, writers: usize) -> Vec<Response> {
+    let lines: Vec<String> = (0..writers).map(|i| format!("PUT logs w{i}")).collect();
+    futures::future::join_all(lines.iter().map(|line| c.send(via, line))).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_many_writers_through_a_non_leader_when_the_leader_is_slow_should_combine_their_appends(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    c.logs[&1].delay_appends(Some(Duration::from_millis(5)));
+
+    let answers = put_concurrently_through(&c, 2, 40).await;
+    assert!(answers.iter().all(|a| *a == Response::Ok), "{answers:?}");
+
+    // The first write goes alone; the other 39 queued behind it and follow
+    // in one append (the cap of a combined batch is far above 39).
+    let appends = c.logs[&1].append_history();
+    assert_eq!(appends.len(), 2, "{appends:?}");
+    let mut got = c.drain(3, "logs", Duration::from_secs(10)).await;
+    got.sort();
+    let mut want = payloads("w", 40);
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_combined_batch_that_overfills_the_segment_should_seal_it_exactly_and_store_every_write_once(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 10)).await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    c.logs[&1].delay_appends(Some(Duration::from_millis(5)));
+
+    // 25 writers, limit 10: the combined batch of 24 overfills segment 1;
+    // the writers left out follow the rollover.
+    let answers = put_concurrently_through(&c, 2, 25).await;
+    assert!(answers.iter().all(|a| *a == Response::Ok), "{answers:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    for id in 1..=2 {
+        let s = t.segment(id).unwrap();
+        assert_eq!(
+            s.status,
+            SegmentStatus::Sealed { count: 10 },
+            "segment {id}"
+        );
+    }
+    let mut got = c.drain(3, "logs", Duration::from_secs(10)).await;
+    got.sort();
+    let mut want = payloads("w", 25);
+    want.sort();
+    assert_eq!(got, want, "every write stored exactly once");
+}

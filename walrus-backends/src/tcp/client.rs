@@ -1,8 +1,8 @@
 //! The calling side: one persistent, multiplexed connection per peer address.
 //!
 //! Every request gets an id unique on its connection. A caller registers a
-//! one-shot slot under that id, queues its frame for the connection's writer
-//! task and waits; the connection's reader task routes each response to the
+//! one-shot slot under that id, sends its frame (straight into the socket
+//! when the connection is idle, see [`FrameWriter`]) and waits; the connection's reader task routes each response to the
 //! slot with the same id. So many requests are in flight on one connection,
 //! and a caller that times out or is cancelled (openraft drops RPC futures
 //! that exceed its timeout) only removes its slot: the late answer is
@@ -19,20 +19,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use walrus_core::{Error, NodeId, NodeRequest, NodeResponse, Result};
 
 use super::envelope::{self, Kind, ResponsePayload};
 use super::socket;
-use super::writer::{stopped, write_loop};
+use super::writer::{stopped, FrameWriter};
 use super::TcpConfig;
 
-/// Frames a connection's writer may have queued before callers wait.
-const OUTBOX_FRAMES: usize = 1024;
 /// Read buffer per connection.
 const READ_BUFFER: usize = 16 * 1024;
 
@@ -266,7 +263,7 @@ type Waiters = HashMap<u64, oneshot::Sender<ResponsePayload>>;
 /// One open, multiplexed connection.
 struct Connection {
     addr: String,
-    outbox: mpsc::Sender<Bytes>,
+    writer: Arc<FrameWriter>,
     /// `None` once closed: registering and closing take the same lock, so a
     /// caller never waits on a connection that has already failed.
     waiters: Mutex<Option<Waiters>>,
@@ -277,23 +274,13 @@ struct Connection {
 impl Connection {
     fn start(stream: TcpStream, addr: String, config: &TcpConfig) -> Arc<Connection> {
         let (read, write) = stream.into_split();
-        let (outbox, outbox_rx) = mpsc::channel(OUTBOX_FRAMES);
         let (stop, _) = watch::channel(false);
         let conn = Arc::new(Connection {
             addr,
-            outbox,
+            writer: FrameWriter::new(write),
             waiters: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
             stop,
-        });
-
-        let writer = conn.clone();
-        let stop_writing = stopped(conn.stop.subscribe());
-        tokio::spawn(async move {
-            if let Err(e) = write_loop(write, outbox_rx, stop_writing).await {
-                tracing::debug!(addr = %writer.addr, "write to peer failed: {e}");
-            }
-            writer.close();
         });
 
         let reader = conn.clone();
@@ -340,7 +327,8 @@ impl Connection {
     }
 
     fn is_open(&self) -> bool {
-        self.lock_waiters().is_some()
+        // A failed write closes the writer first; the reader notices later.
+        self.lock_waiters().is_some() && !self.writer.is_closed()
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Option<Waiters>> {
@@ -353,11 +341,12 @@ impl Connection {
         self.lock_waiters().as_mut().and_then(|w| w.remove(&id))
     }
 
-    /// Fails every waiting caller (their senders are dropped) and stops both
-    /// tasks, which drops the socket. Idempotent.
+    /// Fails every waiting caller (their senders are dropped), shuts the
+    /// socket down and stops the reader task. Idempotent.
     fn close(&self) {
         let waiters = self.lock_waiters().take();
         drop(waiters);
+        self.writer.close();
         self.stop.send_replace(true);
     }
 
@@ -378,7 +367,12 @@ impl Connection {
         // caller dropping it), the slot is removed.
         let _slot = Slot { conn: self, id };
         let exchange = async {
-            self.outbox.send(frame).await.map_err(|_| Failure::Lost)?;
+            // Not sent at all (the connection closed first): safe to retry
+            // on a fresh connection.
+            self.writer
+                .send(&frame)
+                .await
+                .map_err(|_| Failure::NotSent)?;
             rx.await.map_err(|_| Failure::Lost)
         };
         match tokio::time::timeout(config.request_timeout, exchange).await {

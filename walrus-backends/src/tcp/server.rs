@@ -1,11 +1,14 @@
 //! The receiving side: accepts connections and answers their requests.
 //!
-//! Each connection has a reader (this module's loop) and a writer task.
-//! Every request runs in its own task, so a slow request (a Raft append that
-//! waits for an fsync) never holds up the ones behind it; answers go back
-//! tagged with their request's id, in whatever order they finish. A bounded
-//! number of requests per connection run at once; beyond that the reader
-//! stops reading and TCP flow control pushes back on the caller.
+//! Each connection has a reader (this module's loop) and a [`FrameWriter`].
+//! The reader runs each request's handler once, inline: a request that can
+//! be answered without waiting (a forwarded PUT under `--fsync interval`, a
+//! heartbeat) is answered right there, with no task switch. A request that
+//! has to wait (a Raft append that waits for an fsync) moves to a task of
+//! its own, so it never holds up the ones behind it; answers go back tagged
+//! with their request's id, in whatever order they finish. A bounded number
+//! of requests per connection run at once; beyond that the reader stops
+//! reading and TCP flow control pushes back on the caller.
 //!
 //! Anything that breaks the framing (bad magic or version, an oversized
 //! length, a peer that stalls mid-frame) closes that connection only. A
@@ -17,17 +20,17 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
-use bytes::Bytes;
 use futures::FutureExt;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use walrus_core::{Error, NodeRequest, RequestHandler};
 
-use super::envelope::{self, Kind, ReadError, ResponsePayload};
+use super::envelope::{self, Frame, Kind, ReadError, ResponsePayload};
 use super::socket;
-use super::writer::{stopped, write_loop};
+use super::writer::{stopped, FrameWriter};
 use super::TcpConfig;
 
 const READ_BUFFER: usize = 16 * 1024;
@@ -93,16 +96,9 @@ async fn serve_connection(
 ) {
     socket::tune(&stream, &config, &peer);
     let (read, write) = stream.into_split();
+    let writer = FrameWriter::new(write);
     // At least one, or the connection could never make progress.
     let max_in_flight = config.max_in_flight_per_connection.max(1);
-    let (outbox, outbox_rx) = mpsc::channel::<Bytes>(max_in_flight);
-    let stop_writing = stopped(stop.clone());
-    tokio::spawn(async move {
-        if let Err(e) = write_loop(write, outbox_rx, stop_writing).await {
-            tracing::debug!(%peer, "write to node connection failed: {e}");
-        }
-    });
-
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut read = BufReader::with_capacity(READ_BUFFER, read);
     let until_stopped = stopped(stop);
@@ -133,36 +129,54 @@ async fn serve_connection(
                 permit.expect("the per-connection semaphore is never closed")
             }
         };
-        let id = frame.id;
-        let max = config.max_message_bytes;
-        let outbox = outbox.clone();
-        let request = frame.decode::<NodeRequest>();
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let answer: ResponsePayload = match request {
-                Ok(req) => AssertUnwindSafe(handler.handle(req))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::Internal(
-                            "the node's request handler panicked; see the node's log".into(),
-                        ))
-                    }),
-                Err(e) => Err(Error::BadRequest(format!(
-                    "undecodable node request: {e}; are both nodes on the same version?"
-                ))),
-            };
-            // An answer too large for a frame is replaced by an error saying
-            // so, rather than leaving the caller to time out.
-            let frame = envelope::encode_response(id, &answer, max)
-                .or_else(|e| envelope::encode_response(id, &Err(e.into()), max));
-            match frame {
-                Ok(frame) => {
-                    let _ = outbox.send(frame).await; // fails only if the connection is gone
-                }
-                Err(e) => tracing::error!(%peer, id, "cannot encode a response: {e}"),
-            }
-            drop(permit);
-        });
+        let mut answering = Box::pin(answer(
+            frame,
+            handler.clone(),
+            writer.clone(),
+            config.max_message_bytes,
+            peer,
+            permit,
+        ));
+        if let Poll::Pending = futures::poll!(answering.as_mut()) {
+            tokio::spawn(answering);
+        }
+    }
+    writer.close();
+}
+
+/// Runs one request's handler and sends its answer (the permit bounds the
+/// connection's requests in flight until then).
+async fn answer(
+    frame: Frame,
+    handler: Arc<dyn RequestHandler>,
+    writer: Arc<FrameWriter>,
+    max: usize,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let answer: ResponsePayload = match frame.decode::<NodeRequest>() {
+        Ok(req) => AssertUnwindSafe(handler.handle(req))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "the node's request handler panicked; see the node's log".into(),
+                ))
+            }),
+        Err(e) => Err(Error::BadRequest(format!(
+            "undecodable node request: {e}; are both nodes on the same version?"
+        ))),
+    };
+    // An answer too large for a frame is replaced by an error saying so,
+    // rather than leaving the caller to time out.
+    let id = frame.id;
+    let encoded = envelope::encode_response(id, &answer, max)
+        .or_else(|e| envelope::encode_response(id, &Err(e.into()), max));
+    match encoded {
+        // Fails only if the connection is gone.
+        Ok(encoded) => {
+            let _ = writer.send(&encoded).await;
+        }
+        Err(e) => tracing::error!(%peer, id, "cannot encode a response: {e}"),
     }
 }

@@ -5,6 +5,8 @@
 //! - `router`: client requests, the PUT path and reads of segments.
 //! - [`lease`]: [`QuorumLease`] (the [`LeaseProvider`](crate::LeaseProvider))
 //!   and its renewal.
+//! - `forward`: forwarded appends, combined when many meet on the way to
+//!   one segment leader.
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
@@ -12,6 +14,7 @@
 
 mod cursor;
 mod failover;
+mod forward;
 mod handler;
 pub mod lease;
 mod rollover;
@@ -86,6 +89,7 @@ pub struct Node {
     rollover: rollover::Rollovers,
     failover: failover::Failover,
     cursors: cursor::Cursors,
+    forwards: forward::Forwards,
     /// A weak handle on ourselves, to spawn work that outlives a request.
     me: Weak<Node>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -113,6 +117,7 @@ impl Node {
             rollover: rollover::Rollovers::default(),
             failover: failover::Failover::default(),
             cursors: cursor::Cursors::default(),
+            forwards: forward::Forwards::default(),
             config,
             metadata,
             log,

@@ -183,38 +183,6 @@ impl super::Node {
         (done, None)
     }
 
-    /// Sends `entries` to `leader`, which stores a prefix of them (all that
-    /// fit its segment) and answers how many.
-    async fn forward_append(
-        &self,
-        leader: NodeId,
-        segment: SegmentKey,
-        entries: Vec<Bytes>,
-    ) -> Result<Appended> {
-        let call = self.transport.call(
-            leader,
-            NodeRequest::Append {
-                segment: segment.clone(),
-                entries,
-            },
-        );
-        let answer = tokio::time::timeout(self.config.forward_timeout, call)
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "node {leader}, the leader of {segment}, did not answer the write within {:?}; \
-                     it may or may not be stored, read the topic before sending it again",
-                    self.config.forward_timeout
-                ))
-            })??;
-        match answer {
-            NodeResponse::Appended { first_index, count } => Ok(Appended { first_index, count }),
-            other => Err(Error::Internal(format!(
-                "node {leader} answered an append with {other:?}"
-            ))),
-        }
-    }
-
     /// A local append to a segment this node leads: lease check, append,
     /// lease check again before acknowledging.
     ///
@@ -259,12 +227,13 @@ impl super::Node {
             // must not be `write lease expired`: that answer means "nothing
             // was written, retry", and a retry would store it twice.
             if take < entries.len() {
-                // The batch's answer covers all of it: say which part is in.
+                // The batch's answer covers all of it. It may hold several
+                // writers' entries (pipelined, or combined on the way here),
+                // so no count in it would mean anything to one client.
                 return Err(Error::Unavailable(format!(
-                    "the write lease on {key} lapsed while a batch of {} pipelined entries \
-                     was being written; the first {take} are stored and will be read, the \
-                     rest are not: read the topic before sending any of them again",
-                    entries.len()
+                    "the write lease on {key} lapsed while a batch of entries was being \
+                     written; part of it is stored and will be read: read the topic before \
+                     sending any of this write again"
                 )));
             }
             return Err(Error::Unavailable(format!(

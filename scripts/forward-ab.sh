@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A/B of PUT through a non-leader against PUT to the segment leader, for one
+# or more walrus-server binaries, interleaved so that machine noise hits all
+# of them alike. 3 nodes, 1 KiB, depth 1, --fsync interval:200 (the case
+# where the extra hop weighs most).
+#
+# Usage: scripts/forward-ab.sh <server-binary>...   (walrus-bench from
+#        $WALRUS_BENCH or target/release; ROUNDS=3, DUR=4s)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${WALRUS_BENCH:-${CARGO_TARGET_DIR:-$ROOT/target}/release/walrus-bench}
+ROUNDS=${ROUNDS:-3}
+DUR=${DUR:-4s}
+FSYNC=${FSYNC:-interval:200}
+WORK=$(mktemp -d /var/tmp/walrus-fwd.XXXXXX)
+PIDS=()
+trap 'for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+run_cluster() { # binary dir
+    PIDS=()
+    for id in 1 2 3; do
+        local join=()
+        ((id > 1)) && join=(--join 127.0.0.1:28031)
+        RUST_LOG=warn "$1" --node-id $id --data-dir "$2" --raft-host 127.0.0.1 --raft-port $((28030 + id)) \
+            --client-host 127.0.0.1 --client-port $((28010 + id)) --fsync "$FSYNC" "${join[@]}" \
+            --log-file "$2/node_$id.log" &
+        PIDS+=($!)
+    done
+    for id in 1 2 3; do "$BENCH" wait-write --register -a 127.0.0.1:$((28010 + id)) --topic warm-$id >/dev/null; done
+}
+
+rate() { # addr conns topic
+    "$BENCH" -q --json -a "$1" -c "$2" -d 1 -t "$DUR" --topic-prefix "$3" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["ops_per_sec"]))'
+}
+
+for round in $(seq "$ROUNDS"); do
+    for bin in "$@"; do
+        dir=$WORK/$round-$(basename "$bin"); mkdir -p "$dir"
+        run_cluster "$bin" "$dir"
+        for conns in 1 16; do
+            topic=t$conns
+            "$BENCH" request -a 127.0.0.1:28011 REGISTER "$topic-0" >/dev/null
+            leader=$("$BENCH" request -a 127.0.0.1:28011 STATE "$topic-0" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s.get("leader_node") or 1)' 2>/dev/null || echo 1)
+            other=$((leader % 3 + 1))
+            d=$(rate 127.0.0.1:$((28010 + leader)) $conns $topic)
+            f=$(rate 127.0.0.1:$((28010 + other)) $conns $topic)
+            echo "round $round $(basename "$bin") conns $conns direct $d forwarded $f ratio $(python3 -c "print(f'{$f/$d:.2f}')")"
+        done
+        for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+        wait 2>/dev/null || true
+    done
+done
