@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 
 use futures::FutureExt;
 use tokio::io::BufReader;
@@ -137,7 +136,7 @@ async fn serve_connection(
             peer,
             permit,
         ));
-        if let Poll::Pending = futures::poll!(answering.as_mut()) {
+        if futures::poll!(answering.as_mut()).is_pending() {
             tokio::spawn(answering);
         }
     }
