@@ -14,6 +14,11 @@
 #   BENCH_NO_BUILD=1 use the binaries already in $CARGO_TARGET_DIR/release
 #   BENCH_PORT_BASE  first port used (default 27000)
 #   BENCH_SERVER_BIN walrus-server binary to measure (default: the release build)
+#   BENCH_SEGMENT_ENTRIES  WALRUS_MAX_SEGMENT_ENTRIES of the measured clusters
+#                    (default 50,000,000: a run stays in one segment, so "to
+#                    leader" and "to other" mean what they say; with the
+#                    default 1,000,000 a fast run rolls over and the leader
+#                    moves to the next node mid-run)
 # Redis is installed with apt-get when missing (needs root).
 #
 # Every process this script starts is stopped by its pid on exit. Traffic
@@ -32,6 +37,8 @@ esac
 OUT=${BENCH_OUT:-$ROOT/docs/performance.md}
 SKIP=" ${BENCH_SKIP:-} "
 PORT_BASE=${BENCH_PORT_BASE:-27000}
+SEGMENT_ENTRIES=${BENCH_SEGMENT_ENTRIES:-50000000}
+export BENCH_SEGMENT_ENTRIES=$SEGMENT_ENTRIES
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 # Data on the real disk (not tmpfs), so fsync costs what it costs.
@@ -268,7 +275,8 @@ start_cluster() {
     for ((id = 1; id <= n; id++)); do
         local join=()
         ((id > 1)) && join=(--join "127.0.0.1:$(raft_port 1)")
-        RUST_LOG=${RUST_LOG:-warn} "$SERVER_BIN" --node-id "$id" --data-dir "$dir" \
+        RUST_LOG=${RUST_LOG:-warn} WALRUS_MAX_SEGMENT_ENTRIES=$SEGMENT_ENTRIES \
+            "$SERVER_BIN" --node-id "$id" --data-dir "$dir" \
             --raft-host 127.0.0.1 --raft-port "$(raft_port "$id")" \
             --client-host 127.0.0.1 --client-port "$(client_addr "$id" | cut -d: -f2)" \
             --fsync "$fsync" "${join[@]}" --log-file "$dir/node_$id.log" &

@@ -188,7 +188,11 @@ def main():
         o.append("One fresh topic per run (registered, then the segment leader read from "
                  "`STATE`); \"to leader\" sends to the node leading the topic's segment, "
                  "\"to other\" to another node, which forwards. Ratio: against the echo ceiling "
-                 "of the same connections and depth, where measured.\n")
+                 "of the same connections and depth, where measured. The clusters run with "
+                 f"`WALRUS_MAX_SEGMENT_ENTRIES={int(os.environ.get('BENCH_SEGMENT_ENTRIES', 50000000)):,}` "
+                 "so that no run rolls over: with the default 1,000,000 a fast run fills its "
+                 "segment, the leadership moves to the next node mid-run, and \"to leader\" "
+                 "becomes partly forwarded while \"to other\" becomes partly direct.\n")
 
         def echo_base(r):
             label = r["label"]

@@ -5,13 +5,17 @@
 # where the extra hop weighs most).
 #
 # Usage: scripts/forward-ab.sh <server-binary>...   (walrus-bench from
-#        $WALRUS_BENCH or target/release; ROUNDS=3, DUR=4s)
+#        $WALRUS_BENCH or target/release; ROUNDS=3, DUR=4s, CONNS="1 16",
+#        DEPTH=1, SIZE=1024, FSYNC=interval:200)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${WALRUS_BENCH:-${CARGO_TARGET_DIR:-$ROOT/target}/release/walrus-bench}
 ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-4s}
 FSYNC=${FSYNC:-interval:200}
+CONNS=${CONNS:-1 16}
+DEPTH=${DEPTH:-1}
+SIZE=${SIZE:-1024}
 WORK=$(mktemp -d /var/tmp/walrus-fwd.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -30,21 +34,21 @@ run_cluster() { # binary dir
 }
 
 rate() { # addr conns topic
-    "$BENCH" -q --json -a "$1" -c "$2" -d 1 -t "$DUR" --topic-prefix "$3" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["ops_per_sec"]))'
+    "$BENCH" -q --json -a "$1" -c "$2" -d "$DEPTH" -s "$SIZE" -t "$DUR" --topic-prefix "$3" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["ops_per_sec"]))'
 }
 
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do
         dir=$WORK/$round-$(basename "$bin"); mkdir -p "$dir"
         run_cluster "$bin" "$dir"
-        for conns in 1 16; do
+        for conns in $CONNS; do
             topic=t$conns
             "$BENCH" request -a 127.0.0.1:28011 REGISTER "$topic-0" >/dev/null
             leader=$("$BENCH" request -a 127.0.0.1:28011 STATE "$topic-0" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s.get("leader_node") or 1)' 2>/dev/null || echo 1)
             other=$((leader % 3 + 1))
             d=$(rate 127.0.0.1:$((28010 + leader)) $conns $topic)
             f=$(rate 127.0.0.1:$((28010 + other)) $conns $topic)
-            echo "round $round $(basename "$bin") conns $conns direct $d forwarded $f ratio $(python3 -c "print(f'{$f/$d:.2f}')")"
+            echo "round $round $(basename "$bin") conns $conns depth $DEPTH direct $d forwarded $f ratio $(python3 -c "print(f'{$f/$d:.2f}')")"
         done
         for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
         wait 2>/dev/null || true

@@ -4,6 +4,10 @@
 //!
 //! Per connection, a reader task parses frames and starts each request as
 //! soon as it is read, and a writer task sends the answers in request order.
+//! A request that finds its topic idle runs in the reader until it first has
+//! to wait: most (a PUT under `--fsync interval`, STATE, a GET) finish right
+//! there, without a task switch; one that waits (an fsync, a forward) moves
+//! to a task of its own and the reader goes on.
 //! So a client may pipeline: its requests run without waiting for it to read.
 //! Requests of one connection that name the same topic run one after the
 //! other, in order, so a pipelined writer's entries land in the order it sent
@@ -18,12 +22,17 @@
 //! timeout.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -269,7 +278,7 @@ async fn read_loop<H: ClientHandler + ?Sized>(
                 return;
             }
         };
-        let pending = dispatch(&handler, frame, &mut lanes);
+        let pending = dispatch(&handler, frame, &mut lanes).await;
         if tx.send(pending).await.is_err() {
             return; // the writer gave up on this connection
         }
@@ -296,7 +305,7 @@ fn lock(lane: &Mutex<Lane>) -> std::sync::MutexGuard<'_, Lane> {
 }
 
 /// Starts one request; returns its place in the answer queue.
-fn dispatch<H: ClientHandler + ?Sized>(
+async fn dispatch<H: ClientHandler + ?Sized>(
     handler: &Arc<H>,
     frame: Bytes,
     lanes: &mut HashMap<TopicName, Arc<Mutex<Lane>>>,
@@ -305,13 +314,8 @@ fn dispatch<H: ClientHandler + ?Sized>(
         Ok(req) => req,
         Err(e) => return Pending::Ready(e.into()),
     };
-    let (answer, answer_rx) = oneshot::channel();
     let Some(topic) = topic_of(&req).cloned() else {
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _ = answer.send(handler.handle(req).await);
-        });
-        return Pending::Waiting(answer_rx);
+        return start_inline(handler, req, None).await;
     };
     if lanes.len() >= MAX_IDLE_LANES {
         lanes.retain(|_, lane| {
@@ -320,6 +324,16 @@ fn dispatch<H: ClientHandler + ?Sized>(
         });
     }
     let lane = lanes.entry(topic).or_default();
+    let queued = {
+        let l = lock(lane);
+        l.running || !l.queue.is_empty()
+    };
+    if !queued {
+        // Nothing of this connection runs on the topic: nothing to keep
+        // this request in order behind.
+        return start_inline(handler, req, Some(lane.clone())).await;
+    }
+    let (answer, answer_rx) = oneshot::channel();
     let start = {
         let mut l = lock(lane);
         l.queue.push_back(Job { req, answer });
@@ -329,6 +343,44 @@ fn dispatch<H: ClientHandler + ?Sized>(
         tokio::spawn(run_lane(handler.clone(), lane.clone()));
     }
     Pending::Waiting(answer_rx)
+}
+
+/// Runs `req` here, in the reader, until it first has to wait. If it has
+/// to, it goes on in a task of its own, which then runs whatever queued
+/// behind it on its `lane` (marked running meanwhile, so that later
+/// requests on the topic queue in order).
+async fn start_inline<H: ClientHandler + ?Sized>(
+    handler: &Arc<H>,
+    req: Request,
+    lane: Option<Arc<Mutex<Lane>>>,
+) -> Pending {
+    let h = handler.clone();
+    let mut work = Box::pin(AssertUnwindSafe(async move { h.handle(req).await }).catch_unwind());
+    if let Poll::Ready(answer) = poll_once(&mut work).await {
+        return Pending::Ready(answer.unwrap_or_else(|_| panicked()));
+    }
+    if let Some(lane) = &lane {
+        lock(lane).running = true;
+    }
+    let (answer, answer_rx) = oneshot::channel();
+    let handler = handler.clone();
+    tokio::spawn(async move {
+        let _ = answer.send(work.await.unwrap_or_else(|_| panicked()));
+        if let Some(lane) = lane {
+            run_lane(handler, lane).await;
+        }
+    });
+    Pending::Waiting(answer_rx)
+}
+
+/// Polls `work` once, in the caller's task.
+async fn poll_once<F: Future + Unpin>(work: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *work).poll(cx))).await
+}
+
+/// The answer to a request whose handler panicked.
+fn panicked() -> Response {
+    Response::Err("internal error: the server failed on this request; see its log".into())
 }
 
 /// Runs a lane's jobs in order until it is empty; consecutive PUTs that

@@ -4,7 +4,10 @@
 //! - [`envelope`]: the versioned, length-prefixed binary frame.
 //! - `client`: the calling side (pooled connections, request ids, timeouts,
 //!   reconnect with back-off).
-//! - `server`: the receiving side (accept loop, concurrent handling).
+//! - `server`: the receiving side (accept loop; requests answered inline
+//!   when they need not wait, in a task of their own when they must).
+//! - `writer`: one connection's frames into its socket, straight from the
+//!   sender when the connection is idle, batched when it is busy.
 //!
 //! ```no_run
 //! # async fn demo(handler: std::sync::Arc<dyn walrus_core::RequestHandler>) -> anyhow::Result<()> {
