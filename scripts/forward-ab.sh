@@ -25,7 +25,7 @@ run_cluster() { # binary dir
     for id in 1 2 3; do
         local join=()
         ((id > 1)) && join=(--join 127.0.0.1:28031)
-        RUST_LOG=warn "$1" --node-id $id --data-dir "$2" --raft-host 127.0.0.1 --raft-port $((28030 + id)) \
+        RUST_LOG=warn WALRUS_MAX_SEGMENT_ENTRIES=50000000 "$1" --node-id $id --data-dir "$2" --raft-host 127.0.0.1 --raft-port $((28030 + id)) \
             --client-host 127.0.0.1 --client-port $((28010 + id)) --fsync "$FSYNC" "${join[@]}" \
             --log-file "$2/node_$id.log" &
         PIDS+=($!)
