@@ -118,9 +118,9 @@ def main():
              f"data on {fs} (the virtual disk, not tmpfs: fsync is real)")
     o.append(f"- {rustc}, release build (`cargo build --release`)")
     o.append("- Server, load generator and (for clusters) all nodes on the same 2 cores, over "
-             "loopback. **The machine was shared** with other engineers' builds and tests while "
-             f"this ran (load average at the end: {load_avg}), so absolute figures are noisy: "
-             "compare rows as ratios within this one run, not with other runs.")
+             "loopback, on a virtual machine whose host is shared (load average at the end: "
+             f"{load_avg}), so absolute figures are noisy: compare rows as ratios within this "
+             "one run, not with other runs.")
     o.append("- Latency is measured by walrus-bench from the moment each request is written "
              "(closed loop: no `--rate`), over successful requests; the server columns are the "
              "CPU used by each server process during the run (100 = one core) and its anonymous "

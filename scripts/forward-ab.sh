@@ -18,7 +18,7 @@ DEPTH=${DEPTH:-1}
 SIZE=${SIZE:-1024}
 WORK=$(mktemp -d /var/tmp/walrus-fwd.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 run_cluster() { # binary dir
     PIDS=()
