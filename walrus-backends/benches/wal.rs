@@ -6,6 +6,7 @@
 //! WAL_BENCH_DIR=/path/on/the/disk WAL_BENCH_SECS=3 cargo bench -p walrus-backends --bench wal
 //! WAL_BENCH_ROUNDS=5 WAL_BENCH_SPARES=1 cargo bench -p walrus-backends --bench wal
 //! WAL_BENCH_COMPARE_SPARES=1 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_COMPARE_PREPARE=1 cargo bench -p walrus-backends --bench wal
 //! ```
 //!
 //! The data goes to a temporary directory under `WAL_BENCH_DIR` (default:
@@ -140,23 +141,25 @@ fn spare_files() -> usize {
 
 /// `appenders` tasks each appending `batch` entries of `size` bytes per
 /// call to one segment, for `secs`.
-async fn wal(
-    dir: &Path,
-    fsync: FsyncPolicy,
-    size: usize,
-    appenders: usize,
-    batch: usize,
-    spares: usize,
-    secs: f64,
-) -> Row {
-    let sub =
-        dir.join(format!("wal-{fsync}-{size}-{appenders}-{batch}-{spares}").replace(':', "_"));
+async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
+    let WalCase {
+        fsync,
+        size,
+        appenders,
+        batch,
+        spares,
+        prepare,
+    } = case;
+    let sub = dir.join(
+        format!("wal-{fsync}-{size}-{appenders}-{batch}-{spares}-{prepare}").replace(':', "_"),
+    );
     let store = Arc::new(
         WalStore::open(
             &sub,
             WalConfig {
                 fsync,
                 spare_files: spares,
+                prepare_ahead: prepare,
                 ..WalConfig::default()
             },
         )
@@ -240,6 +243,14 @@ async fn wal(
             format!(", {spares} spare files")
         } else {
             String::new()
+        } + if prepare != WalConfig::default().prepare_ahead && fsync == FsyncPolicy::Always {
+            if prepare {
+                ", blocks written ahead"
+            } else {
+                ", no blocks written ahead"
+            }
+        } else {
+            ""
         },
         ops: entries_per_s,
         mib: entries_per_s * size as f64 / MIB,
@@ -254,13 +265,18 @@ async fn wal(
 #[derive(Clone, Copy)]
 enum Case {
     Raw(RawFile, usize),
-    Wal {
-        fsync: FsyncPolicy,
-        size: usize,
-        appenders: usize,
-        batch: usize,
-        spares: usize,
-    },
+    Wal(WalCase),
+}
+
+/// One WAL case: the policy, the load and the store's tuning.
+#[derive(Clone, Copy)]
+struct WalCase {
+    fsync: FsyncPolicy,
+    size: usize,
+    appenders: usize,
+    batch: usize,
+    spares: usize,
+    prepare: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -300,19 +316,25 @@ fn main() {
     );
     println!("file system: {fs}");
 
-    let always = |size, appenders| Case::Wal {
-        fsync: FsyncPolicy::Always,
-        size,
-        appenders,
-        batch: 1,
-        spares: spare_files(),
+    let always = |size, appenders| {
+        Case::Wal(WalCase {
+            fsync: FsyncPolicy::Always,
+            size,
+            appenders,
+            batch: 1,
+            spares: spare_files(),
+            prepare: WalConfig::default().prepare_ahead,
+        })
     };
-    let never = |size, batch| Case::Wal {
-        fsync: FsyncPolicy::Never,
-        size,
-        appenders: 1,
-        batch,
-        spares: spare_files(),
+    let never = |size, batch| {
+        Case::Wal(WalCase {
+            fsync: FsyncPolicy::Never,
+            size,
+            appenders: 1,
+            batch,
+            spares: spare_files(),
+            prepare: WalConfig::default().prepare_ahead,
+        })
     };
     let cases = [
         Case::Raw(RawFile::Fallocated, 4 << 10),
@@ -330,13 +352,14 @@ fn main() {
         never(100, 1000),
         never(1024, 1000),
         never(100, 1),
-        Case::Wal {
+        Case::Wal(WalCase {
             fsync: FsyncPolicy::Interval(Duration::from_millis(200)),
             size: 100,
             appenders: 1,
             batch: 1000,
             spares: spare_files(),
-        },
+            prepare: WalConfig::default().prepare_ahead,
+        }),
     ];
     // WAL_BENCH_COMPARE_SPARES=<n>: the 1 KiB fsync=always cases again with
     // n spare files, interleaved with the others (same disk moods).
@@ -346,13 +369,30 @@ fn main() {
     let mut cases = cases.to_vec();
     if let Some(spares) = compare {
         for appenders in [1, 16, 64] {
-            cases.push(Case::Wal {
+            cases.push(Case::Wal(WalCase {
                 fsync: FsyncPolicy::Always,
                 size: 1024,
                 appenders,
                 batch: 1,
                 spares,
-            });
+                prepare: WalConfig::default().prepare_ahead,
+            }));
+        }
+    }
+    // WAL_BENCH_COMPARE_PREPARE=1: the fsync=always cases again with the
+    // opposite of the default `prepare_ahead`, interleaved.
+    if std::env::var("WAL_BENCH_COMPARE_PREPARE").is_ok_and(|v| v == "1") {
+        for size in [100, 1024] {
+            for appenders in [1, 16, 64] {
+                cases.push(Case::Wal(WalCase {
+                    fsync: FsyncPolicy::Always,
+                    size,
+                    appenders,
+                    batch: 1,
+                    spares: spare_files(),
+                    prepare: !WalConfig::default().prepare_ahead,
+                }));
+            }
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -368,13 +408,7 @@ fn main() {
         for (case, out) in cases.iter().zip(results.iter_mut()) {
             out.push(match *case {
                 Case::Raw(kind, chunk) => raw(dir.path(), kind, chunk, secs),
-                Case::Wal {
-                    fsync,
-                    size,
-                    appenders,
-                    batch,
-                    spares,
-                } => rt.block_on(wal(dir.path(), fsync, size, appenders, batch, spares, secs)),
+                Case::Wal(case) => rt.block_on(wal(dir.path(), case, secs)),
             });
         }
     }

@@ -185,6 +185,8 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // queues the segment again and gets the next round.
             segment.queued.store(false, Ordering::SeqCst);
             segment.sync_round(&shared.flushes);
+            // Its appenders are answered; prepare the blocks they go on to.
+            segment.prepare_ahead();
         }
         last_flush = started.elapsed();
         if stop {

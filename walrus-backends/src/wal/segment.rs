@@ -41,6 +41,10 @@ pub(crate) struct SegmentParams {
     pub group_commit: bool,
     /// Zero-filled files to take before falling back to `fallocate`.
     pub spares: Arc<SparePool>,
+    /// The syncer writes blocks ahead of the appenders (fsync=always).
+    pub prepare_ahead: bool,
+    /// Bytes it wrote so far, over all segments.
+    pub prepared_bytes: Arc<AtomicU64>,
 }
 
 struct Waiter {
@@ -283,6 +287,43 @@ impl Segment {
             .part_count
             > 0;
         (sealed || has_files || count > 0).then_some(SegmentInfo { count, sealed })
+    }
+
+    /// Keeps the blocks ahead of the write position written (see
+    /// [`SegmentFile::prepare_ahead`]): one step at most, called by the
+    /// syncer after each flush. Holds the append lock only while zeros are
+    /// copied into the page cache; the writeback starts after.
+    pub fn prepare_ahead(&self) {
+        if !self.params.prepare_ahead || self.sealed.load(Ordering::Acquire) {
+            return;
+        }
+        let (file, range) = {
+            let st = self.lock();
+            let (Some(file), Some(pos)) = (st.current.clone(), st.pos) else {
+                return;
+            };
+            // SAFETY: under the append lock; `pos` is the write position
+            // in `current`.
+            match unsafe { file.prepare_ahead(pos.off()) } {
+                Ok(Some(range)) => {
+                    let bytes = (range.1 - range.0) as u64;
+                    self.params
+                        .prepared_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    (file, range)
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(segment = %self.key, error = %e, "cannot write WAL blocks ahead; syncs stay slower");
+                    file.stop_preparing();
+                    return;
+                }
+            }
+        };
+        if let Err(e) = file.start_writeback(range.0, range.1) {
+            tracing::debug!(segment = %self.key, error = %e, "cannot start the writeback of WAL blocks written ahead");
+            file.stop_preparing();
+        }
     }
 
     /// Writes `entries` into the map. With group commit, returns a receiver
