@@ -29,7 +29,10 @@
 //! # Durability
 //!
 //! [`FsyncPolicy::Always`] (default): an append returns once msync covered
-//! it; concurrent appends share one msync ([`group_commit`]). `Interval`
+//! it; concurrent appends share one msync ([`group_commit`]). After each
+//! flush the syncer writes zeros a step ahead of the appenders
+//! ([`WalConfig::prepare_ahead`]), so that their syncs overwrite written
+//! blocks instead of converting fallocated ones. `Interval`
 //! and `Never` acknowledge once written to the map (the page cache survives
 //! a process crash, not a machine crash). [`LogStore::sync`] flushes
 //! everything whatever the policy.
