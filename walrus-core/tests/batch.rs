@@ -14,6 +14,22 @@ fn topic(s: &str) -> TopicName {
     TopicName::new(s).unwrap()
 }
 
+/// Asserts that segments `ids` of topic `logs` are sealed with exactly
+/// `count` entries each.
+fn assert_sealed_exactly(c: &TestCluster, ids: std::ops::RangeInclusive<u64>, count: u64) {
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    for id in ids {
+        let s = t.segment(id).unwrap();
+        assert_eq!(s.status, SegmentStatus::Sealed { count }, "segment {id}");
+    }
+}
+
+fn sorted(mut entries: Vec<Bytes>) -> Vec<Bytes> {
+    entries.sort();
+    entries
+}
+
 fn payloads(prefix: &str, n: usize) -> Vec<Bytes> {
     (0..n)
         .map(|i| Bytes::from(format!("{prefix}{i}")))
@@ -34,18 +50,11 @@ async fn given_limit_10_when_a_batch_of_25_crosses_two_rollovers_should_seal_exa
     assert_eq!((acked, err), (25, None));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let state = c.metadata.committed();
-    let t = state.topic(&topic("logs")).unwrap();
-    for id in 1..=2 {
-        let s = t.segment(id).unwrap();
-        assert_eq!(
-            s.status,
-            SegmentStatus::Sealed { count: 10 },
-            "segment {id}"
-        );
-    }
+    assert_sealed_exactly(&c, 1..=2, 10);
     // 3 + 25 = 28: two full segments, 8 in the third (led by node 3, so
     // its part of the batch was forwarded).
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
     assert_eq!(t.current().id, 3);
     assert_eq!(t.current().leader, 3);
     let third = c.logs[&3]
@@ -83,16 +92,7 @@ async fn given_a_forwarded_batch_larger_than_the_leaders_segment_should_fill_it_
     let (acked, err) = c.node(3).put_batch(&topic("logs"), batch.clone()).await;
     assert_eq!((acked, err), (27, None));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let state = c.metadata.committed();
-    let t = state.topic(&topic("logs")).unwrap();
-    for id in 1..=2 {
-        let s = t.segment(id).unwrap();
-        assert_eq!(
-            s.status,
-            SegmentStatus::Sealed { count: 10 },
-            "segment {id}"
-        );
-    }
+    assert_sealed_exactly(&c, 1..=2, 10);
     assert_eq!(c.drain(1, "logs", Duration::from_secs(10)).await, batch);
 }
 
@@ -142,11 +142,8 @@ async fn given_many_writers_through_a_non_leader_when_the_leader_is_slow_should_
     // in one append (the cap of a combined batch is far above 39).
     let appends = c.logs[&1].append_history();
     assert_eq!(appends.len(), 2, "{appends:?}");
-    let mut got = c.drain(3, "logs", Duration::from_secs(10)).await;
-    got.sort();
-    let mut want = payloads("w", 40);
-    want.sort();
-    assert_eq!(got, want);
+    let got = c.drain(3, "logs", Duration::from_secs(10)).await;
+    assert_eq!(sorted(got), sorted(payloads("w", 40)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,19 +159,11 @@ async fn given_a_combined_batch_that_overfills_the_segment_should_seal_it_exactl
     assert!(answers.iter().all(|a| *a == Response::Ok), "{answers:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let state = c.metadata.committed();
-    let t = state.topic(&topic("logs")).unwrap();
-    for id in 1..=2 {
-        let s = t.segment(id).unwrap();
-        assert_eq!(
-            s.status,
-            SegmentStatus::Sealed { count: 10 },
-            "segment {id}"
-        );
-    }
-    let mut got = c.drain(3, "logs", Duration::from_secs(10)).await;
-    got.sort();
-    let mut want = payloads("w", 25);
-    want.sort();
-    assert_eq!(got, want, "every write stored exactly once");
+    assert_sealed_exactly(&c, 1..=2, 10);
+    let got = c.drain(3, "logs", Duration::from_secs(10)).await;
+    assert_eq!(
+        sorted(got),
+        sorted(payloads("w", 25)),
+        "every write stored exactly once"
+    );
 }
