@@ -24,8 +24,12 @@ struct Queue {
     shutdown: bool,
     /// Urgent requests since the syncer last took the queue.
     arrivals: usize,
-    /// The syncer is waiting for the rest of a group to arrive.
+    /// The syncer is waiting for the rest of a group to arrive...
     gathering: bool,
+    /// ...this many urgent requests in all: only the one that completes
+    /// the group wakes it (each wake-up is a context switch, and a group
+    /// of 64 used to cost 64 of them).
+    gather_target: usize,
     /// Segments whose final checkpoint the syncer writes when it stops.
     closing: Vec<Arc<Segment>>,
 }
@@ -76,8 +80,9 @@ impl Syncer {
         }
         if urgent {
             q.arrivals += 1;
-            if !q.urgent || q.gathering {
-                q.urgent = true;
+            let wake = !q.urgent || (q.gathering && q.arrivals >= q.gather_target);
+            q.urgent = true;
+            if wake {
                 self.shared.wake.notify_one();
             }
         }
@@ -150,6 +155,7 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             if q.urgent && last_group > 1 {
                 let deadline = Instant::now() + last_flush.min(MAX_GATHER);
                 q.gathering = true;
+                q.gather_target = last_group;
                 while q.arrivals < last_group && !q.shutdown {
                     let now = Instant::now();
                     if now >= deadline {
