@@ -50,6 +50,13 @@ struct Waiter {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
+/// What a writer does on arrival: send now (nothing in flight for its
+/// segment), or wait for its share of the next combined batch.
+enum Turn {
+    Send(Vec<Bytes>),
+    Wait(oneshot::Receiver<Result<Appended>>),
+}
+
 impl Forwards {
     fn lock(&self) -> MutexGuard<'_, HashMap<(NodeId, SegmentKey), Queue>> {
         self.queues
@@ -99,29 +106,29 @@ impl Node {
         entries: Vec<Bytes>,
     ) -> Result<Appended> {
         let slot = (leader, segment);
-        let queued = {
+        let turn = {
             let mut queues = self.forwards.lock();
             match queues.get_mut(&slot) {
                 Some(queue) => {
                     let (reply, answer) = oneshot::channel();
                     queue.waiting.push(Waiter { entries, reply });
-                    Err(answer)
+                    Turn::Wait(answer)
                 }
                 None => {
                     queues.insert(slot.clone(), Queue::default());
-                    Ok(entries)
+                    Turn::Send(entries)
                 }
             }
         };
-        match queued {
-            Err(answer) => answer.await.unwrap_or_else(|_| {
+        match turn {
+            Turn::Wait(answer) => answer.await.unwrap_or_else(|_| {
                 Err(Error::Internal(format!(
                     "the forwarded write to {} was dropped unanswered; it may or may not be \
                      stored, read the topic before sending it again",
                     slot.1
                 )))
             }),
-            Ok(entries) => {
+            Turn::Send(entries) => {
                 // However this ends (answer, or this future dropped), the
                 // writers queued behind it are sent on.
                 let _baton = Baton {
