@@ -43,8 +43,9 @@ fn print(row: &Row) {
 /// How the blocks of the raw test's file were reserved.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RawFile {
-    /// `fallocate`: unwritten extents, converted (a journal commit) by the
-    /// first sync that covers them.
+    /// `fallocate`: unwritten extents, converted by the first sync that
+    /// covers them (a metadata write: the extent tree, or a journal commit
+    /// on a journaling file system).
     Fallocated,
     /// Zeros written and synced beforehand: every sync is a pure overwrite.
     Zeroed,

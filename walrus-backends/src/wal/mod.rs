@@ -131,7 +131,7 @@ pub struct WalConfig {
     /// (256 KiB at a time, up to 1 MiB ahead) and send them to disk, so
     /// that the blocks of the fallocated file are converted before the
     /// appenders' syncs reach them. Costs one extra write of each block;
-    /// saves a journal commit in most syncs (default true).
+    /// saves a metadata write in most syncs (default true).
     pub prepare_ahead: bool,
 }
 

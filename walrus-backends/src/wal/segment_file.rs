@@ -564,7 +564,8 @@ impl SegmentFile {
     ///
     /// Why: the blocks of a new file are reserved with `fallocate`, as
     /// unwritten extents. The first sync that covers such a block must
-    /// convert it, a journal commit on ext4, which made every group-commit
+    /// convert it, which writes file-system metadata too (the extent tree; a
+    /// journal commit on a journaling ext4), and that made every group-commit
     /// sync about twice as slow as an overwrite. Zeros written and sent to
     /// disk ahead of the appenders convert a whole step at once, so their
     /// syncs mostly overwrite (docs/wal-performance.md).

@@ -3,8 +3,9 @@
 //!
 //! Why: a file whose blocks are only reserved (`fallocate`) holds unwritten
 //! extents, and on ext4 every sync that first covers such blocks converts
-//! them, which costs a journal commit: syncs into a fallocated file are
-//! 1.5–2.5x slower than into one whose zeros were really written. So a
+//! them, which costs a metadata write (the extent tree; a journal commit
+//! where there is a journal): syncs into a fallocated file are 1.5–2.5x
+//! slower than into one whose zeros were really written. So a
 //! background thread writes zeros into spare files ahead of need (real
 //! blocks: a full disk still fails here, never as a SIGBUS later), and a
 //! segment takes one by rename. When the pool is empty the segment falls
