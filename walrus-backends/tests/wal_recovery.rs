@@ -24,6 +24,23 @@ fn payload(i: u64, len: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// Appends `payload(i, len)` for each `i` of `ids`, one append each.
+async fn append_each(store: &WalStore, seg: &SegmentKey, ids: std::ops::Range<u64>, len: usize) {
+    for i in ids {
+        store
+            .append(seg, &[payload(i, len)], u64::MAX)
+            .await
+            .unwrap();
+    }
+}
+
+/// One run of a store: entries `0..n` of `len` bytes, one append each,
+/// then a graceful close.
+async fn write_and_close(dir: &Path, seg: &SegmentKey, cfg: WalConfig, n: u64, len: usize) {
+    let store = WalStore::open(dir, cfg).unwrap();
+    append_each(&store, seg, 0..n, len).await;
+}
+
 fn part_file(dir: &Path, seg: &SegmentKey, part: u32) -> PathBuf {
     dir.join(seg.topic.as_str())
         .join(format!("{:020}.{part:06}.wal", seg.segment))
@@ -137,15 +154,7 @@ async fn given_appends_across_files_when_reopened_should_have_exact_counts_and_b
 async fn given_a_torn_last_record_when_reopened_should_cut_it_and_append_after_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("torn", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
-        for i in 0..10 {
-            store
-                .append(&seg, &[payload(i, 100)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Never, 65536), 10, 100).await;
     let path = part_file(dir.path(), &seg, 0);
     let mut bytes = std::fs::read(&path).unwrap();
     let (last, len) = *record_offsets(&bytes).last().unwrap();
@@ -174,15 +183,7 @@ async fn given_a_torn_last_record_when_reopened_should_cut_it_and_append_after_t
 async fn given_stale_records_behind_a_torn_one_when_overwritten_should_never_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("stale", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
-        for i in 0..3 {
-            store
-                .append(&seg, &[payload(i, 50)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Never, 65536), 3, 50).await;
     // Record 1's page never reached the disk, record 2's did.
     let path = part_file(dir.path(), &seg, 0);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -210,15 +211,7 @@ async fn given_stale_records_behind_a_torn_one_when_overwritten_should_never_com
 async fn given_corruption_before_the_synced_point_when_reopened_should_fail_naming_file_and_byte() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("bitrot", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
-        for i in 0..20 {
-            store
-                .append(&seg, &[payload(i, 64)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Always, 65536), 20, 64).await;
     let path = part_file(dir.path(), &seg, 0);
     let mut bytes = std::fs::read(&path).unwrap();
     let (third, _) = record_offsets(&bytes)[2];
@@ -274,15 +267,7 @@ async fn given_a_corrupt_sealed_segment_when_read_should_report_it_and_serve_not
 async fn given_a_truncated_file_when_reopened_should_recover_the_prefix_before_the_cut() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("cut", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
-        for i in 0..10 {
-            store
-                .append(&seg, &[payload(i, 200)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Never, 65536), 10, 200).await;
     let path = part_file(dir.path(), &seg, 0);
     let offsets = record_offsets(&std::fs::read(&path).unwrap());
     let (sixth, _) = offsets[6];
@@ -631,15 +616,7 @@ fn end_of_records(path: &Path) -> usize {
 async fn given_synced_appends_when_closed_gracefully_should_checkpoint_all_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("closed", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
-        for i in 0..20 {
-            store
-                .append(&seg, &[payload(i, 64)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Always, 65536), 20, 64).await;
     let path = part_file(dir.path(), &seg, 0);
     assert_eq!(
         header_checkpoint(&path),
@@ -664,12 +641,7 @@ async fn given_syncs_spread_over_time_when_still_open_should_advance_the_checkpo
     let seg = key("ticking", 1);
     let store = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap();
     let path = part_file(dir.path(), &seg, 0);
-    for i in 0..5 {
-        store
-            .append(&seg, &[payload(i, 64)], u64::MAX)
-            .await
-            .unwrap();
-    }
+    append_each(&store, &seg, 0..5, 64).await;
     let first_five = end_of_records(&path);
     // Past the checkpoint interval, the next flush records where the
     // previous one ended: a crash from here on reports damage before it.
@@ -685,15 +657,7 @@ async fn given_syncs_spread_over_time_when_still_open_should_advance_the_checkpo
 async fn given_fsync_never_when_closed_should_not_checkpoint_unsynced_data() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("unsynced", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 65536)).unwrap();
-        for i in 0..5 {
-            store
-                .append(&seg, &[payload(i, 64)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Never, 65536), 5, 64).await;
     assert_eq!(
         header_checkpoint(&part_file(dir.path(), &seg, 0)),
         64,
@@ -708,15 +672,7 @@ async fn given_a_torn_earlier_file_when_later_files_hold_only_unsynced_data_shou
     // pages before the old file's tail, nothing was synced since.
     let dir = tempfile::tempdir().unwrap();
     let seg = key("reordered", 1);
-    {
-        let store = WalStore::open(dir.path(), config(FsyncPolicy::Never, 8192)).unwrap();
-        for i in 0..30 {
-            store
-                .append(&seg, &[payload(i, 1000)], u64::MAX)
-                .await
-                .unwrap();
-        }
-    }
+    write_and_close(dir.path(), &seg, config(FsyncPolicy::Never, 8192), 30, 1000).await;
     assert!(part_file(dir.path(), &seg, 2).exists());
     let f0 = part_file(dir.path(), &seg, 0);
     let mut bytes = std::fs::read(&f0).unwrap();
