@@ -93,20 +93,15 @@ impl Netns {
     }
 
     fn cut(&self, i: u64) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.ns(i),
-            "ip",
-            "link",
-            "set",
-            "er",
-            "down",
-        ])
-        .expect("cutting a node off");
+        self.set_link(i, "down").expect("cutting a node off");
     }
 
     fn heal(&self, i: u64) {
+        self.set_link(i, "up").expect("healing a node");
+    }
+
+    /// Brings node `i`'s link to the other nodes `up` or `down`.
+    fn set_link(&self, i: u64, state: &str) -> Result<(), String> {
         ip(&[
             "netns",
             "exec",
@@ -115,9 +110,8 @@ impl Netns {
             "link",
             "set",
             "er",
-            "up",
+            state,
         ])
-        .expect("healing a node");
     }
 
     fn layout(&self) -> HashMap<u64, (String, String, String)> {

@@ -109,16 +109,9 @@ impl Percentiles {
 /// The outcome of one run, as printed (text or `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub workload: String,
-    pub targets: Vec<String>,
-    pub connections: usize,
-    pub depth: usize,
-    pub payload_size: usize,
-    pub topics: usize,
-    /// Target rate (ops/s over all connections), when one was given.
-    pub rate: Option<f64>,
-    /// Whether TCP_NODELAY was set (false with `--no-nodelay`).
-    pub nodelay: bool,
+    /// What was run (flattened: the JSON keeps one level).
+    #[serde(flatten)]
+    pub shape: RunShape,
     /// From the first request to the last response.
     pub elapsed_s: f64,
     pub ops: u64,
@@ -141,7 +134,7 @@ pub struct Report {
 }
 
 /// Everything about a run that is not a measurement.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RunShape {
     pub workload: String,
     pub targets: Vec<String>,
@@ -149,7 +142,9 @@ pub struct RunShape {
     pub depth: usize,
     pub payload_size: usize,
     pub topics: usize,
+    /// Target rate (ops/s over all connections), when one was given.
     pub rate: Option<f64>,
+    /// Whether TCP_NODELAY was set (false with `--no-nodelay`).
     pub nodelay: bool,
 }
 
@@ -157,14 +152,7 @@ impl Report {
     pub fn new(shape: RunShape, stats: &ConnStats, elapsed: Duration) -> Report {
         let secs = elapsed.as_secs_f64().max(1e-9);
         Report {
-            workload: shape.workload,
-            targets: shape.targets,
-            connections: shape.connections,
-            depth: shape.depth,
-            payload_size: shape.payload_size,
-            topics: shape.topics,
-            rate: shape.rate,
-            nodelay: shape.nodelay,
+            shape,
             elapsed_s: elapsed.as_secs_f64(),
             ops: stats.ok,
             ops_per_sec: stats.ok as f64 / secs,
@@ -194,20 +182,25 @@ impl Report {
     /// The human-readable summary.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let rate = match self.rate {
+        let shape = &self.shape;
+        let rate = match shape.rate {
             Some(r) => format!(", target rate {r:.0}/s"),
             None => String::new(),
         };
         s.push_str(&format!(
             "{} to {}: {} conn x depth {}, {} B payload, {} topic(s){}{}\n",
-            self.workload,
-            self.targets.join(","),
-            self.connections,
-            self.depth,
-            self.payload_size,
-            self.topics,
+            shape.workload,
+            shape.targets.join(","),
+            shape.connections,
+            shape.depth,
+            shape.payload_size,
+            shape.topics,
             rate,
-            if self.nodelay { "" } else { ", no TCP_NODELAY" },
+            if shape.nodelay {
+                ""
+            } else {
+                ", no TCP_NODELAY"
+            },
         ));
         s.push_str(&format!(
             "  {} ok in {:.2} s: {:.0} ops/s, {:.2} MiB/s",
@@ -220,7 +213,7 @@ impl Report {
         let l = &self.latency_ms;
         s.push_str(&format!(
             "  latency ms{}: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
-            if self.rate.is_some() {
+            if shape.rate.is_some() {
                 " (held-back requests from their intended time)"
             } else {
                 ""
@@ -346,6 +339,9 @@ mod tests {
         assert!(text.contains("errors: none"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(json["ops"], 2048);
+        // The run's shape stays at the top level (scripts/bench_table.py).
+        assert_eq!(json["connections"], 1);
+        assert_eq!(json["payload_size"], 1024);
         assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.9);
     }
 

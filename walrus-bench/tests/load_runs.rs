@@ -150,7 +150,7 @@ async fn given_echo_when_running_for_a_duration_without_nodelay_should_stop_on_t
     let r = run(cfg).await.unwrap();
     assert!(r.ops > 0);
     assert_eq!(r.errors_total, 0, "{:?}", r.errors);
-    assert!(!r.nodelay);
+    assert!(!r.shape.nodelay);
     assert!(r.elapsed_s < 5.0, "ran {} s", r.elapsed_s);
 }
 
