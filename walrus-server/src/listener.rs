@@ -22,10 +22,8 @@
 //! timeout.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -356,7 +354,7 @@ async fn start_inline<H: ClientHandler + ?Sized>(
 ) -> Pending {
     let h = handler.clone();
     let mut work = Box::pin(AssertUnwindSafe(async move { h.handle(req).await }).catch_unwind());
-    if let Poll::Ready(answer) = poll_once(&mut work).await {
+    if let Poll::Ready(answer) = futures::poll!(work.as_mut()) {
         return Pending::Ready(answer.unwrap_or_else(|_| panicked()));
     }
     if let Some(lane) = &lane {
@@ -371,11 +369,6 @@ async fn start_inline<H: ClientHandler + ?Sized>(
         }
     });
     Pending::Waiting(answer_rx)
-}
-
-/// Polls `work` once, in the caller's task.
-async fn poll_once<F: Future + Unpin>(work: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *work).poll(cx))).await
 }
 
 /// The answer to a request whose handler panicked.
