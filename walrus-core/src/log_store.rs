@@ -11,14 +11,17 @@ use crate::types::SegmentKey;
 pub struct Appended {
     /// Index (within the segment) of the first appended entry.
     pub first_index: u64,
-    /// The segment's entry count after this append.
+    /// The segment's entry count after this append. Under a policy that
+    /// acknowledges before syncing this may be ahead of the durable count
+    /// ([`SegmentInfo::count`]): good for capacity decisions, never a place
+    /// for a reader or cursor to stand.
     pub count: u64,
 }
 
 /// What a store knows of one of its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
-    /// Entries visible to readers (durable under the store's policy).
+    /// Entries visible to readers: durable (synced), whatever the policy.
     pub count: u64,
     /// A sealed segment takes no more appends; its count is final.
     pub sealed: bool,
@@ -34,8 +37,14 @@ pub struct SegmentInfo {
 ///    disk). Concurrent appends may share one sync (group commit).
 /// 2. **All or nothing.** An append adds all of its entries, contiguously,
 ///    in order, or none (and returns `Err`).
-/// 3. **Visible when durable.** `read` returns only entries whose append has
-///    completed: a reader never sees an entry a crash could take back.
+/// 3. **Visible when durable.** `read` returns, and `info`/`seal` count,
+///    only entries that are durable: synced to disk, whatever the fsync
+///    policy, so they survive a power cut. Under a policy that acknowledges
+///    before syncing, an appended entry stays invisible until the next
+///    sync; a `read` starting at such an entry asks for that sync and waits
+///    for it (it is not left empty for an interval), so a reader at the
+///    tail pays one sync. Hence nothing derived from reads or counts (a
+///    consumer's cursor) can point past what a power cut leaves.
 /// 4. **Exact counts.** `info` gives the exact count, also after a crash or
 ///    restart: entries are numbered `0..count` with no holes.
 /// 5. **Capacity.** `append` with `limit` fails with

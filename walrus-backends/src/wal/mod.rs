@@ -36,6 +36,16 @@
 //! and `Never` acknowledge once written to the map (the page cache survives
 //! a process crash, not a machine crash). [`LogStore::sync`] flushes
 //! everything whatever the policy.
+//!
+//! # Visibility
+//!
+//! Whatever the policy, an entry becomes readable (and counted by `info`)
+//! only once a flush has covered it, so nothing derived from reads (the
+//! GET cursor Raft saves) can point past what a power cut leaves. A read
+//! that finds written but unflushed entries at its start asks the syncer
+//! for a flush and waits for it: under `interval`/`never` a reader at the
+//! tail costs one sync per read that catches up, instead of waiting for
+//! the timer (or forever).
 
 mod group_commit;
 mod index;
@@ -265,6 +275,14 @@ impl WalStore {
         self.inner.params.prepared_bytes.load(Ordering::Relaxed)
     }
 
+    /// Where the durable data of `segment` ends, as (part, byte offset in
+    /// that part's file): everything before it has been synced, nothing
+    /// after it is promised to survive a power cut. `None` for an unknown
+    /// segment or one never synced. For power-loss tests and diagnostics.
+    pub fn durable_end(&self, segment: &SegmentKey) -> Option<(u32, u64)> {
+        self.get(segment).and_then(|s| s.durable_end())
+    }
+
     /// Flushes (msync) done by the syncer so far, one per segment per group
     /// commit: fewer than appends when appends share them.
     pub fn flush_count(&self) -> u64 {
@@ -338,6 +356,16 @@ impl LogStore for WalStore {
         let Some(seg) = self.get(segment) else {
             return Ok(Vec::new());
         };
+        if max_entries > 0 && seg.unsynced_at(from) {
+            // Entries are there but not durable (interval/never): serving
+            // them now could let a cursor pass data a power cut takes back;
+            // answering "nothing" would starve the reader for an interval.
+            // So the reader pays for one flush (shared with any appenders).
+            if let Some(rx) = seg.sync_waiter() {
+                self.inner.syncer.enqueue(&seg, true);
+                Self::wait(rx).await?;
+            }
+        }
         let cache = self.inner.cache.clone();
         // Page faults on a cold map are disk reads: keep them off the
         // async threads.

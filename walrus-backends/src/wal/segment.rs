@@ -6,10 +6,15 @@
 //!   except creating the next file once per `segment_file_bytes`) and write
 //!   past the published end.
 //! - The syncer snapshots the written end under `append`, flushes without
-//!   it, then publishes (`synced_*`, and `visible` with group commit).
+//!   it, then publishes (`synced_*` and `visible`), whatever the fsync
+//!   policy: an entry is visible only once it is durable, so no reader, and
+//!   no cursor built from what readers saw, can stand past what a power cut
+//!   would leave.
 //! - Readers read only entries `< visible`; they take `shared` (parts and
 //!   index) for a moment, never `append`. Published bytes are never written
-//!   again, so they can be read without any lock.
+//!   again, so they can be read without any lock. A reader that finds
+//!   entries `written` but not yet visible asks the syncer for a flush
+//!   (see `WalStore::read`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,7 +87,12 @@ pub(crate) struct Segment {
     pub key: SegmentKey,
     dir: PathBuf,
     params: SegmentParams,
+    /// Entries durable and readable.
     visible: AtomicU64,
+    /// Entries written into the maps (`AppendState::count`), for readers to
+    /// tell "nothing there" from "there but not synced yet" without the
+    /// append lock.
+    written: AtomicU64,
     sealed: AtomicBool,
     /// In the syncer's queue (avoids queueing twice).
     pub queued: AtomicBool,
@@ -117,6 +127,7 @@ impl Segment {
             dir,
             params,
             visible: AtomicU64::new(visible),
+            written: AtomicU64::new(state.count),
             sealed: AtomicBool::new(sealed),
             queued: AtomicBool::new(false),
             append: Mutex::new(state),
@@ -328,7 +339,8 @@ impl Segment {
 
     /// Writes `entries` into the map. With group commit, returns a receiver
     /// that completes once they are durable (the caller queues the segment
-    /// for the syncer); otherwise they are visible on return.
+    /// for the syncer). Either way they become visible only once the syncer
+    /// has flushed them.
     pub fn append(
         &self,
         entries: &[Bytes],
@@ -439,6 +451,7 @@ impl Segment {
         st.current = Some(file);
         st.pos = Some(Pos::new(part, off));
         st.count += n;
+        self.written.store(st.count, Ordering::Release);
         let appended = Appended {
             first_index,
             count: st.count,
@@ -449,9 +462,17 @@ impl Segment {
             st.waiters.push(Waiter { target, tx });
             Ok((appended, Some(rx)))
         } else {
-            self.visible.store(st.count, Ordering::Release);
+            // Acknowledged under a relaxed policy, but not visible: the
+            // syncer publishes it once it is durable.
             Ok((appended, None))
         }
+    }
+
+    /// True when entry `from` is written but not durable yet: a reader
+    /// there should ask for a flush rather than take "nothing yet" for an
+    /// answer for a whole interval (or forever, with `never`).
+    pub fn unsynced_at(&self, from: u64) -> bool {
+        from >= self.visible.load(Ordering::Acquire) && from < self.written.load(Ordering::Acquire)
     }
 
     fn create_parts(&self, first: u32, n: u32) -> Result<Vec<Arc<SegmentFile>>> {
@@ -492,6 +513,12 @@ impl Segment {
             }
         }
         Ok(created)
+    }
+
+    /// Where the durable data ends as far as the syncer knows (part, byte
+    /// offset in that part's file); `None` before the first sync.
+    pub fn durable_end(&self) -> Option<(u32, u64)> {
+        self.lock().synced_pos.map(|p| (p.part, p.off() as u64))
     }
 
     /// Adds a waiter for everything written so far to be durable; `None`
@@ -546,9 +573,7 @@ impl Segment {
             Ok(()) => {
                 st.synced_pos = Some(target);
                 st.synced_count = target_count;
-                if self.params.group_commit {
-                    self.visible.store(target_count, Ordering::Release);
-                }
+                self.visible.store(target_count, Ordering::Release);
                 let done = take_waiters(&mut st.waiters, target_count);
                 drop(st);
                 complete(done, Ok(()));
@@ -628,6 +653,7 @@ impl Segment {
         st.current = sh.parts.get(start.part as usize).cloned();
         st.pos = st.current.as_ref().map(|_| start);
         st.count = st.synced_count;
+        self.written.store(st.count, Ordering::Release);
     }
 
     pub fn begin_seal(&self) -> SealStep {
