@@ -47,6 +47,7 @@
 //! tail costs one sync per read that catches up, instead of waiting for
 //! the timer (or forever).
 
+mod durable_dir;
 mod group_commit;
 mod index;
 mod read_cache;
@@ -66,6 +67,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use walrus_core::{Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, TopicName};
 
+use durable_dir::create_dir_durable;
 use group_commit::Syncer;
 use read_cache::ReadCache;
 use segment::{part_path, read_seal_file, seal_path, SealStep, Segment, SegmentParams};
@@ -210,12 +212,7 @@ impl WalStore {
                 u32::MAX
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::Storage(format!(
-                "cannot create WAL directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        create_dir_durable(&dir)?;
         let lock = lock_dir(&dir)?;
         let spares = SparePool::start(&dir, config.segment_file_bytes, config.spare_files)
             .map_err(|e| {
@@ -583,6 +580,54 @@ mod tests {
             FsyncPolicy::Interval(Duration::from_millis(200)).to_string(),
             "interval:200"
         );
+    }
+
+    #[test]
+    fn given_a_new_nested_wal_directory_when_opened_should_make_each_new_name_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join("node_1").join("wal");
+        let _store = WalStore::open(&wal, WalConfig::default()).unwrap();
+        assert_eq!(
+            durable_dir::record::count(tmp.path()),
+            1,
+            "node_1 in its parent"
+        );
+        assert_eq!(
+            durable_dir::record::count(&tmp.path().join("node_1")),
+            1,
+            "wal in node_1"
+        );
+    }
+
+    fn key(topic: &str) -> SegmentKey {
+        SegmentKey::new(TopicName::new(topic).unwrap(), 1)
+    }
+
+    #[tokio::test]
+    async fn given_a_segment_never_written_here_when_sealed_should_make_its_topic_directory_durable(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = WalStore::open(tmp.path(), WalConfig::default()).unwrap();
+        let before = durable_dir::record::count(tmp.path());
+        assert_eq!(store.seal(&key("never")).await.unwrap(), 0);
+        assert!(tmp.path().join("never").is_dir());
+        assert!(
+            durable_dir::record::count(tmp.path()) > before,
+            "the topic directory's name must be synced in the WAL root before the seal is acknowledged"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_new_topic_when_first_appended_should_make_its_directory_durable_before_the_ack(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = WalStore::open(tmp.path(), WalConfig::default()).unwrap();
+        let before = durable_dir::record::count(tmp.path());
+        store
+            .append(&key("fresh"), &[Bytes::from_static(b"x")], u64::MAX)
+            .await
+            .unwrap();
+        assert!(durable_dir::record::count(tmp.path()) > before);
     }
 
     #[test]

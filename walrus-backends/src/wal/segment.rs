@@ -25,9 +25,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
 
+use super::durable_dir::{create_dir_durable, sync_dir};
 use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
-use super::segment_file::{sync_dir, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
+use super::segment_file::{ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
 use super::spare::SparePool;
 
 pub(crate) fn part_path(dir: &Path, segment: u64, part: u32) -> PathBuf {
@@ -480,18 +481,7 @@ impl Segment {
             return Ok(Vec::new());
         }
         if first == 0 {
-            let fresh = !self.dir.exists();
-            std::fs::create_dir_all(&self.dir).map_err(|e| {
-                Error::Storage(format!(
-                    "cannot create WAL directory {}: {e}",
-                    self.dir.display()
-                ))
-            })?;
-            if fresh {
-                if let Some(root) = self.dir.parent() {
-                    sync_dir(root)?;
-                }
-            }
+            create_dir_durable(&self.dir)?;
         }
         let mut created = Vec::with_capacity(n as usize);
         for part in first..first + n {
@@ -672,12 +662,8 @@ impl Segment {
     /// Writes the seal file (blocking I/O) and releases the file maps: from
     /// now on reads go through the read cache and take no append lock.
     pub fn finish_seal(&self, count: u64) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            Error::Storage(format!(
-                "cannot create WAL directory {}: {e}",
-                self.dir.display()
-            ))
-        })?;
+        // A segment this node never wrote gets its topic directory here.
+        create_dir_durable(&self.dir)?;
         write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;
         let mut st = self.lock();
         self.visible.store(count, Ordering::Release);

@@ -33,6 +33,7 @@ use std::sync::{Mutex, OnceLock};
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use super::durable_dir::sync_dir;
 use super::spare::SparePool;
 use walrus_core::{Error, Result};
 
@@ -183,12 +184,6 @@ fn libc_enospc() -> i32 {
 fn reserve(file: &File, len: u64, path: &Path) -> Result<()> {
     rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)
         .map_err(|e| disk_full_or_io(e.into(), "reserve space for", path))
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::Storage(format!("cannot sync directory {}: {e}", dir.display())))
 }
 
 impl SegmentFile {
