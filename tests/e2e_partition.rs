@@ -2,7 +2,8 @@
 //! one interface for the cluster network and one for clients. Cutting the
 //! consensus leader's cluster interface isolates it while its client port
 //! stays reachable. Needs root and `ip` (iproute2); skipped with a printed
-//! reason otherwise.
+//! reason otherwise, unless `WALRUS_REQUIRE_NETNS=1` (set by `.ci/run`):
+//! then it fails, so that CI never reports as passed a test it did not run.
 
 mod common;
 
@@ -135,6 +136,22 @@ impl Drop for Netns {
     }
 }
 
+/// Set to `1` where the partition test must run (CI): a missing
+/// prerequisite then fails the test instead of skipping it.
+const REQUIRE_NETNS: &str = "WALRUS_REQUIRE_NETNS";
+
+/// Skips the test with `reason`, or fails it when the environment says the
+/// test is required.
+fn skip(reason: &str) {
+    let required = std::env::var(REQUIRE_NETNS).is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "the partition test cannot run: {reason}. {REQUIRE_NETNS}=1 says it must: run as root \
+         with iproute2 installed (`apt-get install iproute2`), or unset {REQUIRE_NETNS} to skip it"
+    );
+    println!("SKIPPED partition test: {reason}");
+}
+
 fn skip_reason() -> Option<String> {
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
@@ -150,14 +167,14 @@ fn skip_reason() -> Option<String> {
 async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_lease_and_lose_nothing(
 ) {
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED partition test: {reason}");
+        skip(&reason);
         return;
     }
     let t0 = Instant::now();
     let net = match Netns::setup(3) {
         Ok(n) => n,
         Err(e) => {
-            println!("SKIPPED partition test: cannot create network namespaces: {e}");
+            skip(&format!("cannot create network namespaces: {e}"));
             return;
         }
     };

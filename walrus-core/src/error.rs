@@ -50,6 +50,11 @@ pub enum Error {
     /// A bug or an invariant broken elsewhere; the text says which.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Refused for good, not a passing condition: e.g. a node whose storage
+    /// is not the one the cluster recorded for it. The text says what
+    /// happened and what the operator can do. Retrying changes nothing.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl Error {
