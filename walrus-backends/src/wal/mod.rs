@@ -385,8 +385,13 @@ impl LogStore for WalStore {
             // them now could let a cursor pass data a power cut takes back;
             // answering "nothing" would starve the reader for an interval.
             // So the reader pays for one flush (shared with any appenders).
+            // With group commit the appenders of those entries have woken
+            // the syncer already: the reader only joins their flush, and
+            // does not count as an arrival of the group.
             if let Some(rx) = seg.sync_waiter() {
-                self.inner.syncer.enqueue(&seg, true);
+                self.inner
+                    .syncer
+                    .enqueue(&seg, !self.inner.params.group_commit);
                 Self::wait(rx).await?;
             }
         }
