@@ -149,7 +149,13 @@ impl ServerProc {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `sig` (as `kill` takes it: `-STOP`, `-CONT`, ...).
+    pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill")
                 .args([sig, &c.id().to_string()])
@@ -184,6 +190,21 @@ impl ServerProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for the process to exit on its own; its exit code, or `None`
+    /// if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

@@ -65,6 +65,11 @@ pub enum Error {
     /// A bug or an invariant broken elsewhere; the text says which.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Refused for good, not a passing condition: e.g. a node whose storage
+    /// is not the one the cluster recorded for it. The text says what
+    /// happened and what the operator can do. Retrying changes nothing.
+    #[error("refused: {0}")]
+    Refused(String),
     // New variants go last: the inter-node envelope encodes a variant by its
     // position, so moving one would garble errors between nodes of
     // different versions.
@@ -150,6 +155,7 @@ mod tests {
             Error::Timeout("x".into()),
             Error::ShuttingDown,
             Error::Internal("x".into()),
+            Error::Refused("x".into()),
             Error::OutcomeUnknown("x".into()),
             Error::NoAnswer("x".into()),
         ];

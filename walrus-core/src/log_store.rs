@@ -11,17 +11,35 @@ use crate::types::SegmentKey;
 pub struct Appended {
     /// Index (within the segment) of the first appended entry.
     pub first_index: u64,
-    /// The segment's entry count after this append.
+    /// The segment's entry count after this append. Under a policy that
+    /// acknowledges before syncing this may be ahead of the durable count
+    /// ([`SegmentInfo::count`]): good for capacity decisions, never a place
+    /// for a reader or cursor to stand.
     pub count: u64,
 }
 
 /// What a store knows of one of its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
-    /// Entries visible to readers (durable under the store's policy).
+    /// Entries visible to readers: durable (synced), whatever the policy.
     pub count: u64,
     /// A sealed segment takes no more appends; its count is final.
     pub sealed: bool,
+}
+
+/// Problems a store has found with its storage since it opened, for the
+/// node's METRICS and log. Each one is also an error on the requests it
+/// touches; this is the summary an operator watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// Syncs that failed (an I/O error from fsync/msync). Each makes its
+    /// segment refuse appends for good (contract 9).
+    pub failed_syncs: u64,
+    /// Segments that refuse appends because a sync of theirs failed.
+    pub failed_segments: Vec<SegmentKey>,
+    /// Segments found damaged when the store opened: served up to the
+    /// damage, an error past it, never appended to (contract 8).
+    pub quarantined_segments: Vec<SegmentKey>,
 }
 
 /// A node's local write-ahead log, one append-only sequence of entries per
@@ -34,8 +52,14 @@ pub struct SegmentInfo {
 ///    disk). Concurrent appends may share one sync (group commit).
 /// 2. **All or nothing.** An append adds all of its entries, contiguously,
 ///    in order, or none (and returns `Err`).
-/// 3. **Visible when durable.** `read` returns only entries whose append has
-///    completed: a reader never sees an entry a crash could take back.
+/// 3. **Visible when durable.** `read` returns, and `info`/`seal` count,
+///    only entries that are durable: synced to disk, whatever the fsync
+///    policy, so they survive a power cut. Under a policy that acknowledges
+///    before syncing, an appended entry stays invisible until the next
+///    sync; a `read` starting at such an entry asks for that sync and waits
+///    for it (it is not left empty for an interval), so a reader at the
+///    tail pays one sync. Hence nothing derived from reads or counts (a
+///    consumer's cursor) can point past what a power cut leaves.
 /// 4. **Exact counts.** `info` gives the exact count, also after a crash or
 ///    restart: entries are numbered `0..count` with no holes.
 /// 5. **Capacity.** `append` with `limit` fails with
@@ -48,8 +72,18 @@ pub struct SegmentInfo {
 ///    every earlier entry readable; the store accepts appends again once
 ///    the cause is gone.
 /// 8. **Recovery.** On open, a torn or corrupt tail is cut off and never
-///    served; corruption before the tail is an error naming file and
-///    position, never skipped silently.
+///    served; corruption before the tail is never skipped silently: the
+///    segment is quarantined (entries before the damage are served, a read
+///    past it is [`Error::Corrupt`](crate::Error::Corrupt) naming file and
+///    position, appends and seal are refused) and the store opens with
+///    every other segment.
+/// 9. **A failed sync is never forgotten.** After a sync fails (the kernel
+///    may then drop the unwritten data and report the next sync as a
+///    success), the segment refuses every later append with
+///    [`Error::Storage`](crate::Error::Storage), appends waiting for that
+///    sync get an error, and the segment's count (and so its seal) stays at
+///    what was durable before the failure: entries written after it are
+///    never served. [`LogStore::health`] reports it for the store's life.
 ///
 /// The conformance suite in [`crate::testing::log_store_conformance`] checks
 /// 1–6 for any implementation.
@@ -85,4 +119,10 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Every segment the store holds, with its info.
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>>;
+
+    /// Storage problems found so far (failed syncs, damaged segments). A
+    /// store that cannot detect any reports none.
+    fn health(&self) -> StorageHealth {
+        StorageHealth::default()
+    }
 }

@@ -17,14 +17,22 @@
 //!
 //! # Recovery
 //!
-//! On open every open segment is scanned: the exact count is whatever valid
-//! records are found, a torn tail (zeros, bad length, bad checksum after the
-//! last synced point) is cut and zeroed, anything bad before the last synced
-//! point, or followed by a later file that was synced, is [`Error::Corrupt`]
-//! naming the file and byte. Later files holding only unsynced records are
-//! part of the torn tail (the kernel may write them before their
-//! predecessor's tail). Sealed segments take their count from the seal file
-//! and are verified when first read.
+//! On open every open segment is scanned with `pread` (never through the
+//! map: a block the disk cannot read is an error, not a SIGBUS that kills
+//! the node): the exact count is whatever valid records are found, a torn
+//! tail (zeros, bad length, bad checksum after the last synced point) is
+//! cut and zeroed. Later files holding only unsynced records are part of
+//! the torn tail (the kernel may write them before their predecessor's
+//! tail). Anything else (a bad record before the last synced point or
+//! followed by a later file that was synced, an unreadable block, a bad
+//! header, a missing file, a damaged seal file) quarantines that segment
+//! only: its entries up to the damage are served, reads past it get
+//! [`Error::Corrupt`] naming the file and byte, it takes no appends and is
+//! never sealed (its true count is unknown), and its files are left as
+//! found for an operator to restore; every other segment opens normally.
+//! Sealed segments take their count from the seal file and are verified
+//! (the same way) when first read. [`LogStore::health`] lists quarantined
+//! segments.
 //!
 //! # Durability
 //!
@@ -36,8 +44,28 @@
 //! and `Never` acknowledge once written to the map (the page cache survives
 //! a process crash, not a machine crash). [`LogStore::sync`] flushes
 //! everything whatever the policy.
+//!
+//! # Visibility
+//!
+//! Whatever the policy, an entry becomes readable (and counted by `info`)
+//! only once a flush has covered it, so nothing derived from reads (the
+//! GET cursor Raft saves) can point past what a power cut leaves. A read
+//! that finds written but unflushed entries at its start asks the syncer
+//! for a flush and waits for it: under `interval`/`never` a reader at the
+//! tail costs one sync per read that catches up, instead of waiting for
+//! the timer (or forever).
+//!
+//! # Failed syncs
+//!
+//! The first failed flush of a segment marks it failed for good (the
+//! kernel may have dropped the pages and a retry would report success):
+//! its waiting appenders get the error, later appends are refused, the
+//! unsynced tail is rolled back, and its count and seal stay at the last
+//! durable entry. [`LogStore::health`] reports it.
 
+mod durable_dir;
 mod group_commit;
+mod health;
 mod index;
 mod read_cache;
 mod segment;
@@ -54,8 +82,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use walrus_core::{Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, TopicName};
+use walrus_core::{
+    Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, StorageHealth, TopicName,
+};
 
+use durable_dir::create_dir_durable;
 use group_commit::Syncer;
 use read_cache::ReadCache;
 use segment::{part_path, read_seal_file, seal_path, SealStep, Segment, SegmentParams};
@@ -200,12 +231,7 @@ impl WalStore {
                 u32::MAX
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::Storage(format!(
-                "cannot create WAL directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        create_dir_durable(&dir)?;
         let lock = lock_dir(&dir)?;
         let spares = SparePool::start(&dir, config.segment_file_bytes, config.spare_files)
             .map_err(|e| {
@@ -220,6 +246,7 @@ impl WalStore {
             spares: Arc::new(spares),
             prepare_ahead: config.prepare_ahead && config.fsync == FsyncPolicy::Always,
             prepared_bytes: Arc::new(AtomicU64::new(0)),
+            health: Arc::new(health::Health::default()),
         };
         let segments = recover_all(&dir, &params)?;
         let interval = match config.fsync {
@@ -263,6 +290,21 @@ impl WalStore {
     /// ([`WalConfig::prepare_ahead`]).
     pub fn prepared_bytes(&self) -> u64 {
         self.inner.params.prepared_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Where the durable data of `segment` ends, as (part, byte offset in
+    /// that part's file): everything before it has been synced, nothing
+    /// after it is promised to survive a power cut. `None` for an unknown
+    /// segment or one never synced. For power-loss tests and diagnostics.
+    pub fn durable_end(&self, segment: &SegmentKey) -> Option<(u32, u64)> {
+        self.get(segment).and_then(|s| s.durable_end())
+    }
+
+    /// Makes the next `n` flushes fail as an I/O error would (a test seam
+    /// for failed syncs; costs one atomic load per flush, none per append).
+    #[doc(hidden)]
+    pub fn inject_sync_failures(&self, n: u64) {
+        self.inner.params.health.inject(n);
     }
 
     /// Flushes (msync) done by the syncer so far, one per segment per group
@@ -338,6 +380,21 @@ impl LogStore for WalStore {
         let Some(seg) = self.get(segment) else {
             return Ok(Vec::new());
         };
+        if max_entries > 0 && seg.unsynced_at(from) {
+            // Entries are there but not durable (interval/never): serving
+            // them now could let a cursor pass data a power cut takes back;
+            // answering "nothing" would starve the reader for an interval.
+            // So the reader pays for one flush (shared with any appenders).
+            // With group commit the appenders of those entries have woken
+            // the syncer already: the reader only joins their flush, and
+            // does not count as an arrival of the group.
+            if let Some(rx) = seg.sync_waiter() {
+                self.inner
+                    .syncer
+                    .enqueue(&seg, !self.inner.params.group_commit);
+                Self::wait(rx).await?;
+            }
+        }
         let cache = self.inner.cache.clone();
         // Page faults on a cold map are disk reads: keep them off the
         // async threads.
@@ -354,6 +411,7 @@ impl LogStore for WalStore {
         let seg = self.get_or_create(segment);
         let count = match seg.begin_seal() {
             SealStep::Done(n) => return Ok(n),
+            SealStep::Refused(e) => return Err(e),
             SealStep::SyncTo(n) => n,
         };
         if let Some(rx) = seg.sync_waiter() {
@@ -394,6 +452,31 @@ impl LogStore for WalStore {
             Self::wait(rx).await?;
         }
         Ok(())
+    }
+
+    fn health(&self) -> StorageHealth {
+        let map = self
+            .inner
+            .segments
+            .read()
+            .expect("segment table lock poisoned");
+        let mut failed_segments: Vec<SegmentKey> = map
+            .iter()
+            .filter(|(_, s)| s.failure().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        failed_segments.sort();
+        let mut quarantined_segments: Vec<SegmentKey> = map
+            .iter()
+            .filter(|(_, s)| s.damage().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        quarantined_segments.sort();
+        StorageHealth {
+            failed_syncs: self.inner.params.health.failed_syncs(),
+            failed_segments,
+            quarantined_segments,
+        }
     }
 
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {
@@ -474,14 +557,15 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
             continue;
         };
         let mut parts: HashMap<u64, Vec<(u32, PathBuf)>> = HashMap::new();
-        let mut sealed: HashMap<u64, u64> = HashMap::new();
+        // A seal file that cannot be read quarantines its segment only.
+        let mut sealed: HashMap<u64, Result<u64>> = HashMap::new();
         for f in std::fs::read_dir(&path).map_err(|e| io(&path, e))? {
             let f = f.map_err(|e| io(&path, e))?;
             let fname = f.file_name().to_string_lossy().into_owned();
             match classify(&fname) {
                 FileKind::Part(seg, part) => parts.entry(seg).or_default().push((part, f.path())),
                 FileKind::Sealed(seg) => {
-                    sealed.insert(seg, read_seal_file(&f.path())?);
+                    sealed.insert(seg, read_seal_file(&f.path()));
                 }
                 // A file whose creation a crash interrupted: never named.
                 FileKind::Temp => {
@@ -499,18 +583,25 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
             let key = SegmentKey::new(topic.clone(), id);
             let mut files = parts.remove(&id).unwrap_or_default();
             files.sort_unstable();
-            for (i, (part, _)) in files.iter().enumerate() {
-                if *part != i as u32 {
-                    return Err(Error::Corrupt(format!(
-                        "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps",
+            let gap = files
+                .iter()
+                .enumerate()
+                .position(|(i, (part, _))| *part != i as u32);
+            let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
+            let quarantine = |paths: &[PathBuf], why: String| {
+                Segment::recover_quarantined(key.clone(), path.clone(), params.clone(), paths, why)
+            };
+            let segment = match (gap, sealed.remove(&id)) {
+                (Some(i), _) => quarantine(
+                    &paths[..i],
+                    format!(
+                        "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
                         path.display(),
                         part_path(&path, id, i as u32).display()
-                    )));
-                }
-            }
-            let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
-            let segment = match sealed.get(&id) {
-                Some(&count) => {
+                    ),
+                ),
+                (None, Some(Err(e))) => quarantine(&paths, e.to_string()),
+                (None, Some(Ok(count))) => {
                     debug_assert!(seal_path(&path, id).exists());
                     Segment::new_sealed(
                         key.clone(),
@@ -520,7 +611,7 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
                         paths.len() as u32,
                     )
                 }
-                None => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
+                (None, None) => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
             };
             segments.insert(key, Arc::new(segment));
         }
@@ -555,6 +646,54 @@ mod tests {
             FsyncPolicy::Interval(Duration::from_millis(200)).to_string(),
             "interval:200"
         );
+    }
+
+    #[test]
+    fn given_a_new_nested_wal_directory_when_opened_should_make_each_new_name_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join("node_1").join("wal");
+        let _store = WalStore::open(&wal, WalConfig::default()).unwrap();
+        assert_eq!(
+            durable_dir::record::count(tmp.path()),
+            1,
+            "node_1 in its parent"
+        );
+        assert_eq!(
+            durable_dir::record::count(&tmp.path().join("node_1")),
+            1,
+            "wal in node_1"
+        );
+    }
+
+    fn key(topic: &str) -> SegmentKey {
+        SegmentKey::new(TopicName::new(topic).unwrap(), 1)
+    }
+
+    #[tokio::test]
+    async fn given_a_segment_never_written_here_when_sealed_should_make_its_topic_directory_durable(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = WalStore::open(tmp.path(), WalConfig::default()).unwrap();
+        let before = durable_dir::record::count(tmp.path());
+        assert_eq!(store.seal(&key("never")).await.unwrap(), 0);
+        assert!(tmp.path().join("never").is_dir());
+        assert!(
+            durable_dir::record::count(tmp.path()) > before,
+            "the topic directory's name must be synced in the WAL root before the seal is acknowledged"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_new_topic_when_first_appended_should_make_its_directory_durable_before_the_ack(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = WalStore::open(tmp.path(), WalConfig::default()).unwrap();
+        let before = durable_dir::record::count(tmp.path());
+        store
+            .append(&key("fresh"), &[Bytes::from_static(b"x")], u64::MAX)
+            .await
+            .unwrap();
+        assert!(durable_dir::record::count(tmp.path()) > before);
     }
 
     #[test]

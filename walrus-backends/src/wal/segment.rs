@@ -6,23 +6,32 @@
 //!   except creating the next file once per `segment_file_bytes`) and write
 //!   past the published end.
 //! - The syncer snapshots the written end under `append`, flushes without
-//!   it, then publishes (`synced_*`, and `visible` with group commit).
+//!   it, then publishes (`synced_*` and `visible`), whatever the fsync
+//!   policy: an entry is visible only once it is durable, so no reader, and
+//!   no cursor built from what readers saw, can stand past what a power cut
+//!   would leave.
 //! - Readers read only entries `< visible`; they take `shared` (parts and
 //!   index) for a moment, never `append`. Published bytes are never written
-//!   again, so they can be read without any lock.
+//!   again, so they can be read without any lock. A reader that finds
+//!   entries `written` but not yet visible asks the syncer for a flush
+//!   (see `WalStore::read`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
 
+use super::durable_dir::{create_dir_durable, sync_dir};
+use super::health::Health;
 use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
-use super::segment_file::{sync_dir, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
+use super::segment_file::{
+    scan_file, zero_tail, FileHeader, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER,
+};
 use super::spare::SparePool;
 
 pub(crate) fn part_path(dir: &Path, segment: u64, part: u32) -> PathBuf {
@@ -45,6 +54,8 @@ pub(crate) struct SegmentParams {
     pub prepare_ahead: bool,
     /// Bytes it wrote so far, over all segments.
     pub prepared_bytes: Arc<AtomicU64>,
+    /// Failed syncs over all segments (and the fault-injection seam).
+    pub health: Arc<Health>,
 }
 
 struct Waiter {
@@ -82,15 +93,35 @@ pub(crate) struct Segment {
     pub key: SegmentKey,
     dir: PathBuf,
     params: SegmentParams,
+    /// Entries durable and readable.
     visible: AtomicU64,
+    /// Entries written into the maps (`AppendState::count`), for readers to
+    /// tell "nothing there" from "there but not synced yet" without the
+    /// append lock.
+    written: AtomicU64,
     sealed: AtomicBool,
     /// In the syncer's queue (avoids queueing twice).
     pub queued: AtomicBool,
+    /// Set for good by the first failed sync: the kernel may have dropped
+    /// the unwritten pages and marked them clean, so a later sync would
+    /// "succeed" without them. The text is the error appends get.
+    failure: OnceLock<String>,
+    /// Set when the segment's files were found damaged (on open, or at the
+    /// first read of a sealed segment): quarantined.
+    damage: OnceLock<Damage>,
     append: Mutex<AppendState>,
     shared: RwLock<Shared>,
     /// When the syncer last rewrote the current file's checkpoint (only
     /// the syncer takes this lock).
     last_checkpoint: Mutex<Instant>,
+}
+
+/// Where a quarantined segment's files are damaged.
+struct Damage {
+    /// Entries `0..at` are readable; reading any later one fails.
+    at: u64,
+    /// The error (file, byte offset, what to do).
+    why: String,
 }
 
 /// What `begin_seal` found.
@@ -100,6 +131,8 @@ pub(crate) enum SealStep {
     /// Appends are now refused; once `count` entries are durable the seal
     /// can be written.
     SyncTo(u64),
+    /// Quarantined: its true count is unknown, so it is never sealed.
+    Refused(Error),
 }
 
 impl Segment {
@@ -117,8 +150,11 @@ impl Segment {
             dir,
             params,
             visible: AtomicU64::new(visible),
+            written: AtomicU64::new(state.count),
             sealed: AtomicBool::new(sealed),
             queued: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            damage: OnceLock::new(),
             append: Mutex::new(state),
             shared: RwLock::new(shared),
             last_checkpoint: Mutex::new(Instant::now()),
@@ -173,78 +209,114 @@ impl Segment {
     }
 
     /// Recovers an open segment from its files (`paths[i]` is part `i`):
-    /// scans them, cuts a torn tail, reports corruption before it.
+    /// scans them with `pread` (a bad block is an error, not a SIGBUS) and
+    /// cuts a torn tail. Damage that is not a tear (a bad record before the
+    /// last synced point, a hole before synced data, an unreadable block or
+    /// header) quarantines the segment instead: the rest of the store opens.
+    /// Errs only when a torn tail cannot be cut.
     pub fn recover(
         key: SegmentKey,
         dir: PathBuf,
         params: SegmentParams,
         paths: &[PathBuf],
     ) -> Result<Segment> {
-        let mut files = Vec::with_capacity(paths.len());
-        for (i, path) in paths.iter().enumerate() {
-            let f = SegmentFile::open_rw(path)?;
-            check_identity(&f, key.segment, i as u32)?;
-            files.push(Arc::new(f));
-        }
         let mut index = SparseIndex::default();
         let mut count = 0u64;
         let mut end = Pos::new(0, HEADER_LEN);
-        let mut keep = files.len();
-        for (i, f) in files.iter().enumerate() {
+        let mut keep = paths.len();
+        let parts = paths.len() as u32;
+        let quarantine = |index, count, why| {
+            Ok(Segment::quarantined(
+                key.clone(),
+                dir.clone(),
+                params.clone(),
+                parts,
+                index,
+                count,
+                why,
+            ))
+        };
+        for (i, path) in paths.iter().enumerate() {
             let base = count;
-            // SAFETY: nobody else uses the files during recovery.
-            let scan = unsafe { f.scan(|j, off| index.record(base + j, Pos::new(i as u32, off))) };
+            let fs = match scan_file(path, |j, off| index.record(base + j, Pos::new(i as u32, off))) {
+                Ok(fs) => fs,
+                Err(e) => {
+                    return quarantine(index, count, format!(
+                        "{} at byte 0: {e}; the segment {key} cannot be served past entry {count}. Restore the file from a replica or backup",
+                        path.display()
+                    ))
+                }
+            };
+            if let Some(why) = identity_error(&fs.header, path, key.segment, i as u32) {
+                return quarantine(index, count, why);
+            }
+            let scan = fs.scan;
             count += scan.records;
             end = Pos::new(i as u32, scan.end);
             let reason = match scan.stop {
-                ScanEnd::Next if i + 1 < files.len() => continue,
+                ScanEnd::Next if i + 1 < paths.len() => continue,
                 // A marker with no file after it: the file was being rolled;
                 // the next append writes over the marker or rolls again.
                 ScanEnd::Next => break,
                 ScanEnd::Invalid { reason } => reason,
             };
-            if (scan.end as u64) < f.header().checkpoint {
-                return Err(Error::Corrupt(format!(
-                    "{} at byte {}: {reason}, before the last synced point {}; the segment {} cannot be served past entry {count}. Restore the file from a replica or backup",
-                    f.path().display(),
-                    scan.end,
-                    f.header().checkpoint,
-                    key
-                )));
+            if let Some(e) = fs.io_error {
+                return quarantine(index, count, format!(
+                    "{} at byte {}: cannot read it ({e}); the segment {key} cannot be served past entry {count}. Check the disk; restore the file from a replica or backup",
+                    path.display(),
+                    scan.end
+                ));
             }
-            for later in &files[i + 1..] {
-                // SAFETY: as above.
-                let s = unsafe { later.scan(|_, _| {}) };
+            if (scan.end as u64) < fs.header.checkpoint {
+                return quarantine(index, count, format!(
+                    "{} at byte {}: {reason}, before the last synced point {}; the segment {key} cannot be served past entry {count}. Restore the file from a replica or backup",
+                    path.display(),
+                    scan.end,
+                    fs.header.checkpoint
+                ));
+            }
+            for later in &paths[i + 1..] {
                 // A later file with a checkpoint was synced after this one
                 // was complete (the syncer flushes parts in order): this
                 // file's damage is not a tear. Without one, its records
                 // were never acknowledged as durable behind a complete
                 // predecessor: the kernel wrote them first, then the crash
                 // came; they are part of the torn tail.
-                if s.records > 0 && later.header().checkpoint > HEADER_LEN as u64 {
-                    return Err(Error::Corrupt(format!(
-                        "{} at byte {}: {reason}, but the later file {} holds {} records synced after it; the segment {} has a hole after entry {count}. Restore the file from a replica or backup",
-                        f.path().display(),
+                let hole = match scan_file(later, |_, _| {}) {
+                    Ok(l) if l.io_error.is_none() => (l.scan.records > 0
+                        && l.header.checkpoint > HEADER_LEN as u64)
+                        .then(|| format!("holds {} records synced after it", l.scan.records)),
+                    Ok(l) => Some(format!(
+                        "cannot be read past byte {} ({})",
+                        l.scan.end,
+                        l.io_error.expect("checked just above")
+                    )),
+                    Err(e) => Some(format!("cannot be read ({e})")),
+                };
+                if let Some(what) = hole {
+                    return quarantine(index, count, format!(
+                        "{} at byte {}: {reason}, but the later file {} {what}; the segment {key} has a hole after entry {count}. Restore the file from a replica or backup",
+                        path.display(),
                         scan.end,
-                        later.path().display(),
-                        s.records,
-                        key
-                    )));
+                        later.display()
+                    ));
                 }
             }
-            // SAFETY: as above.
-            unsafe { f.zero_from(scan.end)? };
+            zero_tail(path, scan.end, fs.header.file_len as usize)?;
             if reason != "zeros (end of written data)" {
-                tracing::warn!(file = %f.path().display(), at = scan.end, reason, "cut the torn tail of a WAL file");
+                tracing::warn!(file = %path.display(), at = scan.end, reason, "cut the torn tail of a WAL file");
             }
             keep = i + 1;
             break;
         }
-        for extra in files.drain(keep..) {
-            tracing::warn!(file = %extra.path().display(), "removing a WAL file past a torn tail (empty, or holding only unsynced records)");
-            std::fs::remove_file(extra.path()).map_err(|e| {
-                Error::Storage(format!("cannot remove {}: {e}", extra.path().display()))
-            })?;
+        for extra in &paths[keep..] {
+            tracing::warn!(file = %extra.display(), "removing a WAL file past a torn tail (empty, or holding only unsynced records)");
+            std::fs::remove_file(extra)
+                .map_err(|e| Error::Storage(format!("cannot remove {}: {e}", extra.display())))?;
+        }
+        let mut files = Vec::with_capacity(keep);
+        for path in &paths[..keep] {
+            files.push(Arc::new(SegmentFile::open_rw(path)?));
         }
         // What was recovered may sit only in the page cache (the writer was
         // killed, the machine was not): make it durable before serving it.
@@ -273,6 +345,76 @@ impl Segment {
         ))
     }
 
+    /// A segment whose files are damaged: entries `0..count` (indexed in
+    /// `index`) are served, reads past them get `why`, nothing is ever
+    /// appended, sealed or written (its files are read through the read
+    /// cache, read-only), so the damage stays for an operator to repair.
+    fn quarantined(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        part_count: u32,
+        index: SparseIndex,
+        count: u64,
+        why: String,
+    ) -> Segment {
+        tracing::error!(segment = %key, served = count, damage = %why, "WAL segment quarantined: serving its entries up to the damage, refusing reads past it and every append");
+        let state = AppendState {
+            count,
+            pos: None,
+            current: None,
+            synced_pos: None,
+            synced_count: count,
+            sealing: false,
+            waiters: Vec::new(),
+        };
+        let shared = Shared {
+            parts: Vec::new(),
+            part_count,
+            index,
+            index_ready: true,
+        };
+        let seg = Segment::with_state(key, dir, params, state, shared, count, false);
+        let _ = seg.damage.set(Damage { at: count, why });
+        seg
+    }
+
+    /// Quarantines a segment whose files cannot be trusted as a whole (a
+    /// damaged seal file, a missing part): serves the records its files
+    /// (`paths`, parts `0..`) hold in order up to the first stop.
+    pub fn recover_quarantined(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        paths: &[PathBuf],
+        why: String,
+    ) -> Segment {
+        let mut index = SparseIndex::default();
+        let mut count = 0u64;
+        for (i, path) in paths.iter().enumerate() {
+            let base = count;
+            let Ok(fs) = scan_file(path, |j, off| {
+                index.record(base + j, Pos::new(i as u32, off))
+            }) else {
+                break;
+            };
+            if identity_error(&fs.header, path, key.segment, i as u32).is_some() {
+                break;
+            }
+            count += fs.scan.records;
+            if fs.scan.stop != ScanEnd::Next {
+                break;
+            }
+        }
+        let why = format!("{why}; the segment {key} cannot be served past entry {count}");
+        Segment::quarantined(key, dir, params, paths.len() as u32, index, count, why)
+    }
+
+    /// Why the segment is quarantined, if it is.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.get().map(|d| d.why.as_str())
+    }
+
     fn lock(&self) -> MutexGuard<'_, AppendState> {
         self.append.lock().expect("segment append lock poisoned")
     }
@@ -294,7 +436,10 @@ impl Segment {
     /// syncer after each flush. Holds the append lock only while zeros are
     /// copied into the page cache; the writeback starts after.
     pub fn prepare_ahead(&self) {
-        if !self.params.prepare_ahead || self.sealed.load(Ordering::Acquire) {
+        if !self.params.prepare_ahead
+            || self.sealed.load(Ordering::Acquire)
+            || self.failure.get().is_some()
+        {
             return;
         }
         let (file, range) = {
@@ -328,7 +473,8 @@ impl Segment {
 
     /// Writes `entries` into the map. With group commit, returns a receiver
     /// that completes once they are durable (the caller queues the segment
-    /// for the syncer); otherwise they are visible on return.
+    /// for the syncer). Either way they become visible only once the syncer
+    /// has flushed them.
     pub fn append(
         &self,
         entries: &[Bytes],
@@ -345,6 +491,15 @@ impl Segment {
         let mut st = self.lock();
         if self.sealed.load(Ordering::Acquire) || st.sealing {
             return Err(Error::SegmentSealed(self.key.clone()));
+        }
+        if let Some(d) = self.damage.get() {
+            return Err(Error::Corrupt(format!(
+                "segment {} is quarantined and takes no appends: {}",
+                self.key, d.why
+            )));
+        }
+        if let Some(why) = self.failure.get() {
+            return Err(Error::Storage(why.clone()));
         }
         let n = entries.len() as u64;
         if st.count > 0 && st.count.saturating_add(n) > limit {
@@ -439,6 +594,7 @@ impl Segment {
         st.current = Some(file);
         st.pos = Some(Pos::new(part, off));
         st.count += n;
+        self.written.store(st.count, Ordering::Release);
         let appended = Appended {
             first_index,
             count: st.count,
@@ -449,9 +605,17 @@ impl Segment {
             st.waiters.push(Waiter { target, tx });
             Ok((appended, Some(rx)))
         } else {
-            self.visible.store(st.count, Ordering::Release);
+            // Acknowledged under a relaxed policy, but not visible: the
+            // syncer publishes it once it is durable.
             Ok((appended, None))
         }
+    }
+
+    /// True when entry `from` is written but not durable yet: a reader
+    /// there should ask for a flush rather than take "nothing yet" for an
+    /// answer for a whole interval (or forever, with `never`).
+    pub fn unsynced_at(&self, from: u64) -> bool {
+        from >= self.visible.load(Ordering::Acquire) && from < self.written.load(Ordering::Acquire)
     }
 
     fn create_parts(&self, first: u32, n: u32) -> Result<Vec<Arc<SegmentFile>>> {
@@ -459,18 +623,7 @@ impl Segment {
             return Ok(Vec::new());
         }
         if first == 0 {
-            let fresh = !self.dir.exists();
-            std::fs::create_dir_all(&self.dir).map_err(|e| {
-                Error::Storage(format!(
-                    "cannot create WAL directory {}: {e}",
-                    self.dir.display()
-                ))
-            })?;
-            if fresh {
-                if let Some(root) = self.dir.parent() {
-                    sync_dir(root)?;
-                }
-            }
+            create_dir_durable(&self.dir)?;
         }
         let mut created = Vec::with_capacity(n as usize);
         for part in first..first + n {
@@ -494,6 +647,12 @@ impl Segment {
         Ok(created)
     }
 
+    /// Where the durable data ends as far as the syncer knows (part, byte
+    /// offset in that part's file); `None` before the first sync.
+    pub fn durable_end(&self) -> Option<(u32, u64)> {
+        self.lock().synced_pos.map(|p| (p.part, p.off() as u64))
+    }
+
     /// Adds a waiter for everything written so far to be durable; `None`
     /// if it already is.
     pub fn sync_waiter(&self) -> Option<oneshot::Receiver<Result<()>>> {
@@ -514,6 +673,12 @@ impl Segment {
     pub fn sync_round(&self, flushes: &AtomicU64) {
         let (from, target, target_count, parts) = {
             let mut st = self.lock();
+            if self.failure.get().is_some() {
+                // Nothing is flushed again: what is durable stays so, what
+                // was lost was rolled back; only waiters are answered.
+                self.answer_after_failure(st);
+                return;
+            }
             let Some(target) = st.pos else {
                 let synced = st.synced_count;
                 let done = take_waiters(&mut st.waiters, synced);
@@ -539,41 +704,66 @@ impl Segment {
                 .unwrap_or_default();
             (st.synced_pos, target, st.count, parts)
         };
-        let result = flush_parts(from, target, &parts, &self.last_checkpoint);
+        let result = if self.params.health.take_injected() {
+            Err(Error::Storage(format!(
+                "sync of segment {} failed: injected failure (as EIO)",
+                self.key
+            )))
+        } else {
+            flush_parts(from, target, &parts, &self.last_checkpoint)
+        };
         flushes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         match result {
             Ok(()) => {
                 st.synced_pos = Some(target);
                 st.synced_count = target_count;
-                if self.params.group_commit {
-                    self.visible.store(target_count, Ordering::Release);
-                }
+                self.visible.store(target_count, Ordering::Release);
                 let done = take_waiters(&mut st.waiters, target_count);
                 drop(st);
                 complete(done, Ok(()));
             }
             Err(e) => {
-                tracing::error!(segment = %self.key, error = %e, "WAL sync failed");
-                let failed = if self.params.group_commit {
-                    // Nothing past the synced point was acknowledged: drop
-                    // it, so that a later sync cannot make a failed append
-                    // durable after all.
-                    self.rollback(&mut st);
-                    std::mem::take(&mut st.waiters)
-                } else {
-                    // Entries were acknowledged already; keep them and let
-                    // the next round retry. Only explicit syncs fail.
-                    let synced = st.synced_count;
-                    let (ok, failed): (Vec<_>, Vec<_>) =
-                        st.waiters.drain(..).partition(|w| w.target <= synced);
-                    st.waiters = ok;
-                    failed
-                };
-                drop(st);
-                complete(failed, Err(e));
+                let synced = st.synced_count;
+                let lost = st.count - synced;
+                let why = format!(
+                    "segment {} takes no more appends: a sync of its files failed ({e}); entries from index {synced} on may not be on disk and a retried sync cannot tell. Its {synced} durable entries stay readable; the topic goes on in a new segment once this one is sealed. Check the disk (dmesg, SMART)",
+                    self.key
+                );
+                tracing::error!(
+                    segment = %self.key,
+                    error = %e,
+                    durable = synced,
+                    dropped = lost,
+                    "WAL sync failed: the segment refuses appends from now on and keeps only its {synced} durable entries (the {lost} written after them are dropped; under fsync=interval/never some of them were acknowledged)"
+                );
+                self.params.health.record_failed_sync();
+                let _ = self.failure.set(why);
+                // Take back everything past the durable point (zeros in the
+                // map, later files removed), so that neither a later flush
+                // nor a seal nor a restart from the page cache can serve
+                // what the disk may not hold.
+                self.rollback(&mut st);
+                self.answer_after_failure(st);
             }
         }
+    }
+
+    /// Answers the waiters of a failed segment: those covered by the
+    /// durable count (a seal's) succeed, the others get the failure.
+    fn answer_after_failure(&self, mut st: MutexGuard<'_, AppendState>) {
+        let synced = st.synced_count;
+        let done = take_waiters(&mut st.waiters, synced);
+        let failed = std::mem::take(&mut st.waiters);
+        drop(st);
+        complete(done, Ok(()));
+        let why = self.failure.get().cloned().unwrap_or_default();
+        complete(failed, Err(Error::Storage(why)));
+    }
+
+    /// Why the segment refuses appends, if a sync of it failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Called by the syncer only, on a graceful close: writes the durable
@@ -628,12 +818,19 @@ impl Segment {
         st.current = sh.parts.get(start.part as usize).cloned();
         st.pos = st.current.as_ref().map(|_| start);
         st.count = st.synced_count;
+        self.written.store(st.count, Ordering::Release);
     }
 
     pub fn begin_seal(&self) -> SealStep {
         let mut st = self.lock();
         if self.sealed.load(Ordering::Acquire) {
             return SealStep::Done(self.visible.load(Ordering::Acquire));
+        }
+        if let Some(d) = self.damage.get() {
+            return SealStep::Refused(Error::Corrupt(format!(
+                "cannot seal a quarantined segment (its count past the damage is unknown): {}",
+                d.why
+            )));
         }
         st.sealing = true;
         SealStep::SyncTo(st.count)
@@ -646,12 +843,8 @@ impl Segment {
     /// Writes the seal file (blocking I/O) and releases the file maps: from
     /// now on reads go through the read cache and take no append lock.
     pub fn finish_seal(&self, count: u64) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            Error::Storage(format!(
-                "cannot create WAL directory {}: {e}",
-                self.dir.display()
-            ))
-        })?;
+        // A segment this node never wrote gets its topic directory here.
+        create_dir_durable(&self.dir)?;
         write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;
         let mut st = self.lock();
         self.visible.store(count, Ordering::Release);
@@ -675,11 +868,23 @@ impl Segment {
         cache: &ReadCache,
     ) -> Result<Vec<Bytes>> {
         let visible = self.visible.load(Ordering::Acquire);
-        if from >= visible || max_entries == 0 {
+        if max_entries == 0 {
             return Ok(Vec::new());
         }
-        let want = (visible - from).min(max_entries as u64) as usize;
-        self.ensure_index(cache)?;
+        if from < visible {
+            self.ensure_index();
+        }
+        // A quarantined segment: entries before the damage are served,
+        // none after it, and a reader there hears why.
+        let limit = match self.damage.get() {
+            Some(d) if from >= d.at => return Err(Error::Corrupt(d.why.clone())),
+            Some(d) => d.at.min(visible),
+            None => visible,
+        };
+        if from >= limit {
+            return Ok(Vec::new());
+        }
+        let want = (limit - from).min(max_entries as u64) as usize;
         let (parts, (mut i, mut pos)) = {
             let sh = self.shared.read().expect("segment lock poisoned");
             let seek = sh.index.seek(from).ok_or_else(|| {
@@ -722,57 +927,81 @@ impl Segment {
         Ok(out)
     }
 
-    /// Scans and verifies a segment found sealed on open, once.
-    fn ensure_index(&self, cache: &ReadCache) -> Result<()> {
+    /// Scans (with `pread`) and verifies a segment found sealed on open,
+    /// once. Damage quarantines it: entries before it stay readable.
+    fn ensure_index(&self) {
         if self
             .shared
             .read()
             .expect("segment lock poisoned")
             .index_ready
         {
-            return Ok(());
+            return;
         }
         let mut sh = self.shared.write().expect("segment lock poisoned");
         if sh.index_ready {
-            return Ok(());
+            return;
         }
         let sealed_count = self.visible.load(Ordering::Acquire);
         let mut index = SparseIndex::default();
         let mut count = 0u64;
+        let mut damage = None;
         for part in 0..sh.part_count {
             let path = part_path(&self.dir, self.key.segment, part);
-            let f = cache.get(&path)?;
-            check_identity(&f, self.key.segment, part)?;
             let base = count;
-            // SAFETY: a sealed segment's files are never written.
-            let scan = unsafe { f.scan(|j, off| index.record(base + j, Pos::new(part, off))) };
-            count += scan.records;
+            let fs = match scan_file(&path, |j, off| index.record(base + j, Pos::new(part, off))) {
+                Ok(fs) => fs,
+                Err(e) => {
+                    damage = Some(format!("{} at byte 0: {e}", path.display()));
+                    break;
+                }
+            };
+            if let Some(why) = identity_error(&fs.header, &path, self.key.segment, part) {
+                damage = Some(why);
+                break;
+            }
+            count += fs.scan.records;
             let last = part + 1 == sh.part_count;
-            let bad = match scan.stop {
-                ScanEnd::Next if !last => None,
-                ScanEnd::Next => Some("next-file marker in the last file"),
-                ScanEnd::Invalid { reason } if !last || count < sealed_count => Some(reason),
-                ScanEnd::Invalid { .. } => None,
+            let bad = match (&fs.io_error, &fs.scan.stop) {
+                (Some(e), _) => Some(format!("cannot read it ({e})")),
+                (None, ScanEnd::Next) if !last => None,
+                (None, ScanEnd::Next) => Some("next-file marker in the last file".to_owned()),
+                (None, ScanEnd::Invalid { reason }) if !last || count < sealed_count => {
+                    Some((*reason).to_owned())
+                }
+                (None, ScanEnd::Invalid { .. }) => None,
             };
             if let Some(reason) = bad {
-                return Err(Error::Corrupt(format!(
-                    "{} at byte {}: {reason}; segment {} was sealed with {sealed_count} entries, only {count} are readable. Restore the file from a replica or backup",
+                damage = Some(format!(
+                    "{} at byte {}: {reason}",
                     path.display(),
-                    scan.end,
-                    self.key
-                )));
+                    fs.scan.end
+                ));
+                break;
             }
         }
-        if count != sealed_count {
-            return Err(Error::Corrupt(format!(
-                "segment {} in {} was sealed with {sealed_count} entries but its files hold {count}",
+        if count > sealed_count {
+            // Records a failed sync left behind on disk (the rollback's
+            // zeros may not have reached it either): the seal is the
+            // authority, they are never served.
+            tracing::warn!(segment = %self.key, sealed_count, found = count, "ignoring WAL records past the sealed count");
+        } else if count < sealed_count && damage.is_none() {
+            damage = Some(format!(
+                "the files of segment {} in {} hold {count} entries",
                 self.key,
                 self.dir.display()
-            )));
+            ));
+        }
+        if let Some(why) = damage {
+            let why = format!(
+                "{why}; segment {} was sealed with {sealed_count} entries, only {count} are readable. Restore the file from a replica or backup",
+                self.key
+            );
+            tracing::error!(segment = %self.key, served = count, damage = %why, "sealed WAL segment quarantined at its first read");
+            let _ = self.damage.set(Damage { at: count, why });
         }
         sh.index = index;
         sh.index_ready = true;
-        Ok(())
     }
 }
 
@@ -832,17 +1061,13 @@ fn complete(waiters: Vec<Waiter>, result: Result<()>) {
     }
 }
 
-fn check_identity(f: &SegmentFile, segment: u64, part: u32) -> Result<()> {
-    let h = f.header();
-    if h.segment != segment || h.part != part {
-        return Err(Error::Corrupt(format!(
-            "{} says it is part {} of segment {}, but its name says part {part} of segment {segment}; it was renamed or copied by hand",
-            f.path().display(),
-            h.part,
-            h.segment
-        )));
-    }
-    Ok(())
+fn identity_error(h: &FileHeader, path: &Path, segment: u64, part: u32) -> Option<String> {
+    (h.segment != segment || h.part != part).then(|| format!(
+        "{} says it is part {} of segment {}, but its name says part {part} of segment {segment}; it was renamed or copied by hand",
+        path.display(),
+        h.part,
+        h.segment
+    ))
 }
 
 fn write_seal_file(path: &Path, count: u64) -> Result<()> {

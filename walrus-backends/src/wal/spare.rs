@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::segment_file::sync_dir;
+use super::durable_dir::sync_dir;
 
 const TMP_NAME: &str = ".spare.tmp";
 const PREFIX: &str = "spare-";

@@ -45,6 +45,27 @@ impl super::Node {
             }
             Request::Metrics => Ok(Response::Json(self.metrics().to_string())),
             Request::Ping => Ok(Response::Pong),
+            Request::ReplaceStorage { node, storage } => {
+                let lost = self.replace_storage(node, storage).await?;
+                let lost: Vec<serde_json::Value> = lost
+                    .iter()
+                    .map(|(key, kept)| {
+                        serde_json::json!({
+                            "topic": key.topic.as_str(),
+                            "segment": key.segment,
+                            "kept_entries": kept,
+                        })
+                    })
+                    .collect();
+                Ok(Response::Json(
+                    serde_json::json!({
+                        "node": node,
+                        "storage": storage.to_string(),
+                        "lost_segments": lost,
+                    })
+                    .to_string(),
+                ))
+            }
             Request::Topics => {
                 let state = self.metadata.state();
                 let names: Vec<&str> = state.topics.keys().map(TopicName::as_str).collect();
@@ -62,6 +83,7 @@ impl super::Node {
             "topics": state.topics.len(),
             "metadata_version": state.version,
             "write_lease_valid": self.lease.is_valid(),
+            "storage": self.storage_metrics(),
         });
         match m.as_object_mut() {
             Some(obj) => {
@@ -70,6 +92,17 @@ impl super::Node {
             }
             None => serde_json::json!({ "consensus": m, "walrus": ours }),
         }
+    }
+
+    /// What the log store reports of its storage's health: non-zero means
+    /// an operator should look at the disk (the log says which segment).
+    fn storage_metrics(&self) -> serde_json::Value {
+        let health = self.log.health();
+        serde_json::json!({
+            "failed_syncs": health.failed_syncs,
+            "failed_segments": health.failed_segments.len(),
+            "quarantined_segments": health.quarantined_segments.len(),
+        })
     }
 
     /// REGISTER: the first segment is led by this node if it votes, else
@@ -223,6 +256,15 @@ impl super::Node {
                          stored: read the topic to check before sending it again",
                         self.id
                     )))
+                }
+                Err(e @ Error::Storage(_)) => {
+                    // A segment whose sync failed never takes appends
+                    // again: move the topic on now rather than at the
+                    // monitor's next pass.
+                    if self.log.health().failed_segments.contains(key) {
+                        self.spawn_rollover(key.clone());
+                    }
+                    return Err(e);
                 }
                 Err(e) => return Err(e),
             }

@@ -63,6 +63,34 @@ pub async fn run_all<S: LogStore>(make: impl Fn() -> S) {
     given_an_unknown_segment_when_sealed_should_be_sealed_with_count_zero(make()).await;
     given_several_segments_when_listed_should_report_each_with_its_info(make()).await;
     given_sync_when_called_should_succeed_and_change_nothing(make()).await;
+    given_entries_at_the_tail_when_read_should_serve_them_at_once_and_count_them(make()).await;
+}
+
+/// Contract 3: a read at the tail is served what was appended without
+/// waiting for any timer, and whatever it was served is counted (durable):
+/// a cursor built from reads never stands past the count.
+pub async fn given_entries_at_the_tail_when_read_should_serve_them_at_once_and_count_them<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-tail", 1);
+    for i in 0..3u64 {
+        store
+            .append(&seg, &entries(&format!("t{i}-"), 1), u64::MAX)
+            .await
+            .expect("append");
+        let served = store
+            .read(&seg, i, 10, usize::MAX)
+            .await
+            .expect("read at the tail");
+        assert_eq!(served, entries(&format!("t{i}-"), 1), "entry {i}");
+        let count = store.info(&seg).await.expect("info").map_or(0, |x| x.count);
+        assert!(
+            count > i,
+            "entry {i} was served but the store counts only {count}"
+        );
+    }
 }
 
 /// Contract 2 and 4: appends add all their entries, contiguously, in order.
@@ -420,6 +448,9 @@ pub async fn given_several_segments_when_listed_should_report_each_with_its_info
         .expect("append");
     store.seal(&b).await.expect("seal");
     store.seal(&c).await.expect("seal unknown");
+    // Counts are durable counts (contract 3): under a policy that syncs
+    // later, `a`'s entries are counted once synced.
+    store.sync().await.expect("sync");
     let mut listed = store.segments().await.expect("segments");
     listed.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(

@@ -2,9 +2,15 @@
 //!
 //! Appends are "durable" the moment they are in the map, so contract points
 //! 1 (durable before return) and 3 (visible when durable) hold trivially.
+//! With [`MemLogStore::relax_syncs`] it behaves like a WAL under
+//! `fsync=interval/never` instead: appends are acknowledged before they
+//! are synced, only synced entries are counted and served (a read at
+//! unsynced ones syncs them), and [`MemLogStore::power_cut`] drops what was
+//! not synced: a power-loss model for the node's tests.
 //! A test can make appends fail ([`MemLogStore::fail_appends`]) to check
 //! that errors lose nothing, and can look at every append with the instant
-//! it happened ([`MemLogStore::append_history`]).
+//! it happened ([`MemLogStore::append_history`]), and can make a segment's
+//! sync fail for good ([`MemLogStore::fail_sync`], contract 9).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,13 +20,17 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::log_store::{Appended, LogStore, SegmentInfo};
+use crate::log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
 use crate::types::SegmentKey;
 
 #[derive(Default)]
 struct Segment {
     entries: Vec<Bytes>,
+    /// Entries `0..synced` are durable (all of them unless relaxed).
+    synced: usize,
     sealed: bool,
+    /// A sync of it failed: appends are refused for good with this text.
+    failed: Option<String>,
 }
 
 #[derive(Default)]
@@ -29,6 +39,9 @@ struct Inner {
     fail_appends: Option<String>,
     append_delay: Option<std::time::Duration>,
     history: Vec<(Instant, SegmentKey, u64)>,
+    failed_syncs: u64,
+    /// Appends are acknowledged before they are synced.
+    relaxed: bool,
 }
 
 /// A [`LogStore`] held in memory. Cheap to create; one per simulated node.
@@ -52,6 +65,42 @@ impl MemLogStore {
     /// (a slow disk: a stalled fsync). `None` makes appends instant again.
     pub fn delay_appends(&self, delay: Option<std::time::Duration>) {
         self.lock().append_delay = delay;
+    }
+
+    /// `true`: acknowledge appends before syncing them, like a WAL under
+    /// `fsync=interval/never` (see the module comment). `false` syncs
+    /// everything now and every append from now on.
+    pub fn relax_syncs(&self, relaxed: bool) {
+        let mut inner = self.lock();
+        inner.relaxed = relaxed;
+        if !relaxed {
+            for seg in inner.segments.values_mut() {
+                seg.synced = seg.entries.len();
+            }
+        }
+    }
+
+    /// A power cut: every entry not synced yet is gone.
+    pub fn power_cut(&self) {
+        for seg in self.lock().segments.values_mut() {
+            let synced = seg.synced;
+            seg.entries.truncate(synced);
+        }
+    }
+
+    /// As if a sync of `segment` failed (EIO): from now on every append to
+    /// it fails with `Error::Storage` and [`LogStore::health`] reports it;
+    /// what it holds stays readable and sealable.
+    pub fn fail_sync(&self, segment: &SegmentKey) {
+        let mut inner = self.lock();
+        inner.failed_syncs += 1;
+        let seg = inner.segments.entry(segment.clone()).or_default();
+        // What the failed sync covered is never served or counted.
+        let synced = seg.synced;
+        seg.entries.truncate(synced);
+        seg.failed = Some(format!(
+            "segment {segment} takes no more appends: a sync of its files failed (simulated)"
+        ));
     }
 
     /// Every successful append so far: when it happened (tokio's clock),
@@ -88,11 +137,18 @@ impl LogStore for MemLogStore {
         if seg.sealed || (count > 0 && count + entries.len() as u64 > limit) {
             return Err(Error::SegmentSealed(segment.clone()));
         }
+        if let Some(why) = &seg.failed {
+            return Err(Error::Storage(why.clone()));
+        }
         seg.entries.extend(entries.iter().cloned());
         let appended = Appended {
             first_index: count,
             count: seg.entries.len() as u64,
         };
+        if !inner.relaxed {
+            let seg = inner.segments.get_mut(segment).expect("inserted above");
+            seg.synced = seg.entries.len();
+        }
         inner
             .history
             .push((Instant::now(), segment.clone(), appended.first_index));
@@ -106,14 +162,22 @@ impl LogStore for MemLogStore {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Bytes>> {
-        let inner = self.lock();
-        let Some(seg) = inner.segments.get(segment) else {
+        let mut inner = self.lock();
+        let Some(seg) = inner.segments.get_mut(segment) else {
             return Ok(Vec::new());
         };
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        if start >= seg.synced && start < seg.entries.len() {
+            // Contract 3: a read at unsynced entries syncs them.
+            seg.synced = seg.entries.len();
+        }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start = usize::try_from(from).unwrap_or(usize::MAX);
-        for e in seg.entries.iter().skip(start).take(max_entries) {
+        for e in seg.entries[..seg.synced]
+            .iter()
+            .skip(start)
+            .take(max_entries)
+        {
             if !out.is_empty() && bytes + e.len() > max_bytes {
                 break;
             }
@@ -125,7 +189,7 @@ impl LogStore for MemLogStore {
 
     async fn info(&self, segment: &SegmentKey) -> Result<Option<SegmentInfo>> {
         Ok(self.lock().segments.get(segment).map(|s| SegmentInfo {
-            count: s.entries.len() as u64,
+            count: s.synced as u64,
             sealed: s.sealed,
         }))
     }
@@ -133,12 +197,32 @@ impl LogStore for MemLogStore {
     async fn seal(&self, segment: &SegmentKey) -> Result<u64> {
         let mut inner = self.lock();
         let seg = inner.segments.entry(segment.clone()).or_default();
+        if !seg.sealed {
+            seg.synced = seg.entries.len();
+        }
         seg.sealed = true;
-        Ok(seg.entries.len() as u64)
+        Ok(seg.synced as u64)
     }
 
     async fn sync(&self) -> Result<()> {
+        for seg in self.lock().segments.values_mut() {
+            seg.synced = seg.entries.len();
+        }
         Ok(())
+    }
+
+    fn health(&self) -> StorageHealth {
+        let inner = self.lock();
+        StorageHealth {
+            failed_syncs: inner.failed_syncs,
+            failed_segments: inner
+                .segments
+                .iter()
+                .filter(|(_, s)| s.failed.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
+            quarantined_segments: Vec::new(),
+        }
     }
 
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {
@@ -150,7 +234,7 @@ impl LogStore for MemLogStore {
                 (
                     k.clone(),
                     SegmentInfo {
-                        count: s.entries.len() as u64,
+                        count: s.synced as u64,
                         sealed: s.sealed,
                     },
                 )
