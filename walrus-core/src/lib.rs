@@ -28,7 +28,7 @@ pub mod types;
 pub use clock::{Clock, SystemClock};
 pub use error::{Error, Result};
 pub use lease::LeaseProvider;
-pub use log_store::{Appended, LogStore, SegmentInfo};
+pub use log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
 pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus};
 pub use metadata_store::{ConsensusStatus, MetadataStore};
 pub use node::{Node, NodeConfig};

@@ -27,6 +27,21 @@ pub struct SegmentInfo {
     pub sealed: bool,
 }
 
+/// Problems a store has found with its storage since it opened, for the
+/// node's METRICS and log. Each one is also an error on the requests it
+/// touches; this is the summary an operator watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// Syncs that failed (an I/O error from fsync/msync). Each makes its
+    /// segment refuse appends for good (contract 9).
+    pub failed_syncs: u64,
+    /// Segments that refuse appends because a sync of theirs failed.
+    pub failed_segments: Vec<SegmentKey>,
+    /// Segments found damaged when the store opened: served up to the
+    /// damage, an error past it, never appended to (contract 8).
+    pub quarantined_segments: Vec<SegmentKey>,
+}
+
 /// A node's local write-ahead log, one append-only sequence of entries per
 /// segment. It knows nothing of leaders, leases or topics' other segments.
 ///
@@ -59,6 +74,13 @@ pub struct SegmentInfo {
 /// 8. **Recovery.** On open, a torn or corrupt tail is cut off and never
 ///    served; corruption before the tail is an error naming file and
 ///    position, never skipped silently.
+/// 9. **A failed sync is never forgotten.** After a sync fails (the kernel
+///    may then drop the unwritten data and report the next sync as a
+///    success), the segment refuses every later append with
+///    [`Error::Storage`](crate::Error::Storage), appends waiting for that
+///    sync get an error, and the segment's count (and so its seal) stays at
+///    what was durable before the failure: entries written after it are
+///    never served. [`LogStore::health`] reports it for the store's life.
 ///
 /// The conformance suite in [`crate::testing::log_store_conformance`] checks
 /// 1–6 for any implementation.
@@ -94,4 +116,10 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Every segment the store holds, with its info.
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>>;
+
+    /// Storage problems found so far (failed syncs, damaged segments). A
+    /// store that cannot detect any reports none.
+    fn health(&self) -> StorageHealth {
+        StorageHealth::default()
+    }
 }

@@ -52,9 +52,18 @@
 //! for a flush and waits for it: under `interval`/`never` a reader at the
 //! tail costs one sync per read that catches up, instead of waiting for
 //! the timer (or forever).
+//!
+//! # Failed syncs
+//!
+//! The first failed flush of a segment marks it failed for good (the
+//! kernel may have dropped the pages and a retry would report success):
+//! its waiting appenders get the error, later appends are refused, the
+//! unsynced tail is rolled back, and its count and seal stay at the last
+//! durable entry. [`LogStore::health`] reports it.
 
 mod durable_dir;
 mod group_commit;
+mod health;
 mod index;
 mod read_cache;
 mod reserve;
@@ -73,7 +82,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use walrus_core::{Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, TopicName};
+use walrus_core::{
+    Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, StorageHealth, TopicName,
+};
 
 use durable_dir::create_dir_durable;
 use group_commit::Syncer;
@@ -247,6 +258,7 @@ impl WalStore {
             spares: Arc::new(spares),
             prepare_ahead: config.prepare_ahead && config.fsync == FsyncPolicy::Always,
             prepared_bytes: Arc::new(AtomicU64::new(0)),
+            health: Arc::new(health::Health::default()),
             reserver: Arc::new(reserver),
         };
         let segments = recover_all(&dir, &params)?;
@@ -308,6 +320,13 @@ impl WalStore {
     /// has no `fallocate`).
     pub fn reserves_with_zeros(&self) -> bool {
         self.inner.params.reserver.writes_zeros()
+    }
+
+    /// Makes the next `n` flushes fail as an I/O error would (a test seam
+    /// for failed syncs; costs one atomic load per flush, none per append).
+    #[doc(hidden)]
+    pub fn inject_sync_failures(&self, n: u64) {
+        self.inner.params.health.inject(n);
     }
 
     /// Flushes (msync) done by the syncer so far, one per segment per group
@@ -487,6 +506,25 @@ impl LogStore for WalStore {
             Self::wait(rx).await?;
         }
         Ok(())
+    }
+
+    fn health(&self) -> StorageHealth {
+        let map = self
+            .inner
+            .segments
+            .read()
+            .expect("segment table lock poisoned");
+        let mut failed_segments: Vec<SegmentKey> = map
+            .iter()
+            .filter(|(_, s)| s.failure().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        failed_segments.sort();
+        StorageHealth {
+            failed_syncs: self.inner.params.health.failed_syncs(),
+            failed_segments,
+            quarantined_segments: Vec::new(),
+        }
     }
 
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {

@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
 
 use super::durable_dir::{create_dir_durable, sync_dir};
+use super::health::Health;
 use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
 use super::reserve::Reserver;
@@ -58,6 +59,8 @@ pub(crate) struct SegmentParams {
     pub prepare_ahead: bool,
     /// Bytes it wrote so far, over all segments.
     pub prepared_bytes: Arc<AtomicU64>,
+    /// Failed syncs over all segments (and the fault-injection seam).
+    pub health: Arc<Health>,
     /// How this data directory reserves blocks.
     pub reserver: Arc<Reserver>,
 }
@@ -174,6 +177,10 @@ pub(crate) struct Segment {
     sealed: AtomicBool,
     /// In the syncer's queue (avoids queueing twice).
     pub queued: AtomicBool,
+    /// Set for good by the first failed sync: the kernel may have dropped
+    /// the unwritten pages and marked them clean, so a later sync would
+    /// "succeed" without them. The text is the error appends get.
+    failure: OnceLock<String>,
     append: Mutex<AppendState>,
     shared: RwLock<Shared>,
     /// When the syncer last rewrote the current file's checkpoint (only
@@ -213,6 +220,7 @@ impl Segment {
             written: AtomicU64::new(state.count),
             sealed: AtomicBool::new(sealed),
             queued: AtomicBool::new(false),
+            failure: OnceLock::new(),
             append: Mutex::new(state),
             shared: RwLock::new(shared),
             last_checkpoint: Mutex::new(Instant::now()),
@@ -406,7 +414,10 @@ impl Segment {
     /// syncer after each flush. Holds the append lock only while zeros are
     /// copied into the page cache; the writeback starts after.
     pub fn prepare_ahead(&self) {
-        if !self.params.prepare_ahead || self.sealed.load(Ordering::Acquire) {
+        if !self.params.prepare_ahead
+            || self.sealed.load(Ordering::Acquire)
+            || self.failure.get().is_some()
+        {
             return;
         }
         let (file, range) = {
@@ -455,6 +466,9 @@ impl Segment {
         let mut st = self.lock();
         if self.sealed.load(Ordering::Acquire) || st.sealing {
             return Err(Error::SegmentSealed(self.key.clone()));
+        }
+        if let Some(why) = self.failure.get() {
+            return Err(Error::Storage(why.clone()));
         }
         let n = entries.len() as u64;
         if st.count > 0 && st.count.saturating_add(n) > limit {
@@ -609,6 +623,12 @@ impl Segment {
                     None => Ok(()),
                 };
             }
+            if let Some(why) = self.failure.get() {
+                return match sizes {
+                    Some(_) => Err(Error::Storage(why.clone())),
+                    None => Ok(()),
+                };
+            }
             let plan = self.plan(&st, sizes.unwrap_or(&[]).iter().copied());
             (st.current.clone(), st.pos, st.ready.clone(), plan)
         };
@@ -716,6 +736,12 @@ impl Segment {
     pub fn sync_round(&self, flushes: &AtomicU64) {
         let (from, target, target_count, parts) = {
             let mut st = self.lock();
+            if self.failure.get().is_some() {
+                // Nothing is flushed again: what is durable stays so, what
+                // was lost was rolled back; only waiters are answered.
+                self.answer_after_failure(st);
+                return;
+            }
             let Some(target) = st.pos else {
                 let synced = st.synced_count;
                 let done = take_waiters(&mut st.waiters, synced);
@@ -741,7 +767,14 @@ impl Segment {
                 .unwrap_or_default();
             (st.synced_pos, target, st.count, parts)
         };
-        let result = flush_parts(from, target, &parts, &self.last_checkpoint);
+        let result = if self.params.health.take_injected() {
+            Err(Error::Storage(format!(
+                "sync of segment {} failed: injected failure (as EIO)",
+                self.key
+            )))
+        } else {
+            flush_parts(from, target, &parts, &self.last_checkpoint)
+        };
         flushes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         match result {
@@ -754,26 +787,46 @@ impl Segment {
                 complete(done, Ok(()));
             }
             Err(e) => {
-                tracing::error!(segment = %self.key, error = %e, "WAL sync failed");
-                let failed = if self.params.group_commit {
-                    // Nothing past the synced point was acknowledged: drop
-                    // it, so that a later sync cannot make a failed append
-                    // durable after all.
-                    self.rollback(&mut st);
-                    std::mem::take(&mut st.waiters)
-                } else {
-                    // Entries were acknowledged already; keep them and let
-                    // the next round retry. Only explicit syncs fail.
-                    let synced = st.synced_count;
-                    let (ok, failed): (Vec<_>, Vec<_>) =
-                        st.waiters.drain(..).partition(|w| w.target <= synced);
-                    st.waiters = ok;
-                    failed
-                };
-                drop(st);
-                complete(failed, Err(e));
+                let synced = st.synced_count;
+                let lost = st.count - synced;
+                let why = format!(
+                    "segment {} takes no more appends: a sync of its files failed ({e}); entries from index {synced} on may not be on disk and a retried sync cannot tell. Its {synced} durable entries stay readable; the topic goes on in a new segment once this one is sealed. Check the disk (dmesg, SMART)",
+                    self.key
+                );
+                tracing::error!(
+                    segment = %self.key,
+                    error = %e,
+                    durable = synced,
+                    dropped = lost,
+                    "WAL sync failed: the segment refuses appends from now on and keeps only its {synced} durable entries (the {lost} written after them are dropped; under fsync=interval/never some of them were acknowledged)"
+                );
+                self.params.health.record_failed_sync();
+                let _ = self.failure.set(why);
+                // Take back everything past the durable point (zeros in the
+                // map, later files removed), so that neither a later flush
+                // nor a seal nor a restart from the page cache can serve
+                // what the disk may not hold.
+                self.rollback(&mut st);
+                self.answer_after_failure(st);
             }
         }
+    }
+
+    /// Answers the waiters of a failed segment: those covered by the
+    /// durable count (a seal's) succeed, the others get the failure.
+    fn answer_after_failure(&self, mut st: MutexGuard<'_, AppendState>) {
+        let synced = st.synced_count;
+        let done = take_waiters(&mut st.waiters, synced);
+        let failed = std::mem::take(&mut st.waiters);
+        drop(st);
+        complete(done, Ok(()));
+        let why = self.failure.get().cloned().unwrap_or_default();
+        complete(failed, Err(Error::Storage(why)));
+    }
+
+    /// Why the segment refuses appends, if a sync of it failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Called by the syncer only, on a graceful close: writes the durable
@@ -973,7 +1026,12 @@ impl Segment {
                 )));
             }
         }
-        if count != sealed_count {
+        if count > sealed_count {
+            // Records a failed sync left behind on disk (the rollback's
+            // zeros may not have reached it either): the seal is the
+            // authority, they are never served.
+            tracing::warn!(segment = %self.key, sealed_count, found = count, "ignoring WAL records past the sealed count");
+        } else if count != sealed_count {
             return Err(Error::Corrupt(format!(
                 "segment {} in {} was sealed with {sealed_count} entries but its files hold {count}",
                 self.key,

@@ -110,15 +110,26 @@ impl super::Node {
     }
 
     /// One pass of the monitor loop: roll any open segment of ours that is
-    /// full or already sealed locally.
+    /// full, already sealed locally, or refusing appends after a failed
+    /// sync (sealing it keeps only its durable entries; the topic goes on
+    /// in a new segment, maybe on another node).
     pub(crate) async fn monitor_tick(&self) {
         let state = self.metadata.state();
+        let failed = self.log.health().failed_segments;
         for (topic, t) in &state.topics {
             let current = t.current();
             if current.leader != self.id {
                 continue;
             }
             let key = SegmentKey::new(topic.clone(), current.id);
+            if failed.contains(&key) {
+                tracing::error!(
+                    node = self.id,
+                    "segment {key} refuses appends after a failed sync of its files; sealing it at its durable count and rolling {topic} to a new segment. Check this node's disk"
+                );
+                self.spawn_rollover(key);
+                continue;
+            }
             match self.log.info(&key).await {
                 Ok(Some(info)) if info.sealed || info.count >= self.config.max_segment_entries => {
                     self.spawn_rollover(key)

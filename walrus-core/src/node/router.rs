@@ -62,6 +62,7 @@ impl super::Node {
             "topics": state.topics.len(),
             "metadata_version": state.version,
             "write_lease_valid": self.lease.is_valid(),
+            "storage": self.storage_metrics(),
         });
         match m.as_object_mut() {
             Some(obj) => {
@@ -70,6 +71,17 @@ impl super::Node {
             }
             None => serde_json::json!({ "consensus": m, "walrus": ours }),
         }
+    }
+
+    /// What the log store reports of its storage's health: non-zero means
+    /// an operator should look at the disk (the log says which segment).
+    fn storage_metrics(&self) -> serde_json::Value {
+        let health = self.log.health();
+        serde_json::json!({
+            "failed_syncs": health.failed_syncs,
+            "failed_segments": health.failed_segments.len(),
+            "quarantined_segments": health.quarantined_segments.len(),
+        })
     }
 
     /// REGISTER: the first segment is led by this node if it votes, else
@@ -214,6 +226,15 @@ impl super::Node {
                 Err(Error::SegmentSealed(k)) => {
                     self.spawn_rollover(k.clone());
                     return Err(Error::SegmentSealed(k));
+                }
+                Err(e @ Error::Storage(_)) => {
+                    // A segment whose sync failed never takes appends
+                    // again: move the topic on now rather than at the
+                    // monitor's next pass.
+                    if self.log.health().failed_segments.contains(key) {
+                        self.spawn_rollover(key.clone());
+                    }
+                    return Err(e);
                 }
                 Err(e) => return Err(e),
             }

@@ -4,7 +4,8 @@
 //! 1 (durable before return) and 3 (visible when durable) hold trivially.
 //! A test can make appends fail ([`MemLogStore::fail_appends`]) to check
 //! that errors lose nothing, and can look at every append with the instant
-//! it happened ([`MemLogStore::append_history`]).
+//! it happened ([`MemLogStore::append_history`]), and can make a segment's
+//! sync fail for good ([`MemLogStore::fail_sync`], contract 9).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,13 +15,15 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::log_store::{Appended, LogStore, SegmentInfo};
+use crate::log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
 use crate::types::SegmentKey;
 
 #[derive(Default)]
 struct Segment {
     entries: Vec<Bytes>,
     sealed: bool,
+    /// A sync of it failed: appends are refused for good with this text.
+    failed: Option<String>,
 }
 
 #[derive(Default)]
@@ -29,6 +32,7 @@ struct Inner {
     fail_appends: Option<String>,
     append_delay: Option<std::time::Duration>,
     history: Vec<(Instant, SegmentKey, u64)>,
+    failed_syncs: u64,
 }
 
 /// A [`LogStore`] held in memory. Cheap to create; one per simulated node.
@@ -52,6 +56,17 @@ impl MemLogStore {
     /// (a slow disk: a stalled fsync). `None` makes appends instant again.
     pub fn delay_appends(&self, delay: Option<std::time::Duration>) {
         self.lock().append_delay = delay;
+    }
+
+    /// As if a sync of `segment` failed (EIO): from now on every append to
+    /// it fails with `Error::Storage` and [`LogStore::health`] reports it;
+    /// what it holds stays readable and sealable.
+    pub fn fail_sync(&self, segment: &SegmentKey) {
+        let mut inner = self.lock();
+        inner.failed_syncs += 1;
+        inner.segments.entry(segment.clone()).or_default().failed = Some(format!(
+            "segment {segment} takes no more appends: a sync of its files failed (simulated)"
+        ));
     }
 
     /// Every successful append so far: when it happened (tokio's clock),
@@ -87,6 +102,9 @@ impl LogStore for MemLogStore {
         let count = seg.entries.len() as u64;
         if seg.sealed || (count > 0 && count + entries.len() as u64 > limit) {
             return Err(Error::SegmentSealed(segment.clone()));
+        }
+        if let Some(why) = &seg.failed {
+            return Err(Error::Storage(why.clone()));
         }
         seg.entries.extend(entries.iter().cloned());
         let appended = Appended {
@@ -139,6 +157,20 @@ impl LogStore for MemLogStore {
 
     async fn sync(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn health(&self) -> StorageHealth {
+        let inner = self.lock();
+        StorageHealth {
+            failed_syncs: inner.failed_syncs,
+            failed_segments: inner
+                .segments
+                .iter()
+                .filter(|(_, s)| s.failed.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
+            quarantined_segments: Vec::new(),
+        }
     }
 
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {
