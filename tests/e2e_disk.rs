@@ -1,11 +1,13 @@
-//! A real `walrus-server` whose data directory is a 64 MiB tmpfs (issue 9,
-//! item 7): PUTs succeed until the disk is full, then every PUT gets a
-//! clear `ERR storage error: disk full ...`, nothing acknowledged is lost,
-//! reads and STATE keep working, and PUTs succeed again within a second of
-//! space being freed.
+//! A real `walrus-server` on awkward disks:
+//! - a 64 MiB tmpfs (issue 9, item 7): PUTs succeed until the disk is full,
+//!   then every PUT gets a clear `ERR storage error: disk full ...`, nothing
+//!   acknowledged is lost, reads and STATE keep working, and PUTs succeed
+//!   again within a second of space being freed;
+//! - a FUSE file system without `fallocate` (bindfs; issue 14): PUTs work,
+//!   the space is reserved by writing zeros, the log says so once.
 //!
-//! Needs root (mount); prints SKIPPED otherwise, or fails when
-//! `WALRUS_REQUIRE_ROOT=1` (as in CI).
+//! Needs root (mount) and, for FUSE, `bindfs` (.ci/run installs it); prints
+//! SKIPPED otherwise, or fails when `WALRUS_REQUIRE_ROOT=1` (as in CI).
 
 mod common;
 
@@ -122,6 +124,50 @@ impl Drop for Node {
     }
 }
 
+fn skip(test: &str, why: &str) {
+    if std::env::var("WALRUS_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("WALRUS_REQUIRE_ROOT=1 but the e2e {test} test cannot run: {why}");
+    }
+    println!("SKIPPED e2e {test} test: {why}");
+}
+
+/// A bindfs (FUSE) view of a temporary directory: its `fallocate` answers
+/// EOPNOTSUPP, like many FUSE and network file systems.
+struct Fuse {
+    path: PathBuf,
+    _src: tempfile::TempDir,
+    _mnt: tempfile::TempDir,
+}
+
+impl Fuse {
+    fn mount() -> Result<Fuse, String> {
+        let src = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mnt = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("bindfs")
+            .arg(src.path())
+            .arg(mnt.path())
+            .output()
+            .map_err(|e| format!("cannot run bindfs (apt-get install bindfs): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "bindfs failed (not root, or no /dev/fuse?): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Fuse {
+            path: mnt.path().to_path_buf(),
+            _src: src,
+            _mnt: mnt,
+        })
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
 fn payload(i: usize) -> String {
     let mut s = format!("entry-{i:06}-");
     while s.len() < 16 * 1024 {
@@ -151,13 +197,7 @@ async fn given_a_64_mib_disk_when_filled_by_puts_should_refuse_clearly_keep_ever
 ) {
     let fs = match Tmpfs::mount("64m") {
         Ok(fs) => fs,
-        Err(why) => {
-            if std::env::var("WALRUS_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
-                panic!("WALRUS_REQUIRE_ROOT=1 but the disk-full test cannot run: {why}");
-            }
-            println!("SKIPPED e2e disk-full test: {why}");
-            return;
-        }
+        Err(why) => return skip("disk-full", &why),
     };
     let t0 = Instant::now();
     // Started by hand rather than with the harness: the harness gives
@@ -240,4 +280,52 @@ async fn given_a_64_mib_disk_when_filled_by_puts_should_refuse_clearly_keep_ever
     println!("PUT accepted {:?} after space was freed", freed.elapsed());
     assert_eq!(c.get("full").await.unwrap().as_deref(), Some(p.as_str()));
     report("e2e disk full", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_fuse_data_dir_without_fallocate_when_putting_should_store_and_serve_everything() {
+    let fs = match Fuse::mount() {
+        Ok(fs) => fs,
+        Err(why) => return skip("FUSE", &why),
+    };
+    let probe = fs.path.join("probe");
+    let unsupported = fallocate_unsupported(&probe);
+    let _ = std::fs::remove_file(&probe);
+    assert!(
+        unsupported,
+        "this test needs a file system whose fallocate is unsupported; bindfs's is"
+    );
+    let t0 = Instant::now();
+    let node = Node::start(&fs.path);
+    let c = CliClient::new(node.client_addr.clone()).with_timeout(Duration::from_secs(10));
+    wait_ready(&c).await;
+    c.register("fuse").await.unwrap();
+    // 3 MiB: several reservation steps of the 64 MiB file.
+    let sent: Vec<String> = (0..200).map(payload).collect();
+    for p in &sent {
+        c.put("fuse", p)
+            .await
+            .expect("PUT on a file system without fallocate");
+    }
+    for p in &sent {
+        assert_eq!(c.get("fuse").await.unwrap().as_deref(), Some(p.as_str()));
+    }
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert_eq!(
+        log.matches("has no fallocate").count(),
+        1,
+        "the fallback is logged once per data directory:\n{log}"
+    );
+    report("e2e FUSE without fallocate", t0.elapsed());
+}
+
+/// Whether `fallocate` at `path` answers "not supported" (asked with the
+/// `fallocate` command, so the tests need no extra dependency).
+fn fallocate_unsupported(path: &std::path::Path) -> bool {
+    let out = Command::new("fallocate")
+        .args(["-l", "4096"])
+        .arg(path)
+        .output()
+        .expect("the fallocate command (util-linux) runs");
+    !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not supported")
 }
