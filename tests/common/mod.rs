@@ -149,7 +149,13 @@ impl ServerProc {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `sig` (as `kill` takes it: `-STOP`, `-CONT`, ...).
+    pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill")
                 .args([sig, &c.id().to_string()])

@@ -207,8 +207,35 @@ async fn given_stale_records_behind_a_torn_one_when_overwritten_should_never_com
     );
 }
 
+/// Opens a store over a damaged segment: the store opens, the segment is
+/// quarantined with its first `served` entries readable, appends and seals
+/// are refused, and a read past the damage fails: returns its message.
+async fn open_quarantined(dir: &Path, cfg: WalConfig, seg: &SegmentKey, served: u64) -> String {
+    let store = WalStore::open(dir, cfg).expect("a damaged segment must not stop the store");
+    assert_eq!(store.health().quarantined_segments, vec![seg.clone()]);
+    let got = store.read(seg, 0, 1000, usize::MAX).await.unwrap();
+    assert_eq!(
+        got.len() as u64,
+        served,
+        "entries before the damage are served"
+    );
+    for (i, e) in got.iter().enumerate() {
+        assert!(e.starts_with(format!("{i}:").as_bytes()), "entry {i}");
+    }
+    if !store.info(seg).await.unwrap().unwrap().sealed {
+        let refused = store.append(seg, &[payload(999, 8)], u64::MAX).await;
+        assert!(matches!(refused, Err(Error::Corrupt(_))), "{refused:?}");
+        assert!(matches!(store.seal(seg).await, Err(Error::Corrupt(_))));
+    }
+    match store.read(seg, served, 10, usize::MAX).await {
+        Err(Error::Corrupt(m)) => m,
+        other => panic!("a read past the damage should fail as corrupt, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn given_corruption_before_the_synced_point_when_reopened_should_fail_naming_file_and_byte() {
+async fn given_corruption_before_the_synced_point_when_reopened_should_quarantine_it_naming_file_and_byte(
+) {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("bitrot", 1);
     write_and_close(dir.path(), &seg, config(FsyncPolicy::Always, 65536), 20, 64).await;
@@ -218,16 +245,13 @@ async fn given_corruption_before_the_synced_point_when_reopened_should_fail_nami
     bytes[third + 10] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
-    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap_err();
-    let Error::Corrupt(msg) = &err else {
-        panic!("expected Corrupt, got {err}")
-    };
+    let msg = open_quarantined(dir.path(), config(FsyncPolicy::Always, 65536), &seg, 2).await;
     assert!(msg.contains("00000000000000000001.000000.wal"), "{msg}");
     assert!(msg.contains(&format!("byte {third}")), "{msg}");
 }
 
 #[tokio::test]
-async fn given_a_corrupt_sealed_segment_when_read_should_report_it_and_serve_nothing_wrong() {
+async fn given_a_corrupt_sealed_segment_when_read_should_serve_up_to_the_damage_and_report_it() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("sealedrot", 1);
     {
@@ -256,11 +280,16 @@ async fn given_a_corrupt_sealed_segment_when_read_should_report_it_and_serve_not
             sealed: true
         })
     );
-    let err = store.read(&seg, 0, 10, usize::MAX).await.unwrap_err();
+    assert_eq!(
+        store.read(&seg, 0, 10, usize::MAX).await.unwrap(),
+        vec![payload(0, 30)]
+    );
+    let err = store.read(&seg, 1, 10, usize::MAX).await.unwrap_err();
     assert!(
         matches!(&err, Error::Corrupt(m) if m.contains(&format!("byte {second}"))),
         "{err}"
     );
+    assert_eq!(store.health().quarantined_segments, vec![seg.clone()]);
 }
 
 #[tokio::test]
@@ -450,19 +479,17 @@ async fn given_a_crash_while_rolling_to_a_new_file_when_reopened_should_drop_the
 }
 
 #[tokio::test]
-async fn given_a_damaged_earlier_file_when_later_files_hold_data_should_report_a_hole() {
+async fn given_a_damaged_earlier_file_when_later_files_hold_data_should_quarantine_at_the_hole() {
     let dir = tempfile::tempdir().unwrap();
     let seg = key("hole", 1);
     three_files(dir.path(), &seg).await;
     let f0 = part_file(dir.path(), &seg, 0);
     let mut bytes = std::fs::read(&f0).unwrap();
     let (last, _) = *record_offsets(&bytes).last().unwrap();
+    let before = record_offsets(&bytes).len() as u64 - 1;
     bytes[last + 20] ^= 0x10;
     std::fs::write(&f0, &bytes).unwrap();
-    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 8192)).unwrap_err();
-    let Error::Corrupt(msg) = &err else {
-        panic!("expected Corrupt, got {err}")
-    };
+    let msg = open_quarantined(dir.path(), config(FsyncPolicy::Always, 8192), &seg, before).await;
     assert!(
         msg.contains(&format!("byte {last}")) && msg.contains("000000.wal"),
         "{msg}"
@@ -628,11 +655,8 @@ async fn given_synced_appends_when_closed_gracefully_should_checkpoint_all_of_th
     let (last, _) = *record_offsets(&bytes).last().unwrap();
     bytes[last + 9] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-    let err = WalStore::open(dir.path(), config(FsyncPolicy::Always, 65536)).unwrap_err();
-    assert!(
-        matches!(&err, Error::Corrupt(m) if m.contains(&format!("byte {last}"))),
-        "{err}"
-    );
+    let msg = open_quarantined(dir.path(), config(FsyncPolicy::Always, 65536), &seg, 19).await;
+    assert!(msg.contains(&format!("byte {last}")), "{msg}");
 }
 
 #[tokio::test]

@@ -72,8 +72,11 @@ pub struct StorageHealth {
 ///    every earlier entry readable; the store accepts appends again once
 ///    the cause is gone.
 /// 8. **Recovery.** On open, a torn or corrupt tail is cut off and never
-///    served; corruption before the tail is an error naming file and
-///    position, never skipped silently.
+///    served; corruption before the tail is never skipped silently: the
+///    segment is quarantined (entries before the damage are served, a read
+///    past it is [`Error::Corrupt`](crate::Error::Corrupt) naming file and
+///    position, appends and seal are refused) and the store opens with
+///    every other segment.
 /// 9. **A failed sync is never forgotten.** After a sync fails (the kernel
 ///    may then drop the unwritten data and report the next sync as a
 ///    success), the segment refuses every later append with

@@ -1,7 +1,8 @@
 //! The server's flags and environment, compatible with the reference
 //! (`--node-id`, `--data-dir`, `--raft-*`, `--client-*`, `--join`,
 //! `--log-file`, `WALRUS_MAX_SEGMENT_ENTRIES`, `WALRUS_MONITOR_CHECK_MS`),
-//! plus ours (`--fsync`, connection cap, idle timeout).
+//! plus ours (`--fsync`, connection caps, timeouts, the in-flight bytes
+//! budget).
 //!
 //! With no flags at all: node 1, a one-voter cluster, clients on
 //! 127.0.0.1:9091, Raft on 127.0.0.1:9191, data under `./data/node_1`.
@@ -12,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use walrus_backends::wal::{FsyncPolicy, WalConfig};
 
-use crate::listener::ListenerConfig;
+use crate::listener::{ListenerConfig, MIN_BYTES_IN_FLIGHT};
 
 /// The default client port (what `walrus-cli` and the seed's examples use).
 pub const DEFAULT_CLIENT_PORT: u16 = 9091;
@@ -92,11 +93,30 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
+    /// Client connections served at once from one IP address; more are
+    /// refused with an ERR, so one client cannot take every slot.
+    #[arg(long, env = "WALRUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections_per_ip: u64,
+
     /// A client that leaves a frame half-sent (or stops reading answers) for
     /// this long is disconnected, in ms.
     #[arg(long, env = "WALRUS_IDLE_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
+
+    /// A client connection that sends nothing between requests for this
+    /// long, with no request in flight, is closed, in ms.
+    #[arg(long, env = "WALRUS_IDLE_CONNECTION_TIMEOUT_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_connection_timeout_ms: u64,
+
+    /// Bytes of client requests and answers the node holds at once, across
+    /// all connections; when spent, it stops reading requests until answers
+    /// go out (the clients' sends then wait). At least 1 MiB.
+    #[arg(long, env = "WALRUS_MAX_BYTES_IN_FLIGHT", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(MIN_BYTES_IN_FLIGHT as u64..=(1u64 << 40)))]
+    pub max_bytes_in_flight: u64,
 
     /// Accepted for compatibility with the reference; ignored.
     #[arg(long, env = "WALRUS_DISABLE_IO_URING", hide = true)]
@@ -143,7 +163,10 @@ impl ServerConfig {
     pub fn listener_config(&self) -> ListenerConfig {
         ListenerConfig {
             max_connections: self.max_connections as usize,
+            max_connections_per_ip: self.max_connections_per_ip as usize,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            idle_connection_timeout: Duration::from_millis(self.idle_connection_timeout_ms),
+            max_bytes_in_flight: usize::try_from(self.max_bytes_in_flight).unwrap_or(usize::MAX),
             ..ListenerConfig::default()
         }
     }
@@ -181,6 +204,29 @@ mod tests {
         assert_eq!(c.node_dir(), PathBuf::from("./data/node_1"));
         assert_eq!(c.fsync, FsyncPolicy::Always);
         assert!(c.join.is_none());
+        let l = c.listener_config();
+        assert_eq!(l.max_connections_per_ip, 1024);
+        assert_eq!(l.max_bytes_in_flight, 64 << 20);
+        assert_eq!(l.idle_connection_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn given_memory_limit_flags_should_take_them_and_refuse_a_budget_below_one_mib() {
+        let c = parse(&[
+            "--max-connections-per-ip",
+            "8",
+            "--max-bytes-in-flight",
+            "2097152",
+            "--idle-connection-timeout-ms",
+            "5000",
+        ])
+        .unwrap();
+        let l = c.listener_config();
+        assert_eq!(l.max_connections_per_ip, 8);
+        assert_eq!(l.max_bytes_in_flight, 2 << 20);
+        assert_eq!(l.idle_connection_timeout, Duration::from_secs(5));
+        assert!(parse(&["--max-bytes-in-flight", "1000"]).is_err());
+        assert!(parse(&["--max-connections-per-ip", "0"]).is_err());
     }
 
     #[test]

@@ -20,10 +20,19 @@
 //! reading stalls only itself (its in-flight window fills, then its reader
 //! waits), and it is dropped once a write makes no progress for the idle
 //! timeout.
+//!
+//! Memory is bounded whatever the clients do (see [`ListenerConfig`]): the
+//! request and answer bytes every connection holds come out of one global
+//! budget, and a reader that finds it spent stops reading its socket until
+//! answers are written out (TCP then pushes back on the client); no request
+//! is refused for it. Connections are capped in total and per client
+//! address, and one that sends nothing for the idle-connection timeout
+//! while nothing of it is in flight is closed.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -31,12 +40,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
-use walrus_core::protocol::{read_frame, FrameError, Request, Response, MAX_FRAME};
+use walrus_core::protocol::{Request, Response, MAX_FRAME};
 use walrus_core::{Node, TopicName};
 
 /// What answers client requests. The server gives the listener a `Node`;
@@ -84,20 +93,42 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Topics a connection remembers a lane for before forgetting idle ones.
 const MAX_IDLE_LANES: usize = 256;
 
+/// What the budget charges for a request beyond its frame: the job, its
+/// place in the answer queue and a short answer (`OK`, an `ERR` text).
+const REQUEST_OVERHEAD: usize = 256;
+/// What a request whose answer carries data (GET, STATE, METRICS, TOPICS)
+/// reserves for it until the answer is known: an entry is smaller than a
+/// frame (a TOPICS or METRICS answer may exceed it, by the size of the
+/// metadata it copies).
+const ANSWER_RESERVE: usize = MAX_FRAME + 64;
+/// The smallest budget: a few requests with the largest answer must fit.
+pub const MIN_BYTES_IN_FLIGHT: usize = 1 << 20;
+
 /// Limits of the client listener.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Connections served at once; more are answered
     /// `ERR too many connections…` and closed.
     pub max_connections: usize,
+    /// Connections served at once from one client IP address; more are
+    /// answered `ERR too many connections from <ip>…` and closed, so one
+    /// client cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// A frame that has started must arrive whole within this time, and a
     /// response write must make progress within it; otherwise the
-    /// connection is closed. A connection that is idle between frames is
-    /// kept.
+    /// connection is closed.
     pub idle_timeout: Duration,
+    /// A connection that sends nothing for this long between frames, with
+    /// none of its requests in flight, is closed.
+    pub idle_connection_timeout: Duration,
     /// Requests of one connection in flight at once (read but not yet
     /// answered). Past it, the reader waits for the writer.
     pub max_in_flight: usize,
+    /// Bytes of requests and answers held across all connections, from a
+    /// request's length prefix until its answer is written to the socket.
+    /// When spent, readers stop reading until answers go out. At least
+    /// [`MIN_BYTES_IN_FLIGHT`].
+    pub max_bytes_in_flight: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -106,9 +137,131 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             max_connections: 4096,
+            max_connections_per_ip: 1024,
             idle_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(600),
             max_in_flight: 1024,
+            max_bytes_in_flight: 64 << 20,
             drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The global budget of bytes in flight. Requests wait for it in arrival
+/// order (a fair semaphore), so a flood on some connections does not starve
+/// the others' next request.
+#[derive(Clone)]
+struct Budget {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        let limit = limit.clamp(MIN_BYTES_IN_FLIGHT, Semaphore::MAX_PERMITS);
+        Budget {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// Waits until `bytes` are free, then holds them until the charge drops.
+    async fn charge(&self, bytes: usize) -> Charge {
+        let n =
+            u32::try_from(bytes.min(self.limit)).expect("a charge is at most one frame and answer");
+        self.permits
+            .acquire_many(n)
+            .await
+            .expect("the budget's semaphore is never closed")
+            .forget();
+        Charge {
+            permits: self.permits.clone(),
+            bytes: n as usize,
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
+}
+
+/// Bytes held out of the [`Budget`]; given back when dropped.
+struct Charge {
+    permits: Arc<Semaphore>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Gives back what is no longer held (the request, once answered; the
+    /// unused part of an answer's reserve). Never grows.
+    fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.permits.add_permits(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+
+    /// Shrinks to what `answer` holds.
+    fn fit(&mut self, answer: &Response) {
+        self.shrink_to(REQUEST_OVERHEAD + answer_bytes(answer));
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.permits.add_permits(self.bytes);
+    }
+}
+
+/// The bytes an answer holds until it is written.
+fn answer_bytes(answer: &Response) -> usize {
+    match answer {
+        Response::Entry(p) => p.len(),
+        Response::Json(j) => j.len(),
+        Response::Err(e) => e.len(),
+        Response::Ok | Response::Empty | Response::Pong => 0,
+    }
+}
+
+/// Live connections per client IP address.
+#[derive(Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Counts one more connection from `ip`, unless it already has `cap`.
+    fn admit(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<IpSlot> {
+        let mut counts = self
+            .counts
+            .lock()
+            .expect("per-ip lock poisoned: a panic while counting");
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in the per-IP count.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
         }
     }
 }
@@ -120,6 +273,7 @@ pub struct ClientListener {
     stop: watch::Sender<bool>,
     accept_task: JoinHandle<()>,
     connections: Arc<Semaphore>,
+    budget: Budget,
     config: ListenerConfig,
 }
 
@@ -133,11 +287,16 @@ impl ClientListener {
         let local_addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(config.max_connections));
+        let budget = Budget::new(config.max_bytes_in_flight);
         let accept_task = tokio::spawn(accept_loop(
             listener,
             handler,
-            config.clone(),
-            connections.clone(),
+            Limits {
+                config: config.clone(),
+                connections: connections.clone(),
+                per_ip: Arc::default(),
+                budget: budget.clone(),
+            },
             stop_rx,
         ));
         Ok(ClientListener {
@@ -145,8 +304,15 @@ impl ClientListener {
             stop,
             accept_task,
             connections,
+            budget,
             config,
         })
+    }
+
+    /// Bytes of requests and answers held right now, out of
+    /// [`ListenerConfig::max_bytes_in_flight`].
+    pub fn bytes_in_flight(&self) -> usize {
+        self.budget.in_use()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -172,13 +338,21 @@ impl ClientListener {
     }
 }
 
+/// What the accept loop shares with every connection.
+struct Limits {
+    config: ListenerConfig,
+    connections: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    budget: Budget,
+}
+
 async fn accept_loop<H: ClientHandler + ?Sized>(
     listener: TcpListener,
     handler: Arc<H>,
-    config: ListenerConfig,
-    connections: Arc<Semaphore>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let config = &limits.config;
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -195,98 +369,235 @@ async fn accept_loop<H: ClientHandler + ?Sized>(
             }
         };
         let _ = stream.set_nodelay(true);
-        match connections.clone().try_acquire_owned() {
+        let Some(slot) = limits
+            .per_ip
+            .admit(peer.ip(), config.max_connections_per_ip)
+        else {
+            let text = format!(
+                "too many connections from {}: at most {} per client address; close idle \
+                 connections or retry later",
+                peer.ip(),
+                config.max_connections_per_ip
+            );
+            tokio::spawn(refuse(stream, text, config.idle_timeout));
+            continue;
+        };
+        match limits.connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 let handler = handler.clone();
                 let config = config.clone();
+                let budget = limits.budget.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    serve_connection(stream, handler, config, stop).await;
+                    serve_connection(stream, handler, config, budget, stop).await;
                     tracing::debug!(%peer, "client connection closed");
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Err(_) => {
-                tokio::spawn(refuse(stream, config.idle_timeout));
+                drop(slot);
+                let text =
+                    "too many connections: the server is at its connection limit, retry later";
+                tokio::spawn(refuse(stream, text.into(), config.idle_timeout));
             }
         }
     }
 }
 
-async fn refuse(mut stream: TcpStream, timeout: Duration) {
+async fn refuse(mut stream: TcpStream, text: String, timeout: Duration) {
     let mut out = BytesMut::new();
-    Response::Err(
-        "too many connections: the server is at its connection limit, retry later".into(),
-    )
-    .encode(&mut out);
+    Response::Err(text).encode(&mut out);
     let _ = tokio::time::timeout(timeout, stream.write_all(&out)).await;
     let _ = stream.shutdown().await;
 }
 
-/// An answer in the making, queued in request order.
+/// An answer in the making, queued in request order. Each holds the
+/// request's budget: whoever holds the request or its answer holds the
+/// charge, so bytes stay counted while a handler still works on a request
+/// whose connection is gone.
 enum Pending {
-    Ready(Response),
-    Waiting(oneshot::Receiver<Response>),
+    Ready(Response, Charge),
+    Waiting(oneshot::Receiver<(Response, Charge)>),
+}
+
+/// Where a request that runs elsewhere sends its answer, with its charge.
+struct Reply {
+    to: oneshot::Sender<(Response, Charge)>,
+    charge: Charge,
+}
+
+impl Reply {
+    fn channel(charge: Charge) -> (Reply, Pending) {
+        let (to, rx) = oneshot::channel();
+        (Reply { to, charge }, Pending::Waiting(rx))
+    }
+
+    fn send(self, answer: Response) {
+        let mut charge = self.charge;
+        charge.fit(&answer);
+        // A connection that is gone drops the answer and the charge here.
+        let _ = self.to.send((answer, charge));
+    }
 }
 
 async fn serve_connection<H: ClientHandler + ?Sized>(
     stream: TcpStream,
     handler: Arc<H>,
     config: ListenerConfig,
+    budget: Budget,
     stop: watch::Receiver<bool>,
 ) {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
-    let writer = tokio::spawn(write_loop(write, rx, config.idle_timeout));
-    read_loop(read, handler, tx, config.idle_timeout, stop).await;
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(
+        write,
+        rx,
+        config.idle_timeout,
+        unanswered.clone(),
+    ));
+    let reader = Reader {
+        handler,
+        tx,
+        budget,
+        unanswered,
+        config,
+    };
+    reader.run(read, stop).await;
     let _ = writer.await;
 }
 
-async fn read_loop<H: ClientHandler + ?Sized>(
-    read: OwnedReadHalf,
+/// Why a connection stops reading.
+enum Stop {
+    /// Closed, broken, silent too long, or the server stops.
+    Quietly,
+    /// A length the stream cannot be resynchronised after: answer, close.
+    BadLength,
+}
+
+struct Reader<H: ?Sized> {
     handler: Arc<H>,
     tx: mpsc::Sender<Pending>,
-    idle_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut reader = BufReader::with_capacity(64 * 1024, read);
-    let mut lanes: HashMap<TopicName, Arc<Mutex<Lane>>> = HashMap::new();
-    loop {
-        // Between frames a connection may idle as long as it likes; once a
-        // frame has begun it must arrive within the idle timeout.
-        let started = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            r = reader.fill_buf() => matches!(r, Ok(b) if !b.is_empty()),
-        };
-        if !started {
-            return;
-        }
-        let frame = match tokio::time::timeout(idle_timeout, read_frame(&mut reader, MAX_FRAME))
-            .await
-        {
-            Err(_) => {
-                tracing::debug!("closing a client connection idle in the middle of a frame");
-                return;
+    budget: Budget,
+    /// Requests read and not yet written back, shared with the writer.
+    unanswered: Arc<AtomicUsize>,
+    config: ListenerConfig,
+}
+
+impl<H: ClientHandler + ?Sized> Reader<H> {
+    async fn run(self, read: OwnedReadHalf, mut stop: watch::Receiver<bool>) {
+        let mut reader = BufReader::with_capacity(64 * 1024, read);
+        let mut lanes: HashMap<TopicName, Arc<Mutex<Lane>>> = HashMap::new();
+        loop {
+            let (frame, mut charge) = match self.next_frame(&mut reader, &mut stop).await {
+                Ok(f) => f,
+                Err(Stop::Quietly) => return,
+                Err(Stop::BadLength) => {
+                    let charge = self.budget.charge(REQUEST_OVERHEAD).await;
+                    let answer = Response::Err("invalid frame length".into());
+                    let _ = self.send(Pending::Ready(answer, charge)).await;
+                    return;
+                }
+            };
+            let len = frame.len();
+            let req = match Request::parse(frame) {
+                Ok(req) => req,
+                Err(e) => {
+                    let answer = Response::from(e);
+                    charge.fit(&answer);
+                    if self.send(Pending::Ready(answer, charge)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if !answer_is_data(&req) {
+                charge.shrink_to(len + REQUEST_OVERHEAD);
             }
-            Ok(Ok(Some(body))) => body.freeze(),
-            Ok(Ok(None)) | Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => return,
-            Ok(Err(e @ FrameError::InvalidLength(_))) => {
-                // The stream cannot be resynchronised: answer, then close.
-                let _ = tx.send(Pending::Ready(Response::Err(e.to_string()))).await;
-                return;
+            let pending = dispatch(&self.handler, req, charge, &mut lanes).await;
+            if self.send(pending).await.is_err() {
+                return; // the writer gave up on this connection
             }
-        };
-        let pending = dispatch(&handler, frame, &mut lanes).await;
-        if tx.send(pending).await.is_err() {
-            return; // the writer gave up on this connection
         }
     }
+
+    async fn send(&self, pending: Pending) -> Result<(), ()> {
+        self.unanswered.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(pending).await.map_err(|_| ())
+    }
+
+    /// Reads the next frame, once the budget has room for it. Between
+    /// frames a connection may idle up to the idle-connection timeout (any
+    /// time while it has requests in flight); once a frame has begun, each
+    /// part must arrive within the idle timeout.
+    async fn next_frame(
+        &self,
+        reader: &mut BufReader<OwnedReadHalf>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(Bytes, Charge), Stop> {
+        loop {
+            let waited = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Err(Stop::Quietly),
+                r = tokio::time::timeout(self.config.idle_connection_timeout, reader.fill_buf()) => r,
+            };
+            match waited {
+                Ok(Ok(b)) if !b.is_empty() => break,
+                Ok(_) => return Err(Stop::Quietly),
+                Err(_) if self.unanswered.load(Ordering::SeqCst) == 0 => {
+                    tracing::debug!("closing a client connection idle between frames");
+                    return Err(Stop::Quietly);
+                }
+                Err(_) => continue,
+            }
+        }
+        let mut len = [0u8; 4];
+        self.mid_frame(reader.read_exact(&mut len)).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 || len > MAX_FRAME {
+            return Err(Stop::BadLength);
+        }
+        // Waiting here leaves the body in the socket: the budget pushes back
+        // on the client instead of the server allocating. What the request
+        // is shows only once it is read, so the charge covers the largest
+        // answer too, and shrinks once the request is known. One charge,
+        // never a second one while holding the first: readers that hold
+        // budget never wait for more, so they cannot block each other.
+        let charge = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Err(Stop::Quietly),
+            c = self.budget.charge(REQUEST_OVERHEAD + len.max(ANSWER_RESERVE)) => c,
+        };
+        let mut body = BytesMut::zeroed(len);
+        self.mid_frame(reader.read_exact(&mut body)).await?;
+        Ok((body.freeze(), charge))
+    }
+
+    async fn mid_frame<T>(
+        &self,
+        read: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> Result<T, Stop> {
+        match tokio::time::timeout(self.config.idle_timeout, read).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(Stop::Quietly),
+            Err(_) => {
+                tracing::debug!("closing a client connection idle in the middle of a frame");
+                Err(Stop::Quietly)
+            }
+        }
+    }
+}
+
+/// Requests whose answer carries data of unknown size.
+fn answer_is_data(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Get(_) | Request::State(_) | Request::Metrics | Request::Topics
+    )
 }
 
 /// A request waiting for its turn on its topic, and where its answer goes.
 struct Job {
     req: Request,
-    answer: oneshot::Sender<Response>,
+    reply: Reply,
 }
 
 /// One connection's requests on one topic, run in order by one task that
@@ -305,15 +616,12 @@ fn lock(lane: &Mutex<Lane>) -> std::sync::MutexGuard<'_, Lane> {
 /// Starts one request; returns its place in the answer queue.
 async fn dispatch<H: ClientHandler + ?Sized>(
     handler: &Arc<H>,
-    frame: Bytes,
+    req: Request,
+    charge: Charge,
     lanes: &mut HashMap<TopicName, Arc<Mutex<Lane>>>,
 ) -> Pending {
-    let req = match Request::parse(frame) {
-        Ok(req) => req,
-        Err(e) => return Pending::Ready(e.into()),
-    };
     let Some(topic) = topic_of(&req).cloned() else {
-        return start_inline(handler, req, None).await;
+        return start_inline(handler, req, charge, None).await;
     };
     if lanes.len() >= MAX_IDLE_LANES {
         lanes.retain(|_, lane| {
@@ -329,18 +637,18 @@ async fn dispatch<H: ClientHandler + ?Sized>(
     if !queued {
         // Nothing of this connection runs on the topic: nothing to keep
         // this request in order behind.
-        return start_inline(handler, req, Some(lane.clone())).await;
+        return start_inline(handler, req, charge, Some(lane.clone())).await;
     }
-    let (answer, answer_rx) = oneshot::channel();
+    let (reply, pending) = Reply::channel(charge);
     let start = {
         let mut l = lock(lane);
-        l.queue.push_back(Job { req, answer });
+        l.queue.push_back(Job { req, reply });
         !std::mem::replace(&mut l.running, true)
     };
     if start {
         tokio::spawn(run_lane(handler.clone(), lane.clone()));
     }
-    Pending::Waiting(answer_rx)
+    pending
 }
 
 /// Runs `req` here, in the reader, until it first has to wait. If it has
@@ -350,25 +658,28 @@ async fn dispatch<H: ClientHandler + ?Sized>(
 async fn start_inline<H: ClientHandler + ?Sized>(
     handler: &Arc<H>,
     req: Request,
+    mut charge: Charge,
     lane: Option<Arc<Mutex<Lane>>>,
 ) -> Pending {
     let h = handler.clone();
     let mut work = Box::pin(AssertUnwindSafe(async move { h.handle(req).await }).catch_unwind());
     if let Poll::Ready(answer) = futures::poll!(work.as_mut()) {
-        return Pending::Ready(answer.unwrap_or_else(|_| panicked()));
+        let answer = answer.unwrap_or_else(|_| panicked());
+        charge.fit(&answer);
+        return Pending::Ready(answer, charge);
     }
     if let Some(lane) = &lane {
         lock(lane).running = true;
     }
-    let (answer, answer_rx) = oneshot::channel();
+    let (reply, pending) = Reply::channel(charge);
     let handler = handler.clone();
     tokio::spawn(async move {
-        let _ = answer.send(work.await.unwrap_or_else(|_| panicked()));
+        reply.send(work.await.unwrap_or_else(|_| panicked()));
         if let Some(lane) = lane {
             run_lane(handler, lane).await;
         }
     });
-    Pending::Waiting(answer_rx)
+    pending
 }
 
 /// The answer to a request whose handler panicked.
@@ -411,24 +722,24 @@ async fn run_lane<H: ClientHandler + ?Sized>(handler: Arc<H>, lane: Arc<Mutex<La
             jobs
         };
         if jobs.len() == 1 {
-            let Job { req, answer } = jobs.pop().expect("one job is there");
-            let _ = answer.send(handler.handle(req).await);
+            let Job { req, reply } = jobs.pop().expect("one job is there");
+            reply.send(handler.handle(req).await);
             continue;
         }
         let mut topic = None;
         let mut payloads = Vec::with_capacity(jobs.len());
-        let mut answers = Vec::with_capacity(jobs.len());
-        for Job { req, answer } in jobs {
+        let mut replies = Vec::with_capacity(jobs.len());
+        for Job { req, reply } in jobs {
             if let Request::Put { topic: t, payload } = req {
                 topic.get_or_insert(t);
                 payloads.push(payload);
-                answers.push(answer);
+                replies.push(reply);
             }
         }
         let topic = topic.expect("a batch holds at least two PUTs");
         let mut responses = handler.handle_puts(topic, payloads).await.into_iter();
-        for answer in answers {
-            let _ = answer.send(responses.next().unwrap_or_else(|| {
+        for reply in replies {
+            reply.send(responses.next().unwrap_or_else(|| {
                 Response::Err("internal error: the batch of PUTs left this one unanswered".into())
             }));
         }
@@ -469,17 +780,29 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
     }
 }
 
-async fn resolve(p: Pending) -> Response {
+async fn resolve(p: Pending) -> (Response, Option<Charge>) {
     match p {
-        Pending::Ready(r) => r,
-        Pending::Waiting(rx) => rx.await.unwrap_or_else(|_| {
-            Response::Err("internal error: the request was dropped before it was answered".into())
-        }),
+        Pending::Ready(r, c) => (r, Some(c)),
+        Pending::Waiting(rx) => match rx.await {
+            Ok((r, c)) => (r, Some(c)),
+            Err(_) => (dropped(), None),
+        },
     }
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
+fn dropped() -> Response {
+    Response::Err("internal error: the request was dropped before it was answered".into())
+}
+
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    timeout: Duration,
+    unanswered: Arc<AtomicUsize>,
+) {
     let mut out = BytesMut::with_capacity(4096);
+    // The budget of the answers in `out`, given back once they are written.
+    let mut charges: Vec<Option<Charge>> = Vec::new();
     let mut next: Option<Pending> = None;
     loop {
         let head = match next.take() {
@@ -489,29 +812,32 @@ async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, 
                 None => break,
             },
         };
-        resolve(head).await.encode(&mut out);
+        let (answer, charge) = resolve(head).await;
+        answer.encode(&mut out);
+        charges.push(charge);
         // Batch every answer that is already there into the same write.
         while out.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(Pending::Ready(r)) => r.encode(&mut out),
+            let (answer, charge) = match rx.try_recv() {
+                Ok(Pending::Ready(r, c)) => (r, Some(c)),
                 Ok(Pending::Waiting(mut w)) => match w.try_recv() {
-                    Ok(r) => r.encode(&mut out),
+                    Ok((r, c)) => (r, Some(c)),
                     Err(oneshot::error::TryRecvError::Empty) => {
                         next = Some(Pending::Waiting(w));
                         break;
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        next = Some(Pending::Ready(Response::Err(
-                            "internal error: the request was dropped before it was answered".into(),
-                        )));
-                        break;
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => (dropped(), None),
                 },
                 Err(_) => break,
-            }
+            };
+            answer.encode(&mut out);
+            charges.push(charge);
         }
         match tokio::time::timeout(timeout, write.write_all(&out)).await {
-            Ok(Ok(())) => out.clear(),
+            Ok(Ok(())) => {
+                out.clear();
+                unanswered.fetch_sub(charges.len(), Ordering::SeqCst);
+                charges.clear();
+            }
             Ok(Err(_)) => return,
             Err(_) => {
                 tracing::debug!("closing a client connection that stopped reading");
@@ -863,6 +1189,137 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_secs(2), read_resp(&mut other)).await;
         assert_eq!(r.unwrap().unwrap(), "OK PONG");
         flooder.abort();
+    }
+
+    /// A connection from `ip` (a loopback address other than 127.0.0.1 is
+    /// a second client address on Linux).
+    async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn given_one_address_at_its_connection_cap_should_refuse_it_and_serve_another_address() {
+        let config = ListenerConfig {
+            max_connections_per_ip: 3,
+            max_connections: 4,
+            ..Default::default()
+        };
+        let (l, _) = serve(config).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut s = connect_from("127.0.0.1", l.local_addr()).await;
+            s.write_all(&frame(b"PING")).await.unwrap();
+            assert_eq!(read_resp(&mut s).await.unwrap(), "OK PONG");
+            held.push(s);
+        }
+        let mut over = connect_from("127.0.0.1", l.local_addr()).await;
+        let refused = tokio::time::timeout(Duration::from_secs(5), read_resp(&mut over))
+            .await
+            .expect("the connection over the cap is answered at once")
+            .unwrap();
+        assert!(
+            refused.starts_with("ERR too many connections from 127.0.0.1"),
+            "{refused}"
+        );
+        assert_eq!(read_resp(&mut over).await, None, "closed after the answer");
+        let mut other = connect_from("127.0.0.2", l.local_addr()).await;
+        other.write_all(&frame(b"PING")).await.unwrap();
+        assert_eq!(read_resp(&mut other).await.unwrap(), "OK PONG");
+        // A slot freed by the first address is its own again.
+        drop(held.pop());
+        let mut ok = false;
+        for _ in 0..50 {
+            let mut again = connect_from("127.0.0.1", l.local_addr()).await;
+            again.write_all(&frame(b"PING")).await.unwrap();
+            if read_resp(&mut again).await.as_deref() == Some("OK PONG") {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "the freed slot was never usable again");
+    }
+
+    #[tokio::test]
+    async fn given_a_connection_silent_between_frames_should_close_it_unless_a_request_is_in_flight(
+    ) {
+        let config = ListenerConfig {
+            idle_connection_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let (l, _) = serve(config).await;
+        let mut silent = TcpStream::connect(l.local_addr()).await.unwrap();
+        silent.write_all(&frame(b"PING")).await.unwrap();
+        assert_eq!(read_resp(&mut silent).await.unwrap(), "OK PONG");
+        let mut waiting = TcpStream::connect(l.local_addr()).await.unwrap();
+        waiting.write_all(&frame(b"PUT t 600 slow")).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), read_resp(&mut silent)).await;
+        assert_eq!(closed.expect("closed in time"), None);
+        // Silent for 3 timeouts, but its PUT was running: kept, answered.
+        assert_eq!(read_resp(&mut waiting).await.unwrap(), "OK 600 slow");
+    }
+
+    /// A leader that never answers: holds every PUT it is given, and counts
+    /// the payload bytes it holds.
+    #[derive(Default)]
+    struct Stuck {
+        held: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ClientHandler for Stuck {
+        async fn handle(&self, req: Request) -> Response {
+            if let Request::Put { payload, .. } = req {
+                let now = self.held.fetch_add(payload.len(), Ordering::SeqCst) + payload.len();
+                self.peak.fetch_max(now, Ordering::SeqCst);
+                futures::future::pending::<()>().await;
+            }
+            Response::Pong
+        }
+    }
+
+    #[tokio::test]
+    async fn given_a_flood_of_large_puts_to_a_leader_that_never_answers_should_hold_at_most_the_budget(
+    ) {
+        const BUDGET: usize = 4 << 20;
+        let handler = Arc::new(Stuck::default());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = ListenerConfig {
+            max_bytes_in_flight: BUDGET,
+            ..Default::default()
+        };
+        let l = ClientListener::start(l, handler.clone(), config).unwrap();
+        // Each PUT on a topic of its own, so each goes to the handler at
+        // once; 8 connections x 1,024 in flight x 60 KB would be 480 MB.
+        let mut flooders = Vec::new();
+        for c in 0..8 {
+            let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+            flooders.push(tokio::spawn(async move {
+                for i in 0..1024 {
+                    let mut body = format!("PUT t{c}-{i} ").into_bytes();
+                    body.resize(60_000, b'x');
+                    if s.write_all(&frame(&body)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = handler.peak.load(Ordering::SeqCst);
+        assert!(
+            held <= BUDGET,
+            "the handler was given {held} bytes, over the {BUDGET}-byte budget"
+        );
+        assert!(held >= BUDGET / 2, "the flood reached the handler: {held}");
+        assert!(l.bytes_in_flight() <= BUDGET, "{}", l.bytes_in_flight());
+        // Other clients still get their (small) requests through once
+        // budget frees; here nothing frees it, so only the count is checked.
+        for f in flooders {
+            f.abort();
+        }
     }
 
     #[tokio::test]

@@ -23,14 +23,22 @@
 //!
 //! # Recovery
 //!
-//! On open every open segment is scanned: the exact count is whatever valid
-//! records are found, a torn tail (zeros, bad length, bad checksum after the
-//! last synced point) is cut and zeroed, anything bad before the last synced
-//! point, or followed by a later file that was synced, is [`Error::Corrupt`]
-//! naming the file and byte. Later files holding only unsynced records are
-//! part of the torn tail (the kernel may write them before their
-//! predecessor's tail). Sealed segments take their count from the seal file
-//! and are verified when first read.
+//! On open every open segment is scanned with `pread` (never through the
+//! map: a block the disk cannot read is an error, not a SIGBUS that kills
+//! the node): the exact count is whatever valid records are found, a torn
+//! tail (zeros, bad length, bad checksum after the last synced point) is
+//! cut and zeroed. Later files holding only unsynced records are part of
+//! the torn tail (the kernel may write them before their predecessor's
+//! tail). Anything else (a bad record before the last synced point or
+//! followed by a later file that was synced, an unreadable block, a bad
+//! header, a missing file, a damaged seal file) quarantines that segment
+//! only: its entries up to the damage are served, reads past it get
+//! [`Error::Corrupt`] naming the file and byte, it takes no appends and is
+//! never sealed (its true count is unknown), and its files are left as
+//! found for an operator to restore; every other segment opens normally.
+//! Sealed segments take their count from the seal file and are verified
+//! (the same way) when first read. [`LogStore::health`] lists quarantined
+//! segments.
 //!
 //! # Durability
 //!
@@ -445,8 +453,13 @@ impl LogStore for WalStore {
             // them now could let a cursor pass data a power cut takes back;
             // answering "nothing" would starve the reader for an interval.
             // So the reader pays for one flush (shared with any appenders).
+            // With group commit the appenders of those entries have woken
+            // the syncer already: the reader only joins their flush, and
+            // does not count as an arrival of the group.
             if let Some(rx) = seg.sync_waiter() {
-                self.inner.syncer.enqueue(&seg, true);
+                self.inner
+                    .syncer
+                    .enqueue(&seg, !self.inner.params.group_commit);
                 Self::wait(rx).await?;
             }
         }
@@ -466,6 +479,7 @@ impl LogStore for WalStore {
         let seg = self.get_or_create(segment);
         let count = match seg.begin_seal() {
             SealStep::Done(n) => return Ok(n),
+            SealStep::Refused(e) => return Err(e),
             SealStep::SyncTo(n) => n,
         };
         if let Some(rx) = seg.sync_waiter() {
@@ -520,10 +534,16 @@ impl LogStore for WalStore {
             .map(|(k, _)| k.clone())
             .collect();
         failed_segments.sort();
+        let mut quarantined_segments: Vec<SegmentKey> = map
+            .iter()
+            .filter(|(_, s)| s.damage().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        quarantined_segments.sort();
         StorageHealth {
             failed_syncs: self.inner.params.health.failed_syncs(),
             failed_segments,
-            quarantined_segments: Vec::new(),
+            quarantined_segments,
         }
     }
 
@@ -605,14 +625,15 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
             continue;
         };
         let mut parts: HashMap<u64, Vec<(u32, PathBuf)>> = HashMap::new();
-        let mut sealed: HashMap<u64, u64> = HashMap::new();
+        // A seal file that cannot be read quarantines its segment only.
+        let mut sealed: HashMap<u64, Result<u64>> = HashMap::new();
         for f in std::fs::read_dir(&path).map_err(|e| io(&path, e))? {
             let f = f.map_err(|e| io(&path, e))?;
             let fname = f.file_name().to_string_lossy().into_owned();
             match classify(&fname) {
                 FileKind::Part(seg, part) => parts.entry(seg).or_default().push((part, f.path())),
                 FileKind::Sealed(seg) => {
-                    sealed.insert(seg, read_seal_file(&f.path())?);
+                    sealed.insert(seg, read_seal_file(&f.path()));
                 }
                 // A file whose creation a crash interrupted: never named.
                 FileKind::Temp => {
@@ -630,18 +651,25 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
             let key = SegmentKey::new(topic.clone(), id);
             let mut files = parts.remove(&id).unwrap_or_default();
             files.sort_unstable();
-            for (i, (part, _)) in files.iter().enumerate() {
-                if *part != i as u32 {
-                    return Err(Error::Corrupt(format!(
-                        "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps",
+            let gap = files
+                .iter()
+                .enumerate()
+                .position(|(i, (part, _))| *part != i as u32);
+            let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
+            let quarantine = |paths: &[PathBuf], why: String| {
+                Segment::recover_quarantined(key.clone(), path.clone(), params.clone(), paths, why)
+            };
+            let segment = match (gap, sealed.remove(&id)) {
+                (Some(i), _) => quarantine(
+                    &paths[..i],
+                    format!(
+                        "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
                         path.display(),
                         part_path(&path, id, i as u32).display()
-                    )));
-                }
-            }
-            let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
-            let segment = match sealed.get(&id) {
-                Some(&count) => {
+                    ),
+                ),
+                (None, Some(Err(e))) => quarantine(&paths, e.to_string()),
+                (None, Some(Ok(count))) => {
                     debug_assert!(seal_path(&path, id).exists());
                     Segment::new_sealed(
                         key.clone(),
@@ -651,7 +679,7 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
                         paths.len() as u32,
                     )
                 }
-                None => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
+                (None, None) => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
             };
             segments.insert(key, Arc::new(segment));
         }

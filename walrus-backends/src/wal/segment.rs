@@ -35,7 +35,8 @@ use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
 use super::reserve::Reserver;
 use super::segment_file::{
-    ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER, RESERVE_CHUNK,
+    scan_file, zero_tail, FileHeader, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER,
+    RESERVE_CHUNK,
 };
 use super::spare::SparePool;
 
@@ -181,6 +182,9 @@ pub(crate) struct Segment {
     /// the unwritten pages and marked them clean, so a later sync would
     /// "succeed" without them. The text is the error appends get.
     failure: OnceLock<String>,
+    /// Set when the segment's files were found damaged (on open, or at the
+    /// first read of a sealed segment): quarantined.
+    damage: OnceLock<Damage>,
     append: Mutex<AppendState>,
     shared: RwLock<Shared>,
     /// When the syncer last rewrote the current file's checkpoint (only
@@ -193,6 +197,14 @@ pub(crate) struct Segment {
     pub room_queued: AtomicBool,
 }
 
+/// Where a quarantined segment's files are damaged.
+struct Damage {
+    /// Entries `0..at` are readable; reading any later one fails.
+    at: u64,
+    /// The error (file, byte offset, what to do).
+    why: String,
+}
+
 /// What `begin_seal` found.
 pub(crate) enum SealStep {
     /// Already sealed with this count.
@@ -200,6 +212,8 @@ pub(crate) enum SealStep {
     /// Appends are now refused; once `count` entries are durable the seal
     /// can be written.
     SyncTo(u64),
+    /// Quarantined: its true count is unknown, so it is never sealed.
+    Refused(Error),
 }
 
 impl Segment {
@@ -221,6 +235,7 @@ impl Segment {
             sealed: AtomicBool::new(sealed),
             queued: AtomicBool::new(false),
             failure: OnceLock::new(),
+            damage: OnceLock::new(),
             append: Mutex::new(state),
             shared: RwLock::new(shared),
             last_checkpoint: Mutex::new(Instant::now()),
@@ -279,83 +294,122 @@ impl Segment {
     }
 
     /// Recovers an open segment from its files (`paths[i]` is part `i`):
-    /// scans them, cuts a torn tail, reports corruption before it.
+    /// scans them with `pread` (a bad block is an error, not a SIGBUS) and
+    /// cuts a torn tail. Damage that is not a tear (a bad record before the
+    /// last synced point, a hole before synced data, an unreadable block or
+    /// header) quarantines the segment instead: the rest of the store opens.
+    /// Errs only when a torn tail cannot be cut.
     pub fn recover(
         key: SegmentKey,
         dir: PathBuf,
         params: SegmentParams,
         paths: &[PathBuf],
     ) -> Result<Segment> {
-        let mut files = Vec::with_capacity(paths.len());
-        for (i, path) in paths.iter().enumerate() {
-            let f = SegmentFile::open_rw(path)?;
-            check_identity(&f, key.segment, i as u32)?;
-            files.push(Arc::new(f));
-        }
         let mut index = SparseIndex::default();
         let mut count = 0u64;
         let mut end = Pos::new(0, HEADER_LEN);
-        let mut keep = files.len();
-        for (i, f) in files.iter().enumerate() {
+        let mut keep = paths.len();
+        let mut written_ends = Vec::with_capacity(paths.len());
+        let parts = paths.len() as u32;
+        let quarantine = |index, count, why| {
+            Ok(Segment::quarantined(
+                key.clone(),
+                dir.clone(),
+                params.clone(),
+                parts,
+                index,
+                count,
+                why,
+            ))
+        };
+        for (i, path) in paths.iter().enumerate() {
             let base = count;
-            // SAFETY: nobody else uses the files during recovery.
-            let scan = unsafe { f.scan(|j, off| index.record(base + j, Pos::new(i as u32, off))) };
+            let fs = match scan_file(path, |j, off| index.record(base + j, Pos::new(i as u32, off))) {
+                Ok(fs) => fs,
+                Err(e) => {
+                    return quarantine(index, count, format!(
+                        "{} at byte 0: {e}; the segment {key} cannot be served past entry {count}. Restore the file from a replica or backup",
+                        path.display()
+                    ))
+                }
+            };
+            if let Some(why) = identity_error(&fs.header, path, key.segment, i as u32) {
+                return quarantine(index, count, why);
+            }
+            let scan = fs.scan;
             count += scan.records;
             end = Pos::new(i as u32, scan.end);
             // Written by an earlier run, so backed by blocks.
-            f.mark_written(match scan.stop {
+            written_ends.push(match scan.stop {
                 ScanEnd::Next => scan.end + RECORD_HEADER,
                 ScanEnd::Invalid { .. } => scan.end,
             });
             let reason = match scan.stop {
-                ScanEnd::Next if i + 1 < files.len() => continue,
+                ScanEnd::Next if i + 1 < paths.len() => continue,
                 // A marker with no file after it: the file was being rolled;
                 // the next append writes over the marker or rolls again.
                 ScanEnd::Next => break,
                 ScanEnd::Invalid { reason } => reason,
             };
-            if (scan.end as u64) < f.header().checkpoint {
-                return Err(Error::Corrupt(format!(
-                    "{} at byte {}: {reason}, before the last synced point {}; the segment {} cannot be served past entry {count}. Restore the file from a replica or backup",
-                    f.path().display(),
-                    scan.end,
-                    f.header().checkpoint,
-                    key
-                )));
+            if let Some(e) = fs.io_error {
+                return quarantine(index, count, format!(
+                    "{} at byte {}: cannot read it ({e}); the segment {key} cannot be served past entry {count}. Check the disk; restore the file from a replica or backup",
+                    path.display(),
+                    scan.end
+                ));
             }
-            for later in &files[i + 1..] {
-                // SAFETY: as above.
-                let s = unsafe { later.scan(|_, _| {}) };
+            if (scan.end as u64) < fs.header.checkpoint {
+                return quarantine(index, count, format!(
+                    "{} at byte {}: {reason}, before the last synced point {}; the segment {key} cannot be served past entry {count}. Restore the file from a replica or backup",
+                    path.display(),
+                    scan.end,
+                    fs.header.checkpoint
+                ));
+            }
+            for later in &paths[i + 1..] {
                 // A later file with a checkpoint was synced after this one
                 // was complete (the syncer flushes parts in order): this
                 // file's damage is not a tear. Without one, its records
                 // were never acknowledged as durable behind a complete
                 // predecessor: the kernel wrote them first, then the crash
                 // came; they are part of the torn tail.
-                if s.records > 0 && later.header().checkpoint > HEADER_LEN as u64 {
-                    return Err(Error::Corrupt(format!(
-                        "{} at byte {}: {reason}, but the later file {} holds {} records synced after it; the segment {} has a hole after entry {count}. Restore the file from a replica or backup",
-                        f.path().display(),
+                let hole = match scan_file(later, |_, _| {}) {
+                    Ok(l) if l.io_error.is_none() => (l.scan.records > 0
+                        && l.header.checkpoint > HEADER_LEN as u64)
+                        .then(|| format!("holds {} records synced after it", l.scan.records)),
+                    Ok(l) => Some(format!(
+                        "cannot be read past byte {} ({})",
+                        l.scan.end,
+                        l.io_error.expect("checked just above")
+                    )),
+                    Err(e) => Some(format!("cannot be read ({e})")),
+                };
+                if let Some(what) = hole {
+                    return quarantine(index, count, format!(
+                        "{} at byte {}: {reason}, but the later file {} {what}; the segment {key} has a hole after entry {count}. Restore the file from a replica or backup",
+                        path.display(),
                         scan.end,
-                        later.path().display(),
-                        s.records,
-                        key
-                    )));
+                        later.display()
+                    ));
                 }
             }
-            // SAFETY: as above.
-            unsafe { f.zero_from(scan.end)? };
+            zero_tail(path, scan.end, fs.header.file_len as usize)?;
             if reason != "zeros (end of written data)" {
-                tracing::warn!(file = %f.path().display(), at = scan.end, reason, "cut the torn tail of a WAL file");
+                tracing::warn!(file = %path.display(), at = scan.end, reason, "cut the torn tail of a WAL file");
             }
             keep = i + 1;
             break;
         }
-        for extra in files.drain(keep..) {
-            tracing::warn!(file = %extra.path().display(), "removing a WAL file past a torn tail (empty, or holding only unsynced records)");
-            std::fs::remove_file(extra.path()).map_err(|e| {
-                Error::Storage(format!("cannot remove {}: {e}", extra.path().display()))
-            })?;
+        for extra in &paths[keep..] {
+            tracing::warn!(file = %extra.display(), "removing a WAL file past a torn tail (empty, or holding only unsynced records)");
+            std::fs::remove_file(extra)
+                .map_err(|e| Error::Storage(format!("cannot remove {}: {e}", extra.display())))?;
+        }
+        let mut files = Vec::with_capacity(keep);
+        for (path, &written) in paths[..keep].iter().zip(&written_ends) {
+            let f = SegmentFile::open_rw(path)?;
+            f.mark_written(written);
+            files.push(Arc::new(f));
         }
         // What was recovered may sit only in the page cache (the writer was
         // killed, the machine was not): make it durable before serving it.
@@ -391,6 +445,77 @@ impl Segment {
         Ok(Segment::with_state(
             key, dir, params, state, shared, count, false,
         ))
+    }
+
+    /// A segment whose files are damaged: entries `0..count` (indexed in
+    /// `index`) are served, reads past them get `why`, nothing is ever
+    /// appended, sealed or written (its files are read through the read
+    /// cache, read-only), so the damage stays for an operator to repair.
+    fn quarantined(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        part_count: u32,
+        index: SparseIndex,
+        count: u64,
+        why: String,
+    ) -> Segment {
+        tracing::error!(segment = %key, served = count, damage = %why, "WAL segment quarantined: serving its entries up to the damage, refusing reads past it and every append");
+        let state = AppendState {
+            count,
+            pos: None,
+            current: None,
+            synced_pos: None,
+            synced_count: count,
+            sealing: false,
+            waiters: Vec::new(),
+            ready: Vec::new(),
+        };
+        let shared = Shared {
+            parts: Vec::new(),
+            part_count,
+            index,
+            index_ready: true,
+        };
+        let seg = Segment::with_state(key, dir, params, state, shared, count, false);
+        let _ = seg.damage.set(Damage { at: count, why });
+        seg
+    }
+
+    /// Quarantines a segment whose files cannot be trusted as a whole (a
+    /// damaged seal file, a missing part): serves the records its files
+    /// (`paths`, parts `0..`) hold in order up to the first stop.
+    pub fn recover_quarantined(
+        key: SegmentKey,
+        dir: PathBuf,
+        params: SegmentParams,
+        paths: &[PathBuf],
+        why: String,
+    ) -> Segment {
+        let mut index = SparseIndex::default();
+        let mut count = 0u64;
+        for (i, path) in paths.iter().enumerate() {
+            let base = count;
+            let Ok(fs) = scan_file(path, |j, off| {
+                index.record(base + j, Pos::new(i as u32, off))
+            }) else {
+                break;
+            };
+            if identity_error(&fs.header, path, key.segment, i as u32).is_some() {
+                break;
+            }
+            count += fs.scan.records;
+            if fs.scan.stop != ScanEnd::Next {
+                break;
+            }
+        }
+        let why = format!("{why}; the segment {key} cannot be served past entry {count}");
+        Segment::quarantined(key, dir, params, paths.len() as u32, index, count, why)
+    }
+
+    /// Why the segment is quarantined, if it is.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.get().map(|d| d.why.as_str())
     }
 
     fn lock(&self) -> MutexGuard<'_, AppendState> {
@@ -466,6 +591,12 @@ impl Segment {
         let mut st = self.lock();
         if self.sealed.load(Ordering::Acquire) || st.sealing {
             return Err(Error::SegmentSealed(self.key.clone()));
+        }
+        if let Some(d) = self.damage.get() {
+            return Err(Error::Corrupt(format!(
+                "segment {} is quarantined and takes no appends: {}",
+                self.key, d.why
+            )));
         }
         if let Some(why) = self.failure.get() {
             return Err(Error::Storage(why.clone()));
@@ -626,6 +757,16 @@ impl Segment {
             if let Some(why) = self.failure.get() {
                 return match sizes {
                     Some(_) => Err(Error::Storage(why.clone())),
+                    None => Ok(()),
+                };
+            }
+            // Never a file over a quarantined segment's damaged ones.
+            if let Some(d) = self.damage.get() {
+                return match sizes {
+                    Some(_) => Err(Error::Corrupt(format!(
+                        "segment {} is quarantined and takes no appends: {}",
+                        self.key, d.why
+                    ))),
                     None => Ok(()),
                 };
             }
@@ -893,6 +1034,12 @@ impl Segment {
         if self.sealed.load(Ordering::Acquire) {
             return SealStep::Done(self.visible.load(Ordering::Acquire));
         }
+        if let Some(d) = self.damage.get() {
+            return SealStep::Refused(Error::Corrupt(format!(
+                "cannot seal a quarantined segment (its count past the damage is unknown): {}",
+                d.why
+            )));
+        }
         st.sealing = true;
         SealStep::SyncTo(st.count)
     }
@@ -938,11 +1085,23 @@ impl Segment {
         cache: &ReadCache,
     ) -> Result<Vec<Bytes>> {
         let visible = self.visible.load(Ordering::Acquire);
-        if from >= visible || max_entries == 0 {
+        if max_entries == 0 {
             return Ok(Vec::new());
         }
-        let want = (visible - from).min(max_entries as u64) as usize;
-        self.ensure_index(cache)?;
+        if from < visible {
+            self.ensure_index();
+        }
+        // A quarantined segment: entries before the damage are served,
+        // none after it, and a reader there hears why.
+        let limit = match self.damage.get() {
+            Some(d) if from >= d.at => return Err(Error::Corrupt(d.why.clone())),
+            Some(d) => d.at.min(visible),
+            None => visible,
+        };
+        if from >= limit {
+            return Ok(Vec::new());
+        }
+        let want = (limit - from).min(max_entries as u64) as usize;
         let (parts, (mut i, mut pos)) = {
             let sh = self.shared.read().expect("segment lock poisoned");
             let seek = sh.index.seek(from).ok_or_else(|| {
@@ -985,45 +1144,57 @@ impl Segment {
         Ok(out)
     }
 
-    /// Scans and verifies a segment found sealed on open, once.
-    fn ensure_index(&self, cache: &ReadCache) -> Result<()> {
+    /// Scans (with `pread`) and verifies a segment found sealed on open,
+    /// once. Damage quarantines it: entries before it stay readable.
+    fn ensure_index(&self) {
         if self
             .shared
             .read()
             .expect("segment lock poisoned")
             .index_ready
         {
-            return Ok(());
+            return;
         }
         let mut sh = self.shared.write().expect("segment lock poisoned");
         if sh.index_ready {
-            return Ok(());
+            return;
         }
         let sealed_count = self.visible.load(Ordering::Acquire);
         let mut index = SparseIndex::default();
         let mut count = 0u64;
+        let mut damage = None;
         for part in 0..sh.part_count {
             let path = part_path(&self.dir, self.key.segment, part);
-            let f = cache.get(&path)?;
-            check_identity(&f, self.key.segment, part)?;
             let base = count;
-            // SAFETY: a sealed segment's files are never written.
-            let scan = unsafe { f.scan(|j, off| index.record(base + j, Pos::new(part, off))) };
-            count += scan.records;
+            let fs = match scan_file(&path, |j, off| index.record(base + j, Pos::new(part, off))) {
+                Ok(fs) => fs,
+                Err(e) => {
+                    damage = Some(format!("{} at byte 0: {e}", path.display()));
+                    break;
+                }
+            };
+            if let Some(why) = identity_error(&fs.header, &path, self.key.segment, part) {
+                damage = Some(why);
+                break;
+            }
+            count += fs.scan.records;
             let last = part + 1 == sh.part_count;
-            let bad = match scan.stop {
-                ScanEnd::Next if !last => None,
-                ScanEnd::Next => Some("next-file marker in the last file"),
-                ScanEnd::Invalid { reason } if !last || count < sealed_count => Some(reason),
-                ScanEnd::Invalid { .. } => None,
+            let bad = match (&fs.io_error, &fs.scan.stop) {
+                (Some(e), _) => Some(format!("cannot read it ({e})")),
+                (None, ScanEnd::Next) if !last => None,
+                (None, ScanEnd::Next) => Some("next-file marker in the last file".to_owned()),
+                (None, ScanEnd::Invalid { reason }) if !last || count < sealed_count => {
+                    Some((*reason).to_owned())
+                }
+                (None, ScanEnd::Invalid { .. }) => None,
             };
             if let Some(reason) = bad {
-                return Err(Error::Corrupt(format!(
-                    "{} at byte {}: {reason}; segment {} was sealed with {sealed_count} entries, only {count} are readable. Restore the file from a replica or backup",
+                damage = Some(format!(
+                    "{} at byte {}: {reason}",
                     path.display(),
-                    scan.end,
-                    self.key
-                )));
+                    fs.scan.end
+                ));
+                break;
             }
         }
         if count > sealed_count {
@@ -1031,16 +1202,23 @@ impl Segment {
             // zeros may not have reached it either): the seal is the
             // authority, they are never served.
             tracing::warn!(segment = %self.key, sealed_count, found = count, "ignoring WAL records past the sealed count");
-        } else if count != sealed_count {
-            return Err(Error::Corrupt(format!(
-                "segment {} in {} was sealed with {sealed_count} entries but its files hold {count}",
+        } else if count < sealed_count && damage.is_none() {
+            damage = Some(format!(
+                "the files of segment {} in {} hold {count} entries",
                 self.key,
                 self.dir.display()
-            )));
+            ));
+        }
+        if let Some(why) = damage {
+            let why = format!(
+                "{why}; segment {} was sealed with {sealed_count} entries, only {count} are readable. Restore the file from a replica or backup",
+                self.key
+            );
+            tracing::error!(segment = %self.key, served = count, damage = %why, "sealed WAL segment quarantined at its first read");
+            let _ = self.damage.set(Damage { at: count, why });
         }
         sh.index = index;
         sh.index_ready = true;
-        Ok(())
     }
 }
 
@@ -1100,17 +1278,13 @@ fn complete(waiters: Vec<Waiter>, result: Result<()>) {
     }
 }
 
-fn check_identity(f: &SegmentFile, segment: u64, part: u32) -> Result<()> {
-    let h = f.header();
-    if h.segment != segment || h.part != part {
-        return Err(Error::Corrupt(format!(
-            "{} says it is part {} of segment {}, but its name says part {part} of segment {segment}; it was renamed or copied by hand",
-            f.path().display(),
-            h.part,
-            h.segment
-        )));
-    }
-    Ok(())
+fn identity_error(h: &FileHeader, path: &Path, segment: u64, part: u32) -> Option<String> {
+    (h.segment != segment || h.part != part).then(|| format!(
+        "{} says it is part {} of segment {}, but its name says part {part} of segment {segment}; it was renamed or copied by hand",
+        path.display(),
+        h.part,
+        h.segment
+    ))
 }
 
 fn write_seal_file(path: &Path, count: u64) -> Result<()> {

@@ -394,6 +394,7 @@ impl SegmentFile {
         &self.path
     }
 
+    #[cfg(test)]
     pub fn header(&self) -> FileHeader {
         self.header
     }
@@ -502,107 +503,6 @@ impl SegmentFile {
     /// `off` must be the start of a published record or next marker.
     pub unsafe fn record_len_at(&self, off: usize) -> u32 {
         u32::from_le_bytes(self.slice(off, 4).try_into().expect("4 bytes"))
-    }
-
-    /// Checks the record at `off`: `Ok(Some(len))` for a valid record,
-    /// `Ok(None)` for a next marker, `Err(reason)` otherwise.
-    ///
-    /// # Safety
-    /// No other thread may write the file while it is checked (recovery).
-    pub unsafe fn check_record(
-        &self,
-        off: usize,
-    ) -> std::result::Result<Option<usize>, &'static str> {
-        if off + RECORD_HEADER > self.len() {
-            return Err("no room for a record header");
-        }
-        let h = self.slice(off, RECORD_HEADER);
-        let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
-        if len == NEXT_MARKER {
-            return if crc == crc32c::crc32c(&NEXT_MARKER.to_le_bytes()) {
-                Ok(None)
-            } else {
-                Err("next-file marker with a bad checksum")
-            };
-        }
-        if len == 0 && crc == 0 {
-            return Err("zeros (end of written data)");
-        }
-        if !self.fits(off, len as usize) {
-            return Err("record length runs past the end of the file");
-        }
-        let payload = self.slice(off + RECORD_HEADER, len as usize);
-        if record_crc(len, payload) != crc {
-            return Err("record checksum mismatch");
-        }
-        Ok(Some(len as usize))
-    }
-
-    /// Scans the records from the first one; `on_record(index, offset)` is
-    /// called for each valid record.
-    ///
-    /// # Safety
-    /// No other thread may write the file during the scan.
-    pub unsafe fn scan(&self, mut on_record: impl FnMut(u64, usize)) -> Scan {
-        let mut off = HEADER_LEN;
-        let mut records = 0u64;
-        loop {
-            match self.check_record(off) {
-                Ok(Some(len)) => {
-                    on_record(records, off);
-                    records += 1;
-                    off += RECORD_HEADER + len;
-                }
-                Ok(None) => {
-                    return Scan {
-                        end: off,
-                        records,
-                        stop: ScanEnd::Next,
-                    }
-                }
-                Err(reason) => {
-                    return Scan {
-                        end: off,
-                        records,
-                        stop: ScanEnd::Invalid { reason },
-                    }
-                }
-            }
-        }
-    }
-
-    /// Zeros `[from, len)` wherever it is not zero yet, and flushes: cuts a
-    /// torn tail so that no stale record behind it can ever be read again.
-    ///
-    /// # Safety
-    /// No other thread may use the file meanwhile (recovery).
-    pub unsafe fn zero_from(&self, from: usize) -> Result<()> {
-        const CHUNK: usize = 64 * 1024;
-        let zeros = [0u8; CHUNK];
-        // Checked with pread, not through the map: the tail is mostly holes,
-        // and a read fault on a hole of a shared map allocates a page on
-        // some file systems (tmpfs), which a full disk answers with SIGBUS.
-        let file = File::open(&self.path).map_err(|e| disk_full_or_io(e, "open", &self.path))?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut off = from;
-        let mut first_dirty = None;
-        let mut last_dirty = from;
-        while off < self.len() {
-            let n = CHUNK.min(self.len() - off);
-            file.read_exact_at(&mut buf[..n], off as u64)
-                .map_err(|e| disk_full_or_io(e, "read", &self.path))?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                self.write(off, &zeros[..n]);
-                first_dirty.get_or_insert(off);
-                last_dirty = off + n;
-            }
-            off += n;
-        }
-        if let Some(first) = first_dirty {
-            self.flush(first, last_dirty)?;
-        }
-        Ok(())
     }
 
     /// Zeros `[from, to)` without flushing (undoing unpublished writes).
@@ -778,6 +678,182 @@ fn read_header(file: &File, path: &Path) -> Result<FileHeader> {
     FileHeader::decode(&h, path)
 }
 
+/// The outcome of [`scan_file`].
+pub(crate) struct FileScan {
+    pub header: FileHeader,
+    pub scan: Scan,
+    /// Reading stopped at `scan.end` on this I/O error (a bad block): damage,
+    /// never a torn tail.
+    pub io_error: Option<io::Error>,
+}
+
+/// Bytes read per `pread` by [`scan_file`].
+const SCAN_WINDOW: usize = 1 << 20;
+
+/// Scans a file's records from the first one with `pread`, not through a
+/// map: a block the disk cannot read is an error here, where through a map
+/// it would be a SIGBUS that kills the node. `on_record(index, offset)` is
+/// called for each valid record. Bytes past the file's actual end read as
+/// zeros (a file cut short ends its records there). Fails only when the
+/// header cannot be read or is not a WAL header.
+pub(crate) fn scan_file(path: &Path, mut on_record: impl FnMut(u64, usize)) -> Result<FileScan> {
+    let file = File::open(path)
+        .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))?;
+    let header = read_header(&file, path)?;
+    let mut window = PreadWindow {
+        file: &file,
+        len: header.file_len as usize,
+        start: 0,
+        buf: Vec::new(),
+    };
+    let mut off = HEADER_LEN;
+    let mut records = 0u64;
+    loop {
+        let stop = match window.check_record(off) {
+            Ok(Ok(Some(len))) => {
+                on_record(records, off);
+                records += 1;
+                off += RECORD_HEADER + len;
+                continue;
+            }
+            Ok(Ok(None)) => (ScanEnd::Next, None),
+            Ok(Err(reason)) => (ScanEnd::Invalid { reason }, None),
+            Err(e) => (
+                ScanEnd::Invalid {
+                    reason: "unreadable (I/O error)",
+                },
+                Some(e),
+            ),
+        };
+        return Ok(FileScan {
+            header,
+            scan: Scan {
+                end: off,
+                records,
+                stop: stop.0,
+            },
+            io_error: stop.1,
+        });
+    }
+}
+
+/// A read window over a file for [`scan_file`].
+struct PreadWindow<'a> {
+    file: &'a File,
+    /// The file's length as its header gives it (the map's length).
+    len: usize,
+    start: usize,
+    buf: Vec<u8>,
+}
+
+impl PreadWindow<'_> {
+    /// Bytes `[off, off + n)`, `off + n <= len`.
+    fn get(&mut self, off: usize, n: usize) -> io::Result<&[u8]> {
+        if off < self.start || off + n > self.start + self.buf.len() {
+            let want = n.max(SCAN_WINDOW).min(self.len - off);
+            self.buf.clear();
+            self.buf.resize(want, 0);
+            let mut read = 0;
+            while read < want {
+                match self
+                    .file
+                    .read_at(&mut self.buf[read..], (off + read) as u64)
+                {
+                    // Past the end of a file cut short: zeros.
+                    Ok(0) => break,
+                    Ok(k) => read += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.buf.clear();
+                        return Err(e);
+                    }
+                }
+            }
+            self.start = off;
+        }
+        Ok(&self.buf[off - self.start..off - self.start + n])
+    }
+
+    /// Checks the record at `off`: `Ok(Some(len))` for a valid record,
+    /// `Ok(None)` for a next marker, `Err(reason)` otherwise; the outer
+    /// error is a failed read.
+    fn check_record(
+        &mut self,
+        off: usize,
+    ) -> io::Result<std::result::Result<Option<usize>, &'static str>> {
+        if off + RECORD_HEADER > self.len {
+            return Ok(Err("no room for a record header"));
+        }
+        let h = self.get(off, RECORD_HEADER)?;
+        let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+        if len == NEXT_MARKER {
+            return Ok(if crc == crc32c::crc32c(&NEXT_MARKER.to_le_bytes()) {
+                Ok(None)
+            } else {
+                Err("next-file marker with a bad checksum")
+            });
+        }
+        if len == 0 && crc == 0 {
+            return Ok(Err("zeros (end of written data)"));
+        }
+        if off + 2 * RECORD_HEADER + len as usize > self.len {
+            return Ok(Err("record length runs past the end of the file"));
+        }
+        let payload = self.get(off + RECORD_HEADER, len as usize)?;
+        Ok(if record_crc(len, payload) == crc {
+            Ok(Some(len as usize))
+        } else {
+            Err("record checksum mismatch")
+        })
+    }
+}
+
+/// Zeros `[from, len)` of the file wherever it is not zero yet, with
+/// `pread`/`pwrite` (a bad block is an error, not a SIGBUS), and syncs:
+/// cuts a torn tail so that no stale record behind it can ever be read
+/// again. For recovery, before the file is mapped.
+pub(crate) fn zero_tail(path: &Path, from: usize, len: usize) -> Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let io = |e: io::Error| {
+        Error::Storage(format!(
+            "cannot cut the torn tail of {}: {e}",
+            path.display()
+        ))
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let actual = file.metadata().map_err(io)?.len() as usize;
+    let zeros = [0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let mut dirty = false;
+    let mut off = from;
+    while off < len.min(actual) {
+        let n = CHUNK.min(len.min(actual) - off);
+        let mut read = 0;
+        while read < n {
+            match file.read_at(&mut buf[read..n], (off + read) as u64) {
+                Ok(0) => break,
+                Ok(k) => read += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        if buf[..read].iter().any(|&b| b != 0) {
+            file.write_all_at(&zeros[..read], off as u64).map_err(io)?;
+            dirty = true;
+        }
+        off += n;
+    }
+    if dirty {
+        file.sync_data().map_err(io)?;
+    }
+    Ok(())
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -814,7 +890,7 @@ mod tests {
             unsafe { f.write_record(off, p) };
             off += RECORD_HEADER + p.len();
         }
-        let scan = unsafe { f.scan(|_, _| {}) };
+        let scan = scan_file(f.path(), |_, _| {}).unwrap().scan;
         assert_eq!(scan.records, 3);
         assert_eq!(scan.end, off);
         assert!(matches!(scan.stop, ScanEnd::Invalid { .. }));
@@ -829,7 +905,7 @@ mod tests {
             f.write_record(HEADER_LEN + 13, b"second");
             f.write(HEADER_LEN + 13 + RECORD_HEADER, b"X");
         }
-        let scan = unsafe { f.scan(|_, _| {}) };
+        let scan = scan_file(f.path(), |_, _| {}).unwrap().scan;
         assert_eq!(scan.records, 1);
         assert_eq!(
             scan.stop,
@@ -847,7 +923,7 @@ mod tests {
             f.write_record(HEADER_LEN, b"x");
             f.write_next_marker(HEADER_LEN + 9);
         }
-        let scan = unsafe { f.scan(|_, _| {}) };
+        let scan = scan_file(f.path(), |_, _| {}).unwrap().scan;
         assert_eq!((scan.records, scan.stop), (1, ScanEnd::Next));
     }
 

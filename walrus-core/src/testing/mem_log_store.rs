@@ -2,6 +2,11 @@
 //!
 //! Appends are "durable" the moment they are in the map, so contract points
 //! 1 (durable before return) and 3 (visible when durable) hold trivially.
+//! With [`MemLogStore::relax_syncs`] it behaves like a WAL under
+//! `fsync=interval/never` instead: appends are acknowledged before they
+//! are synced, only synced entries are counted and served (a read at
+//! unsynced ones syncs them), and [`MemLogStore::power_cut`] drops what was
+//! not synced: a power-loss model for the node's tests.
 //! A test can make appends fail ([`MemLogStore::fail_appends`]) to check
 //! that errors lose nothing, and can look at every append with the instant
 //! it happened ([`MemLogStore::append_history`]), and can make a segment's
@@ -21,6 +26,8 @@ use crate::types::SegmentKey;
 #[derive(Default)]
 struct Segment {
     entries: Vec<Bytes>,
+    /// Entries `0..synced` are durable (all of them unless relaxed).
+    synced: usize,
     sealed: bool,
     /// A sync of it failed: appends are refused for good with this text.
     failed: Option<String>,
@@ -33,6 +40,8 @@ struct Inner {
     append_delay: Option<std::time::Duration>,
     history: Vec<(Instant, SegmentKey, u64)>,
     failed_syncs: u64,
+    /// Appends are acknowledged before they are synced.
+    relaxed: bool,
 }
 
 /// A [`LogStore`] held in memory. Cheap to create; one per simulated node.
@@ -58,13 +67,38 @@ impl MemLogStore {
         self.lock().append_delay = delay;
     }
 
+    /// `true`: acknowledge appends before syncing them, like a WAL under
+    /// `fsync=interval/never` (see the module comment). `false` syncs
+    /// everything now and every append from now on.
+    pub fn relax_syncs(&self, relaxed: bool) {
+        let mut inner = self.lock();
+        inner.relaxed = relaxed;
+        if !relaxed {
+            for seg in inner.segments.values_mut() {
+                seg.synced = seg.entries.len();
+            }
+        }
+    }
+
+    /// A power cut: every entry not synced yet is gone.
+    pub fn power_cut(&self) {
+        for seg in self.lock().segments.values_mut() {
+            let synced = seg.synced;
+            seg.entries.truncate(synced);
+        }
+    }
+
     /// As if a sync of `segment` failed (EIO): from now on every append to
     /// it fails with `Error::Storage` and [`LogStore::health`] reports it;
     /// what it holds stays readable and sealable.
     pub fn fail_sync(&self, segment: &SegmentKey) {
         let mut inner = self.lock();
         inner.failed_syncs += 1;
-        inner.segments.entry(segment.clone()).or_default().failed = Some(format!(
+        let seg = inner.segments.entry(segment.clone()).or_default();
+        // What the failed sync covered is never served or counted.
+        let synced = seg.synced;
+        seg.entries.truncate(synced);
+        seg.failed = Some(format!(
             "segment {segment} takes no more appends: a sync of its files failed (simulated)"
         ));
     }
@@ -111,6 +145,10 @@ impl LogStore for MemLogStore {
             first_index: count,
             count: seg.entries.len() as u64,
         };
+        if !inner.relaxed {
+            let seg = inner.segments.get_mut(segment).expect("inserted above");
+            seg.synced = seg.entries.len();
+        }
         inner
             .history
             .push((Instant::now(), segment.clone(), appended.first_index));
@@ -124,14 +162,22 @@ impl LogStore for MemLogStore {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Bytes>> {
-        let inner = self.lock();
-        let Some(seg) = inner.segments.get(segment) else {
+        let mut inner = self.lock();
+        let Some(seg) = inner.segments.get_mut(segment) else {
             return Ok(Vec::new());
         };
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        if start >= seg.synced && start < seg.entries.len() {
+            // Contract 3: a read at unsynced entries syncs them.
+            seg.synced = seg.entries.len();
+        }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start = usize::try_from(from).unwrap_or(usize::MAX);
-        for e in seg.entries.iter().skip(start).take(max_entries) {
+        for e in seg.entries[..seg.synced]
+            .iter()
+            .skip(start)
+            .take(max_entries)
+        {
             if !out.is_empty() && bytes + e.len() > max_bytes {
                 break;
             }
@@ -143,7 +189,7 @@ impl LogStore for MemLogStore {
 
     async fn info(&self, segment: &SegmentKey) -> Result<Option<SegmentInfo>> {
         Ok(self.lock().segments.get(segment).map(|s| SegmentInfo {
-            count: s.entries.len() as u64,
+            count: s.synced as u64,
             sealed: s.sealed,
         }))
     }
@@ -151,11 +197,17 @@ impl LogStore for MemLogStore {
     async fn seal(&self, segment: &SegmentKey) -> Result<u64> {
         let mut inner = self.lock();
         let seg = inner.segments.entry(segment.clone()).or_default();
+        if !seg.sealed {
+            seg.synced = seg.entries.len();
+        }
         seg.sealed = true;
-        Ok(seg.entries.len() as u64)
+        Ok(seg.synced as u64)
     }
 
     async fn sync(&self) -> Result<()> {
+        for seg in self.lock().segments.values_mut() {
+            seg.synced = seg.entries.len();
+        }
         Ok(())
     }
 
@@ -182,7 +234,7 @@ impl LogStore for MemLogStore {
                 (
                     k.clone(),
                     SegmentInfo {
-                        count: s.entries.len() as u64,
+                        count: s.synced as u64,
                         sealed: s.sealed,
                     },
                 )

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    raise_fd_limit(&config);
     tracing::info!(
         node = config.node_id,
         data = %config.node_dir().display(),
@@ -81,6 +82,45 @@ async fn shutdown_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
+    }
+}
+
+/// File descriptors the node needs besides client connections: WAL files,
+/// redb, Raft and forwarding connections, logs.
+const FD_RESERVE: u64 = 512;
+
+/// Every client connection is a file descriptor, and a process that runs out
+/// cannot accept anyone (the accept loop backs off until one is freed): lift
+/// the soft limit to the hard one, as far as the connection cap needs, and
+/// say so when even that is too low.
+fn raise_fd_limit(config: &ServerConfig) {
+    let want = config.max_connections.saturating_add(FD_RESERVE);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur < want {
+        tracing::warn!(
+            open_files_limit = lim.rlim_cur,
+            max_connections = config.max_connections,
+            "the open-files limit is below --max-connections plus {FD_RESERVE}: past it, new \
+             clients wait until a connection closes; raise `ulimit -n` (hard limit) or lower \
+             --max-connections"
+        );
     }
 }
 
