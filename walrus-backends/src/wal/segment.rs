@@ -75,6 +75,17 @@ fn chunk(len: usize) -> usize {
     RESERVE_CHUNK.min(len)
 }
 
+/// How far ahead of the write position to keep blocks reserved: a step,
+/// or two appends of the size of the last one when they are bigger (a
+/// writer of 1 MiB batches would otherwise outrun the room thread on every
+/// append), up to [`MAX_AHEAD`].
+fn ahead(len: usize, last_append: usize) -> usize {
+    chunk(len).max(last_append.saturating_mul(2).min(MAX_AHEAD))
+}
+
+/// The most reserved ahead of one segment's writer.
+const MAX_AHEAD: usize = 8 * RESERVE_CHUNK;
+
 /// How far to reserve so that `need` is covered, in whole steps.
 fn reserve_target(need: usize, len: usize) -> usize {
     let c = chunk(len);
@@ -151,6 +162,8 @@ struct AppendState {
     /// Files created ahead for the parts after `pos.part` (in order), not
     /// written yet: the next appends that cross a file boundary take them.
     ready: Vec<Arc<SegmentFile>>,
+    /// Bytes the last append wrote: how far ahead to reserve.
+    last_append: usize,
     waiters: Vec<Waiter>,
 }
 
@@ -255,6 +268,7 @@ impl Segment {
             sealing: false,
             waiters: Vec::new(),
             ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             parts: Vec::new(),
@@ -283,6 +297,7 @@ impl Segment {
             sealing: false,
             waiters: Vec::new(),
             ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             parts: Vec::new(),
@@ -435,6 +450,7 @@ impl Segment {
             sealing: false,
             waiters: Vec::new(),
             ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             part_count: files.len() as u32,
@@ -470,6 +486,7 @@ impl Segment {
             sealing: false,
             waiters: Vec::new(),
             ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             parts: Vec::new(),
@@ -697,6 +714,7 @@ impl Segment {
             first_index,
             count: st.count,
         };
+        st.last_append = entries.iter().map(|e| RECORD_HEADER + e.len()).sum();
         let wants_room = self.wants_room(&st);
         let durable = if self.params.group_commit {
             let (tx, rx) = oneshot::channel();
@@ -732,7 +750,7 @@ impl Segment {
             return false;
         };
         let (len, off) = (f.len(), pos.off());
-        f.reserved() < (off + chunk(len) / 2).min(len)
+        f.reserved() < (off + ahead(len, st.last_append) / 2).min(len)
             || (st.ready.is_empty() && len - off < NEXT_FILE_AHEAD.min(len / 2))
     }
 
@@ -746,7 +764,7 @@ impl Segment {
             .grow
             .lock()
             .expect("segment grow lock poisoned: a panic while making WAL room");
-        let (current, pos, ready, plan) = {
+        let (current, pos, ready, plan, last_append) = {
             let st = self.lock();
             if self.sealed.load(Ordering::Acquire) || st.sealing {
                 return match sizes {
@@ -771,12 +789,20 @@ impl Segment {
                 };
             }
             let plan = self.plan(&st, sizes.unwrap_or(&[]).iter().copied());
-            (st.current.clone(), st.pos, st.ready.clone(), plan)
+            let last_append = st.last_append;
+            (
+                st.current.clone(),
+                st.pos,
+                st.ready.clone(),
+                plan,
+                last_append,
+            )
         };
         let len = self.params.file_len as usize;
         // The current file: what the append needs, and a step ahead.
         if let (Some(f), Some(pos)) = (&current, pos) {
-            let need = plan.current_end.unwrap_or(0).max(pos.off() + chunk(len));
+            let need =
+                plan.current_end.unwrap_or(pos.off()).max(pos.off()) + ahead(len, last_append);
             f.reserve_to(reserve_target(need, len), &self.params.reserver)?;
         }
         // The files after it: those the append needs, or one ahead when the
