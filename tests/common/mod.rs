@@ -192,6 +192,21 @@ impl ServerProc {
         }
     }
 
+    /// Waits for the process to exit on its own; its exit code, or `None`
+    /// if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         // openraft repeats one harmless warning per dropped responder.

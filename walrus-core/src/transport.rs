@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::metadata::NodeInfo;
-use crate::types::{NodeId, SegmentKey, TopicName};
+use crate::types::{NodeId, SegmentKey, StorageId, TopicName};
 
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,21 @@ pub enum NodeRequest {
     Consensus(Bytes),
     /// Liveness probe. Answered with [`NodeResponse::Done`].
     Ping,
+    /// A starting node names its storage before it takes part in consensus:
+    /// the cluster records it, or refuses with [`Error::Refused`](crate::Error)
+    /// when it recorded another one for `node` (its data was wiped or
+    /// replaced). `fresh`: the node has no consensus state, so if it is
+    /// still a member it is taken out to join again from scratch.
+    /// Answered with [`NodeResponse::Done`].
+    ClaimStorage {
+        node: NodeId,
+        storage: StorageId,
+        fresh: bool,
+    },
+    /// The operator accepts that `node` lost its storage (sent to the
+    /// consensus leader, which owns the GET cursors). Answered with
+    /// [`NodeResponse::StorageReplaced`].
+    ReplaceStorage { node: NodeId, storage: StorageId },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -61,6 +76,10 @@ pub enum NodeResponse {
         version: u64,
     },
     Consensus(Bytes),
+    /// The segments closed as lost, each with the entries it keeps.
+    StorageReplaced {
+        lost: Vec<(SegmentKey, u64)>,
+    },
 }
 
 /// Sends [`NodeRequest`]s to other nodes.

@@ -103,9 +103,83 @@ impl fmt::Debug for SegmentKey {
     }
 }
 
+/// The identity of one node's storage (its Raft metadata and its log):
+/// a random number written when the storage is created and recorded in
+/// the cluster metadata when the node joins. A node whose storage was
+/// wiped or replaced comes back with another one, so the cluster can tell
+/// "the same disk, restarted" from "a new, empty disk under an old name".
+/// Shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StorageId(u128);
+
+impl StorageId {
+    /// A fresh random identity (from the OS's random source).
+    pub fn random() -> Self {
+        StorageId(rand::random())
+    }
+
+    /// A fixed identity, for tests and in-memory stores.
+    pub const fn from_u128(v: u128) -> Self {
+        StorageId(v)
+    }
+}
+
+impl std::str::FromStr for StorageId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::BadRequest(format!(
+                "invalid storage id {s:?}: expected 32 hex digits, as the refused node printed it"
+            )));
+        }
+        u128::from_str_radix(s, 16)
+            .map(StorageId)
+            .map_err(|e| Error::BadRequest(format!("invalid storage id {s:?}: {e}")))
+    }
+}
+
+impl TryFrom<String> for StorageId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<StorageId> for String {
+    fn from(s: StorageId) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_ids_print_as_32_hex_digits_and_parse_back() {
+        let id = StorageId::from_u128(0xabc);
+        assert_eq!(id.to_string(), "00000000000000000000000000000abc");
+        assert_eq!(id.to_string().parse::<StorageId>(), Ok(id));
+        let r = StorageId::random();
+        assert_eq!(r.to_string().parse::<StorageId>(), Ok(r));
+        assert!("xyz".parse::<StorageId>().is_err());
+        assert!("+0000000000000000000000000000abc"
+            .parse::<StorageId>()
+            .is_err());
+    }
 
     #[test]
     fn topic_names_follow_the_protocol_rule() {

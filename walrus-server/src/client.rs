@@ -323,6 +323,7 @@ mod tests {
                     Response::Json(format!("{{\"count\":{}}}", log.0.len()))
                 }
                 Request::Ping => Response::Pong,
+                Request::ReplaceStorage { .. } => Response::Err("not here".into()),
             }
         }
     }

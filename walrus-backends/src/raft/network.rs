@@ -39,6 +39,11 @@ pub enum ConsensusRequest {
         node: NodeId,
         info: NodeInfo,
     },
+    /// A request to take a node that lost its consensus state out of the
+    /// membership, forwarded to the consensus leader.
+    Readmit {
+        node: NodeId,
+    },
 }
 
 /// The answer to a [`ConsensusRequest`], variant for variant.
@@ -58,6 +63,8 @@ pub enum ConsensusReply {
     NodeAdded {
         index: u64,
     },
+    /// The node is no longer a member (or never was).
+    Readmitted,
 }
 
 pub fn encode_request(req: &ConsensusRequest) -> Result<Bytes, Error> {

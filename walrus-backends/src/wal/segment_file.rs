@@ -916,6 +916,51 @@ mod tests {
     }
 
     #[test]
+    fn given_records_across_read_windows_when_scanned_with_pread_should_find_every_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 4 << 20);
+        let mut off = HEADER_LEN;
+        let mut starts = Vec::new();
+        // Sizes that put record boundaries, headers and payloads astride
+        // the 1 MiB windows, and one payload larger than a window.
+        for (i, len) in [300_000usize, 700_000, 5, 1_500_000, 17, 900_000]
+            .into_iter()
+            .enumerate()
+        {
+            let payload = vec![i as u8 + 1; len];
+            unsafe { f.write_record(off, &payload) };
+            starts.push(off);
+            off += RECORD_HEADER + len;
+        }
+        let mut seen = Vec::new();
+        let fs = scan_file(f.path(), |_, at| seen.push(at)).unwrap();
+        assert_eq!(seen, starts);
+        assert_eq!((fs.scan.records, fs.scan.end), (6, off));
+        assert!(fs.io_error.is_none());
+    }
+
+    #[test]
+    fn given_a_file_cut_short_when_scanned_with_pread_should_stop_at_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 8192);
+        unsafe {
+            f.write_record(HEADER_LEN, b"kept");
+            f.write_record(HEADER_LEN + 12, b"cut in the middle");
+        }
+        f.flush(0, 8192).unwrap();
+        let path = f.path().to_path_buf();
+        drop(f);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len((HEADER_LEN + 12 + 10) as u64)
+            .unwrap();
+        let fs = scan_file(&path, |_, _| {}).unwrap();
+        assert_eq!((fs.scan.records, fs.scan.end), (1, HEADER_LEN + 12));
+    }
+
+    #[test]
     fn given_a_next_marker_when_scanned_should_report_next() {
         let dir = tempfile::tempdir().unwrap();
         let f = new_file(dir.path(), 8192);

@@ -95,6 +95,15 @@ impl Cursors {
     }
 }
 
+/// What a reader blocked at a pending segment of `leader` is told to do.
+pub(crate) fn blocked_advice(leader: crate::types::NodeId) -> String {
+    format!(
+        "reads wait here and never skip it: restart node {leader} with its data; if its data \
+         is lost, accept the loss with `walrus-cli node replace-storage {leader} <storage id>` \
+         (the id its refused start printed); retry"
+    )
+}
+
 impl super::Node {
     /// The next entry of `topic` for the shared cursor; this node must be
     /// the consensus leader. `None` at the end of the topic.
@@ -164,7 +173,12 @@ impl super::Node {
         let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
         match t.locate(offset) {
             Location::BlockedBy { segment, leader } => Err(Error::Unavailable(format!(
-                "segment {segment} of {topic} is on node {leader}, which is down"
+                "segment {segment} of {topic} is on node {leader}, which is down; {}",
+                blocked_advice(leader)
+            ))),
+            Location::Lost { segment, .. } => Err(Error::Internal(format!(
+                "the cursor of {topic} is at offset {offset}, inside segment {segment} whose \
+                 entries were lost; the loss was accepted behind the cursor, so this is a bug"
             ))),
             Location::At {
                 segment,
@@ -205,6 +219,40 @@ impl super::Node {
             }
             Err(e) => tracing::debug!(node = self.id, "cannot persist the cursor of {topic}: {e}"),
         }
+    }
+
+    /// Runs `f` with the live cursors of `topics` held still (their GETs
+    /// wait), passing it the offset each was delivered up to; afterwards
+    /// empties their read-ahead buffers, which `f` may have made stale (a
+    /// segment closed as lost: its offsets now belong to the next one).
+    /// This node must be the consensus leader, which owns the cursors.
+    pub(crate) async fn with_cursors_held<T, F, Fut>(&self, topics: &[TopicName], f: F) -> T
+    where
+        F: FnOnce(Vec<(TopicName, Offset)>) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        self.cursors.observe_term(Some(self.metadata.status().term));
+        let cells: Vec<(TopicName, Arc<CursorCell>)> = topics
+            .iter()
+            .map(|t| (t.clone(), self.cursors.cell(t)))
+            .collect();
+        // In topic order, one at a time each: GETs hold one cell at most.
+        let mut guards = Vec::with_capacity(cells.len());
+        let mut delivered = Vec::new();
+        for (topic, cell) in &cells {
+            let guard = cell.state.lock().await;
+            if guard.is_some() {
+                delivered.push((topic.clone(), cell.next.load(Ordering::SeqCst)));
+            }
+            guards.push(guard);
+        }
+        let out = f(delivered).await;
+        for guard in &mut guards {
+            if let Some(cursor) = guard.as_mut() {
+                cursor.buffer.clear();
+            }
+        }
+        out
     }
 
     /// Persists every cursor that moved (the cursor loop; shutdown).

@@ -4,10 +4,11 @@
 //! backstop (a failed proposal, a restart between seal and commit).
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::metadata::MetadataCmd;
+use crate::metadata::{CmdResult, MetadataCmd};
 use crate::transport::NodeRequest;
 use crate::types::{NodeId, SegmentKey};
 
@@ -141,7 +142,9 @@ impl super::Node {
     }
 
     /// Seals and reports every segment of ours whose count is pending
-    /// (failed over while we were unreachable).
+    /// (failed over while we were unreachable). The report names our
+    /// storage: the cluster refuses one from storage that is not the one it
+    /// recorded for us, so a wiped disk never reports its segments empty.
     pub(crate) async fn report_pending(&self) {
         let state = self.metadata.state();
         for key in state.pending_segments_of(self.id) {
@@ -152,11 +155,21 @@ impl super::Node {
                         topic: key.topic.clone(),
                         segment: key.segment,
                         count,
+                        storage: self.config.storage,
                     })
                     .await
             }
             .await;
             match result {
+                Ok(CmdResult::Rejected(why)) => {
+                    // Every renewal comes back here: say it once.
+                    if !self.count_refused.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            node = self.id,
+                            "the cluster refused the count of pending segment {key}: {why}"
+                        );
+                    }
+                }
                 Ok(_) => tracing::info!(
                     node = self.id,
                     "reported the count of pending segment {key}"

@@ -45,6 +45,27 @@ impl super::Node {
             }
             Request::Metrics => Ok(Response::Json(self.metrics().to_string())),
             Request::Ping => Ok(Response::Pong),
+            Request::ReplaceStorage { node, storage } => {
+                let lost = self.replace_storage(node, storage).await?;
+                let lost: Vec<serde_json::Value> = lost
+                    .iter()
+                    .map(|(key, kept)| {
+                        serde_json::json!({
+                            "topic": key.topic.as_str(),
+                            "segment": key.segment,
+                            "kept_entries": kept,
+                        })
+                    })
+                    .collect();
+                Ok(Response::Json(
+                    serde_json::json!({
+                        "node": node,
+                        "storage": storage.to_string(),
+                        "lost_segments": lost,
+                    })
+                    .to_string(),
+                ))
+            }
             Request::Topics => {
                 let state = self.metadata.state();
                 let names: Vec<&str> = state.topics.keys().map(TopicName::as_str).collect();

@@ -54,10 +54,31 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         poll_ms: u64,
     },
+    /// Operator commands about a node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Send a raw request body and print the raw answer.
     Raw {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
         request: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Accept that a node lost its data: record its new (empty) storage so
+    /// it can start again, and close the segments it held whose count was
+    /// pending as lost (they keep the entries readers already got; readers
+    /// go on past them). Run it against any running member once the node
+    /// was refused with "came back with storage <storage-id>". Nothing else
+    /// ever accepts a loss: a restart on an empty disk is refused.
+    ReplaceStorage {
+        /// The node whose data was lost.
+        node: u64,
+        /// The new storage id, as the refused node printed it (32 hex digits).
+        storage: String,
     },
 }
 
@@ -87,6 +108,9 @@ fn main() -> ExitCode {
                 Command::Topics => "TOPICS".into(),
                 Command::Ping => "PING".into(),
                 Command::Raw { request } => request.join(" "),
+                Command::Node {
+                    command: NodeCommand::ReplaceStorage { node, storage },
+                } => format!("REPLACE-STORAGE {node} {storage}"),
                 Command::Tail { .. } => unreachable!("handled above"),
             };
             one_off(&rt, &client, &request)
