@@ -69,8 +69,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use walrus_core::{
-    ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore, NodeInfo,
-    NodeRequest, NodeResponse, Result, StorageId, Transport,
+    ClusterId, ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore,
+    NodeInfo, NodeRequest, NodeResponse, Result, StorageId, Transport,
 };
 
 pub use self::admission::{create_dir_durable, sync_dir};
@@ -467,6 +467,12 @@ impl RaftMetadataStore {
 
     async fn register_once(&self) -> Result<()> {
         let leader_known = self.current_leader().is_some();
+        if leader_known && self.state_rx.borrow().cluster.is_none() {
+            // The bootstrapping node names the cluster; a cluster from
+            // before cluster ids gets one from whichever member asks first.
+            let id = ClusterId::random();
+            self.propose(MetadataCmd::InitCluster { id }).await?;
+        }
         if let Some(storage) = self.config.storage.filter(|_| leader_known) {
             let cmd = MetadataCmd::RegisterStorage {
                 node: self.id,
@@ -687,7 +693,9 @@ impl RaftMetadataStore {
         deadline: Instant,
     ) -> std::result::Result<ConsensusReply, Attempt> {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, network::call(&*self.transport, to, req)).await {
+        let cluster = self.state_rx.borrow().cluster;
+        let call = network::call(&*self.transport, to, cluster, req);
+        match tokio::time::timeout(left, call).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(
                 e @ (Error::NotLeader
@@ -923,7 +931,8 @@ impl MetadataStore for RaftMetadataStore {
     }
 
     async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
-        let req = network::decode_request(&msg)?;
+        let (header, req) = network::decode_request(&msg)?;
+        header.check(self.id, self.state_rx.borrow().cluster)?;
         self.gate.check(self.id, &req)?;
         let reply = match req {
             ConsensusRequest::AppendEntries(rpc) => {
