@@ -4,6 +4,8 @@
 //! - [`log_store`]: the Raft log, vote and committed index in redb.
 //! - [`state_machine`]: [`walrus_core::ClusterState`] with snapshots in redb.
 //! - [`network`]: Raft RPCs and forwarded requests over the core `Transport`.
+//! - [`admission`]: what a node without consensus state must pass before it
+//!   takes part (storage identity, no second cluster).
 //!
 //! # Storage
 //!
@@ -46,6 +48,7 @@
 //! fails just because a connection is being (re)made.
 
 pub mod admission;
+mod dirs;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -73,7 +76,7 @@ use walrus_core::{
     NodeInfo, NodeRequest, NodeResponse, Result, StorageId, Transport,
 };
 
-pub use self::admission::{create_dir_durable, sync_dir};
+pub use self::dirs::{create_dir_durable, sync_dir};
 
 use self::log_store::RedbLogStore;
 use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
