@@ -25,7 +25,7 @@ pub mod testing;
 pub mod transport;
 pub mod types;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{BootClock, Clock, SystemClock};
 pub use error::{Error, Result};
 pub use lease::LeaseProvider;
 pub use log_store::{Appended, LogStore, SegmentInfo, StorageHealth};

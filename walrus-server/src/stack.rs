@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use walrus_backends::raft::{create_dir_durable, RaftConfig, RaftMetadataStore};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_backends::wal::WalStore;
-use walrus_core::{LogStore, MetadataStore, Node, RequestHandler, StorageId, SystemClock};
+use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, StorageId};
 
 use crate::config::ServerConfig;
 use crate::identity;
@@ -112,7 +112,10 @@ impl Stack {
             metadata,
             log,
             transport.clone(),
-            Arc::new(SystemClock),
+            // Leases and failover count time the machine spent suspended
+            // (CLOCK_BOOTTIME): tokio's clock stops then, and a node that
+            // wakes up would trust a lease the cluster has long moved past.
+            Arc::new(BootClock::new()),
         );
         let handler: Arc<dyn RequestHandler> = node.clone();
         let raft_server = transport.serve(raft_listener, handler);

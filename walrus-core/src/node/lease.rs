@@ -238,6 +238,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn given_a_suspend_when_the_node_resumes_should_see_its_lease_expired() {
+        let (c, _, key) = setup().await;
+        let time = crate::testing::SuspendableTime::new();
+        let clock = Arc::new(crate::clock::BootClock::with_source(time.clone()));
+        let lease = QuorumLease::new(1, c.store(1), clock.clone(), Duration::from_secs(1));
+        lease.renewed(clock.now());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(lease.check(&key), Ok(()));
+        // Asleep for 10 s: tokio's clock (CLOCK_MONOTONIC) stood still, no
+        // renewal ran, and the rest of the cluster failed the topic over.
+        time.suspend(Duration::from_secs(10));
+        assert_eq!(
+            lease.check(&key),
+            Err(Error::LeaseExpired),
+            "a lease must not outlive a suspend"
+        );
+        assert!(!lease.is_valid());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn given_an_older_renewal_when_recorded_late_should_not_shorten_the_lease() {
         let (_c, lease, key) = setup().await;
         let t0 = Instant::now();
