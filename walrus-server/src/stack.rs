@@ -249,4 +249,29 @@ mod tests {
         let err = check_data_is_whole(dir.path(), 1).unwrap_err().to_string();
         assert!(err.contains("no Raft metadata"), "{err}");
     }
+
+    #[tokio::test]
+    async fn given_an_identity_file_without_its_raft_data_should_refuse_to_start() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("a temp dir for the test");
+        let config = crate::config::ServerConfig::parse_from([
+            "walrus-server",
+            "--node-id",
+            "3",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--client-port",
+            "0",
+            "--raft-port",
+            "0",
+        ]);
+        let node_dir = config.node_dir();
+        std::fs::create_dir_all(&node_dir).unwrap();
+        crate::identity::create(&node_dir, 3, walrus_core::StorageId::random()).unwrap();
+        let err = match super::Stack::start(&config).await {
+            Ok(_) => panic!("a node whose data was removed around its identity started"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("only the identity file is left"), "{err}");
+    }
 }
