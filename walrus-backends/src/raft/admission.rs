@@ -125,7 +125,9 @@ impl RaftMetadataStore {
             };
             match self.transport.call_addr(addr, req).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_retryable() => tracing::info!(
+                // Claiming the same storage again is harmless, so a claim
+                // whose answer was lost is simply made again.
+                Err(e) if e.is_retryable() || e.is_outcome_unknown() => tracing::info!(
                     node = self.id,
                     "the cluster at {addr} cannot check this node's storage yet: {e}; retrying"
                 ),

@@ -440,7 +440,8 @@ impl RaftMetadataStore {
             };
             match self.transport.call_addr(addr, req).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_retryable() => {
+                // A join is idempotent: one whose answer was lost is asked again.
+                Err(e) if e.is_retryable() || e.is_outcome_unknown() => {
                     tracing::info!(
                         node = self.id,
                         "join via {addr} not accepted yet: {e}; retrying"

@@ -209,7 +209,7 @@ impl RaftNetworkConnection {
             Ok(Err(e @ Error::Unreachable(_))) | Ok(Err(e @ Error::ShuttingDown)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
-            Ok(Err(Error::Timeout(_))) => Err(timeout()),
+            Ok(Err(Error::Timeout(_) | Error::NoAnswer(_))) => Err(timeout()),
             Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }

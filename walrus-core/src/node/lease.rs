@@ -147,11 +147,19 @@ impl super::Node {
         let leader = status.leader.ok_or_else(|| {
             Error::Unavailable("no consensus leader to renew the write lease with, retry".into())
         })?;
-        match self
+        let answer = self
             .transport
             .call(leader, crate::NodeRequest::RenewLease { node: self.id })
-            .await?
-        {
+            .await
+            // A renewal changes nothing a retry could double: a lost
+            // answer only means "not confirmed".
+            .map_err(|e| match e {
+                Error::NoAnswer(why) => Error::Unavailable(format!(
+                    "confirming with the consensus leader, node {leader}: {why}, retry"
+                )),
+                e => e,
+            })?;
+        match answer {
             crate::NodeResponse::Lease { version } => Ok(version),
             other => Err(Error::Internal(format!(
                 "node {leader} answered a lease renewal with {other:?}"
