@@ -150,3 +150,36 @@ async fn given_a_quarantined_open_segment_when_the_node_restarts_should_take_put
         walrus_core::SegmentStatus::Sealed { count: 4 }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_a_quarantined_open_segment_on_another_node_when_writing_and_reading_elsewhere_should_roll_and_name_the_damage(
+) {
+    let mut c = TestCluster::start(3, |id| TestCluster::config(id, 100)).await;
+    assert_eq!(c.send(2, "REGISTER logs").await, Response::Ok);
+    let first = c
+        .metadata
+        .committed()
+        .topic(&topic("logs"))
+        .unwrap()
+        .current()
+        .clone();
+    assert_eq!(first.leader, 2, "the topic starts on node 2");
+    for i in 0..3 {
+        assert_eq!(c.send(1, &format!("PUT logs a{i}")).await, Response::Ok);
+    }
+    let damaged = SegmentKey::new(topic("logs"), first.id);
+    c.crash(2).await;
+    c.logs[&2].quarantine(&damaged, 1, "logs/1.wal at byte 80: bad checksum");
+    c.restart(2);
+    c.wait_for_leases(Duration::from_secs(10)).await;
+
+    assert_eq!(c.send(1, "PUT logs b0").await, Response::Ok);
+    assert_eq!(get(&c, 3, "logs").await, Response::Entry("a0".into()));
+    match get(&c, 3, "logs").await {
+        Response::Err(e) => assert!(
+            e.contains("at byte 80") && e.contains("restart node 2"),
+            "{e}"
+        ),
+        other => panic!("a read past the damage answered {other:?}"),
+    }
+}
