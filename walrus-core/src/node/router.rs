@@ -248,6 +248,13 @@ impl super::Node {
                     self.spawn_rollover(k.clone());
                     return Err(Error::SegmentSealed(k));
                 }
+                Err(Error::Corrupt(_)) if self.log.health().quarantined_segments.contains(key) => {
+                    // Nothing was written. The segment's count stays
+                    // pending and the topic moves on: the writer waits
+                    // for the new segment like after a rollover.
+                    self.spawn_rollover(key.clone());
+                    return Err(Error::SegmentSealed(key.clone()));
+                }
                 // The store stopped while the entries were on their way to
                 // disk: they may be there after a restart.
                 Err(Error::ShuttingDown) => {
