@@ -192,6 +192,21 @@ impl ServerProc {
         }
     }
 
+    /// Waits for the process to exit on its own; its exit code, or `None`
+    /// if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         // openraft repeats one harmless warning per dropped responder.
@@ -398,11 +413,12 @@ pub fn voters(metrics: &serde_json::Value) -> Vec<u64> {
     }
 }
 
-/// True for the two errors the protocol says a write can be retried after
-/// without risk of a duplicate. Others (`unavailable: …`, a broken
-/// connection) may hide an applied write.
+/// True for the errors the protocol says a write can be retried after
+/// without risk of a duplicate (`NotLeaderError`, `write lease expired`,
+/// `unavailable: …`, no connection). Writers retry these, so a write such
+/// an answer hid would be read twice and fail `check_reads`.
 pub fn retry_safe(e: &ClientError) -> bool {
-    matches!(e, ClientError::Server(t) if t == "NotLeaderError" || t == "write lease expired")
+    e.is_retryable()
 }
 
 /// What one writer saw: every payload it got OK for, in order, and the

@@ -7,6 +7,8 @@
 //! WAL_BENCH_ROUNDS=5 WAL_BENCH_SPARES=1 cargo bench -p walrus-backends --bench wal
 //! WAL_BENCH_COMPARE_SPARES=1 cargo bench -p walrus-backends --bench wal
 //! WAL_BENCH_COMPARE_PREPARE=1 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_COMPARE_NO_FALLOCATE=1 cargo bench -p walrus-backends --bench wal
+//! WAL_BENCH_FILE_BYTES=1048576 WAL_BENCH_NO_RAW=1 cargo bench -p walrus-backends --bench wal
 //! ```
 //!
 //! The data goes to a temporary directory under `WAL_BENCH_DIR` (default:
@@ -140,6 +142,15 @@ fn spare_files() -> usize {
         .unwrap_or(WalConfig::default().spare_files)
 }
 
+/// `WAL_BENCH_FILE_BYTES`: the stores' segment_file_bytes (default: the
+/// default). Small files put a file boundary every few milliseconds.
+fn file_bytes() -> u64 {
+    std::env::var("WAL_BENCH_FILE_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(WalConfig::default().segment_file_bytes)
+}
+
 /// `appenders` tasks each appending `batch` entries of `size` bytes per
 /// call to one segment, for `secs`.
 async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
@@ -150,9 +161,11 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
         batch,
         spares,
         prepare,
+        no_fallocate,
     } = case;
     let sub = dir.join(
-        format!("wal-{fsync}-{size}-{appenders}-{batch}-{spares}-{prepare}").replace(':', "_"),
+        format!("wal-{fsync}-{size}-{appenders}-{batch}-{spares}-{prepare}-{no_fallocate}")
+            .replace(':', "_"),
     );
     let store = Arc::new(
         WalStore::open(
@@ -161,6 +174,8 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
                 fsync,
                 spare_files: spares,
                 prepare_ahead: prepare,
+                segment_file_bytes: file_bytes(),
+                inject_fallocate_unsupported: no_fallocate,
                 ..WalConfig::default()
             },
         )
@@ -219,6 +234,9 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
             .copied()
             .unwrap_or(0)
     };
+    let files = std::fs::read_dir(sub.join("bench"))
+        .map(|d| d.filter(|e| e.is_ok()).count())
+        .unwrap_or(0);
     let entries_per_s = count as f64 / t;
     let flushes = store.flush_count();
     let group = if flushes > 0 && fsync == FsyncPolicy::Always {
@@ -252,13 +270,19 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
             }
         } else {
             ""
+        } + if no_fallocate {
+            ", no fallocate (zeros)"
+        } else {
+            ""
         },
         ops: entries_per_s,
         mib: entries_per_s * size as f64 / MIB,
         extra: format!(
-            "append latency p50 {} µs, p99 {} µs{group}",
+            "append latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs, {files} files{group}",
             pct(0.5),
-            pct(0.99)
+            pct(0.99),
+            pct(0.999),
+            lat.last().copied().unwrap_or(0)
         ),
     }
 }
@@ -278,6 +302,9 @@ struct WalCase {
     batch: usize,
     spares: usize,
     prepare: bool,
+    /// Through the reservation fallback for file systems without
+    /// `fallocate` (the injected EOPNOTSUPP).
+    no_fallocate: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -316,6 +343,7 @@ fn main() {
         dir.path().display()
     );
     println!("file system: {fs}");
+    println!("WAL file size (segment_file_bytes): {}", file_bytes());
 
     let always = |size, appenders| {
         Case::Wal(WalCase {
@@ -325,6 +353,7 @@ fn main() {
             batch: 1,
             spares: spare_files(),
             prepare: WalConfig::default().prepare_ahead,
+            no_fallocate: false,
         })
     };
     let never = |size, batch| {
@@ -335,6 +364,7 @@ fn main() {
             batch,
             spares: spare_files(),
             prepare: WalConfig::default().prepare_ahead,
+            no_fallocate: false,
         })
     };
     let cases = [
@@ -360,6 +390,7 @@ fn main() {
             batch: 1000,
             spares: spare_files(),
             prepare: WalConfig::default().prepare_ahead,
+            no_fallocate: false,
         }),
     ];
     // WAL_BENCH_COMPARE_SPARES=<n>: the 1 KiB fsync=always cases again with
@@ -377,6 +408,7 @@ fn main() {
                 batch: 1,
                 spares,
                 prepare: WalConfig::default().prepare_ahead,
+                no_fallocate: false,
             }));
         }
     }
@@ -392,16 +424,48 @@ fn main() {
                     batch: 1,
                     spares: spare_files(),
                     prepare: !WalConfig::default().prepare_ahead,
+                    no_fallocate: false,
                 }));
             }
         }
+    }
+    // WAL_BENCH_COMPARE_NO_FALLOCATE=1: the WAL cases again through the
+    // fallback for file systems without fallocate (zeros written), in the
+    // same run.
+    if std::env::var("WAL_BENCH_COMPARE_NO_FALLOCATE").is_ok_and(|v| v == "1") {
+        let base: Vec<WalCase> = cases
+            .iter()
+            .filter_map(|c| match c {
+                Case::Wal(w)
+                    if w.spares == spare_files()
+                        && w.prepare == WalConfig::default().prepare_ahead =>
+                {
+                    Some(*w)
+                }
+                _ => None,
+            })
+            .collect();
+        for w in base {
+            cases.push(Case::Wal(WalCase {
+                no_fallocate: true,
+                ..w
+            }));
+        }
+    }
+    // WAL_BENCH_NO_RAW=1: skip the raw disk cases (and the summary that
+    // compares against them).
+    let no_raw = std::env::var("WAL_BENCH_NO_RAW").is_ok_and(|v| v == "1");
+    if no_raw {
+        cases.retain(|c| !matches!(c, Case::Raw(..)));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    prepare_zeroed(dir.path());
+    if !no_raw {
+        prepare_zeroed(dir.path());
+    }
     // Interleaved rounds: a shared disk's mood swings hit every case alike.
     let mut results: Vec<Vec<Row>> = cases.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
@@ -436,6 +500,9 @@ fn main() {
         };
         print(&row);
         medians.push(row);
+    }
+    if no_raw {
+        return;
     }
     let m = |i: usize| &medians[i];
     println!();

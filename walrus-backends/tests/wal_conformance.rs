@@ -63,3 +63,39 @@ async fn given_fsync_interval_when_running_the_conformance_suite_should_pass() {
 async fn given_a_single_threaded_runtime_when_running_the_conformance_suite_should_pass() {
     run_all(maker(FsyncPolicy::Always, 1 << 20)).await;
 }
+
+/// Issue 14: a file system without `fallocate` (the reservation call
+/// answers EOPNOTSUPP); space is reserved by writing zeros.
+fn maker_without_fallocate(fsync: FsyncPolicy, segment_file_bytes: u64) -> impl Fn() -> WalStore {
+    let dirs = Mutex::new(Vec::new());
+    move || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = WalConfig {
+            fsync,
+            segment_file_bytes,
+            inject_fallocate_unsupported: true,
+            ..WalConfig::default()
+        };
+        let store = WalStore::open(dir.path(), config).expect("open WAL");
+        assert!(
+            store.reserves_with_zeros(),
+            "the injected EOPNOTSUPP is detected at open"
+        );
+        dirs.lock().unwrap().push(dir);
+        store
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_no_fallocate_when_running_the_conformance_suite_should_pass() {
+    run_all(maker_without_fallocate(
+        FsyncPolicy::Always,
+        64 * 1024 * 1024,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_no_fallocate_and_small_files_when_running_the_conformance_suite_should_pass() {
+    run_all(maker_without_fallocate(FsyncPolicy::Never, 8192)).await;
+}

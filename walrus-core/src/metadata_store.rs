@@ -84,6 +84,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// [`Transport`](crate::Transport) (the backend's own encoding), and
     /// returns the encoded reply. Backends that need no messages keep the
     /// default.
+    /// Takes `node` out of the consensus membership if it is in it, so that
+    /// it can join again with empty consensus state (its storage was
+    /// replaced: a voter that forgot its log and votes must not count
+    /// towards a quorum until it has caught up as a new member). Backends
+    /// without such state keep the default.
+    async fn readmit_node(&self, _node: NodeId) -> Result<()> {
+        Ok(())
+    }
+
     async fn handle_message(&self, _msg: Bytes) -> Result<Bytes> {
         Err(crate::Error::Internal(
             "this metadata store takes no consensus messages".into(),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::metadata::NodeInfo;
-use crate::types::{NodeId, SegmentKey, TopicName};
+use crate::types::{NodeId, SegmentKey, StorageId, TopicName};
 
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,21 @@ pub enum NodeRequest {
     Consensus(Bytes),
     /// Liveness probe. Answered with [`NodeResponse::Done`].
     Ping,
+    /// A starting node names its storage before it takes part in consensus:
+    /// the cluster records it, or refuses with [`Error::Refused`](crate::Error)
+    /// when it recorded another one for `node` (its data was wiped or
+    /// replaced). `fresh`: the node has no consensus state, so if it is
+    /// still a member it is taken out to join again from scratch.
+    /// Answered with [`NodeResponse::Done`].
+    ClaimStorage {
+        node: NodeId,
+        storage: StorageId,
+        fresh: bool,
+    },
+    /// The operator accepts that `node` lost its storage (sent to the
+    /// consensus leader, which owns the GET cursors). Answered with
+    /// [`NodeResponse::StorageReplaced`].
+    ReplaceStorage { node: NodeId, storage: StorageId },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -61,6 +76,10 @@ pub enum NodeResponse {
         version: u64,
     },
     Consensus(Bytes),
+    /// The segments closed as lost, each with the entries it keeps.
+    StorageReplaced {
+        lost: Vec<(SegmentKey, u64)>,
+    },
 }
 
 /// Sends [`NodeRequest`]s to other nodes.
@@ -69,13 +88,17 @@ pub enum NodeResponse {
 ///
 /// 1. **Connections are reused.** No connect per request: a backend keeps
 ///    connections to each peer and runs many requests on them at once.
-/// 2. **Bounded waits.** A call to a dead or partitioned peer fails with a
-///    retryable error (`Unreachable` or `Timeout`) within the backend's
-///    timeout; it never hangs.
+/// 2. **Bounded waits.** A call to a dead or partitioned peer fails within
+///    the backend's timeout; it never hangs.
 /// 3. **Errors travel.** An `Err` returned by the receiver's
 ///    [`RequestHandler`] arrives as the same `Err` at the caller.
 /// 4. **At most once.** A request is handled by the receiver at most once
-///    per call (no blind resends); on a timeout it may or may not have been.
+///    per call (no blind resends).
+/// 5. **Sent or not.** A call that fails before the request left this node
+///    returns `Unreachable` (or `ShuttingDown`, `Timeout`): the receiver
+///    never saw it. Once (part of) it was sent, a lost connection or a
+///    timeout returns `NoAnswer`: the receiver may or may not have handled
+///    it, and the caller decides what that means for its request.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Sends `req` to `to` and waits for its answer.

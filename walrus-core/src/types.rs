@@ -103,9 +103,102 @@ impl fmt::Debug for SegmentKey {
     }
 }
 
+/// A random 128-bit identity, shown as 32 hex digits.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(u128);
+
+        impl $name {
+            /// A fresh random identity (from the OS's random source).
+            pub fn random() -> Self {
+                $name(rand::random())
+            }
+
+            /// A fixed identity, for tests and in-memory stores.
+            pub const fn from_u128(v: u128) -> Self {
+                $name(v)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::BadRequest(format!(
+                        concat!("invalid ", $what, " id {:?}: expected 32 hex digits"),
+                        s
+                    )));
+                }
+                u128::from_str_radix(s, 16).map($name).map_err(|e| {
+                    Error::BadRequest(format!(concat!("invalid ", $what, " id {:?}: {}"), s, e))
+                })
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self, Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(s: $name) -> String {
+                s.to_string()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:032x}", self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{self}")
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// The identity of one node's storage (its Raft metadata and its log):
+    /// a random number written when the storage is created and recorded in
+    /// the cluster metadata when the node joins. A node whose storage was
+    /// wiped or replaced comes back with another one, so the cluster can tell
+    /// "the same disk, restarted" from "a new, empty disk under an old name".
+    StorageId,
+    "storage"
+);
+
+hex_id!(
+    /// The identity of one cluster, chosen when it is bootstrapped and
+    /// carried by its consensus messages, so that a node of another cluster
+    /// (a wrong address, a node that bootstrapped on its own) is refused.
+    ClusterId,
+    "cluster"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_ids_print_as_32_hex_digits_and_parse_back() {
+        let id = StorageId::from_u128(0xabc);
+        assert_eq!(id.to_string(), "00000000000000000000000000000abc");
+        assert_eq!(id.to_string().parse::<StorageId>(), Ok(id));
+        let r = StorageId::random();
+        assert_eq!(r.to_string().parse::<StorageId>(), Ok(r));
+        assert!("xyz".parse::<StorageId>().is_err());
+        assert!("+0000000000000000000000000000abc"
+            .parse::<StorageId>()
+            .is_err());
+    }
 
     #[test]
     fn topic_names_follow_the_protocol_rule() {

@@ -7,8 +7,10 @@
 //! - [`config`]: the server's flags and environment.
 //! - [`stack`]: wires the reference backends into a running node.
 //! - [`client`]: [`client::CliClient`], the client library.
+//! - [`identity`]: the node's storage identity file.
 
 pub mod client;
 pub mod config;
+pub mod identity;
 pub mod listener;
 pub mod stack;

@@ -776,7 +776,7 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
     match req {
         Request::Register(t) | Request::Get(t) | Request::State(t) => Some(t),
         Request::Put { topic, .. } => Some(topic),
-        Request::Metrics | Request::Ping | Request::Topics => None,
+        Request::Metrics | Request::Ping | Request::Topics | Request::ReplaceStorage { .. } => None,
     }
 }
 

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use walrus_backends::raft::{RaftConfig, RaftMetadataStore};
+use walrus_backends::raft::{create_dir_durable, RaftConfig, RaftMetadataStore};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_backends::wal::WalStore;
-use walrus_core::{LogStore, MetadataStore, Node, RequestHandler, SystemClock};
+use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, StorageId};
 
 use crate::config::ServerConfig;
+use crate::identity;
 use crate::listener::ClientListener;
 
 /// A running node with its ports open.
@@ -33,8 +34,7 @@ impl Stack {
     /// cluster and opens the client port.
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Stack> {
         let dir = config.node_dir();
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        create_node_dir(&dir).await?;
         check_data_is_whole(&dir, config.node_id)?;
         let wal = WalStore::open(dir.join("wal"), config.wal_config())
             .with_context(|| format!("cannot open the write-ahead log in {}", dir.display()))?;
@@ -48,8 +48,24 @@ impl Stack {
         log: Arc<dyn LogStore>,
     ) -> anyhow::Result<Stack> {
         let dir = config.node_dir();
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        create_node_dir(&dir).await?;
+        let existing = identity::load(&dir, config.node_id)?;
+        if existing.is_some() && !dir.join("raft").exists() {
+            anyhow::bail!(
+                "node {id} has a storage identity in {dir} but no Raft metadata in {raft}: its data \
+                 was removed and only the identity file is left. Restore {raft} from a backup; or, \
+                 to start on empty storage, remove {dir} entirely: the cluster then refuses the \
+                 node until an operator accepts the loss with `walrus-cli node replace-storage {id} \
+                 <the new storage id it prints>`",
+                id = config.node_id,
+                dir = dir.display(),
+                raft = dir.join("raft").display(),
+            );
+        }
+        // A new storage gets its identity now; it is written once the
+        // consensus directory exists, so an identity file always names a
+        // storage that has (or had) one.
+        let storage = existing.unwrap_or_else(StorageId::random);
 
         // Bind both ports first: a port in use fails fast, before any data
         // is opened.
@@ -72,31 +88,48 @@ impl Stack {
 
         let transport = TcpTransport::new(TcpConfig::default());
 
-        let raft_config = RaftConfig::new(
+        let mut raft_config = RaftConfig::new(
             config.node_id,
             dir.join("raft"),
             config.raft_advertise_addr(),
             config.client_advertise_addr(),
         );
+        raft_config.storage = Some(storage);
         let raft = RaftMetadataStore::open(raft_config, transport.clone())
             .await
             .context("cannot open the metadata store")?;
+        if existing.is_none() {
+            let (d, id) = (dir.clone(), config.node_id);
+            tokio::task::spawn_blocking(move || identity::create(&d, id, storage)).await??;
+            tracing::info!(node = config.node_id, %storage, "new storage identity written");
+        }
 
         let metadata: Arc<dyn MetadataStore> = raft.clone();
+        let mut node_config = config.node_config();
+        node_config.storage = Some(storage);
         let node = Node::new(
-            config.node_config(),
+            node_config,
             metadata,
             log,
             transport.clone(),
-            Arc::new(SystemClock),
+            // Leases and failover count time the machine spent suspended
+            // (CLOCK_BOOTTIME): tokio's clock stops then, and a node that
+            // wakes up would trust a lease the cluster has long moved past.
+            Arc::new(BootClock::new()),
         );
         let handler: Arc<dyn RequestHandler> = node.clone();
         let raft_server = transport.serve(raft_listener, handler);
         tracing::info!(node = config.node_id, addr = %config.raft_bind_addr(), "inter-node port open");
 
-        raft.bootstrap_or_join(config.join.clone())
-            .await
-            .context("cannot join the cluster (is --join pointing at a running member?)")?;
+        if let Err(e) = raft.bootstrap_or_join(config.join.clone()).await {
+            transport.shutdown();
+            raft_server.abort();
+            raft.shutdown().await;
+            return Err(e.context(format!(
+                "node {} (storage {storage}) could not become part of its cluster",
+                config.node_id
+            )));
+        }
         tracing::info!(node = config.node_id, "cluster membership established");
 
         node.start();
@@ -111,6 +144,19 @@ impl Stack {
             clients,
             raft_server,
         })
+    }
+
+    /// Resolves when the cluster refuses this node's storage after it has
+    /// started (a member restarting on a data directory the cluster no
+    /// longer recognises), with the reason: the node must stop.
+    pub async fn refused(&self) -> String {
+        let mut rx = self.raft.refusals();
+        let why = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            // The store is gone: nothing will be refused any more.
+            Err(_) => return std::future::pending().await,
+        };
+        why
     }
 
     /// Stops accepting clients, finishes in-flight requests, stops the
@@ -128,6 +174,15 @@ impl Stack {
         self.raft_server.abort();
         tracing::info!("stopped");
     }
+}
+
+/// Creates `<data-dir>/node_<id>` durably (each new directory fsynced in
+/// its parent) before anything is written inside it.
+async fn create_node_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || create_dir_durable(&d))
+        .await?
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
 /// Refuses to start a node whose data directory holds only half of its
@@ -196,5 +251,30 @@ mod tests {
         std::fs::create_dir(dir.path().join("wal").join("logs")).unwrap();
         let err = check_data_is_whole(dir.path(), 1).unwrap_err().to_string();
         assert!(err.contains("no Raft metadata"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn given_an_identity_file_without_its_raft_data_should_refuse_to_start() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("a temp dir for the test");
+        let config = crate::config::ServerConfig::parse_from([
+            "walrus-server",
+            "--node-id",
+            "3",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--client-port",
+            "0",
+            "--raft-port",
+            "0",
+        ]);
+        let node_dir = config.node_dir();
+        std::fs::create_dir_all(&node_dir).unwrap();
+        crate::identity::create(&node_dir, 3, walrus_core::StorageId::random()).unwrap();
+        let err = match super::Stack::start(&config).await {
+            Ok(_) => panic!("a node whose data was removed around its identity started"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("only the identity file is left"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //! acknowledged entry, `ACK <segment> <index> <writer> <seq> <len>`, until
 //! it is killed.
 //!
-//! Usage: `wal-crash-child <dir> <round>`
+//! Usage: `wal-crash-child <dir> <round>`; with `WAL_CRASH_NO_FALLOCATE=1`
+//! the store reserves space as on a file system without `fallocate`.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ async fn main() {
     let config = WalConfig {
         fsync: FsyncPolicy::Always,
         segment_file_bytes: 64 * 1024,
+        inject_fallocate_unsupported: std::env::var("WAL_CRASH_NO_FALLOCATE")
+            .is_ok_and(|v| v == "1"),
         ..WalConfig::default()
     };
     let store = Arc::new(WalStore::open(&dir, config).unwrap_or_else(|e| {

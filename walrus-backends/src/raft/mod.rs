@@ -4,6 +4,8 @@
 //! - [`log_store`]: the Raft log, vote and committed index in redb.
 //! - [`state_machine`]: [`walrus_core::ClusterState`] with snapshots in redb.
 //! - [`network`]: Raft RPCs and forwarded requests over the core `Transport`.
+//! - [`admission`]: what a node without consensus state must pass before it
+//!   takes part (storage identity, no second cluster).
 //!
 //! # Storage
 //!
@@ -45,6 +47,8 @@
 //! is far above a connect time, so a leadership check (`confirm`) never
 //! fails just because a connection is being (re)made.
 
+pub mod admission;
+mod dirs;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -68,14 +72,23 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use walrus_core::{
-    ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore, NodeInfo,
-    NodeRequest, NodeResponse, Result, Transport,
+    ClusterId, ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore,
+    NodeInfo, NodeRequest, NodeResponse, Result, StorageId, Transport,
 };
+
+pub use self::dirs::{create_dir_durable, sync_dir};
 
 use self::log_store::RedbLogStore;
 use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
 use self::state_machine::StateMachineStore;
 use self::types::{MetadataBatch, NodeId, Raft};
+
+/// How long a new node listens before it bootstraps: long enough to hear a
+/// leader's heartbeat to a member it counts as down (retried every
+/// `2 × heartbeat`, 200 ms, plus a reconnect) or, with no leader, a
+/// candidate's vote request (elections follow each other within
+/// ~1.35 s); see "Storage identity" in docs/architecture.md.
+pub const DEFAULT_BOOTSTRAP_LISTEN: Duration = Duration::from_millis(1500);
 
 /// How one node runs its consensus.
 #[derive(Debug, Clone)]
@@ -100,6 +113,15 @@ pub struct RaftConfig {
     /// Entries kept in the log behind a snapshot, so a briefly lagging
     /// follower gets entries instead of a whole snapshot.
     pub keep_behind_snapshot: u64,
+    /// The identity of this node's storage. With one, a node without
+    /// consensus state is admitted only after the cluster has checked it
+    /// (see [`admission`]); `None` turns the checks off (tests that build
+    /// bare Raft stores).
+    pub storage: Option<StorageId>,
+    /// How long a node with a storage identity, no consensus state and no
+    /// `join` listens for Raft traffic of an existing cluster before it
+    /// bootstraps a new one.
+    pub bootstrap_listen: Duration,
 }
 
 impl RaftConfig {
@@ -123,6 +145,8 @@ impl RaftConfig {
             add_node_timeout: Duration::from_secs(30),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
+            storage: None,
+            bootstrap_listen: DEFAULT_BOOTSTRAP_LISTEN,
         }
     }
 
@@ -174,6 +198,10 @@ pub struct RaftMetadataStore {
     proposals: mpsc::Sender<Proposal>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
+    gate: admission::Gate,
+    /// Set when the cluster refused this node's storage after it started
+    /// (a member restarting from its data): the node must stop.
+    refused: watch::Sender<Option<String>>,
 }
 
 /// A command waiting for the batcher, and where its outcome goes.
@@ -241,9 +269,18 @@ impl RaftMetadataStore {
         transport: Arc<dyn Transport>,
     ) -> anyhow::Result<Arc<RaftMetadataStore>> {
         let raft_config = Arc::new(config.openraft_config()?);
-        std::fs::create_dir_all(&config.dir)
+        let dir = config.dir.clone();
+        tokio::task::spawn_blocking(move || create_dir_durable(&dir))
+            .await?
             .with_context(|| format!("cannot create data directory {}", config.dir.display()))?;
         let db = Arc::new(open_db(config.dir.join("raft.redb")).await?);
+        // redb syncs the file it writes, not the directory entry that
+        // names it: without this, a power cut after the first commit could
+        // leave the directory without raft.redb.
+        let dir = config.dir.clone();
+        tokio::task::spawn_blocking(move || sync_dir(&dir))
+            .await?
+            .with_context(|| format!("cannot sync the directory {}", config.dir.display()))?;
         let log_store = RedbLogStore::new(db.clone())?;
         let state_machine = StateMachineStore::new(db)?;
         let state_rx = state_machine.watch();
@@ -263,6 +300,11 @@ impl RaftMetadataStore {
         )
         .await
         .context("cannot start raft")?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .context("raft stopped while starting")?;
+        let gate = admission::Gate::new(initialized || config.storage.is_none());
         let store = Arc::new(RaftMetadataStore {
             id: config.node_id,
             config,
@@ -272,6 +314,8 @@ impl RaftMetadataStore {
             proposals,
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            gate,
+            refused: watch::channel(None).0,
         });
         let sync = tokio::spawn(sync_peer_addresses(
             store.raft.metrics(),
@@ -290,12 +334,18 @@ impl RaftMetadataStore {
 
     /// Makes this node part of a cluster:
     ///
-    /// - a member restarting from its data: nothing to wait for; it re-registers
-    ///   (and, if it was left a learner, is promoted) in the background;
-    /// - no data and no `join`: initialises a one-voter cluster (only ever on
-    ///   empty data) and records this node's addresses;
-    /// - no data and `join = Some(addr)`: asks the cluster at `addr` to add
-    ///   this node, retrying with backoff until it is accepted.
+    /// - a member restarting from its data: nothing to wait for; it
+    ///   re-registers its storage and addresses (and, if it was left a
+    ///   learner, is promoted) in the background; a refused storage shows
+    ///   in [`Self::refusals`];
+    /// - no data and no `join`: with a storage identity, listens for a
+    ///   cluster that still counts this node as a member first and refuses
+    ///   to start if it hears one (see [`admission`]); then initialises a
+    ///   one-voter cluster (only ever on empty data) and records this
+    ///   node's storage and addresses;
+    /// - no data and `join = Some(addr)`: claims its storage through `addr`
+    ///   (a refusal is final), then asks the cluster at `addr` to add this
+    ///   node, retrying with backoff until it is accepted.
     pub async fn bootstrap_or_join(self: &Arc<Self>, join: Option<String>) -> anyhow::Result<()> {
         let initialized = self
             .raft
@@ -303,6 +353,7 @@ impl RaftMetadataStore {
             .await
             .context("raft stopped while starting")?;
         if initialized {
+            self.gate.admit();
             let me = self.clone();
             let task = tokio::spawn(async move { me.register_until_done().await });
             self.track(task);
@@ -310,16 +361,35 @@ impl RaftMetadataStore {
         }
         match join {
             None => {
+                if let Some(storage) = self.config.storage {
+                    self.listen_for_an_old_cluster(storage).await?;
+                }
+                self.gate.admit();
                 let members = BTreeMap::from([(self.id, BasicNode::new(&self.config.raft_addr))]);
                 match self.raft.initialize(members).await {
                     Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                     Err(e) => return Err(anyhow::anyhow!("cannot initialise the cluster: {e}")),
                 }
                 self.register_until_done().await;
+                if let Some(why) = self.refused.borrow().clone() {
+                    anyhow::bail!("{why}");
+                }
                 Ok(())
             }
-            Some(addr) => self.join_via(&addr).await,
+            Some(addr) => {
+                if let Some(storage) = self.config.storage {
+                    self.claim_via(&addr, storage).await?;
+                }
+                self.gate.admit();
+                self.join_via(&addr).await
+            }
         }
+    }
+
+    /// The reason the cluster refused this node's storage, once it has: the
+    /// node must stop (its data is not what the cluster recorded for it).
+    pub fn refusals(&self) -> watch::Receiver<Option<String>> {
+        self.refused.subscribe()
     }
 
     /// Stops Raft and the background tasks. The redb file is closed once
@@ -370,7 +440,8 @@ impl RaftMetadataStore {
             };
             match self.transport.call_addr(addr, req).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_retryable() => {
+                // A join is idempotent: one whose answer was lost is asked again.
+                Err(e) if e.is_retryable() || e.is_outcome_unknown() => {
                     tracing::info!(
                         node = self.id,
                         "join via {addr} not accepted yet: {e}; retrying"
@@ -398,6 +469,28 @@ impl RaftMetadataStore {
     }
 
     async fn register_once(&self) -> Result<()> {
+        let leader_known = self.current_leader().is_some();
+        if leader_known && self.state_rx.borrow().cluster.is_none() {
+            // The bootstrapping node names the cluster; a cluster from
+            // before cluster ids gets one from whichever member asks first.
+            let id = ClusterId::random();
+            self.propose(MetadataCmd::InitCluster { id }).await?;
+        }
+        if let Some(storage) = self.config.storage.filter(|_| leader_known) {
+            let cmd = MetadataCmd::RegisterStorage {
+                node: self.id,
+                storage,
+            };
+            if let CmdResult::Rejected(why) = self.propose(cmd).await? {
+                tracing::error!(
+                    node = self.id,
+                    "the cluster refused this node's storage: {why}"
+                );
+                self.refused.send_replace(Some(why));
+                // Registering further would only repeat the refusal.
+                return Ok(());
+            }
+        }
         if self.current_leader().is_some() {
             return self.add_node(self.id, self.config.info()).await;
         }
@@ -420,6 +513,12 @@ impl RaftMetadataStore {
             };
             let call = self.transport.call(peer, req);
             match tokio::time::timeout(self.config.propose_timeout, call).await {
+                // The storage is registered once a leader is known.
+                Ok(Ok(_)) if self.config.storage.is_some() => {
+                    return Err(Error::Unavailable(
+                        "addresses registered; the storage identity is next".into(),
+                    ))
+                }
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => last = e,
                 Err(_) => last = Error::Timeout(format!("node {peer} to pass on a join")),
@@ -526,6 +625,40 @@ impl RaftMetadataStore {
         Ok(self.write_local(cmd, deadline).await?.1)
     }
 
+    /// Takes `node` out of the membership (voter or learner), on this node
+    /// as leader, so it can join again from empty consensus state. openraft
+    /// would otherwise see a member's log go backwards (it panics on that
+    /// unless told to allow it), and the member's lost vote could help
+    /// elect a leader that lacks committed entries.
+    async fn readmit_local(
+        &self,
+        node: NodeId,
+        deadline: Instant,
+    ) -> std::result::Result<(), Attempt> {
+        if node == self.id {
+            return Err(Attempt::Fail(Error::Refused(format!(
+                "node {node} is the consensus leader: it has its consensus state"
+            ))));
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let is_voter = membership.membership().voter_ids().any(|id| id == node);
+        let is_member = membership.nodes().any(|(id, _)| *id == node);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+        } else if is_member {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+        } else {
+            return Ok(());
+        };
+        tracing::warn!(
+            node = self.id,
+            "node {node} is back without its consensus state: taking it out of the \
+             membership so it joins again as a new member"
+        );
+        self.membership_op(deadline, self.raft.change_membership(change, false))
+            .await
+    }
+
     async fn membership_op<F>(&self, deadline: Instant, op: F) -> std::result::Result<(), Attempt>
     where
         F: std::future::Future<
@@ -563,7 +696,9 @@ impl RaftMetadataStore {
         deadline: Instant,
     ) -> std::result::Result<ConsensusReply, Attempt> {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, network::call(&*self.transport, to, req)).await {
+        let cluster = self.state_rx.borrow().cluster;
+        let call = network::call(&*self.transport, to, cluster, req);
+        match tokio::time::timeout(left, call).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(
                 e @ (Error::NotLeader
@@ -774,8 +909,35 @@ impl MetadataStore for RaftMetadataStore {
         json
     }
 
+    async fn readmit_node(&self, node: NodeId) -> Result<()> {
+        let timeout = self.config.add_node_timeout;
+        self.with_retries(
+            "taking a node out to join again",
+            timeout,
+            |deadline| async move {
+                match self.current_leader() {
+                    None => Err(Self::not_leader()),
+                    Some(leader) if leader == self.id => self.readmit_local(node, deadline).await,
+                    Some(leader) => {
+                        let req = ConsensusRequest::Readmit { node };
+                        match self.forward(leader, &req, deadline).await? {
+                            ConsensusReply::Readmitted => Ok(()),
+                            other => Err(Attempt::Fail(Error::Internal(format!(
+                                "leader {leader} answered a readmission with {other:?}"
+                            )))),
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    }
+
     async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
-        let reply = match network::decode_request(&msg)? {
+        let (header, req) = network::decode_request(&msg)?;
+        header.check(self.id, self.state_rx.borrow().cluster)?;
+        self.gate.check(self.id, &req)?;
+        let reply = match req {
             ConsensusRequest::AppendEntries(rpc) => {
                 ConsensusReply::AppendEntries(self.raft.append_entries(rpc).await)
             }
@@ -802,6 +964,17 @@ impl MetadataStore for RaftMetadataStore {
                     Err(Attempt::Fail(e)) => return Err(e),
                 }
             }
+            ConsensusRequest::Readmit { node } => {
+                if self.current_leader() != Some(self.id) {
+                    return Err(Error::NotLeader);
+                }
+                let deadline = Instant::now() + self.config.add_node_timeout;
+                match self.readmit_local(node, deadline).await {
+                    Ok(()) => ConsensusReply::Readmitted,
+                    Err(Attempt::Retry(_)) => return Err(Error::NotLeader),
+                    Err(Attempt::Fail(e)) => return Err(e),
+                }
+            }
         };
         network::encode_reply(&reply)
     }
@@ -824,6 +997,20 @@ pub async fn route(store: &RaftMetadataStore, req: NodeRequest) -> Result<NodeRe
         }
         NodeRequest::Join { node, info } => {
             store.add_node(node, info).await?;
+            Ok(NodeResponse::Done)
+        }
+        NodeRequest::ClaimStorage {
+            node,
+            storage,
+            fresh,
+        } => {
+            let cmd = MetadataCmd::RegisterStorage { node, storage };
+            if let CmdResult::Rejected(why) = store.propose(cmd).await? {
+                return Err(Error::Refused(why));
+            }
+            if fresh {
+                store.readmit_node(node).await?;
+            }
             Ok(NodeResponse::Done)
         }
         NodeRequest::Ping => Ok(NodeResponse::Done),

@@ -4,16 +4,22 @@
 //! # On disk
 //!
 //! ```text
-//! <dir>/<topic>/<segment:020>.<part:06>.wal   fixed-size mapped files
+//! <dir>/<topic>/<segment:020>.<part:06>.wal   fixed-size (sparse) mapped files
 //! <dir>/<topic>/<segment:020>.sealed          final count of a sealed segment
 //! <dir>/spare-<n>.zeroed                      zero-filled spare files (opt-in)
 //! ```
 //!
 //! A segment is a sequence of records spread over one or more fixed-size
 //! files (parts); see `segment_file.rs` for the record format and header.
-//! Files are created atomically (temporary name, blocks reserved with
-//! `fallocate` or taken from a zero-filled spare, header synced, rename),
-//! so a full disk is an error at creation and never a SIGBUS later.
+//! Files are created atomically (temporary name, full length but sparse,
+//! first step of blocks reserved, header synced, rename, directory synced)
+//! and grow on disk in steps of 1 MiB reserved ahead of the writer
+//! (`reserve.rs`: `fallocate`, or zeros written where the file system has
+//! none), so an idle topic costs about 1 MiB and a full disk is an error at
+//! reservation, never a SIGBUS inside a mapped write. Reserving and creating
+//! files is done ahead by the room thread (`room.rs`), off the append path;
+//! an append that finds no room makes it on a blocking thread, and on a
+//! full disk fails with "disk full" until space is freed, then works again.
 //!
 //! # Recovery
 //!
@@ -68,6 +74,8 @@ mod group_commit;
 mod health;
 mod index;
 mod read_cache;
+mod reserve;
+mod room;
 mod segment;
 mod segment_file;
 mod spare;
@@ -89,7 +97,9 @@ use walrus_core::{
 use durable_dir::create_dir_durable;
 use group_commit::Syncer;
 use read_cache::ReadCache;
-use segment::{part_path, read_seal_file, seal_path, SealStep, Segment, SegmentParams};
+use reserve::Reserver;
+use room::RoomMaker;
+use segment::{part_path, read_seal_file, seal_path, AppendStep, SealStep, Segment, SegmentParams};
 use segment_file::MIN_FILE_LEN;
 use spare::SparePool;
 
@@ -164,6 +174,11 @@ pub struct WalConfig {
     /// appenders' syncs reach them. Costs one extra write of each block;
     /// saves a metadata write in most syncs (default true).
     pub prepare_ahead: bool,
+    /// Test seam: the reservation call (`fallocate`) answers `EOPNOTSUPP`,
+    /// as on a file system without it, so that the fallback (writing
+    /// zeros) can be tested anywhere. Always false outside tests.
+    #[doc(hidden)]
+    pub inject_fallocate_unsupported: bool,
 }
 
 impl Default for WalConfig {
@@ -174,6 +189,7 @@ impl Default for WalConfig {
             max_read_maps: 256,
             spare_files: 0,
             prepare_ahead: true,
+            inject_fallocate_unsupported: false,
         }
     }
 }
@@ -192,6 +208,8 @@ struct Inner {
     cache: Arc<ReadCache>,
     /// Held (flock) for the store's life: one store per directory.
     _lock: std::fs::File,
+    /// Reserves and creates files ahead of the appenders.
+    room: RoomMaker,
     // Declared last: dropped after everything above (it joins its thread).
     syncer: Syncer,
 }
@@ -233,6 +251,8 @@ impl WalStore {
         }
         create_dir_durable(&dir)?;
         let lock = lock_dir(&dir)?;
+        let reserver = Reserver::new(&dir, config.inject_fallocate_unsupported);
+        reserver.probe();
         let spares = SparePool::start(&dir, config.segment_file_bytes, config.spare_files)
             .map_err(|e| {
                 Error::Storage(format!(
@@ -247,6 +267,7 @@ impl WalStore {
             prepare_ahead: config.prepare_ahead && config.fsync == FsyncPolicy::Always,
             prepared_bytes: Arc::new(AtomicU64::new(0)),
             health: Arc::new(health::Health::default()),
+            reserver: Arc::new(reserver),
         };
         let segments = recover_all(&dir, &params)?;
         let interval = match config.fsync {
@@ -255,6 +276,8 @@ impl WalStore {
         };
         let syncer = Syncer::start(interval)
             .map_err(|e| Error::Storage(format!("cannot start the WAL sync thread: {e}")))?;
+        let room = RoomMaker::start()
+            .map_err(|e| Error::Storage(format!("cannot start the WAL room thread: {e}")))?;
         Ok(WalStore {
             inner: Arc::new(Inner {
                 cache: Arc::new(ReadCache::new(config.max_read_maps)),
@@ -263,6 +286,7 @@ impl WalStore {
                 params,
                 segments: RwLock::new(segments),
                 _lock: lock,
+                room,
                 syncer,
             }),
         })
@@ -298,6 +322,12 @@ impl WalStore {
     /// segment or one never synced. For power-loss tests and diagnostics.
     pub fn durable_end(&self, segment: &SegmentKey) -> Option<(u32, u64)> {
         self.get(segment).and_then(|s| s.durable_end())
+    }
+
+    /// Whether this store reserves space by writing zeros (its file system
+    /// has no `fallocate`).
+    pub fn reserves_with_zeros(&self) -> bool {
+        self.inner.params.reserver.writes_zeros()
     }
 
     /// Makes the next `n` flushes fail as an I/O error would (a test seam
@@ -342,6 +372,44 @@ impl WalStore {
             .clone()
     }
 
+    /// Appends, making room first when the segment has none: on a blocking
+    /// thread, so that neither this async worker nor the segment's lock
+    /// waits for the disk. Normally the room thread made it already.
+    async fn append_with_room(
+        &self,
+        seg: &Arc<Segment>,
+        entries: &[Bytes],
+        limit: u64,
+    ) -> Result<(Appended, Option<tokio::sync::oneshot::Receiver<Result<()>>>)> {
+        // Each round makes room for this append; only other appenders
+        // taking it first can send it round again.
+        for _ in 0..64 {
+            match seg.append(entries, limit)? {
+                AppendStep::Done {
+                    appended,
+                    durable,
+                    wants_room,
+                } => {
+                    if wants_room {
+                        self.inner.room.enqueue(seg);
+                    }
+                    return Ok((appended, durable));
+                }
+                AppendStep::NeedRoom => {
+                    let s = seg.clone();
+                    let sizes: Vec<usize> = entries.iter().map(Bytes::len).collect();
+                    tokio::task::spawn_blocking(move || s.make_room(Some(&sizes)))
+                        .await
+                        .map_err(|e| Error::Internal(format!("WAL room task failed: {e}")))??;
+                }
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "segment {} is contended: its room was taken by other appenders 64 times in a row; retry",
+            seg.key
+        )))
+    }
+
     async fn wait(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Result<()> {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
@@ -356,7 +424,7 @@ impl LogStore for WalStore {
         limit: u64,
     ) -> Result<Appended> {
         let seg = self.get_or_create(segment);
-        let (appended, rx) = seg.append(entries, limit)?;
+        let (appended, rx) = self.append_with_room(&seg, entries, limit).await?;
         match (rx, self.inner.config.fsync) {
             (Some(rx), _) => {
                 self.inner.syncer.enqueue(&seg, true);
@@ -385,8 +453,13 @@ impl LogStore for WalStore {
             // them now could let a cursor pass data a power cut takes back;
             // answering "nothing" would starve the reader for an interval.
             // So the reader pays for one flush (shared with any appenders).
+            // With group commit the appenders of those entries have woken
+            // the syncer already: the reader only joins their flush, and
+            // does not count as an arrival of the group.
             if let Some(rx) = seg.sync_waiter() {
-                self.inner.syncer.enqueue(&seg, true);
+                self.inner
+                    .syncer
+                    .enqueue(&seg, !self.inner.params.group_commit);
                 Self::wait(rx).await?;
             }
         }

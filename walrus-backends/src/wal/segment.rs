@@ -2,9 +2,13 @@
 //! reads and its seal.
 //!
 //! Concurrency protocol:
-//! - Appenders take `append` (a short lock: memcpy into the map, no I/O
-//!   except creating the next file once per `segment_file_bytes`) and write
-//!   past the published end.
+//! - Appenders take `append` (a short lock: memcpy into the map, no I/O)
+//!   and write past the published end, only into bytes already reserved
+//!   and files already created. Reserving and creating files is blocking
+//!   I/O done without that lock by `make_room`: ahead of time on the room
+//!   thread (`room.rs`), or, when an append finds no room, on a blocking
+//!   thread for that appender (`WalStore::append`), never on an async
+//!   worker.
 //! - The syncer snapshots the written end under `append`, flushes without
 //!   it, then publishes (`synced_*` and `visible`), whatever the fsync
 //!   policy: an entry is visible only once it is durable, so no reader, and
@@ -29,8 +33,10 @@ use super::durable_dir::{create_dir_durable, sync_dir};
 use super::health::Health;
 use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
+use super::reserve::Reserver;
 use super::segment_file::{
     scan_file, zero_tail, FileHeader, ScanEnd, SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER,
+    RESERVE_CHUNK,
 };
 use super::spare::SparePool;
 
@@ -56,6 +62,84 @@ pub(crate) struct SegmentParams {
     pub prepared_bytes: Arc<AtomicU64>,
     /// Failed syncs over all segments (and the fault-injection seam).
     pub health: Arc<Health>,
+    /// How this data directory reserves blocks.
+    pub reserver: Arc<Reserver>,
+}
+
+/// When the current file has less than this left, the next one is created
+/// ahead (at most half a file, for small files).
+const NEXT_FILE_AHEAD: usize = 4 * RESERVE_CHUNK;
+
+/// The reservation step of a file of `len` bytes.
+fn chunk(len: usize) -> usize {
+    RESERVE_CHUNK.min(len)
+}
+
+/// How far ahead of the write position to keep blocks reserved: a step,
+/// or two appends of the size of the last one when they are bigger (a
+/// writer of 1 MiB batches would otherwise outrun the room thread on every
+/// append), up to [`MAX_AHEAD`].
+fn ahead(len: usize, last_append: usize) -> usize {
+    chunk(len).max(last_append.saturating_mul(2).min(MAX_AHEAD))
+}
+
+/// The most reserved ahead of one segment's writer.
+const MAX_AHEAD: usize = 8 * RESERVE_CHUNK;
+
+/// How far to reserve so that `need` is covered, in whole steps.
+fn reserve_target(need: usize, len: usize) -> usize {
+    let c = chunk(len);
+    need.div_ceil(c).saturating_mul(c).min(len)
+}
+
+/// Where an append of entries of the given sizes writes, file by file: the
+/// end (record bytes, plus room for a next marker) in the current file, and
+/// in each new file it needs.
+struct Plan {
+    current_end: Option<usize>,
+    new_ends: Vec<usize>,
+}
+
+fn plan(
+    current: Option<(usize, usize)>,
+    file_len: usize,
+    sizes: impl Iterator<Item = usize>,
+) -> Plan {
+    let mut current_end = current.map(|(off, _)| off + RECORD_HEADER);
+    let mut sim = current;
+    let mut new_ends: Vec<usize> = Vec::new();
+    for len in sizes {
+        let fits = sim.is_some_and(|(off, flen)| off + 2 * RECORD_HEADER + len <= flen);
+        if !fits {
+            new_ends.push(HEADER_LEN);
+            sim = Some((HEADER_LEN, file_len));
+        }
+        let (off, _) = sim.as_mut().expect("set just above");
+        *off += RECORD_HEADER + len;
+        let end = *off + RECORD_HEADER;
+        match new_ends.last_mut() {
+            Some(e) => *e = end,
+            None => current_end = Some(end),
+        }
+    }
+    Plan {
+        current_end,
+        new_ends,
+    }
+}
+
+/// What an append found.
+pub(crate) enum AppendStep {
+    Done {
+        appended: Appended,
+        /// With group commit: completes once the entries are durable.
+        durable: Option<oneshot::Receiver<Result<()>>>,
+        /// The reservation or the next file should be prepared ahead.
+        wants_room: bool,
+    },
+    /// Not enough reserved space or files: call `make_room` (blocking)
+    /// with the same entries, then append again.
+    NeedRoom,
 }
 
 struct Waiter {
@@ -75,6 +159,11 @@ struct AppendState {
     synced_count: u64,
     /// A seal is in progress: appends are refused.
     sealing: bool,
+    /// Files created ahead for the parts after `pos.part` (in order), not
+    /// written yet: the next appends that cross a file boundary take them.
+    ready: Vec<Arc<SegmentFile>>,
+    /// Bytes the last append wrote: how far ahead to reserve.
+    last_append: usize,
     waiters: Vec<Waiter>,
 }
 
@@ -114,6 +203,11 @@ pub(crate) struct Segment {
     /// When the syncer last rewrote the current file's checkpoint (only
     /// the syncer takes this lock).
     last_checkpoint: Mutex<Instant>,
+    /// Serialises `make_room` and the seal's last steps: a file is never
+    /// created for a segment being sealed.
+    grow: Mutex<()>,
+    /// In the room thread's queue (avoids queueing twice).
+    pub room_queued: AtomicBool,
 }
 
 /// Where a quarantined segment's files are damaged.
@@ -158,6 +252,8 @@ impl Segment {
             append: Mutex::new(state),
             shared: RwLock::new(shared),
             last_checkpoint: Mutex::new(Instant::now()),
+            grow: Mutex::new(()),
+            room_queued: AtomicBool::new(false),
         }
     }
 
@@ -171,6 +267,8 @@ impl Segment {
             synced_count: 0,
             sealing: false,
             waiters: Vec::new(),
+            ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             parts: Vec::new(),
@@ -198,6 +296,8 @@ impl Segment {
             synced_count: count,
             sealing: false,
             waiters: Vec::new(),
+            ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             parts: Vec::new(),
@@ -224,6 +324,7 @@ impl Segment {
         let mut count = 0u64;
         let mut end = Pos::new(0, HEADER_LEN);
         let mut keep = paths.len();
+        let mut written_ends = Vec::with_capacity(paths.len());
         let parts = paths.len() as u32;
         let quarantine = |index, count, why| {
             Ok(Segment::quarantined(
@@ -253,6 +354,11 @@ impl Segment {
             let scan = fs.scan;
             count += scan.records;
             end = Pos::new(i as u32, scan.end);
+            // Written by an earlier run, so backed by blocks.
+            written_ends.push(match scan.stop {
+                ScanEnd::Next => scan.end + RECORD_HEADER,
+                ScanEnd::Invalid { .. } => scan.end,
+            });
             let reason = match scan.stop {
                 ScanEnd::Next if i + 1 < paths.len() => continue,
                 // A marker with no file after it: the file was being rolled;
@@ -315,8 +421,10 @@ impl Segment {
                 .map_err(|e| Error::Storage(format!("cannot remove {}: {e}", extra.display())))?;
         }
         let mut files = Vec::with_capacity(keep);
-        for path in &paths[..keep] {
-            files.push(Arc::new(SegmentFile::open_rw(path)?));
+        for (path, &written) in paths[..keep].iter().zip(&written_ends) {
+            let f = SegmentFile::open_rw(path)?;
+            f.mark_written(written);
+            files.push(Arc::new(f));
         }
         // What was recovered may sit only in the page cache (the writer was
         // killed, the machine was not): make it durable before serving it.
@@ -324,6 +432,14 @@ impl Segment {
             f.flush(0, f.len())?;
         }
         let current = files.last().cloned();
+        if let Some(f) = &current {
+            // Room ahead for the first appends; if this fails (a full
+            // disk), the first append that needs the room reports it.
+            let target = reserve_target(end.off() + chunk(f.len()), f.len());
+            if let Err(e) = f.reserve_to(target, &params.reserver) {
+                tracing::warn!(file = %f.path().display(), error = %e, "cannot reserve WAL space ahead after recovery");
+            }
+        }
         let pos = current.as_ref().map(|_| end);
         let state = AppendState {
             count,
@@ -333,6 +449,8 @@ impl Segment {
             synced_count: count,
             sealing: false,
             waiters: Vec::new(),
+            ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             part_count: files.len() as u32,
@@ -367,6 +485,8 @@ impl Segment {
             synced_count: count,
             sealing: false,
             waiters: Vec::new(),
+            ready: Vec::new(),
+            last_append: 0,
         };
         let shared = Shared {
             parts: Vec::new(),
@@ -471,15 +591,12 @@ impl Segment {
         }
     }
 
-    /// Writes `entries` into the map. With group commit, returns a receiver
-    /// that completes once they are durable (the caller queues the segment
-    /// for the syncer). Either way they become visible only once the syncer
-    /// has flushed them.
-    pub fn append(
-        &self,
-        entries: &[Bytes],
-        limit: u64,
-    ) -> Result<(Appended, Option<oneshot::Receiver<Result<()>>>)> {
+    /// Writes `entries` into the map, or says that room must be made first
+    /// ([`AppendStep::NeedRoom`]): no I/O here. With group commit, returns a
+    /// receiver that completes once they are durable (the caller queues the
+    /// segment for the syncer). Either way they become visible only once
+    /// the syncer has flushed them.
+    pub fn append(&self, entries: &[Bytes], limit: u64) -> Result<AppendStep> {
         let max_payload = SegmentFile::max_payload(self.params.file_len);
         if let Some(big) = entries.iter().find(|e| e.len() > max_payload) {
             return Err(Error::BadRequest(format!(
@@ -507,35 +624,33 @@ impl Segment {
         }
         if n == 0 {
             let count = st.count;
-            return Ok((
-                Appended {
+            return Ok(AppendStep::Done {
+                appended: Appended {
                     first_index: count,
                     count,
                 },
-                None,
-            ));
+                durable: None,
+                wants_room: false,
+            });
         }
 
-        // Plan: how many new files this append needs, so that every
-        // fallible step (creating them) happens before anything is written.
-        let mut need = 0u32;
-        let mut sim: Option<(usize, usize)> = st
-            .current
-            .as_ref()
-            .zip(st.pos)
-            .map(|(f, p)| (p.off(), f.len()));
-        for e in entries {
-            let fits = sim.is_some_and(|(off, len)| off + 2 * RECORD_HEADER + e.len() <= len);
-            if !fits {
-                need += 1;
-                sim = Some((HEADER_LEN, self.params.file_len as usize));
-            }
-            if let Some((off, _)) = sim.as_mut() {
-                *off += RECORD_HEADER + e.len();
-            }
+        // Plan: which files this append writes and how far, so that it
+        // writes only into reserved bytes of files that exist. Anything
+        // missing is made by `make_room`, without this lock.
+        let plan = self.plan(&st, entries.iter().map(|e| e.len()));
+        let room = plan.new_ends.len() <= st.ready.len()
+            && plan
+                .current_end
+                .is_none_or(|end| st.current.as_ref().is_some_and(|f| f.reserved() >= end))
+            && plan
+                .new_ends
+                .iter()
+                .zip(&st.ready)
+                .all(|(&end, f)| f.reserved() >= end);
+        if !room {
+            return Ok(AppendStep::NeedRoom);
         }
-        let first_new_part = st.pos.map_or(0, |p| p.part + 1);
-        let created = self.create_parts(first_new_part, need)?;
+        let created: Vec<Arc<SegmentFile>> = st.ready.drain(..plan.new_ends.len()).collect();
 
         // Write: memcpy into the maps, no I/O. A file that is left behind
         // gets its next marker; the syncer flushes it before its successor
@@ -599,15 +714,159 @@ impl Segment {
             first_index,
             count: st.count,
         };
-        if self.params.group_commit {
+        st.last_append = entries.iter().map(|e| RECORD_HEADER + e.len()).sum();
+        let wants_room = self.wants_room(&st);
+        let durable = if self.params.group_commit {
             let (tx, rx) = oneshot::channel();
             let target = st.count;
             st.waiters.push(Waiter { target, tx });
-            Ok((appended, Some(rx)))
+            Some(rx)
         } else {
             // Acknowledged under a relaxed policy, but not visible: the
             // syncer publishes it once it is durable.
-            Ok((appended, None))
+            None
+        };
+        Ok(AppendStep::Done {
+            appended,
+            durable,
+            wants_room,
+        })
+    }
+
+    fn plan(&self, st: &AppendState, sizes: impl Iterator<Item = usize>) -> Plan {
+        let current = st
+            .current
+            .as_ref()
+            .zip(st.pos)
+            .map(|(f, p)| (p.off(), f.len()));
+        plan(current, self.params.file_len as usize, sizes)
+    }
+
+    /// Whether the room thread should reserve ahead of the write position
+    /// (less than half a step left) or create the next file (the current
+    /// one is nearly full and none is ready).
+    fn wants_room(&self, st: &AppendState) -> bool {
+        let (Some(f), Some(pos)) = (&st.current, st.pos) else {
+            return false;
+        };
+        let (len, off) = (f.len(), pos.off());
+        f.reserved() < (off + ahead(len, st.last_append) / 2).min(len)
+            || (st.ready.is_empty() && len - off < NEXT_FILE_AHEAD.min(len / 2))
+    }
+
+    /// Makes room (blocking I/O, without the append lock): reserves ahead
+    /// in the current file and creates the next one when it is nearly
+    /// full; with `sizes`, also whatever an append of entries of those
+    /// sizes needs right now. Called by the room thread ahead of time, and
+    /// by an appender that found no room (`AppendStep::NeedRoom`).
+    pub fn make_room(&self, sizes: Option<&[usize]>) -> Result<()> {
+        let _grow = self
+            .grow
+            .lock()
+            .expect("segment grow lock poisoned: a panic while making WAL room");
+        let (current, pos, ready, plan, last_append) = {
+            let st = self.lock();
+            if self.sealed.load(Ordering::Acquire) || st.sealing {
+                return match sizes {
+                    Some(_) => Err(Error::SegmentSealed(self.key.clone())),
+                    None => Ok(()),
+                };
+            }
+            if let Some(why) = self.failure.get() {
+                return match sizes {
+                    Some(_) => Err(Error::Storage(why.clone())),
+                    None => Ok(()),
+                };
+            }
+            // Never a file over a quarantined segment's damaged ones.
+            if let Some(d) = self.damage.get() {
+                return match sizes {
+                    Some(_) => Err(Error::Corrupt(format!(
+                        "segment {} is quarantined and takes no appends: {}",
+                        self.key, d.why
+                    ))),
+                    None => Ok(()),
+                };
+            }
+            let plan = self.plan(&st, sizes.unwrap_or(&[]).iter().copied());
+            let last_append = st.last_append;
+            (
+                st.current.clone(),
+                st.pos,
+                st.ready.clone(),
+                plan,
+                last_append,
+            )
+        };
+        let len = self.params.file_len as usize;
+        // The current file: what the append needs, and a step ahead.
+        if let (Some(f), Some(pos)) = (&current, pos) {
+            let need =
+                plan.current_end.unwrap_or(pos.off()).max(pos.off()) + ahead(len, last_append);
+            f.reserve_to(reserve_target(need, len), &self.params.reserver)?;
+        }
+        // The files after it: those the append needs, or one ahead when the
+        // current file is nearly full (or missing).
+        let mut ends = plan.new_ends;
+        let near_end = pos.is_none_or(|p| len - p.off() < NEXT_FILE_AHEAD.min(len / 2));
+        if ends.is_empty() && near_end {
+            ends.push(HEADER_LEN);
+        }
+        for (f, &end) in ready.iter().zip(&ends) {
+            f.reserve_to(reserve_target(end, len), &self.params.reserver)?;
+        }
+        if ends.len() <= ready.len() {
+            return Ok(());
+        }
+        if current.is_none() && ready.is_empty() {
+            create_dir_durable(&self.dir)?;
+        }
+        let first_part = pos.map_or(0, |p| p.part + 1) + ready.len() as u32;
+        let mut created = Vec::new();
+        for (i, &end) in ends[ready.len()..].iter().enumerate() {
+            let part = first_part + i as u32;
+            let made = SegmentFile::create(
+                &part_path(&self.dir, self.key.segment, part),
+                self.key.segment,
+                part,
+                self.params.file_len,
+                reserve_target(end.max(chunk(len)), len),
+                &self.params.spares,
+                &self.params.reserver,
+            );
+            match made {
+                Ok(f) => created.push(Arc::new(f)),
+                Err(e) => {
+                    self.discard(&created);
+                    return Err(e);
+                }
+            }
+        }
+        let mut st = self.lock();
+        // A rollback (failed sync) may have moved the write position back
+        // meanwhile and dropped the ready files: these are numbered for the
+        // old position.
+        let expected = st.pos.map_or(0, |p| p.part + 1) + st.ready.len() as u32;
+        if expected != first_part || st.sealing || self.sealed.load(Ordering::Acquire) {
+            drop(st);
+            self.discard(&created);
+            return Ok(());
+        }
+        st.ready.extend(created);
+        Ok(())
+    }
+
+    /// Deletes files created ahead that will not be used, durably: a
+    /// leftover empty part after a seal would read as damage.
+    fn discard(&self, files: &[Arc<SegmentFile>]) {
+        if files.is_empty() {
+            return;
+        }
+        for f in files {
+            let _ = std::fs::remove_file(f.path());
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot sync the WAL directory after removing unused files");
         }
     }
 
@@ -616,35 +875,6 @@ impl Segment {
     /// answer for a whole interval (or forever, with `never`).
     pub fn unsynced_at(&self, from: u64) -> bool {
         from >= self.visible.load(Ordering::Acquire) && from < self.written.load(Ordering::Acquire)
-    }
-
-    fn create_parts(&self, first: u32, n: u32) -> Result<Vec<Arc<SegmentFile>>> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        if first == 0 {
-            create_dir_durable(&self.dir)?;
-        }
-        let mut created = Vec::with_capacity(n as usize);
-        for part in first..first + n {
-            let path = part_path(&self.dir, self.key.segment, part);
-            match SegmentFile::create(
-                &path,
-                self.key.segment,
-                part,
-                self.params.file_len,
-                &self.params.spares,
-            ) {
-                Ok(f) => created.push(Arc::new(f)),
-                Err(e) => {
-                    for f in &created {
-                        let _ = std::fs::remove_file(f.path());
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(created)
     }
 
     /// Where the durable data ends as far as the syncer knows (part, byte
@@ -813,6 +1043,10 @@ impl Segment {
         for f in sh.parts.drain(start.part as usize + 1..) {
             let _ = std::fs::remove_file(f.path());
         }
+        // Numbered for the old write position: made again when needed.
+        for f in st.ready.drain(..) {
+            let _ = std::fs::remove_file(f.path());
+        }
         sh.part_count = sh.parts.len() as u32;
         sh.index.truncate(st.synced_count);
         st.current = sh.parts.get(start.part as usize).cloned();
@@ -843,6 +1077,15 @@ impl Segment {
     /// Writes the seal file (blocking I/O) and releases the file maps: from
     /// now on reads go through the read cache and take no append lock.
     pub fn finish_seal(&self, count: u64) -> Result<()> {
+        // No file is created for this segment from now on, and those
+        // created ahead go before the seal exists: a sealed segment's
+        // files are exactly the ones its count covers.
+        let _grow = self
+            .grow
+            .lock()
+            .expect("segment grow lock poisoned: a panic while making WAL room");
+        let unused = std::mem::take(&mut self.lock().ready);
+        self.discard(&unused);
         // A segment this node never wrote gets its topic directory here.
         create_dir_durable(&self.dir)?;
         write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;

@@ -18,6 +18,13 @@
 //! A record whose `len` is [`NEXT_MARKER`] ends the file: the segment goes
 //! on in the next part. Every file keeps room for that marker.
 //!
+//! A file has its full length from creation but is sparse: real blocks are
+//! reserved (`reserve.rs`) from the start in steps of [`RESERVE_CHUNK`],
+//! ahead of the writer, and nothing is ever written through the map past
+//! [`SegmentFile::reserved`]. So a file costs the disk what was written
+//! plus about one step, and a full disk shows as an error at reservation,
+//! never as a SIGBUS inside a mapped write.
+//!
 //! The checkpoint lags the truly durable end (the syncer writes the
 //! previous sync's end into the header and flushes both with one msync, at
 //! most every `CHECKPOINT_EVERY`; a graceful close writes the final durable
@@ -34,6 +41,7 @@ use std::sync::{Mutex, OnceLock};
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::durable_dir::sync_dir;
+use super::reserve::{disk_full_or_io, Reserver};
 use super::spare::SparePool;
 use walrus_core::{Error, Result};
 
@@ -143,7 +151,16 @@ pub(crate) struct SegmentFile {
     prepared: AtomicUsize,
     /// The file, open while `prepare_ahead` has some of it left to do.
     prepare_fd: Mutex<Option<File>>,
+    /// Bytes `[0, reserved)` have real blocks (reserved, or written by an
+    /// earlier run): the only bytes the map may be written at.
+    reserved: AtomicUsize,
+    /// Serialises reservations of this file.
+    reserve_lock: Mutex<()>,
 }
+
+/// Blocks are reserved this much at a time ahead of the writer (or the
+/// whole file, when it is smaller): what an idle segment costs the disk.
+pub(crate) const RESERVE_CHUNK: usize = 1 << 20;
 
 /// How far ahead of the write position [`SegmentFile::prepare_ahead`]
 /// keeps blocks written, and how much it writes per call.
@@ -164,39 +181,19 @@ fn zeros() -> &'static [u8] {
 unsafe impl Send for SegmentFile {}
 unsafe impl Sync for SegmentFile {}
 
-fn disk_full_or_io(e: io::Error, what: &str, path: &Path) -> Error {
-    if e.raw_os_error() == Some(libc_enospc()) {
-        Error::Storage(format!(
-            "disk full: cannot {what} {}; free space on the data disk and retry",
-            path.display()
-        ))
-    } else {
-        Error::Storage(format!("cannot {what} {}: {e}", path.display()))
-    }
-}
-
-fn libc_enospc() -> i32 {
-    rustix::io::Errno::NOSPC.raw_os_error()
-}
-
-/// Reserves real blocks for `[0, len)` so writes through the map can never
-/// hit a full disk (which would be a SIGBUS, not an error).
-fn reserve(file: &File, len: u64, path: &Path) -> Result<()> {
-    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)
-        .map_err(|e| disk_full_or_io(e.into(), "reserve space for", path))
-}
-
 impl SegmentFile {
     /// Creates a new file atomically: it appears under `path` only once its
-    /// blocks are reserved and its header is on disk. Takes a zero-filled
-    /// spare from `spares` if one is ready (cheaper syncs later), else
-    /// reserves the blocks with `fallocate`.
+    /// first `reserve` bytes have blocks and its header is on disk. Takes a
+    /// zero-filled spare from `spares` if one is ready (all blocks real,
+    /// cheaper syncs later), else creates a sparse file and reserves.
     pub fn create(
         path: &Path,
         segment: u64,
         part: u32,
         file_len: u64,
+        reserve: usize,
         spares: &SparePool,
+        reserver: &Reserver,
     ) -> Result<SegmentFile> {
         let tmp = tmp_path(path);
         if let Some(spare) = spares.take() {
@@ -209,7 +206,7 @@ impl SegmentFile {
                 }
             }
         }
-        let result = Self::create_at(&tmp, path, segment, part, file_len);
+        let result = Self::create_at(&tmp, path, segment, part, file_len, reserve, reserver);
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -256,6 +253,8 @@ impl SegmentFile {
         segment: u64,
         part: u32,
         file_len: u64,
+        reserve: usize,
+        reserver: &Reserver,
     ) -> Result<SegmentFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -264,8 +263,15 @@ impl SegmentFile {
             .truncate(true)
             .open(tmp)
             .map_err(|e| disk_full_or_io(e, "create", tmp))?;
-        reserve(&file, file_len, tmp)?;
-        Self::finish(file, tmp, path, segment, part, file_len, HEADER_LEN)
+        // Full length, sparse: the map never changes size; blocks come with
+        // the reservations.
+        file.set_len(file_len)
+            .map_err(|e| disk_full_or_io(e, "size", tmp))?;
+        let reserve = reserve.clamp(HEADER_LEN, file_len as usize);
+        reserver.reserve(&file, 0, reserve as u64, tmp)?;
+        let f = Self::finish(file, tmp, path, segment, part, file_len, HEADER_LEN)?;
+        f.reserved.store(reserve, Ordering::Release);
+        Ok(f)
     }
 
     /// Writes the header of a file whose blocks exist, syncs it and gives
@@ -293,6 +299,9 @@ impl SegmentFile {
             checkpoint: AtomicU64::new(header.checkpoint),
             prepared: AtomicUsize::new(prepared),
             prepare_fd: Mutex::new(None),
+            // A spare's zeros are all real blocks; `create_at` sets its own.
+            reserved: AtomicUsize::new(prepared),
+            reserve_lock: Mutex::new(()),
         };
         // SAFETY: nobody else knows this map yet.
         unsafe { f.write(0, &header.encode()) };
@@ -322,7 +331,8 @@ impl SegmentFile {
             .len();
         if actual < header.file_len {
             tracing::warn!(path = %path.display(), actual, expected = header.file_len, "WAL file is shorter than created; extending it, the cut-off records count as torn tail");
-            reserve(&file, header.file_len, path)?;
+            file.set_len(header.file_len)
+                .map_err(|e| disk_full_or_io(e, "extend", path))?;
         }
         let map = Self::map(&file, header.file_len, path)?;
         Ok(SegmentFile {
@@ -334,6 +344,10 @@ impl SegmentFile {
             // position.
             prepared: AtomicUsize::new(HEADER_LEN),
             prepare_fd: Mutex::new(None),
+            // Unknown past the records too: recovery marks what it found
+            // written (`mark_written`) and reserves ahead of it.
+            reserved: AtomicUsize::new(HEADER_LEN),
+            reserve_lock: Mutex::new(()),
         })
     }
 
@@ -364,6 +378,8 @@ impl SegmentFile {
             // Sealed: never written again.
             prepared: AtomicUsize::new(header.file_len as usize),
             prepare_fd: Mutex::new(None),
+            reserved: AtomicUsize::new(header.file_len as usize),
+            reserve_lock: Mutex::new(()),
         })
     }
 
@@ -385,6 +401,47 @@ impl SegmentFile {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Bytes from the start that have real blocks: writes through the map
+    /// must end at or before this.
+    pub fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Records that `[0, end)` holds data written by an earlier run (so it
+    /// has blocks), found by recovery.
+    pub fn mark_written(&self, end: usize) {
+        self.reserved
+            .fetch_max(end.min(self.len()), Ordering::AcqRel);
+    }
+
+    /// Reserves blocks up to `to` (at most the file's length). Blocking
+    /// I/O: call it off the async workers and without the append lock; the
+    /// appenders keep writing below the old reservation meanwhile.
+    pub fn reserve_to(&self, to: usize, reserver: &Reserver) -> Result<()> {
+        let to = to.min(self.len());
+        if self.reserved() >= to {
+            return Ok(());
+        }
+        let _one = self
+            .reserve_lock
+            .lock()
+            .expect("reserve lock poisoned: a panic while reserving WAL space");
+        let from = self.reserved();
+        if from >= to {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| disk_full_or_io(e, "open", &self.path))?;
+        // Past every record: zeros (a fresh file's holes, or a recovered
+        // file's tail that recovery zeroed), so writing zeros there, where
+        // fallocate is missing, changes no content.
+        reserver.reserve(&file, from as u64, to as u64, &self.path)?;
+        self.reserved.store(to, Ordering::Release);
+        Ok(())
     }
 
     /// # Safety
@@ -453,7 +510,9 @@ impl SegmentFile {
     /// # Safety
     /// Same as [`SegmentFile::write`] for that range.
     pub unsafe fn zero_range(&self, from: usize, to: usize) {
-        let to = to.min(self.len());
+        // Past the reservation there is nothing but holes (zeros), and a
+        // store there could fault on a full disk.
+        let to = to.min(self.reserved());
         if from < to {
             std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, to - from);
         }
@@ -480,14 +539,19 @@ impl SegmentFile {
     /// content.
     pub unsafe fn prepare_ahead(&self, end: usize) -> io::Result<Option<(usize, usize)>> {
         let len = self.len();
+        // Never past the reservation: what this file may cost the disk is
+        // decided there, not here.
+        let limit = self.reserved().min(len);
         let prepared = self.prepared.load(Ordering::Acquire);
         if prepared >= len || prepared >= end.saturating_add(PREPARE_AHEAD) {
             return Ok(None);
         }
         let from = prepared.max(end.div_ceil(PAGE) * PAGE);
-        let to = from.saturating_add(PREPARE_STEP).min(len);
+        let to = from.saturating_add(PREPARE_STEP).min(limit);
         if from >= to {
-            self.prepared.store(len, Ordering::Release);
+            if from >= len {
+                self.prepared.store(len, Ordering::Release);
+            }
             return Ok(None);
         }
         let mut fd = self
@@ -804,7 +868,17 @@ mod tests {
 
     fn new_file(dir: &Path, len: u64) -> SegmentFile {
         let no_spares = SparePool::start(dir, len, 0).unwrap();
-        SegmentFile::create(&dir.join("f.wal"), 7, 0, len, &no_spares).unwrap()
+        let reserver = Reserver::new(dir, false);
+        SegmentFile::create(
+            &dir.join("f.wal"),
+            7,
+            0,
+            len,
+            len as usize,
+            &no_spares,
+            &reserver,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -839,6 +913,51 @@ mod tests {
                 reason: "record checksum mismatch"
             }
         );
+    }
+
+    #[test]
+    fn given_records_across_read_windows_when_scanned_with_pread_should_find_every_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 4 << 20);
+        let mut off = HEADER_LEN;
+        let mut starts = Vec::new();
+        // Sizes that put record boundaries, headers and payloads astride
+        // the 1 MiB windows, and one payload larger than a window.
+        for (i, len) in [300_000usize, 700_000, 5, 1_500_000, 17, 900_000]
+            .into_iter()
+            .enumerate()
+        {
+            let payload = vec![i as u8 + 1; len];
+            unsafe { f.write_record(off, &payload) };
+            starts.push(off);
+            off += RECORD_HEADER + len;
+        }
+        let mut seen = Vec::new();
+        let fs = scan_file(f.path(), |_, at| seen.push(at)).unwrap();
+        assert_eq!(seen, starts);
+        assert_eq!((fs.scan.records, fs.scan.end), (6, off));
+        assert!(fs.io_error.is_none());
+    }
+
+    #[test]
+    fn given_a_file_cut_short_when_scanned_with_pread_should_stop_at_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = new_file(dir.path(), 8192);
+        unsafe {
+            f.write_record(HEADER_LEN, b"kept");
+            f.write_record(HEADER_LEN + 12, b"cut in the middle");
+        }
+        f.flush(0, 8192).unwrap();
+        let path = f.path().to_path_buf();
+        drop(f);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len((HEADER_LEN + 12 + 10) as u64)
+            .unwrap();
+        let fs = scan_file(&path, |_, _| {}).unwrap();
+        assert_eq!((fs.scan.records, fs.scan.end), (1, HEADER_LEN + 12));
     }
 
     #[test]

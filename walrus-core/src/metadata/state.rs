@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{NodeId, Offset, SegmentId, SegmentKey, TopicName};
+use crate::types::{ClusterId, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
 
 /// Where a node can be reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,22 @@ pub enum SegmentStatus {
     /// Its leader failed before the count was known. The leader reports the
     /// count when it comes back; readers wait here, never skip.
     Pending,
+    /// Was pending when its leader's storage was lost, and an operator
+    /// accepted the loss (`ReplaceStorage`). `count` is the number of its
+    /// entries readers had already been given through the shared cursor:
+    /// they keep their offsets; the entries after them are gone, and
+    /// readers go on with the next segment.
+    Lost { count: u64 },
+}
+
+impl SegmentStatus {
+    /// The entries the segment occupies in the topic's offsets, once final.
+    pub fn final_count(&self) -> Option<u64> {
+        match self {
+            SegmentStatus::Sealed { count } | SegmentStatus::Lost { count } => Some(*count),
+            SegmentStatus::Open | SegmentStatus::Pending => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +72,8 @@ pub enum Location {
     },
     /// Behind a segment whose count is still pending: reads wait there.
     BlockedBy { segment: SegmentId, leader: NodeId },
+    /// In a segment whose entries were lost (an operator accepted it).
+    Lost { segment: SegmentId, leader: NodeId },
 }
 
 impl TopicState {
@@ -78,9 +96,9 @@ impl TopicState {
             if seg.id == id {
                 return Some(base);
             }
-            match seg.status {
-                SegmentStatus::Sealed { count } => base += count,
-                _ => return None,
+            match seg.status.final_count() {
+                Some(count) => base += count,
+                None => return None,
             }
         }
         None
@@ -91,10 +109,7 @@ impl TopicState {
     pub fn last_sealed_entry_offset(&self) -> Offset {
         self.segments
             .iter()
-            .map(|s| match s.status {
-                SegmentStatus::Sealed { count } => count,
-                _ => 0,
-            })
+            .map(|s| s.status.final_count().unwrap_or(0))
             .sum()
     }
 
@@ -110,6 +125,15 @@ impl TopicState {
                             leader: seg.leader,
                             index: offset - base,
                             sealed_count: Some(count),
+                        };
+                    }
+                    base += count;
+                }
+                SegmentStatus::Lost { count } => {
+                    if offset < base + count {
+                        return Location::Lost {
+                            segment: seg.id,
+                            leader: seg.leader,
                         };
                     }
                     base += count;
@@ -151,11 +175,16 @@ pub enum MetadataCmd {
         count: Option<u64>,
         next_leader: NodeId,
     },
-    /// The leader of a pending segment reports its final count.
+    /// The leader of a pending segment reports its final count, read from
+    /// `storage`. Refused when that is not the storage the cluster recorded
+    /// for the leader: a wiped disk would report its segments as empty.
+    /// `None` (a node run without a storage identity) is accepted only
+    /// while none is recorded.
     ReportCount {
         topic: TopicName,
         segment: SegmentId,
         count: u64,
+        storage: Option<StorageId>,
     },
     /// Adds a node or updates its addresses.
     UpsertNode { node: NodeId, info: NodeInfo },
@@ -163,6 +192,26 @@ pub enum MetadataCmd {
     AdvanceCursor { topic: TopicName, offset: Offset },
     /// Does nothing. Used to confirm a leader's commit index.
     Noop,
+    /// Records `storage` as the storage of `node` (when it bootstraps,
+    /// joins or restarts). The first record stays: the same one again
+    /// changes nothing, a different one is rejected (the node's data was
+    /// wiped or replaced; only `ReplaceStorage` accepts that).
+    RegisterStorage { node: NodeId, storage: StorageId },
+    /// The operator accepts that `node` lost its storage: `storage` becomes
+    /// its recorded storage and each of its pending segments becomes
+    /// `Lost`, keeping the entries readers were already given: per topic,
+    /// the cursor is the larger of the persisted one and `delivered` (the
+    /// live cursor of the owner, which proposes this). Rejected while the
+    /// node leads an open segment (it may be alive, and failover has not
+    /// closed it yet). Repeating it changes nothing.
+    ReplaceStorage {
+        node: NodeId,
+        storage: StorageId,
+        delivered: Vec<(TopicName, Offset)>,
+    },
+    /// Names the cluster. The first one stays; any later one changes
+    /// nothing (every member proposes one when it finds none).
+    InitCluster { id: ClusterId },
 }
 
 /// What a command did.
@@ -186,6 +235,13 @@ pub struct ClusterState {
     pub version: u64,
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     pub topics: BTreeMap<TopicName, TopicState>,
+    /// The recorded storage identity of each node. (Default: snapshots
+    /// taken before identities existed have none.)
+    #[serde(default)]
+    pub storage: BTreeMap<NodeId, StorageId>,
+    /// This cluster's identity, set once (`InitCluster`); `None` until then.
+    #[serde(default)]
+    pub cluster: Option<ClusterId>,
 }
 
 impl ClusterState {
@@ -243,6 +299,7 @@ impl ClusterState {
                 topic,
                 segment,
                 count,
+                storage,
             } => {
                 let Some(t) = self.topics.get_mut(topic) else {
                     return CmdResult::Rejected(format!("topic {topic} does not exist"));
@@ -257,6 +314,18 @@ impl ClusterState {
                 };
                 if seg.status != SegmentStatus::Pending {
                     return CmdResult::Unchanged;
+                }
+                if let Some(recorded) = self.storage.get(&seg.leader) {
+                    if storage.as_ref() != Some(recorded) {
+                        return CmdResult::Rejected(format!(
+                            "the count report for segment {topic}:{segment} comes from {}, \
+                             not from the storage recorded for its leader: {}",
+                            storage.map_or("a node without a storage identity".into(), |s| {
+                                format!("storage {s}")
+                            }),
+                            storage_mismatch(seg.leader, *recorded, *storage)
+                        ));
+                    }
                 }
                 seg.status = SegmentStatus::Sealed { count: *count };
                 CmdResult::Applied
@@ -279,7 +348,82 @@ impl ClusterState {
                 CmdResult::Applied
             }
             MetadataCmd::Noop => CmdResult::Unchanged,
+            MetadataCmd::RegisterStorage { node, storage } => match self.storage.get(node) {
+                None => {
+                    self.storage.insert(*node, *storage);
+                    CmdResult::Applied
+                }
+                Some(recorded) if recorded == storage => CmdResult::Unchanged,
+                Some(recorded) => {
+                    CmdResult::Rejected(storage_mismatch(*node, *recorded, Some(*storage)))
+                }
+            },
+            MetadataCmd::ReplaceStorage {
+                node,
+                storage,
+                delivered,
+            } => self.replace_storage(*node, *storage, delivered),
+            MetadataCmd::InitCluster { id } => match self.cluster {
+                None => {
+                    self.cluster = Some(*id);
+                    CmdResult::Applied
+                }
+                Some(_) => CmdResult::Unchanged,
+            },
         }
+    }
+
+    fn replace_storage(
+        &mut self,
+        node: NodeId,
+        storage: StorageId,
+        delivered: &[(TopicName, Offset)],
+    ) -> CmdResult {
+        if !self.nodes.contains_key(&node) {
+            return CmdResult::Rejected(format!("node {node} is not a member of this cluster"));
+        }
+        for (name, t) in &self.topics {
+            let current = t.current();
+            if current.leader == node && current.status == SegmentStatus::Open {
+                return CmdResult::Rejected(format!(
+                    "node {node} still leads the open segment {name}:{}, so it may be running: \
+                     stop it first; once it has been silent for the failover delay (lease + margin, \
+                     1.5 s by default) its segments are closed and this command can run",
+                    current.id
+                ));
+            }
+        }
+        if self.storage.get(&node) == Some(&storage) {
+            return CmdResult::Unchanged;
+        }
+        self.storage.insert(node, storage);
+        let delivered: BTreeMap<&TopicName, Offset> =
+            delivered.iter().map(|(t, o)| (t, *o)).collect();
+        for (name, t) in self.topics.iter_mut() {
+            let cursor = t.cursor.max(delivered.get(name).copied().unwrap_or(0));
+            // The offset where the segment starts, while every segment
+            // before it has a final count.
+            let mut base = Some(0u64);
+            let mut touched = false;
+            for seg in t.segments.iter_mut() {
+                if seg.leader == node && seg.status == SegmentStatus::Pending {
+                    // Readers got the entries before the cursor; the segment
+                    // keeps exactly those. Behind another pending segment the
+                    // cursor cannot have reached it: none.
+                    let count = base.map_or(0, |b| cursor.saturating_sub(b));
+                    seg.status = SegmentStatus::Lost { count };
+                    touched = true;
+                }
+                base = match (base, seg.status.final_count()) {
+                    (Some(b), Some(c)) => Some(b + c),
+                    _ => None,
+                };
+            }
+            if touched {
+                t.cursor = cursor;
+            }
+        }
+        CmdResult::Applied
     }
 
     pub fn topic(&self, topic: &TopicName) -> Option<&TopicState> {
@@ -315,14 +459,19 @@ impl ClusterState {
         let mut sealed = serde_json::Map::new();
         let mut leaders = serde_json::Map::new();
         let mut pending = Vec::new();
+        let mut lost = Vec::new();
         for s in &t.segments {
             leaders.insert(s.id.to_string(), s.leader.into());
             match s.status {
-                SegmentStatus::Sealed { count } => {
+                // A lost segment's count holds offsets like a sealed one's.
+                SegmentStatus::Sealed { count } | SegmentStatus::Lost { count } => {
                     sealed.insert(s.id.to_string(), count.into());
                 }
                 SegmentStatus::Pending => pending.push(s.id),
                 SegmentStatus::Open => {}
+            }
+            if matches!(s.status, SegmentStatus::Lost { .. }) {
+                lost.push(s.id);
             }
         }
         let current = t.current();
@@ -334,9 +483,26 @@ impl ClusterState {
             "sealed_segments": sealed,
             "segment_leaders": leaders,
             "pending_segments": pending,
+            "lost_segments": lost,
             "cursor": t.cursor,
         }))
     }
+}
+
+/// What an operator reads when a node's storage is not the recorded one.
+pub fn storage_mismatch(node: NodeId, recorded: StorageId, found: Option<StorageId>) -> String {
+    let new_id = found.map_or("<its new storage id>".to_string(), |s| s.to_string());
+    let found = found.map_or("no storage identity".to_string(), |s| {
+        format!("storage {s}")
+    });
+    format!(
+        "node {node} came back with {found}, but the cluster recorded storage {recorded} for it: \
+         its data directory was wiped or replaced, and the segments it led may hold acknowledged \
+         entries that exist nowhere else. Restore its original data directory and start it \
+         again; or, to accept the loss, run `walrus-cli node replace-storage {node} {new_id}` \
+         against a running member (readers then skip what was lost), then start it again \
+         with --join"
+    )
 }
 
 #[cfg(test)]
@@ -402,6 +568,7 @@ mod tests {
             topic: topic("t"),
             segment: 2,
             count: 4,
+            storage: None,
         });
         let t = s.topic(&topic("t")).unwrap();
         assert_eq!(
@@ -451,5 +618,137 @@ mod tests {
             CmdResult::Unchanged
         );
         assert_eq!(s.topic(&topic("t")).unwrap().cursor, 5);
+    }
+
+    fn node_info() -> NodeInfo {
+        NodeInfo {
+            raft_addr: "a:1".into(),
+            client_addr: "a:2".into(),
+        }
+    }
+
+    #[test]
+    fn given_a_recorded_storage_when_another_registers_for_the_node_should_reject_it() {
+        let (a, b) = (StorageId::from_u128(1), StorageId::from_u128(2));
+        let mut s = ClusterState::default();
+        let reg = |storage| MetadataCmd::RegisterStorage { node: 2, storage };
+        assert_eq!(s.apply(&reg(a)), CmdResult::Applied);
+        assert_eq!(s.apply(&reg(a)), CmdResult::Unchanged, "idempotent");
+        let CmdResult::Rejected(why) = s.apply(&reg(b)) else {
+            panic!("a second storage was accepted for node 2");
+        };
+        assert!(
+            why.contains("replace-storage 2 00000000000000000000000000000002"),
+            "{why}"
+        );
+        assert_eq!(s.storage[&2], a, "the first record stays");
+    }
+
+    #[test]
+    fn given_pending_segments_when_their_storage_is_replaced_should_keep_exactly_what_was_delivered(
+    ) {
+        let (old, new) = (StorageId::from_u128(1), StorageId::from_u128(2));
+        let mut s = ClusterState::default();
+        s.apply(&MetadataCmd::UpsertNode {
+            node: 2,
+            info: node_info(),
+        });
+        s.apply(&MetadataCmd::RegisterStorage {
+            node: 2,
+            storage: old,
+        });
+        for t in ["t", "u"] {
+            s.apply(&MetadataCmd::CreateTopic {
+                topic: topic(t),
+                leader: 1,
+            });
+            s.apply(&roll(t, 1, Some(3), 2));
+            s.apply(&roll(t, 2, None, 3)); // segment 2 (node 2) pending
+        }
+        s.apply(&MetadataCmd::AdvanceCursor {
+            topic: topic("t"),
+            offset: 4,
+        });
+        let replace = MetadataCmd::ReplaceStorage {
+            node: 2,
+            storage: new,
+            delivered: vec![(topic("t"), 5)],
+        };
+        let mut replica = s.clone();
+        assert_eq!(s.apply(&replace), CmdResult::Applied);
+        assert_eq!(replica.apply(&replace), CmdResult::Applied);
+        assert_eq!(s, replica, "deterministic");
+        let t = s.topic(&topic("t")).unwrap();
+        assert_eq!(t.segments[1].status, SegmentStatus::Lost { count: 2 });
+        assert_eq!(t.cursor, 5);
+        assert_eq!(
+            t.locate(5),
+            Location::At {
+                segment: 3,
+                leader: 3,
+                index: 0,
+                sealed_count: None
+            }
+        );
+        assert_eq!(
+            t.locate(4),
+            Location::Lost {
+                segment: 2,
+                leader: 2
+            }
+        );
+        let u = s.topic(&topic("u")).unwrap();
+        assert_eq!(
+            u.segments[1].status,
+            SegmentStatus::Lost { count: 0 },
+            "never read"
+        );
+        assert_eq!(s.storage[&2], new);
+        assert_eq!(
+            s.apply(&replace),
+            CmdResult::Unchanged,
+            "a repeat changes nothing"
+        );
+        let j = s.topic_json(&topic("t")).unwrap();
+        assert_eq!(j["lost_segments"][0], 2);
+        assert_eq!(j["last_sealed_entry_offset"], 5);
+        // The new storage reports; the old one cannot.
+        s.apply(&roll("t", 3, None, 1));
+        let report = |storage| MetadataCmd::ReportCount {
+            topic: topic("t"),
+            segment: 3,
+            count: 1,
+            storage,
+        };
+        s.storage.insert(3, new);
+        assert!(matches!(
+            s.apply(&report(Some(old))),
+            CmdResult::Rejected(_)
+        ));
+        assert!(matches!(s.apply(&report(None)), CmdResult::Rejected(_)));
+        assert_eq!(s.apply(&report(Some(new))), CmdResult::Applied);
+    }
+
+    #[test]
+    fn given_a_named_cluster_when_named_again_should_keep_the_first_name() {
+        let mut s = ClusterState::default();
+        let (a, b) = (ClusterId::from_u128(1), ClusterId::from_u128(2));
+        assert_eq!(
+            s.apply(&MetadataCmd::InitCluster { id: a }),
+            CmdResult::Applied
+        );
+        assert_eq!(
+            s.apply(&MetadataCmd::InitCluster { id: b }),
+            CmdResult::Unchanged
+        );
+        assert_eq!(s.cluster, Some(a));
+    }
+
+    #[test]
+    fn given_a_snapshot_from_before_storage_identities_should_load_with_none_recorded() {
+        let json = r#"{"version":3,"nodes":{},"topics":{}}"#;
+        let s: ClusterState = serde_json::from_str(json).unwrap();
+        assert!(s.storage.is_empty());
+        assert!(s.cluster.is_none());
     }
 }

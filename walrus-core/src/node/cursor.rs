@@ -95,6 +95,15 @@ impl Cursors {
     }
 }
 
+/// What a reader blocked at a pending segment of `leader` is told to do.
+pub(crate) fn blocked_advice(leader: crate::types::NodeId) -> String {
+    format!(
+        "reads wait here and never skip it: restart node {leader} with its data; if its data \
+         is lost, accept the loss with `walrus-cli node replace-storage {leader} <storage id>` \
+         (the id its refused start printed); retry"
+    )
+}
+
 impl super::Node {
     /// The next entry of `topic` for the shared cursor; this node must be
     /// the consensus leader. `None` at the end of the topic.
@@ -163,8 +172,19 @@ impl super::Node {
         let state = self.metadata.state();
         let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
         match t.locate(offset) {
-            Location::BlockedBy { segment, leader } => Err(Error::Unavailable(format!(
-                "segment {segment} of {topic} is on node {leader}, which is down"
+            Location::BlockedBy { segment, leader } => {
+                let base = t.base_offset(segment).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "offset {offset} of {topic} is blocked by segment {segment}, \
+                         yet an earlier segment has no final count"
+                    ))
+                })?;
+                self.read_pending(topic, segment, leader, offset - base)
+                    .await
+            }
+            Location::Lost { segment, .. } => Err(Error::Internal(format!(
+                "the cursor of {topic} is at offset {offset}, inside segment {segment} whose \
+                 entries were lost; the loss was accepted behind the cursor, so this is a bug"
             ))),
             Location::At {
                 segment,
@@ -190,6 +210,42 @@ impl super::Node {
         }
     }
 
+    /// Reads at `index` of `segment`, whose count is pending. Its offsets
+    /// are fixed (every earlier count is final) and its leader serves
+    /// only durable entries, all of which its count will include, so what
+    /// a live leader returns is delivered. A leader that cannot answer,
+    /// or has nothing there yet, holds readers here; one whose segment is
+    /// quarantined (a damaged file) holds them with the damage's place
+    /// and what the operator can do.
+    async fn read_pending(
+        &self,
+        topic: &TopicName,
+        segment: crate::types::SegmentId,
+        leader: crate::types::NodeId,
+        index: u64,
+    ) -> Result<VecDeque<Bytes>> {
+        let key = SegmentKey::new(topic.clone(), segment);
+        // The leader is often down: a reader waits a moment, not a
+        // connect timeout, before it hears so.
+        let read = tokio::time::timeout(
+            self.config.lease_renew * 2,
+            self.read_segment(leader, &key, index, READ_AHEAD),
+        )
+        .await;
+        match read {
+            Ok(Ok(read)) if !read.entries.is_empty() => Ok(read.entries.into()),
+            Ok(Err(Error::Corrupt(why))) => Err(Error::Corrupt(format!(
+                "{why}; segment {segment} of {topic} is quarantined on node {leader} and its \
+                 count is unknown, so reads wait here and never skip it: once the file is \
+                 restored, restart node {leader} (it then reports the count); retry"
+            ))),
+            _ => Err(Error::Unavailable(format!(
+                "segment {segment} of {topic} is on node {leader}, which is down; {}",
+                blocked_advice(leader)
+            ))),
+        }
+    }
+
     async fn persist_cursor(&self, topic: &TopicName, cell: &CursorCell) {
         let next = cell.next.load(Ordering::SeqCst);
         if next <= cell.persisted.load(Ordering::SeqCst) {
@@ -205,6 +261,40 @@ impl super::Node {
             }
             Err(e) => tracing::debug!(node = self.id, "cannot persist the cursor of {topic}: {e}"),
         }
+    }
+
+    /// Runs `f` with the live cursors of `topics` held still (their GETs
+    /// wait), passing it the offset each was delivered up to; afterwards
+    /// empties their read-ahead buffers, which `f` may have made stale (a
+    /// segment closed as lost: its offsets now belong to the next one).
+    /// This node must be the consensus leader, which owns the cursors.
+    pub(crate) async fn with_cursors_held<T, F, Fut>(&self, topics: &[TopicName], f: F) -> T
+    where
+        F: FnOnce(Vec<(TopicName, Offset)>) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        self.cursors.observe_term(Some(self.metadata.status().term));
+        let cells: Vec<(TopicName, Arc<CursorCell>)> = topics
+            .iter()
+            .map(|t| (t.clone(), self.cursors.cell(t)))
+            .collect();
+        // In topic order, one at a time each: GETs hold one cell at most.
+        let mut guards = Vec::with_capacity(cells.len());
+        let mut delivered = Vec::new();
+        for (topic, cell) in &cells {
+            let guard = cell.state.lock().await;
+            if guard.is_some() {
+                delivered.push((topic.clone(), cell.next.load(Ordering::SeqCst)));
+            }
+            guards.push(guard);
+        }
+        let out = f(delivered).await;
+        for guard in &mut guards {
+            if let Some(cursor) = guard.as_mut() {
+                cursor.buffer.clear();
+            }
+        }
+        out
     }
 
     /// Persists every cursor that moved (the cursor loop; shutdown).

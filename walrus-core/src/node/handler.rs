@@ -49,6 +49,17 @@ impl RequestHandler for super::Node {
                 self.metadata.handle_message(msg).await?,
             )),
             NodeRequest::Ping => Ok(NodeResponse::Done),
+            NodeRequest::ClaimStorage {
+                node,
+                storage,
+                fresh,
+            } => {
+                self.on_claim_storage(node, storage, fresh).await?;
+                Ok(NodeResponse::Done)
+            }
+            NodeRequest::ReplaceStorage { node, storage } => Ok(NodeResponse::StorageReplaced {
+                lost: self.replace_storage_here(node, storage).await?,
+            }),
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
+//! - `storage`: storage identity: claims of starting nodes and the
+//!   operator's acceptance of a lost storage.
 //! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
 
 mod cursor;
@@ -19,6 +21,7 @@ mod handler;
 pub mod lease;
 mod rollover;
 mod router;
+mod storage;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -55,6 +58,10 @@ pub struct NodeConfig {
     /// off by a partition never answers; after this the client is told the
     /// outcome is unknown instead of waiting out `request_timeout`.
     pub forward_timeout: Duration,
+    /// The identity of this node's storage, sent with every count report so
+    /// the cluster can refuse a report read from a wiped or replaced disk.
+    /// `None` for a node without one (in-memory test stacks).
+    pub storage: Option<crate::types::StorageId>,
 }
 
 impl NodeConfig {
@@ -71,6 +78,7 @@ impl NodeConfig {
             // acknowledging and the failover is due: waiting longer gains
             // nothing.
             forward_timeout: DEFAULT_LEASE * 2 + DEFAULT_FAILOVER_MARGIN,
+            storage: None,
         }
     }
 }
@@ -90,6 +98,8 @@ pub struct Node {
     failover: failover::Failover,
     cursors: cursor::Cursors,
     forwards: forward::Forwards,
+    /// A count report of ours was refused (storage mismatch): logged once.
+    count_refused: std::sync::atomic::AtomicBool,
     /// A weak handle on ourselves, to spawn work that outlives a request.
     me: Weak<Node>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -118,6 +128,7 @@ impl Node {
             failover: failover::Failover::default(),
             cursors: cursor::Cursors::default(),
             forwards: forward::Forwards::default(),
+            count_refused: Default::default(),
             config,
             metadata,
             log,

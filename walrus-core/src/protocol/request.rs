@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::types::TopicName;
+use crate::types::{NodeId, StorageId, TopicName};
 
 /// A parsed client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,12 @@ pub enum Request {
     Metrics,
     Ping,
     Topics,
+    /// `REPLACE-STORAGE <node> <storage-id>` (operator): accept that `node`
+    /// lost its storage and record its new one.
+    ReplaceStorage {
+        node: NodeId,
+        storage: StorageId,
+    },
 }
 
 impl Request {
@@ -68,6 +74,22 @@ impl Request {
             "METRICS" => Ok(Request::Metrics),
             "PING" => Ok(Request::Ping),
             "TOPICS" => Ok(Request::Topics),
+            "REPLACE-STORAGE" => {
+                const USAGE: &str = "REPLACE-STORAGE requires a node id and a storage id";
+                let rest = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
+                let mut words = rest.split(' ');
+                let (Some(node), Some(storage), None) = (words.next(), words.next(), words.next())
+                else {
+                    return Err(Error::BadRequest(USAGE.into()));
+                };
+                let node = node
+                    .parse::<NodeId>()
+                    .map_err(|_| Error::BadRequest(format!("invalid node id {node:?}: {USAGE}")))?;
+                Ok(Request::ReplaceStorage {
+                    node,
+                    storage: storage.parse()?,
+                })
+            }
             _ => Err(Error::BadRequest(format!("unknown command {verb}"))),
         }
     }
@@ -126,6 +148,31 @@ mod tests {
         );
         assert_eq!(parse(b"Metrics").unwrap(), Request::Metrics);
         assert_eq!(parse(b"ping").unwrap(), Request::Ping);
+    }
+
+    #[test]
+    fn replace_storage_takes_a_node_and_a_storage_id() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parse(format!("replace-storage 2 {id}").as_bytes()).unwrap(),
+            Request::ReplaceStorage {
+                node: 2,
+                storage: id.parse().unwrap()
+            }
+        );
+        let usage = "REPLACE-STORAGE requires a node id and a storage id";
+        assert_eq!(parse(b"REPLACE-STORAGE").unwrap_err(), usage);
+        assert_eq!(parse(b"REPLACE-STORAGE 2").unwrap_err(), usage);
+        assert_eq!(
+            parse(format!("REPLACE-STORAGE 2 {id} x").as_bytes()).unwrap_err(),
+            usage
+        );
+        assert!(parse(format!("REPLACE-STORAGE two {id}").as_bytes())
+            .unwrap_err()
+            .starts_with("invalid node id"));
+        assert!(parse(b"REPLACE-STORAGE 2 nothex")
+            .unwrap_err()
+            .starts_with("invalid storage id"));
     }
 
     proptest::proptest! {

@@ -2,10 +2,17 @@
 //!
 //! Appends are "durable" the moment they are in the map, so contract points
 //! 1 (durable before return) and 3 (visible when durable) hold trivially.
+//! With [`MemLogStore::relax_syncs`] it behaves like a WAL under
+//! `fsync=interval/never` instead: appends are acknowledged before they
+//! are synced, only synced entries are counted and served (a read at
+//! unsynced ones syncs them), and [`MemLogStore::power_cut`] drops what was
+//! not synced: a power-loss model for the node's tests.
 //! A test can make appends fail ([`MemLogStore::fail_appends`]) to check
 //! that errors lose nothing, and can look at every append with the instant
 //! it happened ([`MemLogStore::append_history`]), and can make a segment's
-//! sync fail for good ([`MemLogStore::fail_sync`], contract 9).
+//! sync fail for good ([`MemLogStore::fail_sync`], contract 9), or find
+//! a segment damaged as recovery would ([`MemLogStore::quarantine`],
+//! contract 8) and repaired later ([`MemLogStore::repair`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -21,9 +28,14 @@ use crate::types::SegmentKey;
 #[derive(Default)]
 struct Segment {
     entries: Vec<Bytes>,
+    /// Entries `0..synced` are durable (all of them unless relaxed).
+    synced: usize,
     sealed: bool,
     /// A sync of it failed: appends are refused for good with this text.
     failed: Option<String>,
+    /// Quarantined: entries from this index on are unreadable, with this
+    /// text (file and byte); appends and seal are refused.
+    damage: Option<(usize, String)>,
 }
 
 #[derive(Default)]
@@ -33,6 +45,8 @@ struct Inner {
     append_delay: Option<std::time::Duration>,
     history: Vec<(Instant, SegmentKey, u64)>,
     failed_syncs: u64,
+    /// Appends are acknowledged before they are synced.
+    relaxed: bool,
 }
 
 /// A [`LogStore`] held in memory. Cheap to create; one per simulated node.
@@ -58,15 +72,60 @@ impl MemLogStore {
         self.lock().append_delay = delay;
     }
 
+    /// `true`: acknowledge appends before syncing them, like a WAL under
+    /// `fsync=interval/never` (see the module comment). `false` syncs
+    /// everything now and every append from now on.
+    pub fn relax_syncs(&self, relaxed: bool) {
+        let mut inner = self.lock();
+        inner.relaxed = relaxed;
+        if !relaxed {
+            for seg in inner.segments.values_mut() {
+                seg.synced = seg.entries.len();
+            }
+        }
+    }
+
+    /// A power cut: every entry not synced yet is gone.
+    pub fn power_cut(&self) {
+        for seg in self.lock().segments.values_mut() {
+            let synced = seg.synced;
+            seg.entries.truncate(synced);
+        }
+    }
+
     /// As if a sync of `segment` failed (EIO): from now on every append to
     /// it fails with `Error::Storage` and [`LogStore::health`] reports it;
     /// what it holds stays readable and sealable.
     pub fn fail_sync(&self, segment: &SegmentKey) {
         let mut inner = self.lock();
         inner.failed_syncs += 1;
-        inner.segments.entry(segment.clone()).or_default().failed = Some(format!(
+        let seg = inner.segments.entry(segment.clone()).or_default();
+        // What the failed sync covered is never served or counted.
+        let synced = seg.synced;
+        seg.entries.truncate(synced);
+        seg.failed = Some(format!(
             "segment {segment} takes no more appends: a sync of its files failed (simulated)"
         ));
+    }
+
+    /// As if recovery found `segment` damaged at entry `at` (contract 8):
+    /// entries before it are served, reads from it on fail with
+    /// `Error::Corrupt(why)`, appends and seal are refused, and
+    /// [`LogStore::health`] lists it. The entries past the damage are kept,
+    /// hidden, for [`MemLogStore::repair`].
+    pub fn quarantine(&self, segment: &SegmentKey, at: u64, why: &str) {
+        let mut inner = self.lock();
+        let seg = inner.segments.entry(segment.clone()).or_default();
+        let at = usize::try_from(at).unwrap_or(usize::MAX).min(seg.synced);
+        seg.damage = Some((at, why.to_owned()));
+    }
+
+    /// As if an operator restored the damaged file of `segment` and the
+    /// store reopened it: every entry it held is served again.
+    pub fn repair(&self, segment: &SegmentKey) {
+        if let Some(seg) = self.lock().segments.get_mut(segment) {
+            seg.damage = None;
+        }
     }
 
     /// Every successful append so far: when it happened (tokio's clock),
@@ -106,11 +165,20 @@ impl LogStore for MemLogStore {
         if let Some(why) = &seg.failed {
             return Err(Error::Storage(why.clone()));
         }
+        if let Some((_, why)) = &seg.damage {
+            return Err(Error::Corrupt(format!(
+                "segment {segment} is quarantined and takes no appends: {why}"
+            )));
+        }
         seg.entries.extend(entries.iter().cloned());
         let appended = Appended {
             first_index: count,
             count: seg.entries.len() as u64,
         };
+        if !inner.relaxed {
+            let seg = inner.segments.get_mut(segment).expect("inserted above");
+            seg.synced = seg.entries.len();
+        }
         inner
             .history
             .push((Instant::now(), segment.clone(), appended.first_index));
@@ -124,14 +192,25 @@ impl LogStore for MemLogStore {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Bytes>> {
-        let inner = self.lock();
-        let Some(seg) = inner.segments.get(segment) else {
+        let mut inner = self.lock();
+        let Some(seg) = inner.segments.get_mut(segment) else {
             return Ok(Vec::new());
         };
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        if start >= seg.synced && start < seg.entries.len() {
+            // Contract 3: a read at unsynced entries syncs them.
+            seg.synced = seg.entries.len();
+        }
+        let mut end = seg.synced;
+        if let Some((at, why)) = &seg.damage {
+            if start >= *at {
+                return Err(Error::Corrupt(why.clone()));
+            }
+            end = end.min(*at);
+        }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start = usize::try_from(from).unwrap_or(usize::MAX);
-        for e in seg.entries.iter().skip(start).take(max_entries) {
+        for e in seg.entries[..end].iter().skip(start).take(max_entries) {
             if !out.is_empty() && bytes + e.len() > max_bytes {
                 break;
             }
@@ -143,7 +222,7 @@ impl LogStore for MemLogStore {
 
     async fn info(&self, segment: &SegmentKey) -> Result<Option<SegmentInfo>> {
         Ok(self.lock().segments.get(segment).map(|s| SegmentInfo {
-            count: s.entries.len() as u64,
+            count: s.damage.as_ref().map_or(s.synced, |(at, _)| *at) as u64,
             sealed: s.sealed,
         }))
     }
@@ -151,11 +230,22 @@ impl LogStore for MemLogStore {
     async fn seal(&self, segment: &SegmentKey) -> Result<u64> {
         let mut inner = self.lock();
         let seg = inner.segments.entry(segment.clone()).or_default();
+        if let Some((_, why)) = seg.damage.as_ref().filter(|_| !seg.sealed) {
+            return Err(Error::Corrupt(format!(
+                "cannot seal a quarantined segment (its count past the damage is unknown): {why}"
+            )));
+        }
+        if !seg.sealed {
+            seg.synced = seg.entries.len();
+        }
         seg.sealed = true;
-        Ok(seg.entries.len() as u64)
+        Ok(seg.synced as u64)
     }
 
     async fn sync(&self) -> Result<()> {
+        for seg in self.lock().segments.values_mut() {
+            seg.synced = seg.entries.len();
+        }
         Ok(())
     }
 
@@ -169,7 +259,12 @@ impl LogStore for MemLogStore {
                 .filter(|(_, s)| s.failed.is_some())
                 .map(|(k, _)| k.clone())
                 .collect(),
-            quarantined_segments: Vec::new(),
+            quarantined_segments: inner
+                .segments
+                .iter()
+                .filter(|(_, s)| s.damage.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
         }
     }
 
@@ -182,7 +277,7 @@ impl LogStore for MemLogStore {
                 (
                     k.clone(),
                     SegmentInfo {
-                        count: s.entries.len() as u64,
+                        count: s.synced as u64,
                         sealed: s.sealed,
                     },
                 )

@@ -57,10 +57,18 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let sig = shutdown_signal().await;
-    tracing::info!(signal = sig, "shutting down");
-    stack.shutdown().await;
-    Ok(())
+    tokio::select! {
+        sig = shutdown_signal() => {
+            tracing::info!(signal = sig, "shutting down");
+            stack.shutdown().await;
+            Ok(())
+        }
+        why = stack.refused() => {
+            tracing::error!("the cluster refused this node's storage; stopping");
+            stack.shutdown().await;
+            Err(anyhow::anyhow!("{why}"))
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {
