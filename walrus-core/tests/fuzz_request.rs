@@ -22,8 +22,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// Verbs as clients type them, in any case, and near misses.
 fn verb() -> impl Strategy<Value = String> {
     let known = prop::sample::select(vec![
-        "PUT", "PUT", "PUT", "PUT", "GET", "STATE", "REGISTER", "METRICS", "PING", "TOPICS",
-        "PUTS", "GE", "",
+        "PUT",
+        "PUT",
+        "PUT",
+        "PUT",
+        "GET",
+        "STATE",
+        "REGISTER",
+        "METRICS",
+        "PING",
+        "TOPICS",
+        "REPLACE-STORAGE",
+        "PUTS",
+        "GE",
+        "",
     ]);
     (known, any::<u64>()).prop_map(|(v, case)| {
         v.chars()
@@ -44,6 +56,7 @@ fn verb() -> impl Strategy<Value = String> {
 fn topic() -> impl Strategy<Value = String> {
     prop_oneof![
         "[A-Za-z0-9._-]{1,20}",
+        "[0-9]{1,3} [0-9a-f-]{0,40}",
         Just(".".to_string()),
         Just("..".to_string()),
         "[A-Za-z0-9]{250,260}",
@@ -110,7 +123,8 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(t.as_str(), rest.trim_end_matches(['\r', '\n']));
                     prop_assert!(TopicName::new(t.as_str()).is_ok());
                 }
-                Request::Metrics | Request::Ping | Request::Topics => {}
+                // The others carry no payload to compare.
+                _ => {}
             }
         }
     }
