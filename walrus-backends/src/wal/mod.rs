@@ -655,31 +655,43 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
                 .iter()
                 .enumerate()
                 .position(|(i, (part, _))| *part != i as u32);
+            let present: Vec<u32> = files.iter().map(|(part, _)| *part).collect();
             let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
-            let quarantine = |paths: &[PathBuf], why: String| {
-                Segment::recover_quarantined(key.clone(), path.clone(), params.clone(), paths, why)
+            let lacks = |i: usize| {
+                format!(
+                    "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
+                    path.display(),
+                    part_path(&path, id, i as u32).display()
+                )
             };
-            let segment = match (gap, sealed.remove(&id)) {
-                (Some(i), _) => quarantine(
-                    &paths[..i],
-                    format!(
-                        "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
-                        path.display(),
-                        part_path(&path, id, i as u32).display()
-                    ),
-                ),
-                (None, Some(Err(e))) => quarantine(&paths, e.to_string()),
-                (None, Some(Ok(count))) => {
+            let quarantine = |paths: &[PathBuf], why: String, sealed: bool| {
+                Segment::recover_quarantined(
+                    key.clone(),
+                    path.clone(),
+                    params.clone(),
+                    paths,
+                    why,
+                    sealed,
+                )
+            };
+            let segment = match (sealed.remove(&id), gap) {
+                // The seal is the authority on the count: missing or
+                // damaged parts only limit what is served (verified, and
+                // quarantined if need be, by the segment itself).
+                (Some(Ok(count)), _) => {
                     debug_assert!(seal_path(&path, id).exists());
-                    Segment::new_sealed(
-                        key.clone(),
-                        path.clone(),
-                        params.clone(),
-                        count,
-                        paths.len() as u32,
-                    )
+                    Segment::new_sealed(key.clone(), path.clone(), params.clone(), count, &present)
                 }
-                (None, None) => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
+                // A seal file exists, so the segment was sealed, but its
+                // count is unknown.
+                (Some(Err(e)), None) => quarantine(&paths, e.to_string(), true),
+                (Some(Err(e)), Some(i)) => {
+                    quarantine(&paths[..i], format!("{e}; and {}", lacks(i)), true)
+                }
+                (None, Some(i)) => quarantine(&paths[..i], lacks(i), false),
+                (None, None) => {
+                    Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?
+                }
             };
             segments.insert(key, Arc::new(segment));
         }
