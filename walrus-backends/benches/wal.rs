@@ -217,6 +217,8 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
         lat.extend(t.await.expect("appender"));
     }
     let t = start.elapsed().as_secs_f64();
+    // Entries are counted once durable, whatever the policy: sync first.
+    store.sync().await.expect("sync");
     let count = store
         .info(&seg)
         .await
