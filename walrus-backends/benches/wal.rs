@@ -394,6 +394,10 @@ fn main() {
             prepare: WalConfig::default().prepare_ahead,
             no_fallocate: false,
         }),
+        // 64 KiB per synced append: with WAL_BENCH_FILE_BYTES=1048576 every
+        // 16th append crosses into a new file, so p99 is the latency of
+        // the appends at file boundaries.
+        always(64 << 10, 1),
     ];
     // WAL_BENCH_COMPARE_SPARES=<n>: the 1 KiB fsync=always cases again with
     // n spare files, interleaved with the others (same disk moods).
