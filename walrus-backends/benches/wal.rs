@@ -241,6 +241,7 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
         .unwrap_or(0);
     let entries_per_s = count as f64 / t;
     let flushes = store.flush_count();
+    let room_waits = store.room_waits();
     let group = if flushes > 0 && fsync == FsyncPolicy::Always {
         format!(
             ", {:.1} appends per flush",
@@ -280,7 +281,7 @@ async fn wal(dir: &Path, case: WalCase, secs: f64) -> Row {
         ops: entries_per_s,
         mib: entries_per_s * size as f64 / MIB,
         extra: format!(
-            "append latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs, {files} files{group}",
+            "append latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs, {files} files, {room_waits} waits for room{group}",
             pct(0.5),
             pct(0.99),
             pct(0.999),
