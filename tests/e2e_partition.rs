@@ -20,7 +20,14 @@ use common::*;
 struct Netns {
     tag: String,
     n: u64,
+    /// Held while the namespaces exist: the subnets are fixed, so two runs
+    /// at once on one machine (two worktrees' test suites) would route to
+    /// each other's nodes.
+    _lock: std::fs::File,
 }
+
+/// Where concurrent partition tests on one machine queue for the subnets.
+const LOCK_FILE: &str = "/tmp/walrus-e2e-partition.lock";
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -44,8 +51,16 @@ impl Netns {
     }
 
     fn setup(n: u64) -> Result<Netns, String> {
+        let lock = std::fs::File::create(LOCK_FILE)
+            .map_err(|e| format!("cannot open {LOCK_FILE}: {e}"))?;
+        tokio::task::block_in_place(|| lock.lock())
+            .map_err(|e| format!("cannot lock {LOCK_FILE}: {e}"))?;
         let tag = format!("{}", std::process::id() % 100_000);
-        let net = Netns { tag, n };
+        let net = Netns {
+            tag,
+            n,
+            _lock: lock,
+        };
         let br = format!("wb{}", net.tag);
         ip(&["link", "add", &br, "type", "bridge"])?;
         ip(&["link", "set", &br, "up"])?;
@@ -214,6 +229,10 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
     stop.store(true, Ordering::Relaxed);
     let l = via_leader.await.unwrap();
     let m = via_majority.await.unwrap();
+    println!(
+        "partition test errors: isolated {:?}; majority {:?}",
+        l.errors, m.errors
+    );
 
     // The isolated node acknowledged nothing once its lease ran out
     // (1 s lease, plus the renewal in flight and scheduling).
@@ -276,10 +295,6 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
         l.acked.len(),
         m.acked.len(),
         l.unknown.len() + m.unknown.len()
-    );
-    println!(
-        "partition test errors: isolated {:?}; majority {:?}",
-        l.errors, m.errors
     );
     report("e2e partition", t0.elapsed());
 }

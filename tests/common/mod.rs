@@ -413,11 +413,12 @@ pub fn voters(metrics: &serde_json::Value) -> Vec<u64> {
     }
 }
 
-/// True for the two errors the protocol says a write can be retried after
-/// without risk of a duplicate. Others (`unavailable: …`, a broken
-/// connection) may hide an applied write.
+/// True for the errors the protocol says a write can be retried after
+/// without risk of a duplicate (`NotLeaderError`, `write lease expired`,
+/// `unavailable: …`, no connection). Writers retry these, so a write such
+/// an answer hid would be read twice and fail `check_reads`.
 pub fn retry_safe(e: &ClientError) -> bool {
-    matches!(e, ClientError::Server(t) if t == "NotLeaderError" || t == "write lease expired")
+    e.is_retryable()
 }
 
 /// What one writer saw: every payload it got OK for, in order, and the

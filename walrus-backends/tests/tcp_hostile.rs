@@ -233,7 +233,7 @@ async fn given_a_flood_of_idle_and_garbage_connections_should_keep_serving_other
 }
 
 #[tokio::test]
-async fn given_a_peer_answering_garbage_when_called_should_fail_fast_with_unreachable() {
+async fn given_a_peer_answering_garbage_when_called_should_fail_fast_with_no_answer() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -255,7 +255,9 @@ async fn given_a_peer_answering_garbage_when_called_should_fail_fast_with_unreac
         .await
         .expect("a garbage answer must fail the call, not leave it waiting");
 
-    assert_eq!(answer, Err(Error::Unreachable(4)));
+    // The peer read the request before it answered garbage: it may have
+    // handled it.
+    assert!(matches!(answer, Err(Error::NoAnswer(_))), "{answer:?}");
 }
 
 #[tokio::test]
@@ -288,7 +290,7 @@ async fn given_a_peer_answering_unknown_ids_when_called_should_time_out_without_
         .call(4, NodeRequest::Consensus(Bytes::from_static(b"x")))
         .await;
 
-    assert!(matches!(answer, Err(Error::Timeout(_))), "{answer:?}");
+    assert!(matches!(answer, Err(Error::NoAnswer(_))), "{answer:?}");
 }
 
 #[tokio::test]
@@ -312,8 +314,16 @@ async fn given_a_server_at_its_connection_limit_when_another_dials_should_refuse
     let caller = TcpTransport::new(hostile_config());
     caller.set_peer_address(2, &server.addr.to_string());
 
+    // Closed before the frame could be written (not sent), or just after
+    // (no answer): the kernel decides which.
     let refused = caller.call(2, NodeRequest::Ping).await;
-    assert_eq!(refused, Err(Error::Unreachable(2)));
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Unreachable(2)) | Err(Error::NoAnswer(_))
+        ),
+        "{refused:?}"
+    );
 
     drop(hogs);
     let recovered = eventually(Duration::from_secs(3), || async {

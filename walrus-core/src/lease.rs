@@ -16,7 +16,9 @@ use crate::types::SegmentKey;
 /// 3. **No overlap.** The cluster's failover waits longer than the lease
 ///    duration (plus a margin for clock drift) after it last heard from a
 ///    leader before it gives the topic to another node, so two nodes never
-///    both get `Ok` for one topic at the same moment.
+///    both get `Ok` for one topic at the same moment. Time is read on a
+///    clock that counts suspend; a paused VM, whose clocks all stop, is
+///    the stated exception (docs/architecture.md, "Leases").
 ///
 /// `check` is synchronous and cheap: it is called on every append.
 pub trait LeaseProvider: Send + Sync + 'static {

@@ -25,7 +25,7 @@ pub mod testing;
 pub mod transport;
 pub mod types;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{BootClock, Clock, SystemClock};
 pub use error::{Error, Result};
 pub use lease::LeaseProvider;
 pub use log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
@@ -33,4 +33,4 @@ pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus
 pub use metadata_store::{ConsensusStatus, MetadataStore};
 pub use node::{Node, NodeConfig};
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
-pub use types::{NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
+pub use types::{ClusterId, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};

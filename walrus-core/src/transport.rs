@@ -88,13 +88,17 @@ pub enum NodeResponse {
 ///
 /// 1. **Connections are reused.** No connect per request: a backend keeps
 ///    connections to each peer and runs many requests on them at once.
-/// 2. **Bounded waits.** A call to a dead or partitioned peer fails with a
-///    retryable error (`Unreachable` or `Timeout`) within the backend's
-///    timeout; it never hangs.
+/// 2. **Bounded waits.** A call to a dead or partitioned peer fails within
+///    the backend's timeout; it never hangs.
 /// 3. **Errors travel.** An `Err` returned by the receiver's
 ///    [`RequestHandler`] arrives as the same `Err` at the caller.
 /// 4. **At most once.** A request is handled by the receiver at most once
-///    per call (no blind resends); on a timeout it may or may not have been.
+///    per call (no blind resends).
+/// 5. **Sent or not.** A call that fails before the request left this node
+///    returns `Unreachable` (or `ShuttingDown`, `Timeout`): the receiver
+///    never saw it. Once (part of) it was sent, a lost connection or a
+///    timeout returns `NoAnswer`: the receiver may or may not have handled
+///    it, and the caller decides what that means for its request.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Sends `req` to `to` and waits for its answer.

@@ -103,66 +103,85 @@ impl fmt::Debug for SegmentKey {
     }
 }
 
-/// The identity of one node's storage (its Raft metadata and its log):
-/// a random number written when the storage is created and recorded in
-/// the cluster metadata when the node joins. A node whose storage was
-/// wiped or replaced comes back with another one, so the cluster can tell
-/// "the same disk, restarted" from "a new, empty disk under an old name".
-/// Shown as 32 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct StorageId(u128);
+/// A random 128-bit identity, shown as 32 hex digits.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(u128);
 
-impl StorageId {
-    /// A fresh random identity (from the OS's random source).
-    pub fn random() -> Self {
-        StorageId(rand::random())
-    }
+        impl $name {
+            /// A fresh random identity (from the OS's random source).
+            pub fn random() -> Self {
+                $name(rand::random())
+            }
 
-    /// A fixed identity, for tests and in-memory stores.
-    pub const fn from_u128(v: u128) -> Self {
-        StorageId(v)
-    }
-}
-
-impl std::str::FromStr for StorageId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::BadRequest(format!(
-                "invalid storage id {s:?}: expected 32 hex digits, as the refused node printed it"
-            )));
+            /// A fixed identity, for tests and in-memory stores.
+            pub const fn from_u128(v: u128) -> Self {
+                $name(v)
+            }
         }
-        u128::from_str_radix(s, 16)
-            .map(StorageId)
-            .map_err(|e| Error::BadRequest(format!("invalid storage id {s:?}: {e}")))
-    }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::BadRequest(format!(
+                        concat!("invalid ", $what, " id {:?}: expected 32 hex digits"),
+                        s
+                    )));
+                }
+                u128::from_str_radix(s, 16).map($name).map_err(|e| {
+                    Error::BadRequest(format!(concat!("invalid ", $what, " id {:?}: {}"), s, e))
+                })
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self, Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(s: $name) -> String {
+                s.to_string()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:032x}", self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{self}")
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for StorageId {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
-        s.parse()
-    }
-}
+hex_id!(
+    /// The identity of one node's storage (its Raft metadata and its log):
+    /// a random number written when the storage is created and recorded in
+    /// the cluster metadata when the node joins. A node whose storage was
+    /// wiped or replaced comes back with another one, so the cluster can tell
+    /// "the same disk, restarted" from "a new, empty disk under an old name".
+    StorageId,
+    "storage"
+);
 
-impl From<StorageId> for String {
-    fn from(s: StorageId) -> String {
-        s.to_string()
-    }
-}
-
-impl fmt::Display for StorageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-impl fmt::Debug for StorageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
+hex_id!(
+    /// The identity of one cluster, chosen when it is bootstrapped and
+    /// carried by its consensus messages, so that a node of another cluster
+    /// (a wrong address, a node that bootstrapped on its own) is refused.
+    ClusterId,
+    "cluster"
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
 //! Races: writes racing rollovers (on the append path, and seals that come
 //! out of band like a monitor's) over random network delays are never lost
-//! and never read twice. A property test over random interleavings; a
+//! and never read twice; with messages lost, an answer that says "not
+//! applied" (`unavailable: …`) is never a write that was applied, only
+//! "outcome unknown" may be. A property test over random interleavings; a
 //! failing case prints its seed.
 
 use std::collections::HashMap;
@@ -71,19 +73,27 @@ async fn run(case: Case) -> Result<(), String> {
         let mut rng = StdRng::seed_from_u64(case.seed ^ (w + 1));
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
+            let mut unknown = Vec::new();
+            let mut refused = Vec::new();
             for i in 0..case.writes {
                 let via = rng.gen_range(1..=3);
                 match c.send(via, &format!("PUT t {w}:{i}")).await {
                     Response::Ok => acked.push(i),
                     // A lost message: the write may or may not have landed.
-                    Response::Err(e) if case.drops > 0 && e.starts_with("unavailable") => {}
+                    Response::Err(e) if case.drops > 0 && e.starts_with("outcome unknown: ") => {
+                        unknown.push(i)
+                    }
+                    // Says it was not applied: it must never be read.
+                    Response::Err(e) if case.drops > 0 && e.starts_with("unavailable") => {
+                        refused.push((i, e))
+                    }
                     other => return Err(format!("writer {w} PUT {i} via {via}: {other:?}")),
                 }
                 if rng.gen_bool(0.3) {
                     tokio::time::sleep(Duration::from_micros(rng.gen_range(0..2000))).await;
                 }
             }
-            Ok((w, acked))
+            Ok((w, acked, unknown, refused))
         }));
     }
     // Out-of-band seals of whatever segment is current, racing the writers.
@@ -102,9 +112,13 @@ async fn run(case: Case) -> Result<(), String> {
         })
     };
     let mut acked: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut unknown: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut refused: HashMap<u64, Vec<(u64, String)>> = HashMap::new();
     for t in tasks {
-        let (w, ids) = t.await.map_err(|e| e.to_string())??;
+        let (w, ids, maybe, not_applied) = t.await.map_err(|e| e.to_string())??;
         acked.insert(w, ids);
+        unknown.insert(w, maybe);
+        refused.insert(w, not_applied);
     }
     sealer.await.map_err(|e| e.to_string())?;
     // A lost GET answer would lose its entry for good (GET has no ack), so
@@ -134,6 +148,21 @@ async fn run(case: Case) -> Result<(), String> {
         // ...and nothing but acks on a reliable network.
         if case.drops == 0 && &read != ids {
             return Err(format!("writer {w}: read {read:?}, acked {ids:?}"));
+        }
+        // With losses, only writes whose outcome was unknown may be read
+        // unacknowledged: "unavailable" promised nothing was written.
+        if let Some((i, e)) = refused[w].iter().find(|(i, _)| read.contains(i)) {
+            return Err(format!(
+                "writer {w}: PUT {i} was answered `{e}` (not applied) but is read"
+            ));
+        }
+        if let Some(i) = read
+            .iter()
+            .find(|i| !ids.contains(i) && !unknown[w].contains(i))
+        {
+            return Err(format!(
+                "writer {w}: read {i}, which was never sent or refused"
+            ));
         }
     }
     if seen.keys().any(|w| !acked.contains_key(w)) {

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use walrus_backends::raft::{create_dir_durable, RaftConfig, RaftMetadataStore};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_backends::wal::WalStore;
-use walrus_core::{LogStore, MetadataStore, Node, RequestHandler, StorageId, SystemClock};
+use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, StorageId};
 
 use crate::config::ServerConfig;
 use crate::identity;
@@ -112,7 +112,10 @@ impl Stack {
             metadata,
             log,
             transport.clone(),
-            Arc::new(SystemClock),
+            // Leases and failover count time the machine spent suspended
+            // (CLOCK_BOOTTIME): tokio's clock stops then, and a node that
+            // wakes up would trust a lease the cluster has long moved past.
+            Arc::new(BootClock::new()),
         );
         let handler: Arc<dyn RequestHandler> = node.clone();
         let raft_server = transport.serve(raft_listener, handler);
@@ -248,5 +251,30 @@ mod tests {
         std::fs::create_dir(dir.path().join("wal").join("logs")).unwrap();
         let err = check_data_is_whole(dir.path(), 1).unwrap_err().to_string();
         assert!(err.contains("no Raft metadata"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn given_an_identity_file_without_its_raft_data_should_refuse_to_start() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("a temp dir for the test");
+        let config = crate::config::ServerConfig::parse_from([
+            "walrus-server",
+            "--node-id",
+            "3",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--client-port",
+            "0",
+            "--raft-port",
+            "0",
+        ]);
+        let node_dir = config.node_dir();
+        std::fs::create_dir_all(&node_dir).unwrap();
+        crate::identity::create(&node_dir, 3, walrus_core::StorageId::random()).unwrap();
+        let err = match super::Stack::start(&config).await {
+            Ok(_) => panic!("a node whose data was removed around its identity started"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("only the identity file is left"), "{err}");
     }
 }

@@ -4,6 +4,8 @@
 //! - [`log_store`]: the Raft log, vote and committed index in redb.
 //! - [`state_machine`]: [`walrus_core::ClusterState`] with snapshots in redb.
 //! - [`network`]: Raft RPCs and forwarded requests over the core `Transport`.
+//! - [`admission`]: what a node without consensus state must pass before it
+//!   takes part (storage identity, no second cluster).
 //!
 //! # Storage
 //!
@@ -46,6 +48,7 @@
 //! fails just because a connection is being (re)made.
 
 pub mod admission;
+mod dirs;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -69,11 +72,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use walrus_core::{
-    ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore, NodeInfo,
-    NodeRequest, NodeResponse, Result, StorageId, Transport,
+    ClusterId, ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore,
+    NodeInfo, NodeRequest, NodeResponse, Result, StorageId, Transport,
 };
 
-pub use self::admission::{create_dir_durable, sync_dir};
+pub use self::dirs::{create_dir_durable, sync_dir};
 
 use self::log_store::RedbLogStore;
 use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
@@ -437,7 +440,8 @@ impl RaftMetadataStore {
             };
             match self.transport.call_addr(addr, req).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_retryable() => {
+                // A join is idempotent: one whose answer was lost is asked again.
+                Err(e) if e.is_retryable() || e.is_outcome_unknown() => {
                     tracing::info!(
                         node = self.id,
                         "join via {addr} not accepted yet: {e}; retrying"
@@ -466,6 +470,12 @@ impl RaftMetadataStore {
 
     async fn register_once(&self) -> Result<()> {
         let leader_known = self.current_leader().is_some();
+        if leader_known && self.state_rx.borrow().cluster.is_none() {
+            // The bootstrapping node names the cluster; a cluster from
+            // before cluster ids gets one from whichever member asks first.
+            let id = ClusterId::random();
+            self.propose(MetadataCmd::InitCluster { id }).await?;
+        }
         if let Some(storage) = self.config.storage.filter(|_| leader_known) {
             let cmd = MetadataCmd::RegisterStorage {
                 node: self.id,
@@ -686,7 +696,9 @@ impl RaftMetadataStore {
         deadline: Instant,
     ) -> std::result::Result<ConsensusReply, Attempt> {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, network::call(&*self.transport, to, req)).await {
+        let cluster = self.state_rx.borrow().cluster;
+        let call = network::call(&*self.transport, to, cluster, req);
+        match tokio::time::timeout(left, call).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(
                 e @ (Error::NotLeader
@@ -922,7 +934,8 @@ impl MetadataStore for RaftMetadataStore {
     }
 
     async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
-        let req = network::decode_request(&msg)?;
+        let (header, req) = network::decode_request(&msg)?;
+        header.check(self.id, self.state_rx.borrow().cluster)?;
         self.gate.check(self.id, &req)?;
         let reply = match req {
             ConsensusRequest::AppendEntries(rpc) => {

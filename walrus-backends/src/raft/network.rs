@@ -20,7 +20,8 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use walrus_core::{
-    ClusterState, CmdResult, Error, MetadataCmd, NodeInfo, NodeRequest, NodeResponse, Transport,
+    ClusterId, ClusterState, CmdResult, Error, MetadataCmd, NodeInfo, NodeRequest, NodeResponse,
+    Transport,
 };
 
 use super::types::{decode, encode, NodeId, TypeConfig};
@@ -67,13 +68,51 @@ pub enum ConsensusReply {
     Readmitted,
 }
 
-pub fn encode_request(req: &ConsensusRequest) -> Result<Bytes, Error> {
-    encode(req)
+/// Who a consensus request is for: the receiver refuses one meant for
+/// another node (two nodes behind one address, a stale address) or sent by
+/// a member of another cluster (a node pointed at the wrong cluster, one
+/// that bootstrapped a cluster of its own): obeying it could make a leader
+/// step down for a foreign term or replicate one cluster's log into another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The node the sender meant.
+    pub to: NodeId,
+    /// The sender's cluster, once it knows it (a joining node does not yet).
+    pub cluster: Option<ClusterId>,
+}
+
+impl Header {
+    /// `Err` when a request with this header must not reach node `me` of
+    /// cluster `ours`.
+    pub fn check(&self, me: NodeId, ours: Option<ClusterId>) -> Result<(), Error> {
+        if self.to != me {
+            return Err(Error::Refused(format!(
+                "a consensus message for node {} reached node {me}: two nodes share an \
+                 address, or a node was restarted on another's; give each node its own \
+                 --raft-port",
+                self.to
+            )));
+        }
+        if let (Some(theirs), Some(ours)) = (self.cluster, ours) {
+            if theirs != ours {
+                return Err(Error::Refused(format!(
+                    "a consensus message from cluster {theirs} reached node {me} of cluster \
+                     {ours}: a node of another cluster was given this cluster's address (check \
+                     its --join and its peers' addresses)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn encode_request(header: Header, req: &ConsensusRequest) -> Result<Bytes, Error> {
+    encode(&(header, req))
         .map(Bytes::from)
         .map_err(|e| Error::Internal(format!("cannot encode consensus request: {e}")))
 }
 
-pub fn decode_request(bytes: &[u8]) -> Result<ConsensusRequest, Error> {
+pub fn decode_request(bytes: &[u8]) -> Result<(Header, ConsensusRequest), Error> {
     decode(bytes).map_err(|e| Error::BadRequest(format!("malformed consensus request: {e}")))
 }
 
@@ -91,9 +130,10 @@ pub fn decode_reply(bytes: &[u8]) -> Result<ConsensusReply, Error> {
 pub async fn call(
     transport: &dyn Transport,
     to: NodeId,
+    cluster: Option<ClusterId>,
     req: &ConsensusRequest,
 ) -> Result<ConsensusReply, Error> {
-    let bytes = encode_request(req)?;
+    let bytes = encode_request(Header { to, cluster }, req)?;
     match transport.call(to, NodeRequest::Consensus(bytes)).await? {
         NodeResponse::Consensus(reply) => decode_reply(&reply),
         other => Err(Error::Internal(format!(
@@ -131,6 +171,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             transport: self.transport.clone(),
             backoff: self.backoff,
+            state: self.state.clone(),
         }
     }
 }
@@ -140,6 +181,8 @@ pub struct RaftNetworkConnection {
     target: NodeId,
     transport: Arc<dyn Transport>,
     backoff: Duration,
+    /// Applied metadata, for the cluster id every message carries.
+    state: watch::Receiver<Arc<ClusterState>>,
 }
 
 impl RaftNetworkConnection {
@@ -158,13 +201,15 @@ impl RaftNetworkConnection {
                 timeout: ttl,
             })
         };
-        match tokio::time::timeout(ttl, call(&*self.transport, self.target, &req)).await {
+        let cluster = self.state.borrow().cluster;
+        let call = call(&*self.transport, self.target, cluster, &req);
+        match tokio::time::timeout(ttl, call).await {
             Err(_) => Err(timeout()),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e @ Error::Unreachable(_))) | Ok(Err(e @ Error::ShuttingDown)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
-            Ok(Err(Error::Timeout(_))) => Err(timeout()),
+            Ok(Err(Error::Timeout(_) | Error::NoAnswer(_))) => Err(timeout()),
             Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }

@@ -51,12 +51,23 @@ impl Target {
         }
     }
 
-    fn timeout(&self, addr: &str, after: Duration) -> Error {
-        let who = match self {
+    fn who(&self, addr: &str) -> String {
+        match self {
             Target::Node(id) => format!("node {id} at {addr}"),
             Target::Addr => addr.to_string(),
-        };
-        Error::Timeout(format!("{who} after {} ms", after.as_millis()))
+        }
+    }
+
+    /// Timed out before the request was handed to the connection: the
+    /// peer never saw it.
+    fn timeout(&self, addr: &str, after: Duration) -> Error {
+        Error::Timeout(format!("{} after {} ms", self.who(addr), after.as_millis()))
+    }
+
+    /// The request was sent (or is partly on the wire) and no answer came:
+    /// the peer may or may not have handled it.
+    fn no_answer(&self, addr: &str, why: &str) -> Error {
+        Error::NoAnswer(format!("no answer from {}: {why}", self.who(addr)))
     }
 }
 
@@ -97,13 +108,24 @@ impl Pool {
             match conn.request(req, &self.config).await {
                 Err(Failure::NotSent) => continue,
                 Err(Failure::Lost) if self.closed.load(Ordering::Acquire) => {
-                    return Err(Error::ShuttingDown)
+                    return Err(
+                        target.no_answer(addr, "this node shut down after sending the request")
+                    )
                 }
                 Err(Failure::Lost) => {
-                    return Err(target.unreachable(addr, "connection lost during the request"))
+                    return Err(target.no_answer(addr, "connection lost after the request was sent"))
                 }
-                Err(Failure::TimedOut) => {
+                Err(Failure::TimedOut { sent: false }) => {
                     return Err(target.timeout(addr, self.config.request_timeout))
+                }
+                Err(Failure::TimedOut { sent: true }) => {
+                    return Err(target.no_answer(
+                        addr,
+                        &format!(
+                            "none within {} ms of sending the request",
+                            self.config.request_timeout.as_millis()
+                        ),
+                    ))
                 }
                 Err(Failure::Refused(e)) => return Err(e),
                 Ok(answer) => return answer,
@@ -251,9 +273,12 @@ impl Peer {
 enum Failure {
     /// The connection was already closed; the frame was never queued.
     NotSent,
-    /// The connection died after the frame was queued.
+    /// The connection died after the frame was queued: it may have reached
+    /// the peer.
     Lost,
-    TimedOut,
+    /// No answer in time; `sent` once the frame was queued or written (a
+    /// sender still waiting for queue space has sent nothing).
+    TimedOut { sent: bool },
     /// The request cannot be sent at all (too large, unencodable).
     Refused(Error),
 }
@@ -366,6 +391,7 @@ impl Connection {
         // From here on, however this future ends (answer, timeout, or the
         // caller dropping it), the slot is removed.
         let _slot = Slot { conn: self, id };
+        let sent = AtomicBool::new(false);
         let exchange = async {
             // Not sent at all (the connection closed first): safe to retry
             // on a fresh connection.
@@ -373,11 +399,14 @@ impl Connection {
                 .send(&frame)
                 .await
                 .map_err(|_| Failure::NotSent)?;
+            sent.store(true, Ordering::Relaxed);
             rx.await.map_err(|_| Failure::Lost)
         };
         match tokio::time::timeout(config.request_timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(Failure::TimedOut),
+            Err(_) => Err(Failure::TimedOut {
+                sent: sent.load(Ordering::Relaxed),
+            }),
         }
     }
 }

@@ -149,7 +149,8 @@ impl TcpTransport {
     /// Cuts this node off the network (for fault-injection tests), or
     /// reconnects it. While isolated, its calls fail with `Unreachable` and
     /// every incoming connection or request closes the connection it came
-    /// on, so peers see this node as unreachable too; open connections in
+    /// on, so peers see this node as unreachable too (or get no answer to a
+    /// request they had already sent); open connections in
     /// both directions are dropped. Serving resumes when isolation ends.
     pub fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::Release);

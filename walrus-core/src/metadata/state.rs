@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
+use crate::types::{ClusterId, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
 
 /// Where a node can be reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +209,9 @@ pub enum MetadataCmd {
         storage: StorageId,
         delivered: Vec<(TopicName, Offset)>,
     },
+    /// Names the cluster. The first one stays; any later one changes
+    /// nothing (every member proposes one when it finds none).
+    InitCluster { id: ClusterId },
 }
 
 /// What a command did.
@@ -236,6 +239,9 @@ pub struct ClusterState {
     /// taken before identities existed have none.)
     #[serde(default)]
     pub storage: BTreeMap<NodeId, StorageId>,
+    /// This cluster's identity, set once (`InitCluster`); `None` until then.
+    #[serde(default)]
+    pub cluster: Option<ClusterId>,
 }
 
 impl ClusterState {
@@ -357,6 +363,13 @@ impl ClusterState {
                 storage,
                 delivered,
             } => self.replace_storage(*node, *storage, delivered),
+            MetadataCmd::InitCluster { id } => match self.cluster {
+                None => {
+                    self.cluster = Some(*id);
+                    CmdResult::Applied
+                }
+                Some(_) => CmdResult::Unchanged,
+            },
         }
     }
 
@@ -717,9 +730,25 @@ mod tests {
     }
 
     #[test]
+    fn given_a_named_cluster_when_named_again_should_keep_the_first_name() {
+        let mut s = ClusterState::default();
+        let (a, b) = (ClusterId::from_u128(1), ClusterId::from_u128(2));
+        assert_eq!(
+            s.apply(&MetadataCmd::InitCluster { id: a }),
+            CmdResult::Applied
+        );
+        assert_eq!(
+            s.apply(&MetadataCmd::InitCluster { id: b }),
+            CmdResult::Unchanged
+        );
+        assert_eq!(s.cluster, Some(a));
+    }
+
+    #[test]
     fn given_a_snapshot_from_before_storage_identities_should_load_with_none_recorded() {
         let json = r#"{"version":3,"nodes":{},"topics":{}}"#;
         let s: ClusterState = serde_json::from_str(json).unwrap();
         assert!(s.storage.is_empty());
+        assert!(s.cluster.is_none());
     }
 }

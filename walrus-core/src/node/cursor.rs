@@ -172,10 +172,16 @@ impl super::Node {
         let state = self.metadata.state();
         let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
         match t.locate(offset) {
-            Location::BlockedBy { segment, leader } => Err(Error::Unavailable(format!(
-                "segment {segment} of {topic} is on node {leader}, which is down; {}",
-                blocked_advice(leader)
-            ))),
+            Location::BlockedBy { segment, leader } => {
+                let base = t.base_offset(segment).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "offset {offset} of {topic} is blocked by segment {segment}, \
+                         yet an earlier segment has no final count"
+                    ))
+                })?;
+                self.read_pending(topic, segment, leader, offset - base)
+                    .await
+            }
             Location::Lost { segment, .. } => Err(Error::Internal(format!(
                 "the cursor of {topic} is at offset {offset}, inside segment {segment} whose \
                  entries were lost; the loss was accepted behind the cursor, so this is a bug"
@@ -201,6 +207,42 @@ impl super::Node {
                 }
                 Ok(entries.into())
             }
+        }
+    }
+
+    /// Reads at `index` of `segment`, whose count is pending. Its offsets
+    /// are fixed (every earlier count is final) and its leader serves
+    /// only durable entries, all of which its count will include, so what
+    /// a live leader returns is delivered. A leader that cannot answer,
+    /// or has nothing there yet, holds readers here; one whose segment is
+    /// quarantined (a damaged file) holds them with the damage's place
+    /// and what the operator can do.
+    async fn read_pending(
+        &self,
+        topic: &TopicName,
+        segment: crate::types::SegmentId,
+        leader: crate::types::NodeId,
+        index: u64,
+    ) -> Result<VecDeque<Bytes>> {
+        let key = SegmentKey::new(topic.clone(), segment);
+        // The leader is often down: a reader waits a moment, not a
+        // connect timeout, before it hears so.
+        let read = tokio::time::timeout(
+            self.config.lease_renew * 2,
+            self.read_segment(leader, &key, index, READ_AHEAD),
+        )
+        .await;
+        match read {
+            Ok(Ok(read)) if !read.entries.is_empty() => Ok(read.entries.into()),
+            Ok(Err(Error::Corrupt(why))) => Err(Error::Corrupt(format!(
+                "{why}; segment {segment} of {topic} is quarantined on node {leader} and its \
+                 count is unknown, so reads wait here and never skip it: once the file is \
+                 restored, restart node {leader} (it then reports the count); retry"
+            ))),
+            _ => Err(Error::Unavailable(format!(
+                "segment {segment} of {topic} is on node {leader}, which is down; {}",
+                blocked_advice(leader)
+            ))),
         }
     }
 

@@ -23,6 +23,8 @@ struct Inner {
     /// When we noticed we lead `term`: every node counts as heard then.
     since: Option<Instant>,
     last_heard: HashMap<NodeId, Instant>,
+    /// The previous pass of the failover loop.
+    last_tick: Option<Instant>,
 }
 
 impl Failover {
@@ -39,6 +41,23 @@ impl Failover {
         if inner.term != term {
             inner.term = term;
             inner.since = term.map(|_| now);
+            inner.last_heard.clear();
+        }
+    }
+
+    /// Notes a pass of the failover loop at `now`. When the previous pass
+    /// was more than `max_gap` ago, this node was not watching (suspended,
+    /// or starved of CPU): on a clock that counts suspend, every node then
+    /// looks silent, but silence we could not have heard says nothing about
+    /// them, so liveness is counted afresh from now. Counting from later
+    /// only delays a failover, which is always safe.
+    pub(crate) fn tick(&self, now: Instant, max_gap: Duration) {
+        let mut inner = self.lock();
+        let Some(previous) = inner.last_tick.replace(now) else {
+            return;
+        };
+        if inner.since.is_some() && now.saturating_duration_since(previous) > max_gap {
+            inner.since = Some(now);
             inner.last_heard.clear();
         }
     }
@@ -79,9 +98,11 @@ impl super::Node {
         let now = self.clock.now();
         if !status.is_leader() {
             self.failover.observe_term(None, now);
+            self.failover.tick(now, self.config.lease);
             return;
         }
         self.failover.observe_term(Some(status.term), now);
+        self.failover.tick(now, self.config.lease);
         let threshold = self.failover_threshold();
         let state = self.metadata.state();
         let mut chosen: HashMap<NodeId, NodeId> = HashMap::new();
@@ -154,6 +175,34 @@ mod tests {
         f.heard(2, t0 + Duration::from_millis(500));
         assert!(f.is_live(2, t0 + Duration::from_millis(2400), THRESHOLD));
         assert!(!f.is_live(2, t0 + Duration::from_millis(2500), THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_gap_in_the_leaders_own_watch_should_count_silence_only_from_its_return() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        f.observe_term(Some(1), t0);
+        f.tick(t0, Duration::from_secs(1));
+        f.heard(2, t0);
+        // The leader was suspended for 10 s: on its clock, which counts
+        // suspend, node 2 was last heard 10 s ago, but nobody could reach
+        // a sleeping leader.
+        let resumed = t0 + Duration::from_secs(10);
+        f.tick(resumed, Duration::from_secs(1));
+        assert!(
+            f.is_live(2, resumed + tick, THRESHOLD),
+            "no failover for silence the leader slept through"
+        );
+        assert!(!f.is_live(2, resumed + THRESHOLD, THRESHOLD));
+        // Regular passes change nothing.
+        let f = Failover::default();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0);
+        for i in 0..=20 {
+            f.tick(t0 + tick * i, Duration::from_secs(1));
+        }
+        assert!(!f.is_live(2, t0 + tick * 20, THRESHOLD));
     }
 
     #[tokio::test(start_paused = true)]

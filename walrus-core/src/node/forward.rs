@@ -121,10 +121,12 @@ impl Node {
             }
         };
         match turn {
+            // The batch carrying our entries was abandoned mid-flight (the
+            // task sending it was cancelled): they may have reached the leader.
             Turn::Wait(answer) => answer.await.unwrap_or_else(|_| {
-                Err(Error::Internal(format!(
+                Err(Error::OutcomeUnknown(format!(
                     "the forwarded write to {} was dropped unanswered; it may or may not be \
-                     stored, read the topic before sending it again",
+                     stored: read the topic to check before sending it again",
                     slot.1
                 )))
             }),
@@ -160,6 +162,12 @@ impl Node {
     }
 
     /// One forwarded append, bounded by the forward timeout.
+    ///
+    /// An append that was sent and not answered may have been stored: the
+    /// writer is told the outcome is unknown, never a retryable error, or
+    /// a client that follows the advice would store it twice. Errors that
+    /// prove it was not sent (`Unreachable`, `ShuttingDown` before sending)
+    /// and the leader's own refusals pass through as they are.
     async fn send_append(
         &self,
         leader: NodeId,
@@ -173,15 +181,23 @@ impl Node {
                 entries,
             },
         );
-        let answer = tokio::time::timeout(self.config.forward_timeout, call)
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "node {leader}, the leader of {segment}, did not answer the write within {:?}; \
-                     it may or may not be stored, read the topic before sending it again",
+        let unknown = |why: String| {
+            Error::OutcomeUnknown(format!(
+                "the write was sent to node {leader}, the leader of {segment}: {why}; it may or \
+                 may not be stored: read the topic to check before sending it again"
+            ))
+        };
+        let answer = match tokio::time::timeout(self.config.forward_timeout, call).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(Error::NoAnswer(why))) => return Err(unknown(why)),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(unknown(format!(
+                    "no answer within {:?}",
                     self.config.forward_timeout
-                ))
-            })??;
+                )))
+            }
+        };
         match answer {
             NodeResponse::Appended { first_index, count } => Ok(Appended { first_index, count }),
             other => Err(Error::Internal(format!(
@@ -256,10 +272,12 @@ impl Drop for Baton<'_> {
             (Some(node), Ok(runtime)) => {
                 runtime.spawn(async move { node.drain_forwards(slot).await });
             }
-            // The node is going away: dropping the queue drops the queued
-            // writers' reply senders, which answers them.
+            // The node is going away: the queued writers were never sent.
             _ => {
-                self.node.forwards.lock().remove(&slot);
+                let queue = self.node.forwards.lock().remove(&slot);
+                for w in queue.into_iter().flat_map(|q| q.waiting) {
+                    let _ = w.reply.send(Err(Error::ShuttingDown));
+                }
             }
         }
     }

@@ -147,11 +147,19 @@ impl super::Node {
         let leader = status.leader.ok_or_else(|| {
             Error::Unavailable("no consensus leader to renew the write lease with, retry".into())
         })?;
-        match self
+        let answer = self
             .transport
             .call(leader, crate::NodeRequest::RenewLease { node: self.id })
-            .await?
-        {
+            .await
+            // A renewal changes nothing a retry could double: a lost
+            // answer only means "not confirmed".
+            .map_err(|e| match e {
+                Error::NoAnswer(why) => Error::Unavailable(format!(
+                    "confirming with the consensus leader, node {leader}: {why}, retry"
+                )),
+                e => e,
+            })?;
+        match answer {
             crate::NodeResponse::Lease { version } => Ok(version),
             other => Err(Error::Internal(format!(
                 "node {leader} answered a lease renewal with {other:?}"
@@ -227,6 +235,26 @@ mod tests {
         assert_eq!(lease.check(&key), Ok(()));
         clock.advance(Duration::from_millis(1));
         assert_eq!(lease.check(&key), Err(Error::LeaseExpired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_suspend_when_the_node_resumes_should_see_its_lease_expired() {
+        let (c, _, key) = setup().await;
+        let time = crate::testing::SuspendableTime::new();
+        let clock = Arc::new(crate::clock::BootClock::with_source(time.clone()));
+        let lease = QuorumLease::new(1, c.store(1), clock.clone(), Duration::from_secs(1));
+        lease.renewed(clock.now());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(lease.check(&key), Ok(()));
+        // Asleep for 10 s: tokio's clock (CLOCK_MONOTONIC) stood still, no
+        // renewal ran, and the rest of the cluster failed the topic over.
+        time.suspend(Duration::from_secs(10));
+        assert_eq!(
+            lease.check(&key),
+            Err(Error::LeaseExpired),
+            "a lease must not outlive a suspend"
+        );
+        assert!(!lease.is_valid());
     }
 
     #[tokio::test(start_paused = true)]

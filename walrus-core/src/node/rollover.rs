@@ -61,13 +61,26 @@ impl super::Node {
         if current.id != key.segment || current.leader != self.id {
             return Ok(());
         }
-        let count = self.log.seal(key).await?;
+        // A quarantined segment's count is unknown: sealing it at the
+        // damage would drop the acknowledged entries after it from every
+        // reader. It is left Pending, as failover leaves a dead leader's,
+        // and reported once the file is restored (`report_pending`).
+        let count = if self.log.health().quarantined_segments.contains(key) {
+            tracing::error!(
+                node = self.id,
+                "segment {key} is quarantined (a damaged WAL file): rolling {} to a new segment and leaving the count of {key} pending; readers wait at it until its file is restored and this node restarted",
+                key.topic
+            );
+            None
+        } else {
+            Some(self.log.seal(key).await?)
+        };
         let next_leader = self.next_leader(self.id).await;
         self.metadata
             .propose(MetadataCmd::Roll {
                 topic: key.topic.clone(),
                 segment: key.segment,
-                count: Some(count),
+                count,
                 next_leader,
             })
             .await?;
@@ -110,20 +123,25 @@ impl super::Node {
         .map(|_| ())
     }
 
-    /// One pass of the monitor loop: roll any open segment of ours that is
-    /// full, already sealed locally, or refusing appends after a failed
-    /// sync (sealing it keeps only its durable entries; the topic goes on
-    /// in a new segment, maybe on another node).
+    /// One pass of the monitor loop (the first runs at start): roll any
+    /// open segment of ours that is full, already sealed locally,
+    /// quarantined (its count left pending), or refusing appends after a
+    /// failed sync (sealing it keeps only its durable entries; the topic
+    /// goes on in a new segment, maybe on another node).
     pub(crate) async fn monitor_tick(&self) {
         let state = self.metadata.state();
-        let failed = self.log.health().failed_segments;
+        let health = self.log.health();
         for (topic, t) in &state.topics {
             let current = t.current();
             if current.leader != self.id {
                 continue;
             }
             let key = SegmentKey::new(topic.clone(), current.id);
-            if failed.contains(&key) {
+            if health.quarantined_segments.contains(&key) {
+                self.spawn_rollover(key);
+                continue;
+            }
+            if health.failed_segments.contains(&key) {
                 tracing::error!(
                     node = self.id,
                     "segment {key} refuses appends after a failed sync of its files; sealing it at its durable count and rolling {topic} to a new segment. Check this node's disk"
@@ -147,7 +165,13 @@ impl super::Node {
     /// recorded for us, so a wiped disk never reports its segments empty.
     pub(crate) async fn report_pending(&self) {
         let state = self.metadata.state();
+        let quarantined = self.log.health().quarantined_segments;
         for key in state.pending_segments_of(self.id) {
+            if quarantined.contains(&key) {
+                // Its count is unknown until the file is restored; the
+                // store logged the damage when it opened.
+                continue;
+            }
             let result = async {
                 let count = self.log.seal(&key).await?;
                 self.metadata

@@ -248,6 +248,22 @@ impl super::Node {
                     self.spawn_rollover(k.clone());
                     return Err(Error::SegmentSealed(k));
                 }
+                Err(Error::Corrupt(_)) if self.log.health().quarantined_segments.contains(key) => {
+                    // Nothing was written. The segment's count stays
+                    // pending and the topic moves on: the writer waits
+                    // for the new segment like after a rollover.
+                    self.spawn_rollover(key.clone());
+                    return Err(Error::SegmentSealed(key.clone()));
+                }
+                // The store stopped while the entries were on their way to
+                // disk: they may be there after a restart.
+                Err(Error::ShuttingDown) => {
+                    return Err(Error::OutcomeUnknown(format!(
+                        "node {} shut down while writing to {key}; the write may or may not be \
+                         stored: read the topic to check before sending it again",
+                        self.id
+                    )))
+                }
                 Err(e @ Error::Storage(_)) => {
                     // A segment whose sync failed never takes appends
                     // again: move the topic on now rather than at the
@@ -266,21 +282,21 @@ impl super::Node {
         if !self.may_acknowledge(key, appended.count) {
             // The entry is stored and will be read, but we can no longer
             // vouch for its place among other nodes' acknowledgements. This
-            // must not be `write lease expired`: that answer means "nothing
-            // was written, retry", and a retry would store it twice.
+            // must not be `write lease expired` or `unavailable`: those mean
+            // "nothing was written, retry", and a retry would store it twice.
             if take < entries.len() {
                 // The batch's answer covers all of it. It may hold several
                 // writers' entries (pipelined, or combined on the way here),
                 // so no count in it would mean anything to one client.
-                return Err(Error::Unavailable(format!(
+                return Err(Error::OutcomeUnknown(format!(
                     "the write lease on {key} lapsed while a batch of entries was being \
-                     written; part of it is stored and will be read: read the topic before \
-                     sending any of this write again"
+                     written; part of it is stored and will be read: read the topic to check \
+                     before sending any of this write again"
                 )));
             }
-            return Err(Error::Unavailable(format!(
-                "the write lease on {key} lapsed while the entry was being written; \
-                 it is stored and will be read, do not send it again"
+            return Err(Error::OutcomeUnknown(format!(
+                "the write lease on {key} lapsed while the entry was being written, so it \
+                 was not acknowledged; it is stored and will be read: do not send it again"
             )));
         }
         Ok(appended)
@@ -390,8 +406,10 @@ impl super::Node {
         }
     }
 
+    /// A GET on the cursor's owner. Its answer, once lost, cannot be had
+    /// again: the owner may have moved the cursor past an entry nobody got.
     async fn forward_get(&self, owner: NodeId, topic: &TopicName) -> Result<Option<Bytes>> {
-        match self
+        let answer = self
             .transport
             .call(
                 owner,
@@ -399,8 +417,16 @@ impl super::Node {
                     topic: topic.clone(),
                 },
             )
-            .await?
-        {
+            .await
+            .map_err(|e| match e {
+                Error::NoAnswer(why) => Error::OutcomeUnknown(format!(
+                    "the GET was sent to node {owner}, which holds the cursor of {topic}: \
+                     {why}; it may have taken an entry that was never delivered: GET again \
+                     for the next one"
+                )),
+                e => e,
+            })?;
+        match answer {
             NodeResponse::Entry(e) => Ok(e),
             other => Err(Error::Internal(format!(
                 "node {owner} answered a GET with {other:?}"
@@ -423,7 +449,7 @@ impl super::Node {
                 .await?;
             return Ok(SegmentRead { entries });
         }
-        match self
+        let answer = self
             .transport
             .call(
                 holder,
@@ -434,8 +460,15 @@ impl super::Node {
                     max_bytes: READ_MAX_BYTES as u32,
                 },
             )
-            .await?
-        {
+            .await
+            // A read changes nothing: a lost answer is only a delay.
+            .map_err(|e| match e {
+                Error::NoAnswer(why) => {
+                    Error::Unavailable(format!("reading {key} from node {holder}: {why}, retry"))
+                }
+                e => e,
+            })?;
+        match answer {
             NodeResponse::Entries { entries, .. } => Ok(SegmentRead { entries }),
             other => Err(Error::Internal(format!(
                 "node {holder} answered a read with {other:?}"

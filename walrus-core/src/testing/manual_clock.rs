@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, TimeSource};
 
 pub struct ManualClock {
     start: Instant,
@@ -47,6 +47,51 @@ impl Clock for ManualClock {
         self.start
             + *self
                 .offset
+                .lock()
+                .expect("clock lock poisoned: a panic while adding durations")
+    }
+}
+
+/// A [`TimeSource`] for a machine that can be suspended: it follows tokio's
+/// clock (the test's paused time), and [`suspend`](Self::suspend) adds time
+/// that passed while the machine slept, which tokio's clock (like
+/// `CLOCK_MONOTONIC`) never sees. Give it to a
+/// [`BootClock`](crate::clock::BootClock) to model `CLOCK_BOOTTIME`.
+#[derive(Clone)]
+pub struct SuspendableTime {
+    start: Instant,
+    slept: std::sync::Arc<Mutex<Duration>>,
+}
+
+impl Default for SuspendableTime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SuspendableTime {
+    pub fn new() -> Self {
+        SuspendableTime {
+            start: Instant::now(),
+            slept: Default::default(),
+        }
+    }
+
+    /// The machine was suspended for `d` and has just resumed: no timer
+    /// fired and tokio's clock did not move, but `d` has passed.
+    pub fn suspend(&self, d: Duration) {
+        *self
+            .slept
+            .lock()
+            .expect("clock lock poisoned: a panic while adding durations") += d;
+    }
+}
+
+impl TimeSource for SuspendableTime {
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+            + *self
+                .slept
                 .lock()
                 .expect("clock lock poisoned: a panic while adding durations")
     }

@@ -10,7 +10,9 @@
 //! A test can make appends fail ([`MemLogStore::fail_appends`]) to check
 //! that errors lose nothing, and can look at every append with the instant
 //! it happened ([`MemLogStore::append_history`]), and can make a segment's
-//! sync fail for good ([`MemLogStore::fail_sync`], contract 9).
+//! sync fail for good ([`MemLogStore::fail_sync`], contract 9), or find
+//! a segment damaged as recovery would ([`MemLogStore::quarantine`],
+//! contract 8) and repaired later ([`MemLogStore::repair`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -31,6 +33,9 @@ struct Segment {
     sealed: bool,
     /// A sync of it failed: appends are refused for good with this text.
     failed: Option<String>,
+    /// Quarantined: entries from this index on are unreadable, with this
+    /// text (file and byte); appends and seal are refused.
+    damage: Option<(usize, String)>,
 }
 
 #[derive(Default)]
@@ -103,6 +108,26 @@ impl MemLogStore {
         ));
     }
 
+    /// As if recovery found `segment` damaged at entry `at` (contract 8):
+    /// entries before it are served, reads from it on fail with
+    /// `Error::Corrupt(why)`, appends and seal are refused, and
+    /// [`LogStore::health`] lists it. The entries past the damage are kept,
+    /// hidden, for [`MemLogStore::repair`].
+    pub fn quarantine(&self, segment: &SegmentKey, at: u64, why: &str) {
+        let mut inner = self.lock();
+        let seg = inner.segments.entry(segment.clone()).or_default();
+        let at = usize::try_from(at).unwrap_or(usize::MAX).min(seg.synced);
+        seg.damage = Some((at, why.to_owned()));
+    }
+
+    /// As if an operator restored the damaged file of `segment` and the
+    /// store reopened it: every entry it held is served again.
+    pub fn repair(&self, segment: &SegmentKey) {
+        if let Some(seg) = self.lock().segments.get_mut(segment) {
+            seg.damage = None;
+        }
+    }
+
     /// Every successful append so far: when it happened (tokio's clock),
     /// the segment, and the index of its first entry.
     pub fn append_history(&self) -> Vec<(Instant, SegmentKey, u64)> {
@@ -140,6 +165,11 @@ impl LogStore for MemLogStore {
         if let Some(why) = &seg.failed {
             return Err(Error::Storage(why.clone()));
         }
+        if let Some((_, why)) = &seg.damage {
+            return Err(Error::Corrupt(format!(
+                "segment {segment} is quarantined and takes no appends: {why}"
+            )));
+        }
         seg.entries.extend(entries.iter().cloned());
         let appended = Appended {
             first_index: count,
@@ -171,13 +201,16 @@ impl LogStore for MemLogStore {
             // Contract 3: a read at unsynced entries syncs them.
             seg.synced = seg.entries.len();
         }
+        let mut end = seg.synced;
+        if let Some((at, why)) = &seg.damage {
+            if start >= *at {
+                return Err(Error::Corrupt(why.clone()));
+            }
+            end = end.min(*at);
+        }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for e in seg.entries[..seg.synced]
-            .iter()
-            .skip(start)
-            .take(max_entries)
-        {
+        for e in seg.entries[..end].iter().skip(start).take(max_entries) {
             if !out.is_empty() && bytes + e.len() > max_bytes {
                 break;
             }
@@ -189,7 +222,7 @@ impl LogStore for MemLogStore {
 
     async fn info(&self, segment: &SegmentKey) -> Result<Option<SegmentInfo>> {
         Ok(self.lock().segments.get(segment).map(|s| SegmentInfo {
-            count: s.synced as u64,
+            count: s.damage.as_ref().map_or(s.synced, |(at, _)| *at) as u64,
             sealed: s.sealed,
         }))
     }
@@ -197,6 +230,11 @@ impl LogStore for MemLogStore {
     async fn seal(&self, segment: &SegmentKey) -> Result<u64> {
         let mut inner = self.lock();
         let seg = inner.segments.entry(segment.clone()).or_default();
+        if let Some((_, why)) = seg.damage.as_ref().filter(|_| !seg.sealed) {
+            return Err(Error::Corrupt(format!(
+                "cannot seal a quarantined segment (its count past the damage is unknown): {why}"
+            )));
+        }
         if !seg.sealed {
             seg.synced = seg.entries.len();
         }
@@ -221,7 +259,12 @@ impl LogStore for MemLogStore {
                 .filter(|(_, s)| s.failed.is_some())
                 .map(|(k, _)| k.clone())
                 .collect(),
-            quarantined_segments: Vec::new(),
+            quarantined_segments: inner
+                .segments
+                .iter()
+                .filter(|(_, s)| s.damage.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
         }
     }
 

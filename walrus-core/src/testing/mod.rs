@@ -10,7 +10,8 @@
 //! - [`SimNetwork`]: a [`Transport`](crate::Transport) between in-process
 //!   nodes that partitions, drops and delays.
 //! - [`TestCluster`]: N real nodes on those fakes, driven by text requests.
-//! - [`ManualClock`]: a clock that moves only when the test advances it.
+//! - [`ManualClock`]: a clock that moves only when the test advances it;
+//!   [`SuspendableTime`]: a time source for a machine that is suspended.
 //! - `log_store_conformance`, `metadata_store_conformance`: suites.
 //!
 //! Time: the fakes and the node read time through tokio, so a test under
@@ -27,6 +28,6 @@ pub mod sim_network;
 
 pub use cluster::{sim_info, TestCluster};
 pub use fake_metadata::{FakeMetadataCluster, FakeMetadataStore};
-pub use manual_clock::ManualClock;
+pub use manual_clock::{ManualClock, SuspendableTime};
 pub use mem_log_store::MemLogStore;
 pub use sim_network::{SimNetwork, SimTransport};

@@ -4,10 +4,11 @@
 //! Each node registers its [`RequestHandler`] and takes a
 //! [`SimTransport`] for its outgoing calls. A call to a node that is cut
 //! off (either side isolated, or the pair partitioned) fails with
-//! `Error::Unreachable` after the configured delay; a dropped request fails
-//! with `Error::Timeout` without reaching the receiver, a dropped response
-//! after the receiver handled it (the transport contract's "may or may not
-//! have been handled"). Randomness comes from a seeded RNG, so a run is
+//! `Error::Unreachable` after the configured delay; a dropped message fails
+//! with `Error::NoAnswer`: a dropped request without reaching the
+//! receiver, a dropped response after the receiver handled it (the caller
+//! cannot tell them apart: the transport contract's "may or may not have
+//! been handled"). Randomness comes from a seeded RNG, so a run is
 //! reproducible under tokio's paused clock.
 
 use std::collections::{BTreeSet, HashMap};
@@ -171,7 +172,9 @@ impl Transport for SimTransport {
             return Err(Error::Unreachable(to));
         };
         if dropped {
-            return Err(Error::Timeout(format!("node {to} (request lost)")));
+            return Err(Error::NoAnswer(format!(
+                "no answer from node {to}: request lost"
+            )));
         }
         let result = handler.handle(req).await;
         let (delay, dropped, blocked) = {
@@ -182,7 +185,9 @@ impl Transport for SimTransport {
             tokio::time::sleep(delay).await;
         }
         if dropped || blocked {
-            return Err(Error::Timeout(format!("node {to} (response lost)")));
+            return Err(Error::NoAnswer(format!(
+                "no answer from node {to}: response lost"
+            )));
         }
         result
     }

@@ -2,6 +2,10 @@
 //!
 //! `walrus-cli` opens the REPL (`🦭 > `); `walrus-cli put logs "hello"`
 //! sends one command, prints the answer and exits non-zero on `ERR`.
+//!
+//! A one-off command is sent again (for up to `--retry-ms`) only while the
+//! answer says it was certainly not carried out; a PUT whose outcome is
+//! unknown is never resent (exit code 3): it may already be stored.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,9 +26,21 @@ struct Cli {
     )]
     addr: String,
 
+    /// How long a one-off command keeps resending a request whose answer
+    /// says it was not carried out (`ERR NotLeaderError`, `ERR write lease
+    /// expired`, `ERR unavailable: …`, no connection), in ms. 0: send once.
+    /// Never resends after an unknown outcome.
+    #[arg(long, env = "WALRUS_RETRY_MS", default_value_t = 3000, global = true)]
+    retry_ms: u64,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// Exit codes of one-off commands.
+const EXIT_ERR: u8 = 1;
+const EXIT_UNREACHABLE: u8 = 2;
+const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 
 #[derive(Subcommand)]
 enum Command {
@@ -95,9 +111,13 @@ fn main() -> ExitCode {
         }
     };
     let client = CliClient::new(cli.addr.clone());
+    let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),
         Some(Command::Tail { topic, poll_ms }) => rt.block_on(tail(&client, &topic, poll_ms)),
+        // A health check reports what it finds now; raw sends exactly once.
+        Some(Command::Ping) => one_off(&rt, &client, "PING", None),
+        Some(Command::Raw { request }) => one_off(&rt, &client, &request.join(" "), None),
         Some(cmd) => {
             let request = match cmd {
                 Command::Register { topic } => format!("REGISTER {topic}"),
@@ -106,34 +126,56 @@ fn main() -> ExitCode {
                 Command::State { topic } => format!("STATE {topic}"),
                 Command::Metrics => "METRICS".into(),
                 Command::Topics => "TOPICS".into(),
-                Command::Ping => "PING".into(),
-                Command::Raw { request } => request.join(" "),
                 Command::Node {
                     command: NodeCommand::ReplaceStorage { node, storage },
                 } => format!("REPLACE-STORAGE {node} {storage}"),
-                Command::Tail { .. } => unreachable!("handled above"),
+                Command::Ping | Command::Raw { .. } | Command::Tail { .. } => {
+                    unreachable!("handled above")
+                }
             };
-            one_off(&rt, &client, &request)
+            one_off(&rt, &client, &request, Some(patience))
         }
     }
 }
 
-fn one_off(rt: &tokio::runtime::Runtime, client: &CliClient, request: &str) -> ExitCode {
-    match rt.block_on(client.send_raw(request)) {
-        Ok(answer) => {
-            let failed = answer.starts_with("ERR ");
-            if failed {
-                eprintln!("{answer}");
-                ExitCode::FAILURE
-            } else {
-                println!("{}", pretty(&answer));
-                ExitCode::SUCCESS
+/// Sends `request` (resending what was certainly not carried out for up to
+/// `retry`, if given), prints the answer and exits with its code.
+fn one_off(
+    rt: &tokio::runtime::Runtime,
+    client: &CliClient,
+    request: &str,
+    retry: Option<Duration>,
+) -> ExitCode {
+    let outcome = rt.block_on(async {
+        match retry {
+            Some(patience) => client.send_retrying(request, patience).await,
+            None => client.send_raw(request).await,
+        }
+    });
+    let code = exit_code(&outcome);
+    match outcome {
+        Ok(answer) if code == 0 => println!("{}", pretty(&answer)),
+        Ok(answer) => eprintln!("{answer}"),
+        Err(e) => eprintln!("error: {}", explain(&e, client.addr())),
+    }
+    ExitCode::from(code)
+}
+
+/// 0 for an answer that is not `ERR`; 3 when the outcome is unknown (the
+/// server said so, or the request was sent and no answer came); 2 when the
+/// node could not be reached; 1 for any other `ERR` or failure.
+fn exit_code(outcome: &Result<String, ClientError>) -> u8 {
+    match outcome {
+        Ok(answer) => match answer.strip_prefix("ERR ") {
+            None => 0,
+            Some(text) if ClientError::Server(text.into()).is_outcome_unknown() => {
+                EXIT_OUTCOME_UNKNOWN
             }
-        }
-        Err(e) => {
-            eprintln!("error: {}", explain(&e, client.addr()));
-            ExitCode::from(2)
-        }
+            Some(_) => EXIT_ERR,
+        },
+        Err(e) if e.is_outcome_unknown() => EXIT_OUTCOME_UNKNOWN,
+        Err(ClientError::Io { .. } | ClientError::Timeout(_)) => EXIT_UNREACHABLE,
+        Err(_) => EXIT_ERR,
     }
 }
 
@@ -201,6 +243,12 @@ async fn tail(client: &CliClient, topic: &str, poll_ms: u64) -> ExitCode {
                 eprintln!("{}; retrying", explain(&e, client.addr()));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            // Asking again cannot duplicate anything (a GET stores
+            // nothing), but the entry that GET took may be lost to us: say so.
+            Err(e) if e.is_outcome_unknown() => {
+                eprintln!("warning: {e}; an entry may have been skipped; following on");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             Err(e) => {
                 eprintln!("ERR {}", explain(&e, client.addr()));
                 return ExitCode::FAILURE;
@@ -227,5 +275,37 @@ fn explain(e: &ClientError, addr: &str) -> String {
             "{e}. Is a walrus-server listening on {addr}? Start one with `walrus-server`, or point --addr at a node"
         ),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> Result<String, ClientError> {
+        Ok(text.to_string())
+    }
+
+    #[test]
+    fn given_each_kind_of_outcome_should_exit_with_its_own_code() {
+        assert_eq!(exit_code(&server("OK")), 0);
+        assert_eq!(exit_code(&server("EMPTY")), 0);
+        assert_eq!(exit_code(&server("ERR topic not found")), EXIT_ERR);
+        assert_eq!(exit_code(&server("ERR write lease expired")), EXIT_ERR);
+        assert_eq!(
+            exit_code(&server("ERR outcome unknown: no answer from node 2")),
+            EXIT_OUTCOME_UNKNOWN
+        );
+        let lost = ClientError::NoAnswer {
+            addr: "a:1".into(),
+            verb: "PUT",
+            why: "connection reset".into(),
+        };
+        assert_eq!(exit_code(&Err(lost)), EXIT_OUTCOME_UNKNOWN);
+        let refused = ClientError::Io {
+            addr: "a:1".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(exit_code(&Err(refused)), EXIT_UNREACHABLE);
     }
 }
