@@ -210,6 +210,8 @@ struct Inner {
     _lock: std::fs::File,
     /// Reserves and creates files ahead of the appenders.
     room: RoomMaker,
+    /// Appends that found no room made ahead and waited for it.
+    room_waits: AtomicU64,
     // Declared last: dropped after everything above (it joins its thread).
     syncer: Syncer,
 }
@@ -287,6 +289,7 @@ impl WalStore {
                 segments: RwLock::new(segments),
                 _lock: lock,
                 room,
+                room_waits: AtomicU64::new(0),
                 syncer,
             }),
         })
@@ -335,6 +338,13 @@ impl WalStore {
     #[doc(hidden)]
     pub fn inject_sync_failures(&self, n: u64) {
         self.inner.params.health.inject(n);
+    }
+
+    /// Appends so far that found no room reserved or file created ahead and
+    /// made it themselves (on a blocking thread): the room thread fell
+    /// behind, or the disk was full. For the benchmark.
+    pub fn room_waits(&self) -> u64 {
+        self.inner.room_waits.load(Ordering::Relaxed)
     }
 
     /// Flushes (msync) done by the syncer so far, one per segment per group
@@ -396,6 +406,7 @@ impl WalStore {
                     return Ok((appended, durable));
                 }
                 AppendStep::NeedRoom => {
+                    self.inner.room_waits.fetch_add(1, Ordering::Relaxed);
                     let s = seg.clone();
                     let sizes: Vec<usize> = entries.iter().map(Bytes::len).collect();
                     tokio::task::spawn_blocking(move || s.make_room(Some(&sizes)))

@@ -70,17 +70,30 @@ pub(crate) struct SegmentParams {
 /// ahead (at most half a file, for small files).
 const NEXT_FILE_AHEAD: usize = 4 * RESERVE_CHUNK;
 
+/// When to create the next file: [`NEXT_FILE_AHEAD`] before the end, or
+/// eight appends of the last one's size when that is more (a fast writer
+/// must not reach the end before the file, header sync and directory sync
+/// are done); at most half a file.
+fn next_file_lead(len: usize, last_append: usize) -> usize {
+    NEXT_FILE_AHEAD
+        .max(last_append.saturating_mul(8))
+        .min(len / 2)
+}
+
 /// The reservation step of a file of `len` bytes.
 fn chunk(len: usize) -> usize {
     RESERVE_CHUNK.min(len)
 }
 
-/// How far ahead of the write position to keep blocks reserved: a step,
-/// or two appends of the size of the last one when they are bigger (a
-/// writer of 1 MiB batches would otherwise outrun the room thread on every
-/// append), up to [`MAX_AHEAD`].
-fn ahead(len: usize, last_append: usize) -> usize {
-    chunk(len).max(last_append.saturating_mul(2).min(MAX_AHEAD))
+/// How far ahead of the write position `off` to keep blocks reserved: a
+/// step for a file that holds little (what an idle topic costs), more as
+/// the file fills (half of what it holds: a busy file is reserved in a few
+/// large steps, not 64 small ones, each of which briefly blocks the
+/// appenders' page faults), and two appends of the size of the last one
+/// when that is more (a writer of 1 MiB batches would otherwise outrun the
+/// room thread on every append); at most [`MAX_AHEAD`].
+fn ahead(len: usize, off: usize, last_append: usize) -> usize {
+    chunk(len).max((off / 2).max(last_append.saturating_mul(2)).min(MAX_AHEAD))
 }
 
 /// The most reserved ahead of one segment's writer.
@@ -785,8 +798,8 @@ impl Segment {
             return false;
         };
         let (len, off) = (f.len(), pos.off());
-        f.reserved() < (off + ahead(len, st.last_append) / 2).min(len)
-            || (st.ready.is_empty() && len - off < NEXT_FILE_AHEAD.min(len / 2))
+        f.reserved() < (off + ahead(len, off, st.last_append) / 2).min(len)
+            || (st.ready.is_empty() && len - off < next_file_lead(len, st.last_append))
     }
 
     /// Makes room (blocking I/O, without the append lock): reserves ahead
@@ -836,14 +849,14 @@ impl Segment {
         let len = self.params.file_len as usize;
         // The current file: what the append needs, and a step ahead.
         if let (Some(f), Some(pos)) = (&current, pos) {
-            let need =
-                plan.current_end.unwrap_or(pos.off()).max(pos.off()) + ahead(len, last_append);
+            let need = plan.current_end.unwrap_or(pos.off()).max(pos.off())
+                + ahead(len, pos.off(), last_append);
             f.reserve_to(reserve_target(need, len), &self.params.reserver)?;
         }
         // The files after it: those the append needs, or one ahead when the
         // current file is nearly full (or missing).
         let mut ends = plan.new_ends;
-        let near_end = pos.is_none_or(|p| len - p.off() < NEXT_FILE_AHEAD.min(len / 2));
+        let near_end = pos.is_none_or(|p| len - p.off() < next_file_lead(len, last_append));
         if ends.is_empty() && near_end {
             ends.push(HEADER_LEN);
         }
@@ -865,7 +878,8 @@ impl Segment {
                 self.key.segment,
                 part,
                 self.params.file_len,
-                reserve_target(end.max(chunk(len)), len),
+                // Its first appends find their room too.
+                reserve_target(end.max(ahead(len, 0, last_append)), len),
                 &self.params.spares,
                 &self.params.reserver,
             );
