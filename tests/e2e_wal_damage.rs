@@ -4,7 +4,8 @@
 //! names the file and byte past it, and counts the quarantined segment in
 //! METRICS. The damaged segment was the topic's open one: PUTs go on in a
 //! new segment, read only once the file is restored and the node
-//! restarted.
+//! restarted. A sealed segment whose file is removed answers reads with an
+//! error naming the missing file (never an internal error).
 
 mod common;
 
@@ -153,4 +154,65 @@ async fn given_a_damaged_wal_file_when_the_node_restarts_should_serve_the_rest_a
         serde_json::json!(0),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_sealed_segment_whose_file_is_removed_when_the_node_restarts_should_name_the_missing_file(
+) {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(1, ClusterOptions::default().segment_limit(5)).await;
+    let c = cluster.client(1);
+    for topic in ["good", "bad"] {
+        cluster.register(1, topic).await;
+        for i in 0..12 {
+            assert_eq!(
+                c.send_raw(&format!("PUT {topic} {topic}-{i}"))
+                    .await
+                    .unwrap(),
+                "OK"
+            );
+        }
+    }
+    assert_eq!(
+        cluster
+            .nodes
+            .get_mut(&1)
+            .unwrap()
+            .terminate(Duration::from_secs(20)),
+        Some(0)
+    );
+
+    // The topic's first segment: full, so sealed (5 entries, one file).
+    let file = first_wal_file(cluster.dir.path(), "bad");
+    let seal = file
+        .to_string_lossy()
+        .replace(".000000.wal", ".sealed")
+        .to_string();
+    assert!(Path::new(&seal).exists(), "{seal} is sealed");
+    std::fs::remove_file(&file).unwrap();
+
+    cluster.nodes.get_mut(&1).unwrap().spawn();
+    cluster.wait_ready(&[1], Duration::from_secs(30)).await;
+    let c = cluster.client(1);
+    for i in 0..12 {
+        assert_eq!(
+            c.send_raw("GET good").await.unwrap(),
+            format!("OK good-{i}")
+        );
+    }
+    let answer = c.send_raw("GET bad").await.unwrap();
+    let file_name = file.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        answer.starts_with("ERR corrupt data")
+            && answer.contains(&file_name)
+            && answer.contains("the file is missing"),
+        "a read of the sealed segment names the missing file, never an internal error: {answer}"
+    );
+    let metrics = c.metrics().await.unwrap();
+    assert_eq!(
+        metrics["walrus"]["storage"]["quarantined_segments"],
+        serde_json::json!(1),
+        "{metrics}"
+    );
+    assert_eq!(c.send_raw("PUT bad later").await.unwrap(), "OK");
 }
