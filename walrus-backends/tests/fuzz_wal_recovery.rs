@@ -7,8 +7,12 @@
 //! Oracle, whatever recovery chooses (refuse to open, quarantine the damaged
 //! segment, or cut a torn tail): never a panic, and every entry any read
 //! returns is the entry appended at that index: a prefix of what was
-//! written, never a byte that was not. Long runs: see `fuzz_common` and
-//! docs/testing.md.
+//! written, never a byte that was not. A read that fails says the data is
+//! corrupt ([`Error::Corrupt`]) and names the file, never anything else (an
+//! `Internal` error is a bug). A segment with a seal file is known and
+//! sealed; when its seal file is intact, `info` gives the sealed count and
+//! its reads go on up to that count or stop at a `Corrupt` error, never
+//! end early. Long runs: see `fuzz_common` and docs/testing.md.
 
 #[path = "../../walrus-core/tests/fuzz_common/mod.rs"]
 mod fuzz_common;
@@ -20,7 +24,7 @@ use bytes::Bytes;
 use fuzz_common::fuzz;
 use proptest::prelude::*;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
-use walrus_core::{LogStore, SegmentKey, TopicName};
+use walrus_core::{Error, LogStore, SegmentKey, TopicName};
 
 /// Small files, so that segments span several and damage meets headers.
 const FILE: u64 = 8192;
@@ -212,6 +216,34 @@ fn apply(dir: &Path, damage: &[Damage]) {
     }
 }
 
+fn seal_file(dir: &Path, k: &SegmentKey) -> PathBuf {
+    dir.join(k.topic.as_str())
+        .join(format!("{:020}.sealed", k.segment))
+}
+
+/// The count in an intact seal file (the format the WAL writes: count,
+/// then the CRC32C of its bytes); `None` when it is missing or damaged.
+fn intact_seal(path: &Path) -> Option<u64> {
+    let b = std::fs::read(path).ok()?;
+    (b.len() == 12 && crc32c::crc32c(&b[..8]).to_le_bytes() == b[8..12])
+        .then(|| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
+}
+
+/// A read error on damaged data must say so and name the file.
+fn check_read_error(dir: &Path, k: &SegmentKey, at: usize, e: &Error) -> Result<(), TestCaseError> {
+    match e {
+        Error::Corrupt(msg) => prop_assert!(
+            msg.contains(&dir.display().to_string()),
+            "{k:?}: a read at {at} answered Corrupt without naming a file: {msg}"
+        ),
+        other => prop_assert!(
+            false,
+            "{k:?}: a read at {at} answered {other:?}, not Corrupt naming a file"
+        ),
+    }
+    Ok(())
+}
+
 /// Opens the damaged WAL and reads everything it offers; checks each entry.
 fn reopen_and_check(
     dir: &Path,
@@ -238,16 +270,43 @@ fn reopen_and_check(
             }
         }
         for (k, entries) in written {
-            let _ = store.info(k).await;
+            let info = store.info(k).await;
+            prop_assert!(info.is_ok(), "{k:?}: info failed: {info:?}");
+            let info = info.unwrap_or_default();
+            let seal = seal_file(dir, k);
+            let sealed_count = intact_seal(&seal);
+            if seal.exists() {
+                prop_assert!(
+                    info.is_some_and(|i| i.sealed),
+                    "{k:?} has a seal file, but info says {info:?}"
+                );
+            }
+            if let Some(n) = sealed_count {
+                prop_assert_eq!(n, entries.len() as u64, "{:?}: the seal file's count", k);
+                prop_assert_eq!(
+                    info.map(|i| i.count),
+                    Some(n),
+                    "{:?}: an intact seal file gives the count",
+                    k
+                );
+            }
             // In batches from the start, then one by one from the middle:
             // both must agree with what was appended.
             let mut at = 0usize;
             loop {
                 let batch = match store.read(k, at as u64, 7, 4096).await {
                     Ok(b) => b,
-                    Err(_) => break,
+                    Err(e) => {
+                        check_read_error(dir, k, at, &e)?;
+                        break;
+                    }
                 };
                 if batch.is_empty() {
+                    // A sealed count is a promise: reads end there, or say
+                    // why they cannot go on.
+                    if let Some(n) = sealed_count {
+                        prop_assert_eq!(at as u64, n, "{:?}: reads ended early", k);
+                    }
                     break;
                 }
                 for e in &batch {
@@ -261,10 +320,13 @@ fn reopen_and_check(
                 }
             }
             let mid = entries.len() / 2;
-            if let Ok(one) = store.read(k, mid as u64, 1, usize::MAX).await {
-                if let Some(e) = one.first() {
-                    prop_assert_eq!(e, &entries[mid], "{:?}: entry {} differs", k, mid);
+            match store.read(k, mid as u64, 1, usize::MAX).await {
+                Ok(one) => {
+                    if let Some(e) = one.first() {
+                        prop_assert_eq!(e, &entries[mid], "{:?}: entry {} differs", k, mid);
+                    }
                 }
+                Err(e) => check_read_error(dir, k, mid, &e)?,
             }
         }
         Ok(())

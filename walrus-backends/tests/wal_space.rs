@@ -66,9 +66,11 @@ async fn given_a_growing_segment_when_written_should_reserve_in_steps_just_ahead
     store.sync().await.unwrap();
     let written = 50 * 100 * (1024 + 8) as u64;
     let used = allocated(&dir.path().join("grow"));
+    // Reserved ahead: a step, or half of what the file holds once that is
+    // more (a busy file grows in a few big steps), plus the step rounding.
     assert!(
-        used >= written && used <= written + 3 * MIB,
-        "{written} bytes written hold {used} bytes of disk; expected at most about two steps ahead"
+        used >= written && used <= written + written / 2 + 2 * MIB,
+        "{written} bytes written hold {used} bytes of disk; expected at most half again ahead"
     );
     let read = store
         .read(&key("grow"), 0, 10_000, usize::MAX)

@@ -10,10 +10,20 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One connection is kept open and reused; when it breaks, the call that
-//! saw it fails and the next call connects again. A call is never resent
-//! on its own, except by [`CliClient::send_retrying`], which resends only
-//! what certainly had no effect.
+//! One connection is kept open and reused. The server closes a connection
+//! that stays silent between requests (`--idle-connection-timeout-ms`), and
+//! a restart closes them all; so before a call writes on a kept connection
+//! it looks, without waiting, whether the server has closed or reset it,
+//! and if so connects again first: nothing was sent, so nothing can be
+//! applied twice. A write refused before any byte of the call left (the
+//! connection was reset unnoticed) is sent once more on a new connection,
+//! for the same reason. Once any byte was written, a lost answer is
+//! [`ClientError::NoAnswer`] for a PUT or GET and is never resent. Limit:
+//! a close that lands between the look and the write (a window of
+//! microseconds, against an idle timeout of minutes) still reads as
+//! "outcome unknown". Otherwise a call is never resent on its own, except
+//! by [`CliClient::send_retrying`], which resends only what certainly had
+//! no effect.
 //!
 //! Every error says which of three things happened (see the protocol's
 //! Errors section):
@@ -24,6 +34,7 @@
 //!   Read the topic before sending a PUT again.
 //! - anything else: failed; sending it again gives the same answer.
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -158,6 +169,39 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 struct Conn {
     stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    /// False when the kept connection can no longer carry a request: the
+    /// server closed or reset it, or sent bytes nobody asked for (then
+    /// answers and requests no longer pair up). Looks without waiting and
+    /// without taking anything from the socket.
+    fn is_usable(&self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return false;
+        }
+        let mut byte = 0u8;
+        // A direct peek, not tokio's readiness: readiness learns of the
+        // server's FIN only when the reactor next runs, which may be after
+        // this request is written.
+        // SAFETY: the descriptor is open for as long as `self.stream` lives,
+        // and `byte` is a valid 1-byte buffer for the call's duration.
+        let n = unsafe {
+            libc::recv(
+                self.stream.get_ref().as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 0: the server closed its side; > 0: unasked-for bytes; -1 with
+        // EAGAIN: open and quiet, the one usable state.
+        n < 0 && {
+            let e = std::io::Error::last_os_error();
+            e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::Interrupted
+        }
+    }
 }
 
 /// A client of one Walrus node. Cheap to share behind an `Arc`; calls on
@@ -341,52 +385,87 @@ impl CliClient {
             encode_frame(&mut out, r);
         }
         let mut guard = self.conn.lock().await;
-        let conn = match guard.as_mut() {
-            Some(c) => c,
-            None => match self.connect().await {
-                Ok(c) => guard.insert(c),
-                // Nothing was sent.
-                Err(e) => return (Vec::new(), Some(e)),
-            },
-        };
-        let mut answers = Vec::with_capacity(requests.len());
-        let result = tokio::time::timeout(self.timeout, async {
-            conn.stream.get_mut().write_all(&out).await?;
-            for _ in requests {
-                answers.push(read_answer(&mut conn.stream).await?);
+        // A kept connection the server closed while it sat idle (its idle
+        // timeout, a restart) would swallow the request: drop it unused.
+        if guard.as_ref().is_some_and(|c| !c.is_usable()) {
+            *guard = None;
+        }
+        let mut may_resend = true;
+        loop {
+            let reused = guard.is_some();
+            let conn = match guard.as_mut() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => guard.insert(c),
+                    // Nothing was sent.
+                    Err(e) => return (Vec::new(), Some(e)),
+                },
+            };
+            let mut answers = Vec::with_capacity(requests.len());
+            let mut written = 0;
+            let result = tokio::time::timeout(self.timeout, async {
+                // Counted by hand (not write_all) to know whether any byte
+                // left: a write refused outright sent nothing.
+                while written < out.len() {
+                    match conn.stream.get_mut().write(&out[written..]).await? {
+                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                        n => written += n,
+                    }
+                }
+                for _ in requests {
+                    answers.push(read_answer(&mut conn.stream).await?);
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            let why = match result {
+                Ok(Ok(())) => return (answers, None),
+                Ok(Err(e)) => e,
+                // Answers may still arrive later and would be read by the
+                // next call: the connection goes too.
+                Err(_) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.timeout),
+                ),
+            };
+            *guard = None; // broken: reconnect on the next call
+            if written == 0 {
+                // Not one byte of the requests reached the socket, so the
+                // server cannot have seen them. A kept connection that broke
+                // unnoticed (reset by the server) earns one resend on a new
+                // one; otherwise the caller may send again.
+                if reused && may_resend && why.kind() != std::io::ErrorKind::TimedOut {
+                    may_resend = false;
+                    continue;
+                }
+                return (Vec::new(), Some(self.not_sent(why)));
             }
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        let why = match result {
-            Ok(Ok(())) => return (answers, None),
-            Ok(Err(e)) => e,
-            // Answers may still arrive later and would be read by the next
-            // call: the connection goes too.
-            Err(_) => std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {:?}", self.timeout),
-            ),
-        };
-        *guard = None; // broken: reconnect on the next call
-                       // Once any of it was written, a request that changes state may have
-                       // been carried out: only its verb says whether that matters.
-        let unanswered = &requests[answers.len()..];
-        let error = match unanswered.iter().find_map(|r| changing_verb(r)) {
-            Some(verb) => ClientError::NoAnswer {
-                addr: self.addr.clone(),
-                verb,
-                why: why.to_string(),
-            },
-            None if why.kind() == std::io::ErrorKind::TimedOut => {
-                ClientError::Timeout(self.addr.clone())
-            }
-            None => ClientError::Io {
+            // Once any of it was written, a request that changes state may
+            // have been carried out: only its verb says whether that matters.
+            let unanswered = &requests[answers.len()..];
+            let error = match unanswered.iter().find_map(|r| changing_verb(r)) {
+                Some(verb) => ClientError::NoAnswer {
+                    addr: self.addr.clone(),
+                    verb,
+                    why: why.to_string(),
+                },
+                None => self.not_sent(why),
+            };
+            return (answers, Some(error));
+        }
+    }
+
+    /// The error for a failure that carried nothing out: a timeout or a
+    /// broken connection, both safe to retry.
+    fn not_sent(&self, why: std::io::Error) -> ClientError {
+        if why.kind() == std::io::ErrorKind::TimedOut {
+            ClientError::Timeout(self.addr.clone())
+        } else {
+            ClientError::Io {
                 addr: self.addr.clone(),
                 source: why,
-            },
-        };
-        (answers, Some(error))
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Conn> {
@@ -489,6 +568,20 @@ mod tests {
     async fn server() -> ClientListener {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         ClientListener::start(l, Arc::new(Mini::default()), ListenerConfig::default()).unwrap()
+    }
+
+    /// A listener on `addr` with `config`, and its log to look into.
+    async fn server_at(addr: &str, config: ListenerConfig) -> (ClientListener, Arc<Mini>) {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let mini = Arc::new(Mini::default());
+        (
+            ClientListener::start(l, mini.clone(), config).unwrap(),
+            mini,
+        )
+    }
+
+    fn stored(mini: &Mini) -> Vec<bytes::Bytes> {
+        mini.log.lock().unwrap().0.clone()
     }
 
     #[tokio::test]
@@ -675,5 +768,51 @@ mod tests {
         let _s2 =
             ClientListener::start(l, Arc::new(Mini::default()), ListenerConfig::default()).unwrap();
         c.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn given_the_server_closed_an_idle_connection_when_putting_again_should_store_it_once() {
+        let idle = Duration::from_millis(50);
+        let config = ListenerConfig {
+            idle_connection_timeout: idle,
+            ..ListenerConfig::default()
+        };
+        let (s, mini) = server_at("127.0.0.1:0", config).await;
+        let c = CliClient::new(s.local_addr().to_string());
+        c.put("logs", "first").await.unwrap();
+        // Far past the server's idle timeout, so it has closed the
+        // connection the client keeps.
+        tokio::time::sleep(idle * 20).await;
+        c.put("logs", "second").await.unwrap();
+        assert_eq!(stored(&mini), ["first", "second"]);
+    }
+
+    #[tokio::test]
+    async fn given_a_restarted_server_when_putting_through_the_same_client_should_store_it_once() {
+        let (s, _) = server_at("127.0.0.1:0", ListenerConfig::default()).await;
+        let addr = s.local_addr().to_string();
+        let c = CliClient::new(addr.clone());
+        c.put("logs", "before").await.unwrap();
+        assert!(s.shutdown().await);
+        let (_s2, mini) = server_at(&addr, ListenerConfig::default()).await;
+        c.put("logs", "after").await.unwrap();
+        assert_eq!(stored(&mini), ["after"]);
+    }
+
+    #[tokio::test]
+    async fn given_a_kept_connection_when_the_server_takes_a_put_and_drops_it_unanswered_should_not_resend(
+    ) {
+        // PING is answered, so the PUT goes out on a kept connection; the
+        // server reads it and drops the connection.
+        let (addr, seen) = scripted(|_, req| (req == "PING").then(|| "OK PONG".to_string())).await;
+        let c = CliClient::new(addr);
+        c.ping().await.unwrap();
+        let e = c.put("logs", "x").await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::NoAnswer { verb: "PUT", .. }),
+            "{e}"
+        );
+        assert!(e.is_outcome_unknown() && !e.is_retryable(), "{e}");
+        assert_eq!(count(&seen), 2, "the PUT was read once and never resent");
     }
 }

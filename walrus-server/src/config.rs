@@ -72,8 +72,9 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(FsyncPolicy))]
     pub fsync: FsyncPolicy,
 
-    /// Size of each WAL file, in bytes (reserved on disk up front; a segment
-    /// spans several files when it outgrows one; bounds one entry's size).
+    /// Size of each WAL file, in bytes (sparse: disk blocks are reserved in
+    /// 1 MiB steps as it fills; a segment spans several files when it
+    /// outgrows one; bounds one entry's size).
     #[arg(long, env = "WALRUS_WAL_FILE_BYTES", default_value_t = 64 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(128 * 1024..=(4u64 << 30) - 1))]
     pub wal_file_bytes: u64,

@@ -210,6 +210,8 @@ struct Inner {
     _lock: std::fs::File,
     /// Reserves and creates files ahead of the appenders.
     room: RoomMaker,
+    /// Appends that found no room made ahead and waited for it.
+    room_waits: AtomicU64,
     // Declared last: dropped after everything above (it joins its thread).
     syncer: Syncer,
 }
@@ -287,6 +289,7 @@ impl WalStore {
                 segments: RwLock::new(segments),
                 _lock: lock,
                 room,
+                room_waits: AtomicU64::new(0),
                 syncer,
             }),
         })
@@ -335,6 +338,13 @@ impl WalStore {
     #[doc(hidden)]
     pub fn inject_sync_failures(&self, n: u64) {
         self.inner.params.health.inject(n);
+    }
+
+    /// Appends so far that found no room reserved or file created ahead and
+    /// made it themselves (on a blocking thread): the room thread fell
+    /// behind, or the disk was full. For the benchmark.
+    pub fn room_waits(&self) -> u64 {
+        self.inner.room_waits.load(Ordering::Relaxed)
     }
 
     /// Flushes (msync) done by the syncer so far, one per segment per group
@@ -396,6 +406,7 @@ impl WalStore {
                     return Ok((appended, durable));
                 }
                 AppendStep::NeedRoom => {
+                    self.inner.room_waits.fetch_add(1, Ordering::Relaxed);
                     let s = seg.clone();
                     let sizes: Vec<usize> = entries.iter().map(Bytes::len).collect();
                     tokio::task::spawn_blocking(move || s.make_room(Some(&sizes)))
@@ -655,31 +666,43 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
                 .iter()
                 .enumerate()
                 .position(|(i, (part, _))| *part != i as u32);
+            let present: Vec<u32> = files.iter().map(|(part, _)| *part).collect();
             let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
-            let quarantine = |paths: &[PathBuf], why: String| {
-                Segment::recover_quarantined(key.clone(), path.clone(), params.clone(), paths, why)
+            let lacks = |i: usize| {
+                format!(
+                    "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
+                    path.display(),
+                    part_path(&path, id, i as u32).display()
+                )
             };
-            let segment = match (gap, sealed.remove(&id)) {
-                (Some(i), _) => quarantine(
-                    &paths[..i],
-                    format!(
-                        "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
-                        path.display(),
-                        part_path(&path, id, i as u32).display()
-                    ),
-                ),
-                (None, Some(Err(e))) => quarantine(&paths, e.to_string()),
-                (None, Some(Ok(count))) => {
+            let quarantine = |paths: &[PathBuf], why: String, sealed: bool| {
+                Segment::recover_quarantined(
+                    key.clone(),
+                    path.clone(),
+                    params.clone(),
+                    paths,
+                    why,
+                    sealed,
+                )
+            };
+            let segment = match (sealed.remove(&id), gap) {
+                // The seal is the authority on the count: missing or
+                // damaged parts only limit what is served (verified, and
+                // quarantined if need be, by the segment itself).
+                (Some(Ok(count)), _) => {
                     debug_assert!(seal_path(&path, id).exists());
-                    Segment::new_sealed(
-                        key.clone(),
-                        path.clone(),
-                        params.clone(),
-                        count,
-                        paths.len() as u32,
-                    )
+                    Segment::new_sealed(key.clone(), path.clone(), params.clone(), count, &present)
                 }
-                (None, None) => Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?,
+                // A seal file exists, so the segment was sealed, but its
+                // count is unknown.
+                (Some(Err(e)), None) => quarantine(&paths, e.to_string(), true),
+                (Some(Err(e)), Some(i)) => {
+                    quarantine(&paths[..i], format!("{e}; and {}", lacks(i)), true)
+                }
+                (None, Some(i)) => quarantine(&paths[..i], lacks(i), false),
+                (None, None) => {
+                    Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?
+                }
             };
             segments.insert(key, Arc::new(segment));
         }

@@ -70,17 +70,30 @@ pub(crate) struct SegmentParams {
 /// ahead (at most half a file, for small files).
 const NEXT_FILE_AHEAD: usize = 4 * RESERVE_CHUNK;
 
+/// When to create the next file: [`NEXT_FILE_AHEAD`] before the end, or
+/// eight appends of the last one's size when that is more (a fast writer
+/// must not reach the end before the file, header sync and directory sync
+/// are done); at most half a file.
+fn next_file_lead(len: usize, last_append: usize) -> usize {
+    NEXT_FILE_AHEAD
+        .max(last_append.saturating_mul(8))
+        .min(len / 2)
+}
+
 /// The reservation step of a file of `len` bytes.
 fn chunk(len: usize) -> usize {
     RESERVE_CHUNK.min(len)
 }
 
-/// How far ahead of the write position to keep blocks reserved: a step,
-/// or two appends of the size of the last one when they are bigger (a
-/// writer of 1 MiB batches would otherwise outrun the room thread on every
-/// append), up to [`MAX_AHEAD`].
-fn ahead(len: usize, last_append: usize) -> usize {
-    chunk(len).max(last_append.saturating_mul(2).min(MAX_AHEAD))
+/// How far ahead of the write position `off` to keep blocks reserved: a
+/// step for a file that holds little (what an idle topic costs), more as
+/// the file fills (half of what it holds: a busy file is reserved in a few
+/// large steps, not 64 small ones, each of which briefly blocks the
+/// appenders' page faults), and two appends of the size of the last one
+/// when that is more (a writer of 1 MiB batches would otherwise outrun the
+/// room thread on every append); at most [`MAX_AHEAD`].
+fn ahead(len: usize, off: usize, last_append: usize) -> usize {
+    chunk(len).max((off / 2).max(last_append.saturating_mul(2)).min(MAX_AHEAD))
 }
 
 /// The most reserved ahead of one segment's writer.
@@ -216,6 +229,10 @@ struct Damage {
     at: u64,
     /// The error (file, byte offset, what to do).
     why: String,
+    /// An intact seal file gave the final count (a sealed segment whose
+    /// parts are damaged or missing): `seal` may report it. Otherwise the
+    /// count past the damage is unknown and is never reported.
+    count_known: bool,
 }
 
 /// What `begin_seal` found.
@@ -279,15 +296,22 @@ impl Segment {
         Segment::with_state(key, dir, params, state, shared, 0, false)
     }
 
-    /// A segment found sealed on open: its count comes from the seal file,
-    /// its files are scanned (and verified) on first read.
+    /// A segment found sealed on open: its count comes from the (intact)
+    /// seal file, its files (`present`: the part numbers found, ascending)
+    /// are scanned and verified on first read, or right away when one is
+    /// missing already (a gap, or none for a non-empty segment), so that
+    /// the quarantine shows in `health` from the start. It stays sealed
+    /// with its count whatever its files hold: the seal is the authority,
+    /// damage only limits what can be served.
     pub fn new_sealed(
         key: SegmentKey,
         dir: PathBuf,
         params: SegmentParams,
         count: u64,
-        part_count: u32,
+        present: &[u32],
     ) -> Segment {
+        let part_count = present.last().map_or(0, |&last| last + 1);
+        let missing = present.len() < part_count as usize || (count > 0 && part_count == 0);
         let state = AppendState {
             count,
             pos: None,
@@ -303,9 +327,13 @@ impl Segment {
             parts: Vec::new(),
             part_count,
             index: SparseIndex::default(),
-            index_ready: part_count == 0,
+            index_ready: count == 0,
         };
-        Segment::with_state(key, dir, params, state, shared, count, true)
+        let seg = Segment::with_state(key, dir, params, state, shared, count, true);
+        if missing {
+            seg.ensure_index();
+        }
+        seg
     }
 
     /// Recovers an open segment from its files (`paths[i]` is part `i`):
@@ -335,6 +363,7 @@ impl Segment {
                 index,
                 count,
                 why,
+                false,
             ))
         };
         for (i, path) in paths.iter().enumerate() {
@@ -467,6 +496,8 @@ impl Segment {
     /// `index`) are served, reads past them get `why`, nothing is ever
     /// appended, sealed or written (its files are read through the read
     /// cache, read-only), so the damage stays for an operator to repair.
+    /// `sealed`: a seal file exists (damaged: the final count is unknown).
+    #[allow(clippy::too_many_arguments)]
     fn quarantined(
         key: SegmentKey,
         dir: PathBuf,
@@ -475,6 +506,7 @@ impl Segment {
         index: SparseIndex,
         count: u64,
         why: String,
+        sealed: bool,
     ) -> Segment {
         tracing::error!(segment = %key, served = count, damage = %why, "WAL segment quarantined: serving its entries up to the damage, refusing reads past it and every append");
         let state = AppendState {
@@ -494,20 +526,27 @@ impl Segment {
             index,
             index_ready: true,
         };
-        let seg = Segment::with_state(key, dir, params, state, shared, count, false);
-        let _ = seg.damage.set(Damage { at: count, why });
+        let seg = Segment::with_state(key, dir, params, state, shared, count, sealed);
+        let _ = seg.damage.set(Damage {
+            at: count,
+            why,
+            count_known: false,
+        });
         seg
     }
 
     /// Quarantines a segment whose files cannot be trusted as a whole (a
-    /// damaged seal file, a missing part): serves the records its files
-    /// (`paths`, parts `0..`) hold in order up to the first stop.
+    /// damaged seal file, a missing part of an open segment): serves the
+    /// records its files (`paths`, parts `0..`) hold in order up to the
+    /// first stop. `sealed`: a (damaged) seal file exists, so the segment
+    /// was sealed and takes no appends, though its final count is unknown.
     pub fn recover_quarantined(
         key: SegmentKey,
         dir: PathBuf,
         params: SegmentParams,
         paths: &[PathBuf],
         why: String,
+        sealed: bool,
     ) -> Segment {
         let mut index = SparseIndex::default();
         let mut count = 0u64;
@@ -527,7 +566,16 @@ impl Segment {
             }
         }
         let why = format!("{why}; the segment {key} cannot be served past entry {count}");
-        Segment::quarantined(key, dir, params, paths.len() as u32, index, count, why)
+        Segment::quarantined(
+            key,
+            dir,
+            params,
+            paths.len() as u32,
+            index,
+            count,
+            why,
+            sealed,
+        )
     }
 
     /// Why the segment is quarantined, if it is.
@@ -750,8 +798,8 @@ impl Segment {
             return false;
         };
         let (len, off) = (f.len(), pos.off());
-        f.reserved() < (off + ahead(len, st.last_append) / 2).min(len)
-            || (st.ready.is_empty() && len - off < NEXT_FILE_AHEAD.min(len / 2))
+        f.reserved() < (off + ahead(len, off, st.last_append) / 2).min(len)
+            || (st.ready.is_empty() && len - off < next_file_lead(len, st.last_append))
     }
 
     /// Makes room (blocking I/O, without the append lock): reserves ahead
@@ -801,14 +849,14 @@ impl Segment {
         let len = self.params.file_len as usize;
         // The current file: what the append needs, and a step ahead.
         if let (Some(f), Some(pos)) = (&current, pos) {
-            let need =
-                plan.current_end.unwrap_or(pos.off()).max(pos.off()) + ahead(len, last_append);
+            let need = plan.current_end.unwrap_or(pos.off()).max(pos.off())
+                + ahead(len, pos.off(), last_append);
             f.reserve_to(reserve_target(need, len), &self.params.reserver)?;
         }
         // The files after it: those the append needs, or one ahead when the
         // current file is nearly full (or missing).
         let mut ends = plan.new_ends;
-        let near_end = pos.is_none_or(|p| len - p.off() < NEXT_FILE_AHEAD.min(len / 2));
+        let near_end = pos.is_none_or(|p| len - p.off() < next_file_lead(len, last_append));
         if ends.is_empty() && near_end {
             ends.push(HEADER_LEN);
         }
@@ -830,7 +878,8 @@ impl Segment {
                 self.key.segment,
                 part,
                 self.params.file_len,
-                reserve_target(end.max(chunk(len)), len),
+                // Its first appends find their room too.
+                reserve_target(end.max(ahead(len, 0, last_append)), len),
                 &self.params.spares,
                 &self.params.reserver,
             );
@@ -1057,14 +1106,14 @@ impl Segment {
 
     pub fn begin_seal(&self) -> SealStep {
         let mut st = self.lock();
-        if self.sealed.load(Ordering::Acquire) {
-            return SealStep::Done(self.visible.load(Ordering::Acquire));
-        }
-        if let Some(d) = self.damage.get() {
+        if let Some(d) = self.damage.get().filter(|d| !d.count_known) {
             return SealStep::Refused(Error::Corrupt(format!(
                 "cannot seal a quarantined segment (its count past the damage is unknown): {}",
                 d.why
             )));
+        }
+        if self.sealed.load(Ordering::Acquire) {
+            return SealStep::Done(self.visible.load(Ordering::Acquire));
         }
         st.sealing = true;
         SealStep::SyncTo(st.count)
@@ -1191,6 +1240,10 @@ impl Segment {
         let mut damage = None;
         for part in 0..sh.part_count {
             let path = part_path(&self.dir, self.key.segment, part);
+            if !path.exists() {
+                damage = Some(format!("{} at byte 0: the file is missing", path.display()));
+                break;
+            }
             let base = count;
             let fs = match scan_file(&path, |j, off| index.record(base + j, Pos::new(part, off))) {
                 Ok(fs) => fs,
@@ -1208,7 +1261,17 @@ impl Segment {
             let bad = match (&fs.io_error, &fs.scan.stop) {
                 (Some(e), _) => Some(format!("cannot read it ({e})")),
                 (None, ScanEnd::Next) if !last => None,
-                (None, ScanEnd::Next) => Some("next-file marker in the last file".to_owned()),
+                (None, ScanEnd::Next) => {
+                    // The segment goes on in a file that is not there:
+                    // name that one, it is what the operator must restore.
+                    damage = Some(format!(
+                        "{} at byte 0: the file is missing ({} at byte {} continues into it)",
+                        part_path(&self.dir, self.key.segment, part + 1).display(),
+                        path.display(),
+                        fs.scan.end
+                    ));
+                    break;
+                }
                 (None, ScanEnd::Invalid { reason }) if !last || count < sealed_count => {
                     Some((*reason).to_owned())
                 }
@@ -1229,10 +1292,11 @@ impl Segment {
             // authority, they are never served.
             tracing::warn!(segment = %self.key, sealed_count, found = count, "ignoring WAL records past the sealed count");
         } else if count < sealed_count && damage.is_none() {
+            // Only when no file at all is left (the loop catches a short
+            // last file and a marker into a missing one).
             damage = Some(format!(
-                "the files of segment {} in {} hold {count} entries",
-                self.key,
-                self.dir.display()
+                "{} at byte 0: the file is missing",
+                part_path(&self.dir, self.key.segment, sh.part_count).display()
             ));
         }
         if let Some(why) = damage {
@@ -1240,8 +1304,12 @@ impl Segment {
                 "{why}; segment {} was sealed with {sealed_count} entries, only {count} are readable. Restore the file from a replica or backup",
                 self.key
             );
-            tracing::error!(segment = %self.key, served = count, damage = %why, "sealed WAL segment quarantined at its first read");
-            let _ = self.damage.set(Damage { at: count, why });
+            tracing::error!(segment = %self.key, served = count, damage = %why, "sealed WAL segment quarantined: serving its entries up to the damage, refusing reads past it");
+            let _ = self.damage.set(Damage {
+                at: count,
+                why,
+                count_known: true,
+            });
         }
         sh.index = index;
         sh.index_ready = true;

@@ -539,19 +539,18 @@ impl SegmentFile {
     /// content.
     pub unsafe fn prepare_ahead(&self, end: usize) -> io::Result<Option<(usize, usize)>> {
         let len = self.len();
-        // Never past the reservation: what this file may cost the disk is
-        // decided there, not here.
-        let limit = self.reserved().min(len);
         let prepared = self.prepared.load(Ordering::Acquire);
         if prepared >= len || prepared >= end.saturating_add(PREPARE_AHEAD) {
             return Ok(None);
         }
+        // May run past the reservation: these are plain writes (`pwrite`),
+        // which a full disk answers with an error, never a SIGBUS, and
+        // their blocks are then real like reserved ones. Keeping them a
+        // full PREPARE_AHEAD ahead is what makes the syncs cheap.
         let from = prepared.max(end.div_ceil(PAGE) * PAGE);
-        let to = from.saturating_add(PREPARE_STEP).min(limit);
+        let to = from.saturating_add(PREPARE_STEP).min(len);
         if from >= to {
-            if from >= len {
-                self.prepared.store(len, Ordering::Release);
-            }
+            self.prepared.store(len, Ordering::Release);
             return Ok(None);
         }
         let mut fd = self

@@ -8,8 +8,8 @@
 //! slower than into one whose zeros were really written. So a
 //! background thread writes zeros into spare files ahead of need (real
 //! blocks: a full disk still fails here, never as a SIGBUS later), and a
-//! segment takes one by rename. When the pool is empty the segment falls
-//! back to `fallocate`.
+//! segment takes one by rename. When the pool is empty the segment creates
+//! a sparse file and reserves its blocks in steps (`reserve.rs`).
 //!
 //! Spares live in the WAL's root directory as `spare-<n>.zeroed` (the root
 //! holds only topic *directories* and the lock file, so no topic can ever
