@@ -2,19 +2,28 @@
 
 mod raft_common;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use raft_common::{create, topic, wait_topic, Cluster};
-use walrus_core::{CmdResult, Error, MetadataStore};
+use walrus_core::{CmdResult, Error, MetadataStore, NodeId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn given_three_nodes_when_started_should_agree_on_one_leader_and_three_voters() {
     let mut c = Cluster::start(3).await;
     let leader = c.leader().await;
+    let everyone: BTreeSet<NodeId> = (1..=3).collect();
     for id in 1..=3 {
-        let st = c.store(id).status();
+        // Node 3's join returns once a quorum has committed it as a voter;
+        // nodes 1 and 2 are that quorum, so node 3's own view of the
+        // membership may arrive a replication round later.
+        let st = c
+            .wait_status(id, Duration::from_secs(5), |st| {
+                st.leader == Some(leader) && st.voters == everyone
+            })
+            .await;
         assert_eq!(st.leader, Some(leader), "node {id} sees another leader");
-        assert_eq!(st.voters.len(), 3, "node {id} voters: {:?}", st.voters);
+        assert_eq!(st.voters, everyone, "node {id} voters: {:?}", st.voters);
     }
     // Every node recorded its addresses in metadata.
     for id in 1..=3 {

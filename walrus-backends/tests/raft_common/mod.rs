@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use walrus_backends::raft::{route, RaftConfig, RaftMetadataStore};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_core::{
-    Error, MetadataCmd, MetadataStore, NodeId, NodeRequest, NodeResponse, RequestHandler, Result,
-    TopicName, Transport,
+    ConsensusStatus, Error, MetadataCmd, MetadataStore, NodeId, NodeRequest, NodeResponse,
+    RequestHandler, Result, TopicName, Transport,
 };
 
 /// Routes incoming requests to the node's store, unless the node is cut.
@@ -247,6 +247,34 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         None
+    }
+
+    /// Waits until node `id`'s consensus view satisfies `ok` and returns
+    /// it; after `within`, returns the view as it is then, for the caller's
+    /// assertion to report. A member's view trails the commit: a membership
+    /// change commits on a quorum, which need not include the node it adds.
+    pub async fn wait_status(
+        &self,
+        id: NodeId,
+        within: Duration,
+        ok: impl Fn(&ConsensusStatus) -> bool,
+    ) -> ConsensusStatus {
+        let store = self.store(id);
+        // status() is read from these metrics: a change of the view is a
+        // change here, so waiting on them misses none.
+        let mut metrics = store.raft().metrics();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let st = store.status();
+            if ok(&st) {
+                return st;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or raft stopped: the view is final.
+                Ok(Err(_)) | Err(_) => return store.status(),
+            }
+        }
     }
 
     pub async fn leader(&self) -> NodeId {
