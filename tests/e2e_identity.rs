@@ -160,15 +160,17 @@ async fn given_a_wiped_segment_leader_when_restarted_should_be_refused_until_the
         .put("after", "on the new disk")
         .await
         .expect("the replaced node takes writes");
-    assert_eq!(
-        cluster
-            .client(consensus)
-            .get("after")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("on the new disk")
-    );
+    // Right after re-admission the cluster may still take the node for
+    // down (its first lease renewal not heard yet), so a read of its segment
+    // can answer the retryable `ERR unavailable` for a moment; `drain`
+    // retries that and nothing else.
+    let read = drain(
+        &cluster.nodes[&consensus].spec.client_addr(),
+        "after",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(read, vec!["on the new disk".to_string()]);
 
     stop.store(true, Ordering::Relaxed);
     let log = w.await.unwrap();
