@@ -1,4 +1,4 @@
-//! Test helper for the WAL crash test (`tests/wal_crash.rs`), not a tool:
+//! Test helper for the WAL crash test (`tests/backends/wal_crash.rs`), not a tool:
 //! appends to a WAL from several tasks forever and prints one line per
 //! acknowledged entry, `ACK <segment> <index> <writer> <seq> <len>`, until
 //! it is killed.
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
 use walrus_core::{LogStore, SegmentKey, TopicName};
 
-#[path = "../../tests/wal_common/payload.rs"]
+#[path = "../../tests/backends/wal_common/payload.rs"]
 mod crash_payload;
 use crash_payload::payload;
 

@@ -2,14 +2,14 @@
 //! loopback TCP. Ignored by default (timings belong here, not in tests):
 //!
 //! ```text
-//! CARGO_TARGET_DIR=... cargo test --release -p walrus-backends --test raft_bench -- --ignored --nocapture
+//! CARGO_TARGET_DIR=... cargo test --release -p walrus-backends --test backends raft_bench:: -- --ignored --nocapture
 //! ```
 //!
 //! Each proposer commits `AdvanceCursor` on its own topic (the state stays
 //! small); latency is from `propose` call to return (committed by a quorum,
 //! durable, applied on the proposing node).
 
-mod raft_common;
+use crate::raft_common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

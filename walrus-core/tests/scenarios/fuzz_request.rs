@@ -4,7 +4,7 @@
 //! topic, never one that was not sent; a frame body is exactly what was
 //! framed. Long runs: see `fuzz_common` and docs/testing.md.
 
-mod fuzz_common;
+use crate::fuzz_common;
 
 use bytes::{Bytes, BytesMut};
 use fuzz_common::fuzz;

@@ -7,7 +7,7 @@
 //! restarted. A sealed segment whose file is removed answers reads with an
 //! error naming the missing file (never an internal error).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

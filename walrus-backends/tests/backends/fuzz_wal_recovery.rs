@@ -14,8 +14,7 @@
 //! its reads go on up to that count or stop at a `Corrupt` error, never
 //! end early. Long runs: see `fuzz_common` and docs/testing.md.
 
-#[path = "../../walrus-core/tests/fuzz_common/mod.rs"]
-mod fuzz_common;
+use crate::fuzz_common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

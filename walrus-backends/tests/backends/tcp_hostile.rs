@@ -2,7 +2,7 @@
 //! wrong versions and floods of connections cost at most their own
 //! connection; every other connection keeps working.
 
-mod tcp_common;
+use crate::tcp_common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! timeouts and cancellation that leave the connection usable, dead and
 //! restarted peers.
 
-mod tcp_common;
+use crate::tcp_common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! Needs root (mount) and, for FUSE, `bindfs` (.ci/run installs it); prints
 //! SKIPPED otherwise, or fails when `WALRUS_REQUIRE_ROOT=1` (as in CI).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

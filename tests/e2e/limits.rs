@@ -1,7 +1,7 @@
 //! Real `walrus-server` processes under abusive load: memory and
 //! connection slots stay bounded, and other clients keep being served.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Three (and four) RaftMetadataStores in one process over loopback TCP.
 
-mod raft_common;
+use crate::raft_common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

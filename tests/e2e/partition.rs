@@ -5,7 +5,7 @@
 //! reason otherwise, unless `WALRUS_REQUIRE_NETNS=1` (set by `.ci/run`):
 //! then it fails, so that CI never reports as passed a test it did not run.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! walrus-core's MetadataStore conformance suite against a 3-node
 //! RaftMetadataStore cluster over loopback TCP, restarted from its redb files.
 
-mod raft_common;
+use crate::raft_common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

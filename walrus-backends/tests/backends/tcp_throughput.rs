@@ -2,10 +2,10 @@
 //! test (ignored by default; nothing is asserted about speed).
 //!
 //! ```text
-//! CARGO_TARGET_DIR=... cargo test --release -p walrus-backends --test tcp_throughput -- --ignored --nocapture
+//! CARGO_TARGET_DIR=... cargo test --release -p walrus-backends --test backends tcp_throughput:: -- --ignored --nocapture
 //! ```
 
-mod tcp_common;
+use crate::tcp_common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

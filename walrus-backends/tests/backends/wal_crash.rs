@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use walrus_backends::wal::{WalConfig, WalStore};
 use walrus_core::{LogStore, SegmentKey, TopicName};
 
-#[path = "wal_common/payload.rs"]
-mod crash_payload;
-use crash_payload::payload;
+use crate::wal_common::payload::payload;
 
 /// `(writer, seq)` if `bytes` is exactly an entry a writer produced.
 fn decode(bytes: &[u8]) -> Option<(u32, u64)> {

@@ -2,7 +2,7 @@
 //! concurrent writers, kill -9, SIGTERM and kill -9 restarts of every node.
 //! Every acknowledged write is checked, not a sample.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

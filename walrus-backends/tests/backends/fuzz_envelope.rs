@@ -5,8 +5,7 @@
 //! in the frame, and every message a node encodes decodes back unchanged.
 //! Long runs: see `fuzz_common` and docs/testing.md.
 
-#[path = "../../walrus-core/tests/fuzz_common/mod.rs"]
-mod fuzz_common;
+use crate::fuzz_common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! and a member restarting from its consensus data with another storage
 //! identity (its data directory was swapped) is refused.
 
-mod raft_common;
+use crate::raft_common;
 
 use std::time::Duration;
 

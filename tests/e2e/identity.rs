@@ -5,7 +5,7 @@
 //! new storage. A wiped node 1 started without --join does not bootstrap a
 //! second cluster.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! One real `walrus-server` process: the seed's examples, every error
 //! text of the protocol, byte-exact payloads, bad frames.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! TCP: a node cut off from the quorum loses its write lease within the
 //! lease time, while the majority elects and commits.
 
-mod raft_common;
+use crate::raft_common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

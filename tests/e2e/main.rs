@@ -1,0 +1,15 @@
+//! End-to-end tests: real `walrus-server` processes, real sockets, real disks.
+//!
+//! One test binary, not one per file: each binary links the whole stack, and
+//! forty of them filled a small CI disk. Pick a part with a filter, e.g.
+//! `cargo test --test e2e partition`.
+
+mod common;
+
+mod cluster;
+mod disk;
+mod identity;
+mod limits;
+mod partition;
+mod single_node;
+mod wal_damage;

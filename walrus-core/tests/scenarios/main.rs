@@ -1,0 +1,24 @@
+//! Scenarios of the routing, rollover, lease and failover logic, run on the
+//! in-memory fakes of `walrus_core::testing`.
+//!
+//! One test binary, not one per file: each binary links the whole stack, and
+//! forty of them filled a small CI disk. Pick a part with a filter, e.g.
+//! `cargo test -p walrus-core rollover`.
+
+mod fuzz_common;
+
+mod batch;
+mod cursor;
+mod fencing;
+mod fuzz_request;
+mod identity;
+mod lifecycle;
+mod log_conformance_mem;
+mod metadata_conformance_fake;
+mod outcome;
+mod power_loss;
+mod races;
+mod rollover;
+mod routing;
+mod storage_health;
+mod suspend;
