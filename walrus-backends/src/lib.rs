@@ -7,6 +7,7 @@
 //! - [`tcp`]: pooled TCP connections between nodes
 //!   ([`Transport`](walrus_core::Transport)).
 
+pub mod durable_dir;
 pub mod raft;
 pub mod tcp;
 pub mod wal;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use walrus_backends::raft::sync_dir;
+use walrus_backends::durable_dir::sync_dir;
 use walrus_core::{NodeId, StorageId};
 
 const FILE: &str = "storage_id";

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use walrus_backends::raft::{create_dir_durable, RaftConfig, RaftMetadataStore};
+use walrus_backends::durable_dir::create_dir_durable;
+use walrus_backends::raft::{RaftConfig, RaftMetadataStore};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_backends::wal::WalStore;
 use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, StorageId};

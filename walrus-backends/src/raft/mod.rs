@@ -48,7 +48,6 @@
 //! fails just because a connection is being (re)made.
 
 pub mod admission;
-mod dirs;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -76,7 +75,7 @@ use walrus_core::{
     NodeInfo, NodeRequest, NodeResponse, Result, StorageId, Transport,
 };
 
-pub use self::dirs::{create_dir_durable, sync_dir};
+use crate::durable_dir::{create_dir_durable, sync_dir};
 
 use self::log_store::RedbLogStore;
 use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
@@ -1017,5 +1016,30 @@ pub async fn route(store: &RaftMetadataStore, req: NodeRequest) -> Result<NodeRe
         other => Err(Error::BadRequest(format!(
             "the metadata store does not handle {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable_dir::record;
+
+    #[tokio::test]
+    async fn given_a_new_data_directory_when_raft_opens_should_sync_each_new_directory_and_the_database_name(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let node_dir = tmp.path().join("data").join("node_1");
+        let raft_dir = node_dir.join("raft");
+        let net = walrus_core::testing::SimNetwork::new(0);
+        let config = RaftConfig::new(1, &raft_dir, "sim:1", "sim-client:1");
+        let store = RaftMetadataStore::open(config, net.transport(1))
+            .await
+            .expect("raft opens");
+        assert!(raft_dir.join("raft.redb").is_file());
+        assert_eq!(record::count(tmp.path()), 1, "data's name in its parent");
+        assert_eq!(record::count(&tmp.path().join("data")), 1, "node_1's name");
+        assert_eq!(record::count(&node_dir), 1, "raft's name in node_1");
+        assert_eq!(record::count(&raft_dir), 1, "raft.redb's name in raft");
+        store.shutdown().await;
     }
 }

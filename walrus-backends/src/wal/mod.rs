@@ -69,7 +69,6 @@
 //! unsynced tail is rolled back, and its count and seal stay at the last
 //! durable entry. [`LogStore::health`] reports it.
 
-mod durable_dir;
 mod group_commit;
 mod health;
 mod index;
@@ -94,7 +93,7 @@ use walrus_core::{
     Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, StorageHealth, TopicName,
 };
 
-use durable_dir::create_dir_durable;
+use crate::durable_dir::create_dir_durable;
 use group_commit::Syncer;
 use read_cache::ReadCache;
 use reserve::Reserver;
@@ -713,6 +712,7 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable_dir;
 
     #[test]
     fn given_policy_strings_when_parsed_should_accept_the_three_forms_only() {

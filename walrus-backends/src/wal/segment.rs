@@ -29,7 +29,6 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
 
-use super::durable_dir::{create_dir_durable, sync_dir};
 use super::health::Health;
 use super::index::{Pos, SparseIndex};
 use super::read_cache::ReadCache;
@@ -39,6 +38,7 @@ use super::segment_file::{
     RESERVE_CHUNK,
 };
 use super::spare::SparePool;
+use crate::durable_dir::{create_dir_durable, sync_dir};
 
 pub(crate) fn part_path(dir: &Path, segment: u64, part: u32) -> PathBuf {
     dir.join(format!("{segment:020}.{part:06}.wal"))

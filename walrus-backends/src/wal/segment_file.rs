@@ -40,9 +40,9 @@ use std::sync::{Mutex, OnceLock};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::durable_dir::sync_dir;
 use super::reserve::{disk_full_or_io, Reserver};
 use super::spare::SparePool;
+use crate::durable_dir::sync_dir;
 use walrus_core::{Error, Result};
 
 pub(crate) const MAGIC: &[u8; 8] = b"WALRUSWL";

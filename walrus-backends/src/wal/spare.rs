@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::durable_dir::sync_dir;
+use crate::durable_dir::sync_dir;
 
 const TMP_NAME: &str = ".spare.tmp";
 const PREFIX: &str = "spare-";
@@ -242,7 +242,7 @@ fn make_spare(shared: &Shared, path: &Path) -> std::io::Result<bool> {
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)?;
-    sync_dir(&shared.root).map_err(|e| std::io::Error::other(e.to_string()))?;
+    sync_dir(&shared.root)?;
     Ok(true)
 }
 

@@ -1,63 +1,78 @@
-//! Directories on the durable path: a name in a directory survives a power
-//! cut only once the directory itself is synced, so every directory the WAL
-//! creates (its root, a topic's) is fsynced in its parent before anything
-//! stored in it is acknowledged.
+//! Directories on the durable path. A name in a directory survives a power
+//! cut only once the directory itself is synced, so every directory the
+//! stores create (the node's data directory, `raft/`, the WAL root, a
+//! topic's) is fsynced in its parent before anything stored in it is
+//! acknowledged, and so is every file name that must outlive a power cut
+//! (`raft.redb`, a WAL file renamed into place, a seal file).
+//!
+//! Blocking I/O: call these off the async workers.
 
 use std::fs::File;
+use std::io;
 use std::path::Path;
-
-use walrus_core::{Error, Result};
 
 /// Makes the entries of `dir` (names created, renamed or removed in it)
 /// durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(test)]
     record::synced(dir);
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::Storage(format!("cannot sync directory {}: {e}", dir.display())))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot sync directory {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// Creates `dir` and its missing ancestors, each one durable in its parent.
 /// The parent of `dir` is synced even when `dir` already existed: an earlier
-/// attempt may have created it and failed before its sync, and nothing
-/// would sync it later. Blocking I/O: call it off the async workers.
-pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+/// start may have created it and died before its sync, and nothing would
+/// sync it later.
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut cur = dir;
     while !cur.is_dir() {
         missing.push(cur);
-        match cur.parent() {
-            Some(p) if !p.as_os_str().is_empty() => cur = p,
-            _ => break,
+        match parent_of(cur) {
+            Some(p) => cur = p,
+            None => break,
         }
     }
     for d in missing.iter().rev() {
         match std::fs::create_dir(d) {
             Ok(()) => {}
             // Created meanwhile by someone else: synced below all the same.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
-                return Err(Error::Storage(format!(
-                    "cannot create WAL directory {}: {e}; check that the data directory is writable and the disk not full",
-                    d.display()
-                )))
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create directory {}: {e}; check that the data directory is writable and the disk not full",
+                        d.display()
+                    ),
+                ))
             }
         }
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = parent_of(d) {
             sync_dir(parent)?;
         }
     }
     if missing.is_empty() {
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = parent_of(dir) {
             sync_dir(parent)?;
         }
     }
     Ok(())
 }
 
+/// The parent directory, `None` for a root or a bare relative name (whose
+/// parent is the working directory, not ours to sync).
+fn parent_of(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Test seam: which directories were synced, so that tests can check that
-/// a directory's name was made durable before an acknowledgement.
+/// a name was made durable before an acknowledgement.
 #[cfg(test)]
 pub(crate) mod record {
     use std::path::{Path, PathBuf};
@@ -107,5 +122,17 @@ mod tests {
         std::fs::create_dir(&leaf).unwrap();
         create_dir_durable(&leaf).unwrap();
         assert_eq!(record::count(tmp.path()), 1);
+    }
+
+    #[test]
+    fn given_a_file_in_the_way_when_created_should_name_the_path_in_the_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blocker = tmp.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let err = create_dir_durable(&blocker.join("sub")).unwrap_err();
+        assert!(
+            err.to_string().contains(&*blocker.to_string_lossy()),
+            "{err}"
+        );
     }
 }
