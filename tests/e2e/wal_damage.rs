@@ -13,6 +13,35 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use distributed_walrus::cli_client::CliClient;
+
+/// Registers `good` and `bad` on the single node, writes `n` entries to
+/// each (`<topic>-<i>`) and stops the node, so that the test can damage
+/// `bad`'s files.
+async fn fill_and_stop(cluster: &mut Cluster, n: usize) {
+    let c = cluster.client(1);
+    for topic in ["good", "bad"] {
+        cluster.register(1, topic).await;
+        for i in 0..n {
+            let answer = c.send_raw(&format!("PUT {topic} {topic}-{i}")).await;
+            assert_eq!(answer.unwrap(), "OK");
+        }
+    }
+    stop(cluster);
+}
+
+/// Stops node 1 with SIGTERM; it must exit cleanly.
+fn stop(cluster: &mut Cluster) {
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    assert_eq!(node.terminate(Duration::from_secs(20)), Some(0));
+}
+
+/// Starts node 1 again on its files; a client of it once it is ready.
+async fn restart(cluster: &mut Cluster) -> CliClient {
+    cluster.nodes.get_mut(&1).unwrap().spawn();
+    cluster.wait_ready(&[1], Duration::from_secs(30)).await;
+    cluster.client(1)
+}
 
 /// The first WAL file of `topic` on node 1.
 fn first_wal_file(dir: &Path, topic: &str) -> PathBuf {
@@ -42,26 +71,7 @@ async fn given_a_damaged_wal_file_when_the_node_restarts_should_serve_the_rest_a
 {
     let _serial = serial().await;
     let mut cluster = Cluster::start(1, ClusterOptions::default()).await;
-    let c = cluster.client(1);
-    for topic in ["good", "bad"] {
-        cluster.register(1, topic).await;
-        for i in 0..10 {
-            assert_eq!(
-                c.send_raw(&format!("PUT {topic} {topic}-{i}"))
-                    .await
-                    .unwrap(),
-                "OK"
-            );
-        }
-    }
-    assert_eq!(
-        cluster
-            .nodes
-            .get_mut(&1)
-            .unwrap()
-            .terminate(Duration::from_secs(20)),
-        Some(0)
-    );
+    fill_and_stop(&mut cluster, 10).await;
 
     let file = first_wal_file(cluster.dir.path(), "bad");
     let original = std::fs::read(&file).unwrap();
@@ -70,9 +80,7 @@ async fn given_a_damaged_wal_file_when_the_node_restarts_should_serve_the_rest_a
     bytes[at + 9] ^= 0x01;
     std::fs::write(&file, &bytes).unwrap();
 
-    cluster.nodes.get_mut(&1).unwrap().spawn();
-    cluster.wait_ready(&[1], Duration::from_secs(30)).await;
-    let c = cluster.client(1);
+    let c = restart(&mut cluster).await;
 
     for i in 0..10 {
         assert_eq!(
@@ -119,18 +127,9 @@ async fn given_a_damaged_wal_file_when_the_node_restarts_should_serve_the_rest_a
     // The operator restores the file and restarts the node: it reports
     // the segment's full count, and readers go on through the entries
     // after the damage to the one written meanwhile.
-    assert_eq!(
-        cluster
-            .nodes
-            .get_mut(&1)
-            .unwrap()
-            .terminate(Duration::from_secs(20)),
-        Some(0)
-    );
+    stop(&mut cluster);
     std::fs::write(&file, &original).unwrap();
-    cluster.nodes.get_mut(&1).unwrap().spawn();
-    cluster.wait_ready(&[1], Duration::from_secs(30)).await;
-    let c = cluster.client(1);
+    let c = restart(&mut cluster).await;
     let mut rest = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while rest.len() < 7 {
@@ -161,26 +160,7 @@ async fn given_a_sealed_segment_whose_file_is_removed_when_the_node_restarts_sho
 ) {
     let _serial = serial().await;
     let mut cluster = Cluster::start(1, ClusterOptions::default().segment_limit(5)).await;
-    let c = cluster.client(1);
-    for topic in ["good", "bad"] {
-        cluster.register(1, topic).await;
-        for i in 0..12 {
-            assert_eq!(
-                c.send_raw(&format!("PUT {topic} {topic}-{i}"))
-                    .await
-                    .unwrap(),
-                "OK"
-            );
-        }
-    }
-    assert_eq!(
-        cluster
-            .nodes
-            .get_mut(&1)
-            .unwrap()
-            .terminate(Duration::from_secs(20)),
-        Some(0)
-    );
+    fill_and_stop(&mut cluster, 12).await;
 
     // The topic's first segment: full, so sealed (5 entries, one file).
     let file = first_wal_file(cluster.dir.path(), "bad");
@@ -191,9 +171,7 @@ async fn given_a_sealed_segment_whose_file_is_removed_when_the_node_restarts_sho
     assert!(Path::new(&seal).exists(), "{seal} is sealed");
     std::fs::remove_file(&file).unwrap();
 
-    cluster.nodes.get_mut(&1).unwrap().spawn();
-    cluster.wait_ready(&[1], Duration::from_secs(30)).await;
-    let c = cluster.client(1);
+    let c = restart(&mut cluster).await;
     for i in 0..12 {
         assert_eq!(
             c.send_raw("GET good").await.unwrap(),

@@ -180,6 +180,25 @@ struct AppendState {
     waiters: Vec<Waiter>,
 }
 
+impl AppendState {
+    /// The state of a segment just created or recovered: `count` entries,
+    /// all durable, the next record at `pos` in `current` (`None`: no file
+    /// open yet, or none to write to), nothing in flight.
+    fn recovered(count: u64, pos: Option<Pos>, current: Option<Arc<SegmentFile>>) -> AppendState {
+        AppendState {
+            count,
+            pos,
+            current,
+            synced_pos: pos,
+            synced_count: count,
+            sealing: false,
+            ready: Vec::new(),
+            last_append: 0,
+            waiters: Vec::new(),
+        }
+    }
+}
+
 struct Shared {
     /// Maps of the files while the segment is open; empty once sealed
     /// (its files are then read through the store's read cache).
@@ -276,17 +295,7 @@ impl Segment {
 
     /// A segment that has no file yet.
     pub fn new_empty(key: SegmentKey, dir: PathBuf, params: SegmentParams) -> Segment {
-        let state = AppendState {
-            count: 0,
-            pos: None,
-            current: None,
-            synced_pos: None,
-            synced_count: 0,
-            sealing: false,
-            waiters: Vec::new(),
-            ready: Vec::new(),
-            last_append: 0,
-        };
+        let state = AppendState::recovered(0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count: 0,
@@ -312,17 +321,7 @@ impl Segment {
     ) -> Segment {
         let part_count = present.last().map_or(0, |&last| last + 1);
         let missing = present.len() < part_count as usize || (count > 0 && part_count == 0);
-        let state = AppendState {
-            count,
-            pos: None,
-            current: None,
-            synced_pos: None,
-            synced_count: count,
-            sealing: false,
-            waiters: Vec::new(),
-            ready: Vec::new(),
-            last_append: 0,
-        };
+        let state = AppendState::recovered(count, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count,
@@ -470,17 +469,7 @@ impl Segment {
             }
         }
         let pos = current.as_ref().map(|_| end);
-        let state = AppendState {
-            count,
-            pos,
-            current,
-            synced_pos: pos,
-            synced_count: count,
-            sealing: false,
-            waiters: Vec::new(),
-            ready: Vec::new(),
-            last_append: 0,
-        };
+        let state = AppendState::recovered(count, pos, current);
         let shared = Shared {
             part_count: files.len() as u32,
             parts: files,
@@ -509,17 +498,7 @@ impl Segment {
         sealed: bool,
     ) -> Segment {
         tracing::error!(segment = %key, served = count, damage = %why, "WAL segment quarantined: serving its entries up to the damage, refusing reads past it and every append");
-        let state = AppendState {
-            count,
-            pos: None,
-            current: None,
-            synced_pos: None,
-            synced_count: count,
-            sealing: false,
-            waiters: Vec::new(),
-            ready: Vec::new(),
-            last_append: 0,
-        };
+        let state = AppendState::recovered(count, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count,
