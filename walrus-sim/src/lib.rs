@@ -67,6 +67,12 @@ pub struct Stats {
     pub not_applied: u64,
     pub gets: u64,
     pub faults: u64,
+    /// Committed rollovers (a full segment sealed) and failovers (a
+    /// silent leader's segment closed as pending).
+    pub rollovers: u64,
+    pub failovers: u64,
+    /// Unsynced entries lost to power cuts and failed syncs.
+    pub dropped_unsynced: u64,
     /// Simulated time the run took.
     pub sim_time: Duration,
 }
@@ -91,7 +97,8 @@ impl fmt::Display for Report {
         write!(
             f,
             "seed {} ({} nodes): {} acked, {} maybe, {} not applied, {} GETs, {} faults, \
-             {:.1} s simulated, trace {:016x}",
+             {} rollovers, {} failovers, {} unsynced entries lost, {:.1} s simulated, \
+             trace {:016x}",
             self.seed,
             self.nodes,
             s.acked,
@@ -99,6 +106,9 @@ impl fmt::Display for Report {
             s.not_applied,
             s.gets,
             s.faults,
+            s.rollovers,
+            s.failovers,
+            s.dropped_unsynced,
             s.sim_time.as_secs_f64(),
             self.trace_hash
         )?;
@@ -193,24 +203,33 @@ mod tests {
         sweep(CI_SEEDS, CI_SEEDS, &Options::default());
     }
 
+    /// Seeds whose two runs differed before the write lease woke its
+    /// waiters through a `Notify` and the simulator gave every metadata
+    /// subscriber its own channel (tokio's watch wakes waiters in a
+    /// random order): with either fix undone, some of them differ again.
+    const ONCE_DIVERGENT: [u64; 10] = [15, 43, 55, 56, 78, 81, 137, 155, 193, 199];
+
     #[test]
     fn given_one_seed_when_run_twice_should_replay_the_same_trace() {
-        for seed in [7, 1234] {
-            let opts = Options {
-                trace: true,
-                ..Options::default()
-            };
-            let a = run_seed(seed, &opts);
-            let b = run_seed(seed, &opts);
-            assert!(a.stats.faults > 0 && a.stats.acked > 0, "{a}");
-            assert_eq!(a.trace, b.trace, "seed {seed} replayed differently");
-            assert_eq!(a.trace_hash, b.trace_hash);
-        }
+        let opts = Options {
+            trace: true,
+            ..Options::default()
+        };
+        let a = run_seed(7, &opts);
+        let b = run_seed(7, &opts);
+        assert!(a.stats.faults > 0 && a.stats.acked > 0, "{a}");
+        assert_eq!(a.trace, b.trace, "seed 7 replayed differently");
+        let opts = Options::default();
+        let differ: Vec<u64> = ONCE_DIVERGENT
+            .into_iter()
+            .filter(|s| run_seed(*s, &opts).trace_hash != run_seed(*s, &opts).trace_hash)
+            .collect();
+        assert!(differ.is_empty(), "seeds {differ:?} replayed differently");
     }
 
     #[test]
     fn given_a_planted_lease_bug_when_searching_should_catch_it_within_the_bound() {
-        const BOUND: u64 = 100;
+        const BOUND: u64 = 200;
         let opts = Options {
             plant: Some(Plant::StoppedLeaseClock),
             ..Options::default()

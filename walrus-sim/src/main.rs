@@ -79,7 +79,7 @@ fn search(args: &Args, opts: &Options) -> ExitCode {
     let end = args.from.saturating_add(args.seeds);
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::new()));
-    let totals = Arc::new(Mutex::new((0u64, 0u64, 0u64, 0u64)));
+    let totals = Arc::new(Mutex::new([0u64; 7]));
     let workers: Vec<_> = (0..args.jobs.max(1))
         .map(|_| {
             let (next, done, failed, totals, opts) = (
@@ -107,10 +107,18 @@ fn search(args: &Args, opts: &Options) -> ExitCode {
                 }
                 {
                     let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
-                    t.0 += r.stats.acked;
-                    t.1 += r.stats.maybe;
-                    t.2 += r.stats.not_applied;
-                    t.3 += r.stats.faults;
+                    let s = &r.stats;
+                    for (total, n) in t.iter_mut().zip([
+                        s.acked,
+                        s.maybe,
+                        s.not_applied,
+                        s.faults,
+                        s.rollovers,
+                        s.failovers,
+                        s.dropped_unsynced,
+                    ]) {
+                        *total += n;
+                    }
                 }
                 if !r.violations.is_empty() {
                     println!("FAILED {r}");
@@ -140,15 +148,19 @@ fn search(args: &Args, opts: &Options) -> ExitCode {
     eprintln!();
     println!(
         "{n} seeds ({}..{}) in {secs:.1} s: {:.1} seeds/s with {} job(s); {} acked, {} maybe, \
-         {} not applied writes, {} faults; {} failed{}",
+         {} not applied writes, {} faults, {} rollovers, {} failovers, {} unsynced entries \
+         lost; {} failed{}",
         args.from,
         args.from + n,
         n as f64 / secs,
         args.jobs.max(1),
-        t.0,
-        t.1,
-        t.2,
-        t.3,
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        t[4],
+        t[5],
+        t[6],
         failed.len(),
         if failed.is_empty() {
             String::new()

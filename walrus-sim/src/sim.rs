@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use walrus_core::protocol::{Request, Response};
 use walrus_core::testing::SimNetwork;
-use walrus_core::{LogStore, NodeConfig, NodeId, SegmentKey, SegmentStatus, TopicName};
+use walrus_core::{
+    LogStore, MetadataCmd, NodeConfig, NodeId, SegmentKey, SegmentStatus, TopicName,
+};
 
 use crate::history::{
     History, Outcome, Read, ReadResult, SegmentTruth, Stored, TopicTruth, Truth, Write,
@@ -219,6 +221,14 @@ pub(crate) async fn simulate(seed: u64, opts: &Options) -> Report {
     let mut trace = lock(&run.trace);
     let mut stats = lock(&run.stats).clone();
     stats.sim_time = start.elapsed();
+    stats.dropped_unsynced = dropped.len() as u64;
+    for cmd in world.metadata.log() {
+        match cmd {
+            MetadataCmd::Roll { count: Some(_), .. } => stats.rollovers += 1,
+            MetadataCmd::Roll { count: None, .. } => stats.failovers += 1,
+            _ => {}
+        }
+    }
     Report {
         seed,
         nodes: plan.nodes,

@@ -340,9 +340,15 @@ mod tests {
         let store = MemLogStore::new();
         store.relax_syncs(true);
         let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
-        store.append(&key(1), &[a.clone()], u64::MAX).await.unwrap();
+        store
+            .append(&key(1), std::slice::from_ref(&a), u64::MAX)
+            .await
+            .unwrap();
         store.sync().await.unwrap();
-        store.append(&key(1), &[b.clone()], u64::MAX).await.unwrap();
+        store
+            .append(&key(1), std::slice::from_ref(&b), u64::MAX)
+            .await
+            .unwrap();
         assert_eq!(store.unsynced(), vec![(key(1), vec![b])]);
         assert_eq!(store.unsynced().len(), 1, "listing does not sync");
         store.power_cut();
