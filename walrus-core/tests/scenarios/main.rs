@@ -15,6 +15,7 @@ mod identity;
 mod lifecycle;
 mod log_conformance_mem;
 mod metadata_conformance_fake;
+mod offsets;
 mod outcome;
 mod power_loss;
 mod races;
