@@ -45,21 +45,25 @@ pub struct SimClock {
 #[derive(Default)]
 struct ClockState {
     behind: Duration,
-    /// A pause in progress: it started and ends at these simulation instants.
-    paused: Option<(Instant, Instant)>,
+    /// A freeze in progress: it started and ends at these simulation
+    /// instants; `true` when the time is lost (a VM pause), `false` when
+    /// the clock catches up at the end (a suspend: `CLOCK_BOOTTIME`).
+    paused: Option<(Instant, Instant, bool)>,
     /// The planted bug: stopped while the node is cut off.
     stopped_since: Option<Instant>,
 }
 
 impl SimClock {
     /// The clock stands still for `d` of simulation time, then runs on
-    /// `d` behind.
-    pub fn pause(&self, d: Duration) {
+    /// `d` behind (`lost`: a paused VM) or jumps ahead by `d` (a suspend:
+    /// what ran meanwhile saw no time pass, as nothing runs in a suspended
+    /// machine, and the clock then shows the time slept).
+    pub fn pause(&self, d: Duration, lost: bool) {
         let now = Instant::now();
         let mut s = lock(&self.state);
         s.settle(now);
         if s.paused.is_none() {
-            s.paused = Some((now, now + d));
+            s.paused = Some((now, now + d, lost));
         }
     }
 
@@ -83,9 +87,11 @@ impl SimClock {
 
 impl ClockState {
     fn settle(&mut self, now: Instant) {
-        if let Some((start, end)) = self.paused {
+        if let Some((start, end, lost)) = self.paused {
             if now >= end {
-                self.behind += end - start;
+                if lost {
+                    self.behind += end - start;
+                }
                 self.paused = None;
             }
         }
@@ -98,8 +104,8 @@ impl Clock for SimClock {
         let mut s = lock(&self.state);
         s.settle(now);
         let at = match (s.paused, s.stopped_since) {
-            (Some((start, _)), Some(since)) => start.min(since),
-            (Some((start, _)), None) => start,
+            (Some((start, ..)), Some(since)) => start.min(since),
+            (Some((start, ..)), None) => start,
             (None, Some(since)) => since,
             (None, None) => now,
         };
@@ -617,7 +623,9 @@ impl World {
 
     /// Freezes `id` for `d`: a suspended machine (`clock_stops: false`, its
     /// boot clock counts the sleep) or a paused VM (all its clocks stop).
-    /// Its I/O waits; it is cut off from consensus meanwhile.
+    /// Its I/O waits; it is cut off from consensus meanwhile. Its timers
+    /// still fire, so its clock stands still while frozen: its loops see
+    /// no time pass, as in a machine where nothing runs.
     pub fn freeze(self: &Arc<Self>, id: NodeId, d: Duration, clock_stops: bool) {
         let until = Instant::now() + d;
         {
@@ -628,9 +636,7 @@ impl World {
                 return;
             }
             *u = Some(until);
-            if clock_stops {
-                s.clock.pause(d);
-            }
+            s.clock.pause(d, clock_stops);
         }
         self.refresh(id);
         let world = Arc::downgrade(self);
