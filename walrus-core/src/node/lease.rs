@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -19,6 +20,8 @@ use crate::metadata::SegmentStatus;
 use crate::metadata_store::MetadataStore;
 use crate::types::{NodeId, SegmentKey};
 
+/// Core's [`LeaseProvider`]: valid until `t0 + lease` after the node's
+/// last successful quorum renewal that started at `t0`.
 pub struct QuorumLease {
     node: NodeId,
     metadata: Arc<dyn MetadataStore>,
@@ -43,41 +46,9 @@ impl QuorumLease {
             valid_until: tokio::sync::watch::channel(None).0,
         }
     }
-
-    /// Records a successful renewal that started at `t0`.
-    pub fn renewed(&self, t0: Instant) {
-        let until = t0 + self.lease;
-        self.valid_until.send_if_modified(|v| {
-            let later = v.is_none_or(|old| old < until);
-            if later {
-                *v = Some(until);
-            }
-            later
-        });
-    }
-
-    /// True while the lease has not run out (whatever this node leads).
-    pub fn is_valid(&self) -> bool {
-        self.valid_until
-            .borrow()
-            .is_some_and(|until| self.clock.now() < until)
-    }
-
-    /// The instant the lease runs out, if it was ever renewed.
-    pub fn valid_until(&self) -> Option<Instant> {
-        *self.valid_until.borrow()
-    }
-
-    /// Waits (at most `limit`) for a renewal that makes the lease valid;
-    /// true if it is valid on return.
-    pub async fn wait_valid(&self, limit: std::time::Duration) -> bool {
-        let mut rx = self.valid_until.subscribe();
-        let wait = rx.wait_for(|v| v.is_some_and(|until| self.clock.now() < until));
-        let valid = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
-        valid
-    }
 }
 
+#[async_trait]
 impl LeaseProvider for QuorumLease {
     fn check(&self, segment: &SegmentKey) -> Result<()> {
         let state = self.metadata.state();
@@ -96,6 +67,35 @@ impl LeaseProvider for QuorumLease {
             return Err(Error::LeaseExpired);
         }
         Ok(())
+    }
+
+    /// Records a successful renewal that started at `t0`.
+    fn renewed(&self, t0: Instant) {
+        let until = t0 + self.lease;
+        self.valid_until.send_if_modified(|v| {
+            let later = v.is_none_or(|old| old < until);
+            if later {
+                *v = Some(until);
+            }
+            later
+        });
+    }
+
+    fn is_valid(&self) -> bool {
+        self.valid_until
+            .borrow()
+            .is_some_and(|until| self.clock.now() < until)
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        *self.valid_until.borrow()
+    }
+
+    async fn wait_valid(&self, limit: Duration) -> bool {
+        let mut rx = self.valid_until.subscribe();
+        let wait = rx.wait_for(|v| v.is_some_and(|until| self.clock.now() < until));
+        let valid = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
+        valid
     }
 }
 

@@ -71,7 +71,7 @@ impl MetadataStore for ConfirmsAnywhere {
     async fn add_node(&self, node: walrus_core::NodeId, info: NodeInfo) -> walrus_core::Result<()> {
         self.0.add_node(node, info).await
     }
-    fn metrics(&self) -> serde_json::Value {
+    fn metrics(&self) -> walrus_core::ConsensusMetrics {
         self.0.metrics()
     }
 }
@@ -95,4 +95,72 @@ impl MetadataStoreFactory for BrokenFactory {
 #[should_panic(expected = "not the leader")]
 async fn given_a_store_that_confirms_on_followers_when_running_the_suite_should_fail() {
     run(BrokenFactory(FakeFactory { cluster: None })).await;
+}
+
+/// A store that breaks rule 7 (commands idempotent): it "helpfully" points
+/// a rollover at the topic's current segment, so a retried `Roll` that had
+/// committed rolls a second segment.
+struct RetargetsRolls(Arc<dyn MetadataStore>);
+
+#[async_trait]
+impl MetadataStore for RetargetsRolls {
+    async fn propose(
+        &self,
+        cmd: walrus_core::MetadataCmd,
+    ) -> walrus_core::Result<walrus_core::CmdResult> {
+        let cmd = match cmd {
+            walrus_core::MetadataCmd::Roll {
+                topic,
+                count,
+                next_leader,
+                ..
+            } => {
+                let current = self.0.state().topic(&topic).map_or(1, |t| t.current().id);
+                walrus_core::MetadataCmd::Roll {
+                    topic,
+                    segment: current,
+                    count,
+                    next_leader,
+                }
+            }
+            other => other,
+        };
+        self.0.propose(cmd).await
+    }
+    fn watch(&self) -> tokio::sync::watch::Receiver<Arc<walrus_core::ClusterState>> {
+        self.0.watch()
+    }
+    async fn confirm(&self) -> walrus_core::Result<u64> {
+        self.0.confirm().await
+    }
+    fn status(&self) -> walrus_core::ConsensusStatus {
+        self.0.status()
+    }
+    async fn add_node(&self, node: walrus_core::NodeId, info: NodeInfo) -> walrus_core::Result<()> {
+        self.0.add_node(node, info).await
+    }
+    fn metrics(&self) -> walrus_core::ConsensusMetrics {
+        self.0.metrics()
+    }
+}
+
+struct RetargetingFactory(FakeFactory);
+
+#[async_trait]
+impl MetadataStoreFactory for RetargetingFactory {
+    async fn open(&mut self) -> Vec<Arc<dyn MetadataStore>> {
+        self.0
+            .open()
+            .await
+            .into_iter()
+            .map(|s| Arc::new(RetargetsRolls(s)) as Arc<dyn MetadataStore>)
+            .collect()
+    }
+    async fn close(&mut self) {}
+}
+
+#[tokio::test]
+#[should_panic(expected = "applied a second time changed the state again")]
+async fn given_a_store_that_makes_a_rollover_apply_twice_when_running_the_suite_should_fail() {
+    run(RetargetingFactory(FakeFactory { cluster: None })).await;
 }
