@@ -14,6 +14,12 @@
 #   BENCH_NO_BUILD=1 use the binaries already in $CARGO_TARGET_DIR/release
 #   BENCH_PORT_BASE  first port used (default 27000)
 #   BENCH_SERVER_BIN walrus-server binary to measure (default: the release build)
+#   BENCH_BASELINE   results (.jsonl) of a run of this script against a baseline
+#                    build, taken just before in the same sitting, e.g. round 1:
+#                    BENCH_SERVER_BIN=<round-1 walrus-server> BENCH_SKIP="echo redis" \
+#                      BENCH_OUT=/tmp/round1.md scripts/bench.sh   (writes /tmp/round1.jsonl)
+#                    then BENCH_BASELINE=/tmp/round1.jsonl scripts/bench.sh: every
+#                    Walrus row gets the baseline's ops/s and the ratio beside it.
 #   BENCH_SEGMENT_ENTRIES  WALRUS_MAX_SEGMENT_ENTRIES of the measured clusters
 #                    (default 50,000,000: a run stays in one segment, so "to
 #                    leader" and "to other" mean what they say; with the

@@ -58,11 +58,16 @@ def errors_col(r):
     return f"{n} ({texts}){empty}"
 
 
-def table(rows, ratio_base=None, ratio_name=None):
+def table(rows, ratio_base=None, ratio_name=None, baseline=None):
+    """A markdown table of load runs. `ratio_base(r)`: the rate to show `r`
+    against (column `ratio_name`); `baseline(r)`: the same run of the
+    baseline build in this sitting (columns "baseline ops/s", "vs baseline")."""
     head = ["run", "ops/s", "MiB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
             "server CPU % (per node)", "server anon MiB (max)", "client CPU %"]
+    if baseline:
+        head[2:2] = ["baseline ops/s", "vs baseline"]
     if ratio_base:
-        head.insert(3, ratio_name)
+        head.insert(3 + (2 if baseline else 0), ratio_name)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cpu, anon = server_cols(r)
@@ -70,9 +75,12 @@ def table(rows, ratio_base=None, ratio_name=None):
                  fmt_ms(lat(r, "p50")), fmt_ms(lat(r, "p90")), fmt_ms(lat(r, "p99")),
                  fmt_ms(lat(r, "p999")), fmt_ms(lat(r, "max")), errors_col(r), cpu, anon,
                  "—" if r.get("client_cpu_pct") is None else f"{r['client_cpu_pct']:.0f}"]
+        if baseline:
+            b = rate(baseline(r))
+            cells[2:2] = [fmt_rate(b), f"{r['ops_per_sec'] / b:.2f}×" if b and r.get("ops_per_sec") else "—"]
         if ratio_base:
             base = ratio_base(r)
-            cells.insert(3, f"{r['ops_per_sec'] / base:.0%}" if base else "—")
+            cells.insert(3 + (2 if baseline else 0), f"{r['ops_per_sec'] / base:.0%}" if base else "—")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -178,6 +186,15 @@ def main():
                 o.append(table(rows))
                 o.append("")
 
+    # BENCH_BASELINE: results of the same runs against a baseline build (the
+    # round-1 server), taken in this sitting by scripts/bench.sh.
+    base_path = os.environ.get("BENCH_BASELINE")
+    base_results = load(base_path) if base_path and os.path.exists(base_path) else []
+
+    def baseline_of(r):
+        return next((b for b in base_results
+                     if b.get("section") == r.get("section") and b.get("label") == r.get("label")), None)
+
     sections = []
     for r in results:
         s = r.get("section", "")
@@ -214,7 +231,8 @@ def main():
             fsync = fsync.replace("interval", "interval:")
             count = nodes[:-1]
             o.append(f"### {count} node{'' if count == '1' else 's'}, `--fsync {fsync}`\n")
-            o.append(table([r for r in results if r.get("section") == s], echo_base, "of echo"))
+            o.append(table([r for r in results if r.get("section") == s], echo_base, "of echo",
+                           baseline_of if base_results else None))
             o.append("")
 
     walrus_rows = [r for r in results if r.get("section", "").startswith("walrus-") and r.get("servers")]
@@ -244,7 +262,8 @@ def main():
                 continue
             nodes = "1 node started;" if r["nodes"] == 1 else f"{r['nodes']} nodes started at once;"
             o.append(f"- {r['label']}: {nodes} every node "
-                     f"accepted a PUT (after REGISTER) **{r['ready_ms']} ms** after the start.")
+                     f"accepted a PUT (after REGISTER) **{r['ready_ms']} ms** after the start"
+                     + (f" (baseline: {b['ready_ms']} ms)" if (b := baseline_of(r)) else "") + ".")
         for r in fo:
             ms = r.get("elapsed_ms")
             what = f"**{ms:.0f} ms**" if ms is not None else "**did not resume within 60 s**"
@@ -252,7 +271,9 @@ def main():
                      f"was node {r['raft_leader']}), PUTs retried every 10 ms through node "
                      f"{r['survivor']}: writes resumed after {what} "
                      f"({r.get('failed_attempts', '?')} failed attempts, last error: "
-                     f"`{r.get('last_error')}`).")
+                     f"`{r.get('last_error')}`)"
+                     + (f"; baseline: {b['elapsed_ms']:.0f} ms" if (b := baseline_of(r)) and b.get("elapsed_ms") is not None else "")
+                     + ".")
         for r in after_get:
             ms = r.get("elapsed_ms")
             what = f"**{ms:.0f} ms**" if ms is not None else "**no write accepted within 60 s**"

@@ -127,3 +127,36 @@ async fn given_a_nearly_full_file_when_appended_should_have_the_next_file_create
         "a sealed segment with files made ahead reads back whole"
     );
 }
+
+#[tokio::test]
+async fn given_a_segment_that_filled_a_file_when_its_next_file_is_made_should_reserve_it_whole() {
+    // A segment that has filled a file is busy: its next file is reserved
+    // whole at creation, not in 1 MiB steps that a fast writer outruns
+    // again and again while they grow.
+    let dir = tempfile::tempdir().unwrap();
+    let file_bytes = 4 * MIB;
+    let store = WalStore::open(
+        dir.path(),
+        WalConfig {
+            fsync: FsyncPolicy::Never,
+            segment_file_bytes: file_bytes,
+            ..WalConfig::default()
+        },
+    )
+    .unwrap();
+    let batch: Vec<Bytes> = (0..4).map(|_| Bytes::from(vec![3u8; 16 * 1024])).collect();
+    let next = dir
+        .path()
+        .join("busy")
+        .join("00000000000000000001.000001.wal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !next.exists() {
+        assert!(Instant::now() < deadline, "the next file was never made");
+        store.append(&key("busy"), &batch, u64::MAX).await.unwrap();
+    }
+    let reserved = std::fs::metadata(&next).unwrap().blocks() * 512;
+    assert!(
+        reserved >= file_bytes,
+        "the busy segment's next file holds {reserved} bytes of disk at its start; expected the whole file"
+    );
+}
