@@ -2,7 +2,7 @@
 //! walrus-server`), then: `cargo run --example client`.
 
 use anyhow::Result;
-use distributed_walrus::cli_client::CliClient;
+use distributed_walrus::cli_client::{CliClient, ReadOptions};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -35,6 +35,14 @@ async fn main() -> Result<()> {
     if let Some(entry) = client.get("logs").await? {
         println!("first unread entry: {entry}");
     }
+    // Read by offset: moves no cursor; any number of readers, each at its
+    // own place. `next` is where to go on.
+    let (first, end) = client.offsets("logs").await?;
+    let batch = client.read("logs", first, ReadOptions::default()).await?;
+    for entry in batch.entries.iter().take(3) {
+        println!("offset {}: {}", entry.offset, entry.payload);
+    }
+    println!("offsets {first}..{end}; read on from {}", batch.next);
     println!("STATE logs = {}", client.state("logs").await?);
     Ok(())
 }

@@ -10,6 +10,7 @@ mod cluster;
 mod disk;
 mod identity;
 mod limits;
+mod offsets;
 mod partition;
 mod single_node;
 mod wal_damage;

@@ -87,6 +87,12 @@ pub enum Error {
     /// 2 at host:port: connection lost after the request was sent`).
     #[error("outcome unknown: {0}; the request may or may not have been carried out")]
     NoAnswer(String),
+    /// A read reached offsets whose entries are gone for good: their node's
+    /// storage was lost and an operator accepted it (`REPLACE-STORAGE`).
+    /// The text names the range and the offset to read on from. Reading
+    /// them again gives the same answer.
+    #[error("lost: {0}")]
+    Lost(String),
 }
 
 impl Error {
@@ -158,6 +164,7 @@ mod tests {
             Error::Refused("x".into()),
             Error::OutcomeUnknown("x".into()),
             Error::NoAnswer("x".into()),
+            Error::Lost("x".into()),
         ];
         for e in &all {
             assert!(!(e.is_retryable() && e.is_outcome_unknown()), "{e:?}");

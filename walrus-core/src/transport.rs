@@ -53,6 +53,19 @@ pub enum NodeRequest {
     /// consensus leader, which owns the GET cursors). Answered with
     /// [`NodeResponse::StorageReplaced`].
     ReplaceStorage { node: NodeId, storage: StorageId },
+    // New variants go last: the envelope encodes a variant by its position.
+    /// Like `Read`, for a READ by offset: when nothing is readable at
+    /// `from` yet and the segment is still its topic's open one, the
+    /// receiver waits up to `wait_ms` for an append to it (or for the topic
+    /// to move on) before answering. `max_entries` 0 reads nothing and
+    /// answers only the count. Answered with [`NodeResponse::Entries`].
+    ReadWait {
+        segment: SegmentKey,
+        from: u64,
+        max_entries: u32,
+        max_bytes: u32,
+        wait_ms: u32,
+    },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as

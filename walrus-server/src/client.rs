@@ -160,6 +160,45 @@ fn changing_verb(request: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// One entry of a READ, with its offset in the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub offset: u64,
+    /// The payload exactly as it was PUT.
+    pub payload: String,
+}
+
+/// A READ's answer: entries in offset order, and the offset to read next
+/// (the requested one when there were none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBatch {
+    pub entries: Vec<Entry>,
+    pub next: u64,
+}
+
+/// How much a READ returns and how long it waits for a first entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// 1 to 10,000 entries (default 100).
+    pub max_entries: u32,
+    /// 1 to 1,048,576 payload bytes (default and most: 1 MiB); one entry
+    /// is returned even when it alone is larger.
+    pub max_bytes: u32,
+    /// Zero answers at once; otherwise a read at the end waits up to this
+    /// long (at most 60 s) for the next entry.
+    pub wait: Duration,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            max_entries: walrus_core::protocol::request::READ_DEFAULT_MAX_ENTRIES,
+            max_bytes: walrus_core::protocol::request::READ_MAX_BYTES,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
 /// First pause between retries of [`CliClient::send_retrying`]; doubles up
 /// to [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -273,6 +312,61 @@ impl CliClient {
         expect_json(self.send_raw("TOPICS").await?)
     }
 
+    /// `TOPICS COUNTS`: every topic with `first` and `end` offsets (`end`
+    /// is `null`, with an `error`, while it cannot be known).
+    pub async fn topic_counts(&self) -> Result<serde_json::Value> {
+        expect_json(self.send_raw("TOPICS COUNTS").await?)
+    }
+
+    /// `READ <topic> <from> …`: entries from offset `from` on, moving no
+    /// cursor (any number of readers, each at its own offset). Keep
+    /// reading at `next`. With a `wait`, the call waits that long (plus the
+    /// client's timeout) for an entry at the end.
+    pub async fn read(&self, topic: &str, from: u64, options: ReadOptions) -> Result<ReadBatch> {
+        let mut request = format!(
+            "READ {topic} {from} {} {}",
+            options.max_entries, options.max_bytes
+        );
+        let wait_ms = options.wait.as_millis();
+        if wait_ms > 0 {
+            request.push_str(&format!(" WAIT {wait_ms}"));
+        }
+        let (mut answers, failed) = self
+            .exchange(&[request.as_bytes()], self.timeout + options.wait)
+            .await;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let resp = answers
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no answer".into()))?;
+        if resp.starts_with("ERR ") {
+            return Err(server_error(resp));
+        }
+        let Some((entries, next)) = walrus_core::protocol::parse_entries(resp.as_bytes()) else {
+            return Err(ClientError::Protocol(resp));
+        };
+        let entries = entries
+            .into_iter()
+            .map(|(offset, payload)| {
+                String::from_utf8(payload.to_vec())
+                    .map(|payload| Entry { offset, payload })
+                    .map_err(|_| ClientError::Protocol(format!("entry {offset} is not UTF-8")))
+            })
+            .collect::<Result<Vec<Entry>>>()?;
+        Ok(ReadBatch { entries, next })
+    }
+
+    /// `OFFSETS <topic>`: `(first, end)`: the first offset a READ can
+    /// start at and one past the last entry readable now.
+    pub async fn offsets(&self, topic: &str) -> Result<(u64, u64)> {
+        let v = expect_json(self.send_raw(&format!("OFFSETS {topic}")).await?)?;
+        match (v["first"].as_u64(), v["end"].as_u64()) {
+            (Some(first), Some(end)) => Ok((first, end)),
+            _ => Err(ClientError::Protocol(v.to_string())),
+        }
+    }
+
     /// `PING`: `Ok` if the node answers.
     pub async fn ping(&self) -> Result<()> {
         let resp = self.send_raw("PING").await?;
@@ -286,7 +380,7 @@ impl CliClient {
     /// Sends one request body as it is and returns the answer's text as it
     /// is (an `ERR …` answer is `Ok` here).
     pub async fn send_raw(&self, request: &str) -> Result<String> {
-        let (mut out, failed) = self.exchange(&[request.as_bytes()]).await;
+        let (mut out, failed) = self.exchange(&[request.as_bytes()], self.timeout).await;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -349,7 +443,7 @@ impl CliClient {
                 .collect();
             let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
             let chunk_end = outcomes.len() + chunk.len();
-            let (answers, failed) = self.exchange(&refs).await;
+            let (answers, failed) = self.exchange(&refs, self.timeout).await;
             outcomes.extend(answers.into_iter().map(expect_ok));
             if let Some(e) = failed {
                 // The rest of this chunk shares the failure (when it is a
@@ -376,7 +470,11 @@ impl CliClient {
     /// Writes all `requests` in one go, then reads one answer per request.
     /// Returns the answers read, in order, and what stopped the rest (for
     /// each request without an answer).
-    async fn exchange(&self, requests: &[&[u8]]) -> (Vec<String>, Option<ClientError>) {
+    async fn exchange(
+        &self,
+        requests: &[&[u8]],
+        timeout: Duration,
+    ) -> (Vec<String>, Option<ClientError>) {
         let mut out = BytesMut::new();
         for r in requests {
             if r.is_empty() || r.len() > MAX_FRAME {
@@ -403,7 +501,7 @@ impl CliClient {
             };
             let mut answers = Vec::with_capacity(requests.len());
             let mut written = 0;
-            let result = tokio::time::timeout(self.timeout, async {
+            let result = tokio::time::timeout(timeout, async {
                 // Counted by hand (not write_all) to know whether any byte
                 // left: a write refused outright sent nothing.
                 while written < out.len() {
@@ -425,7 +523,7 @@ impl CliClient {
                 // next call: the connection goes too.
                 Err(_) => std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", self.timeout),
+                    format!("no answer within {timeout:?}"),
                 ),
             };
             *guard = None; // broken: reconnect on the next call
@@ -556,8 +654,23 @@ mod tests {
                         None => Response::Empty,
                     }
                 }
-                Request::State(_) | Request::Metrics | Request::Topics => {
+                Request::State(_) | Request::Metrics | Request::Topics | Request::TopicCounts => {
                     Response::Json(format!("{{\"count\":{}}}", log.0.len()))
+                }
+                Request::Read {
+                    offset,
+                    max_entries,
+                    ..
+                } => {
+                    let entries: Vec<(u64, bytes::Bytes)> = (offset..)
+                        .zip(log.0.iter().skip(offset as usize).cloned())
+                        .take(max_entries as usize)
+                        .collect();
+                    let next = offset + entries.len() as u64;
+                    Response::Entries { entries, next }
+                }
+                Request::Offsets(_) => {
+                    Response::Json(format!("{{\"first\":0,\"end\":{}}}", log.0.len()))
                 }
                 Request::Ping => Response::Pong,
                 Request::ReplaceStorage { .. } => Response::Err("not here".into()),
@@ -599,6 +712,36 @@ mod tests {
         assert_eq!(c.get("logs").await.unwrap(), None);
         assert_eq!(c.state("logs").await.unwrap()["count"], 2);
         c.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn given_payloads_with_spaces_and_newlines_when_reading_by_offset_should_get_them_exactly_without_moving_the_cursor(
+    ) {
+        let s = server().await;
+        let c = CliClient::new(s.local_addr().to_string());
+        let payloads = ["a b", "line one\nline two\n", "3 4\n", " ENTRIES 9 9\n"];
+        for p in payloads {
+            c.put("logs", p).await.unwrap();
+        }
+        let opts = ReadOptions {
+            max_entries: 3,
+            ..ReadOptions::default()
+        };
+        let first = c.read("logs", 0, opts).await.unwrap();
+        assert_eq!(first.next, 3);
+        let second = c.read("logs", first.next, opts).await.unwrap();
+        let got: Vec<(u64, String)> = first
+            .entries
+            .into_iter()
+            .chain(second.entries)
+            .map(|e| (e.offset, e.payload))
+            .collect();
+        let want: Vec<(u64, String)> = (0..).zip(payloads.map(String::from)).collect();
+        assert_eq!(got, want);
+        assert_eq!(second.next, 4);
+        assert_eq!(c.offsets("logs").await.unwrap(), (0, 4));
+        // The shared cursor did not move.
+        assert_eq!(c.get("logs").await.unwrap().as_deref(), Some("a b"));
     }
 
     #[tokio::test]

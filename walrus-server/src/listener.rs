@@ -45,7 +45,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
-use walrus_core::protocol::{Request, Response, MAX_FRAME};
+use walrus_core::protocol::{response, Request, Response, MAX_FRAME};
 use walrus_core::{Node, TopicName};
 
 /// What answers client requests. The server gives the listener a `Node`;
@@ -205,9 +205,42 @@ impl Charge {
         }
     }
 
-    /// Shrinks to what `answer` holds.
-    fn fit(&mut self, answer: &Response) {
+    /// Shrinks to what `answer` holds. A READ's answer may be larger than
+    /// the charge (it held an answer's reserve while it ran or waited):
+    /// the charge grows to it if the budget has room now, and otherwise
+    /// the answer keeps only the entries that fit (at least one; the
+    /// reader asks again at its `next`). Never waits for budget: holding
+    /// some, it would block other holders.
+    fn fit(&mut self, answer: &mut Response) {
+        let need = REQUEST_OVERHEAD + answer_bytes(answer);
+        if let Response::Entries { entries, next } = answer {
+            if need > self.bytes && !self.grow(need - self.bytes) {
+                let mut size = need;
+                while entries.len() > 1 && size > self.bytes {
+                    let (_, last) = entries.pop().expect("more than one entry is there");
+                    size -= response::ENTRY_OVERHEAD + last.len();
+                }
+                if let Some((first, _)) = entries.first() {
+                    *next = first + entries.len() as u64;
+                }
+            }
+        }
         self.shrink_to(REQUEST_OVERHEAD + answer_bytes(answer));
+    }
+
+    /// Takes `bytes` more from the budget if it has them now.
+    fn grow(&mut self, bytes: usize) -> bool {
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        match self.permits.try_acquire_many(n) {
+            Ok(permit) => {
+                permit.forget();
+                self.bytes += bytes;
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -224,6 +257,7 @@ fn answer_bytes(answer: &Response) -> usize {
         Response::Json(j) => j.len(),
         Response::Err(e) => e.len(),
         Response::Ok | Response::Empty | Response::Pong => 0,
+        Response::Entries { .. } => answer.encoded_len(),
     }
 }
 
@@ -436,9 +470,9 @@ impl Reply {
         (Reply { to, charge }, Pending::Waiting(rx))
     }
 
-    fn send(self, answer: Response) {
+    fn send(self, mut answer: Response) {
         let mut charge = self.charge;
-        charge.fit(&answer);
+        charge.fit(&mut answer);
         // A connection that is gone drops the answer and the charge here.
         let _ = self.to.send((answer, charge));
     }
@@ -507,8 +541,8 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
             let req = match Request::parse(frame) {
                 Ok(req) => req,
                 Err(e) => {
-                    let answer = Response::from(e);
-                    charge.fit(&answer);
+                    let mut answer = Response::from(e);
+                    charge.fit(&mut answer);
                     if self.send(Pending::Ready(answer, charge)).await.is_err() {
                         return;
                     }
@@ -594,7 +628,13 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
 fn answer_is_data(req: &Request) -> bool {
     matches!(
         req,
-        Request::Get(_) | Request::State(_) | Request::Metrics | Request::Topics
+        Request::Get(_)
+            | Request::State(_)
+            | Request::Metrics
+            | Request::Topics
+            | Request::TopicCounts
+            | Request::Offsets(_)
+            | Request::Read { .. }
     )
 }
 
@@ -668,8 +708,8 @@ async fn start_inline<H: ClientHandler + ?Sized>(
     let h = handler.clone();
     let mut work = Box::pin(AssertUnwindSafe(async move { h.handle(req).await }).catch_unwind());
     if let Poll::Ready(answer) = futures::poll!(work.as_mut()) {
-        let answer = answer.unwrap_or_else(|_| panicked());
-        charge.fit(&answer);
+        let mut answer = answer.unwrap_or_else(|_| panicked());
+        charge.fit(&mut answer);
         return Pending::Ready(answer, charge);
     }
     if let Some(lane) = &lane {
@@ -778,9 +818,13 @@ impl<H: ClientHandler + ?Sized> Drop for LaneGuard<H> {
 
 fn topic_of(req: &Request) -> Option<&TopicName> {
     match req {
-        Request::Register(t) | Request::Get(t) | Request::State(t) => Some(t),
-        Request::Put { topic, .. } => Some(topic),
-        Request::Metrics | Request::Ping | Request::Topics | Request::ReplaceStorage { .. } => None,
+        Request::Register(t) | Request::Get(t) | Request::State(t) | Request::Offsets(t) => Some(t),
+        Request::Put { topic, .. } | Request::Read { topic, .. } => Some(topic),
+        Request::Metrics
+        | Request::Ping
+        | Request::Topics
+        | Request::TopicCounts
+        | Request::ReplaceStorage { .. } => None,
     }
 }
 
@@ -908,6 +952,59 @@ mod tests {
         let mut body = vec![0; u32::from_le_bytes(len) as usize];
         s.read_exact(&mut body).await.ok()?;
         Some(String::from_utf8(body).unwrap())
+    }
+
+    /// Answers every READ with `count` entries of 60 KB from its offset.
+    struct Wide {
+        count: u64,
+    }
+
+    #[async_trait]
+    impl ClientHandler for Wide {
+        async fn handle(&self, req: Request) -> Response {
+            let Request::Read { offset, .. } = req else {
+                return Response::Err("not in this test".into());
+            };
+            let entries: Vec<(u64, Bytes)> = (offset..offset + self.count)
+                .map(|o| (o, Bytes::from(vec![b'x'; 60_000])))
+                .collect();
+            Response::Entries {
+                next: offset + self.count,
+                entries,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn given_a_read_answer_larger_than_the_budget_should_send_the_entries_that_fit_and_their_next(
+    ) {
+        let config = ListenerConfig {
+            max_bytes_in_flight: MIN_BYTES_IN_FLIGHT,
+            ..ListenerConfig::default()
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let wide = Arc::new(Wide { count: 40 }); // 2.4 MB, over the 1 MiB budget
+        let l = ClientListener::start(l, wide, config).unwrap();
+        let mut s = TcpStream::connect(l.local_addr()).await.unwrap();
+        s.write_all(&frame(b"READ t 100")).await.unwrap();
+        let body = read_resp(&mut s).await.unwrap();
+        let (entries, next) =
+            walrus_core::protocol::parse_entries(body.as_bytes()).expect("a whole ENTRIES answer");
+        assert!(
+            !entries.is_empty() && entries.len() < 40,
+            "{} entries",
+            entries.len()
+        );
+        assert!(body.len() <= MIN_BYTES_IN_FLIGHT, "{} bytes", body.len());
+        assert_eq!(entries[0].0, 100);
+        assert_eq!(
+            next,
+            100 + entries.len() as u64,
+            "the reader goes on where it stopped"
+        );
+        // The budget is whole again once the answer is written.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(l.bytes_in_flight(), 0);
     }
 
     #[tokio::test]

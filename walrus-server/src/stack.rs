@@ -165,6 +165,7 @@ impl Stack {
     /// node's loops (persisting cursors, syncing the log), then consensus
     /// and the transport.
     pub async fn shutdown(self) {
+        self.node.stop_waiting();
         if !self.clients.shutdown().await {
             tracing::warn!("some client requests did not finish within the drain timeout");
         }

@@ -54,6 +54,22 @@ fn request() -> impl Strategy<Value = NodeRequest> {
                 max_bytes
             }
         ),
+        (
+            segment(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(|(segment, from, max_entries, max_bytes, wait_ms)| {
+                NodeRequest::ReadWait {
+                    segment,
+                    from,
+                    max_entries,
+                    max_bytes,
+                    wait_ms,
+                }
+            }),
         topic().prop_map(|topic| NodeRequest::Get { topic }),
         any::<u64>().prop_map(|node| NodeRequest::RenewLease { node }),
         (any::<u64>(), ".{0,20}", ".{0,20}").prop_map(|(node, raft_addr, client_addr)| {

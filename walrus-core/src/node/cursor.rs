@@ -104,6 +104,50 @@ pub(crate) fn blocked_advice(leader: crate::types::NodeId) -> String {
     )
 }
 
+/// What a reader waiting at `segment` of `topic`, pending on the node
+/// `leader` that cannot serve more of it now, is told.
+pub(crate) fn blocked(
+    topic: &TopicName,
+    segment: crate::types::SegmentId,
+    leader: crate::types::NodeId,
+) -> Error {
+    Error::Unavailable(format!(
+        "segment {segment} of {topic} is on node {leader}, which is down; {}",
+        blocked_advice(leader)
+    ))
+}
+
+/// The first offset of `segment`, the pending segment `locate` found
+/// blocking `offset`: every segment before it has a final count.
+pub(crate) fn pending_base(
+    t: &crate::metadata::TopicState,
+    topic: &TopicName,
+    segment: crate::types::SegmentId,
+    offset: Offset,
+) -> Result<Offset> {
+    t.base_offset(segment).ok_or_else(|| {
+        Error::Internal(format!(
+            "offset {offset} of {topic} is blocked by segment {segment}, \
+             yet an earlier segment has no final count"
+        ))
+    })
+}
+
+/// What a reader waiting at the damage in a quarantined pending segment
+/// is told: where it is and what the operator can do.
+pub(crate) fn quarantined(
+    why: &str,
+    topic: &TopicName,
+    segment: crate::types::SegmentId,
+    leader: crate::types::NodeId,
+) -> Error {
+    Error::Corrupt(format!(
+        "{why}; segment {segment} of {topic} is quarantined on node {leader} and its count is \
+         unknown, so reads wait here and never skip it: once the file is restored, restart \
+         node {leader} (it then reports the count); retry"
+    ))
+}
+
 impl super::Node {
     /// The next entry of `topic` for the shared cursor; this node must be
     /// the consensus leader. `None` at the end of the topic.
@@ -173,12 +217,7 @@ impl super::Node {
         let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
         match t.locate(offset) {
             Location::BlockedBy { segment, leader } => {
-                let base = t.base_offset(segment).ok_or_else(|| {
-                    Error::Internal(format!(
-                        "offset {offset} of {topic} is blocked by segment {segment}, \
-                         yet an earlier segment has no final count"
-                    ))
-                })?;
+                let base = pending_base(t, topic, segment, offset)?;
                 self.read_pending(topic, segment, leader, offset - base)
                     .await
             }
@@ -234,15 +273,8 @@ impl super::Node {
         .await;
         match read {
             Ok(Ok(read)) if !read.entries.is_empty() => Ok(read.entries.into()),
-            Ok(Err(Error::Corrupt(why))) => Err(Error::Corrupt(format!(
-                "{why}; segment {segment} of {topic} is quarantined on node {leader} and its \
-                 count is unknown, so reads wait here and never skip it: once the file is \
-                 restored, restart node {leader} (it then reports the count); retry"
-            ))),
-            _ => Err(Error::Unavailable(format!(
-                "segment {segment} of {topic} is on node {leader}, which is down; {}",
-                blocked_advice(leader)
-            ))),
+            Ok(Err(Error::Corrupt(why))) => Err(quarantined(&why, topic, segment, leader)),
+            _ => Err(blocked(topic, segment, leader)),
         }
     }
 

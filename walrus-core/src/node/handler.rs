@@ -36,6 +36,28 @@ impl RequestHandler for super::Node {
                     sealed: info.is_some_and(|i| i.sealed),
                 })
             }
+            NodeRequest::ReadWait {
+                segment,
+                from,
+                max_entries,
+                max_bytes,
+                wait_ms,
+            } => {
+                let held = self
+                    .read_held(
+                        &segment,
+                        from,
+                        max_entries,
+                        max_bytes,
+                        std::time::Duration::from_millis(wait_ms.into()),
+                    )
+                    .await?;
+                Ok(NodeResponse::Entries {
+                    entries: held.entries,
+                    count: held.count,
+                    sealed: held.sealed,
+                })
+            }
             NodeRequest::Get { topic } => {
                 if self.metadata.state().topic(&topic).is_none() {
                     return Err(Error::TopicNotFound);

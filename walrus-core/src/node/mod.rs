@@ -10,6 +10,8 @@
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
+//! - `read`: reads by offset (READ with long-polling, OFFSETS), which move
+//!   no cursor.
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
 //! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
@@ -21,6 +23,7 @@ mod forward;
 mod handler;
 pub mod lease;
 mod metrics;
+mod read;
 mod rollover;
 mod router;
 mod storage;
@@ -102,6 +105,10 @@ pub struct Node {
     failover: failover::Failover,
     cursors: cursor::Cursors,
     forwards: forward::Forwards,
+    /// Wakes long-polling readers of segments this node leads.
+    appends: read::AppendSignals,
+    /// Set when the node stops: waiting READs answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// A count report of ours was refused (storage mismatch): logged once.
     count_refused: std::sync::atomic::AtomicBool,
     /// A weak handle on ourselves, to spawn work that outlives a request.
@@ -150,6 +157,8 @@ impl Node {
             failover: failover::Failover::default(),
             cursors: cursor::Cursors::default(),
             forwards: forward::Forwards::default(),
+            appends: read::AppendSignals::default(),
+            stopping: tokio::sync::watch::channel(false).0,
             count_refused: Default::default(),
             config,
             metadata,
@@ -180,10 +189,19 @@ impl Node {
         }
     }
 
+    /// Ends the waits of long-polling READs: each answers what it has at
+    /// once (an empty result at the end of the topic), so that a graceful
+    /// shutdown does not wait out their `WAIT`. Call it before draining
+    /// client requests; reads that start afterwards do not wait.
+    pub fn stop_waiting(&self) {
+        self.stopping.send_replace(true);
+    }
+
     /// Stops the background loops, persists the GET cursors and syncs the
     /// log store. In-flight requests finish first (the server stops
     /// accepting before calling this).
     pub async fn shutdown(&self) {
+        self.stop_waiting();
         let tasks: Vec<JoinHandle<()>> = self.tasks_lock().drain(..).collect();
         for t in &tasks {
             t.abort();

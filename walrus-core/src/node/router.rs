@@ -74,6 +74,30 @@ impl super::Node {
                 let names: Vec<&str> = state.topics.keys().map(TopicName::as_str).collect();
                 Ok(Response::Json(serde_json::json!(names).to_string()))
             }
+            Request::TopicCounts => Ok(Response::Json(self.topic_counts().await.to_string())),
+            Request::Read {
+                topic,
+                offset,
+                max_entries,
+                max_bytes,
+                wait_ms,
+            } => {
+                self.read_by_offset(
+                    &topic,
+                    offset,
+                    max_entries,
+                    max_bytes,
+                    Duration::from_millis(wait_ms),
+                )
+                .await
+            }
+            Request::Offsets(topic) => {
+                let (first, end) = self.topic_offsets(&topic).await?;
+                Ok(Response::Json(
+                    serde_json::json!({"topic": topic.as_str(), "first": first, "end": end})
+                        .to_string(),
+                ))
+            }
         }
     }
 
@@ -214,7 +238,11 @@ impl super::Node {
         }
         let appended = loop {
             match self.log.append(key, &entries[..take], limit).await {
-                Ok(a) => break a,
+                Ok(a) => {
+                    // Stored, acknowledged or not: it will be read.
+                    self.appends.appended(key);
+                    break a;
+                }
                 Err(Error::SegmentSealed(_)) if take > 1 => take /= 2,
                 Err(Error::SegmentSealed(k)) => {
                     self.spawn_rollover(k.clone());
@@ -342,7 +370,7 @@ impl super::Node {
     /// `Ok` if `topic` exists. A topic this node does not know may have
     /// been registered elsewhere a moment ago: catch up with the quorum
     /// before saying `topic not found`.
-    async fn known_topic(&self, topic: &TopicName) -> Result<()> {
+    pub(super) async fn known_topic(&self, topic: &TopicName) -> Result<()> {
         if self.metadata.state().topic(topic).is_some() {
             return Ok(());
         }
@@ -421,30 +449,15 @@ impl super::Node {
                 .await?;
             return Ok(SegmentRead { entries });
         }
-        let answer = self
-            .transport
-            .call(
-                holder,
-                NodeRequest::Read {
-                    segment: key.clone(),
-                    from,
-                    max_entries,
-                    max_bytes: READ_MAX_BYTES as u32,
-                },
-            )
-            .await
-            // A read changes nothing: a lost answer is only a delay.
-            .map_err(|e| match e {
-                Error::NoAnswer(why) => {
-                    Error::Unavailable(format!("reading {key} from node {holder}: {why}, retry"))
-                }
-                e => e,
-            })?;
-        match answer {
-            NodeResponse::Entries { entries, .. } => Ok(SegmentRead { entries }),
-            other => Err(Error::Internal(format!(
-                "node {holder} answered a read with {other:?}"
-            ))),
-        }
+        let request = NodeRequest::Read {
+            segment: key.clone(),
+            from,
+            max_entries,
+            max_bytes: READ_MAX_BYTES as u32,
+        };
+        let held = self.call_holder(holder, key, request).await?;
+        Ok(SegmentRead {
+            entries: held.entries,
+        })
     }
 }

@@ -11,4 +11,4 @@ pub mod response;
 
 pub use frame::{encode_frame, read_frame, FrameError, MAX_FRAME};
 pub use request::Request;
-pub use response::Response;
+pub use response::{parse_entries, Response};

@@ -4,7 +4,19 @@
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::types::{NodeId, StorageId, TopicName};
+use crate::types::{NodeId, Offset, StorageId, TopicName};
+
+/// Entries a READ returns when it names no `max_entries`.
+pub const READ_DEFAULT_MAX_ENTRIES: u32 = 100;
+/// The largest `max_entries` of a READ.
+pub const READ_MAX_ENTRIES: u32 = 10_000;
+/// Payload bytes a READ returns at most (and when it names no `max_bytes`);
+/// one entry is returned even when it alone is larger.
+pub const READ_MAX_BYTES: u32 = 1 << 20;
+/// The longest `WAIT` of a READ, in ms.
+pub const READ_MAX_WAIT_MS: u64 = 60_000;
+
+const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
 
 /// A parsed client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +32,21 @@ pub enum Request {
     Metrics,
     Ping,
     Topics,
+    /// `TOPICS COUNTS`: every topic with its entry count.
+    TopicCounts,
+    /// `READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]`:
+    /// entries from `offset` on, moving no cursor. `wait_ms > 0`: wait up
+    /// to that long for one to exist.
+    Read {
+        topic: TopicName,
+        offset: Offset,
+        max_entries: u32,
+        max_bytes: u32,
+        wait_ms: u64,
+    },
+    /// `OFFSETS <topic>`: the first offset and the end (one past the last
+    /// readable entry).
+    Offsets(TopicName),
     /// `REPLACE-STORAGE <node> <storage-id>` (operator): accept that `node`
     /// lost its storage and record its new one.
     ReplaceStorage {
@@ -59,7 +86,7 @@ impl Request {
                     payload: body.slice(start..),
                 })
             }
-            "REGISTER" | "GET" | "STATE" => {
+            "REGISTER" | "GET" | "STATE" | "OFFSETS" => {
                 let topic = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
                 if topic.is_empty() {
                     return Err(Error::BadRequest(format!("{verb_upper} requires a topic")));
@@ -68,12 +95,20 @@ impl Request {
                 Ok(match verb_upper.as_str() {
                     "REGISTER" => Request::Register(topic),
                     "GET" => Request::Get(topic),
+                    "OFFSETS" => Request::Offsets(topic),
                     _ => Request::State(topic),
                 })
             }
             "METRICS" => Ok(Request::Metrics),
             "PING" => Ok(Request::Ping),
-            "TOPICS" => Ok(Request::Topics),
+            "TOPICS" => match rest.map(|r| r.trim_end_matches(['\r', '\n'])) {
+                None | Some("") => Ok(Request::Topics),
+                Some(arg) if arg.eq_ignore_ascii_case("COUNTS") => Ok(Request::TopicCounts),
+                Some(arg) => Err(Error::BadRequest(format!(
+                    "TOPICS takes no argument, or COUNTS; got {arg:?}"
+                ))),
+            },
+            "READ" => parse_read(rest.unwrap_or("")),
             "REPLACE-STORAGE" => {
                 const USAGE: &str = "REPLACE-STORAGE requires a node id and a storage id";
                 let rest = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
@@ -93,6 +128,64 @@ impl Request {
             _ => Err(Error::BadRequest(format!("unknown command {verb}"))),
         }
     }
+}
+
+/// The arguments of a READ after the verb.
+fn parse_read(rest: &str) -> Result<Request, Error> {
+    let bad = |what: String| Error::BadRequest(format!("{what}: {READ_USAGE}"));
+    let rest = rest.trim_end_matches(['\r', '\n']);
+    let mut words = rest.split(' ');
+    let topic = words.next().unwrap_or("");
+    if topic.is_empty() {
+        return Err(Error::BadRequest("READ requires a topic".into()));
+    }
+    let topic = TopicName::new(topic)?;
+    let offset = match words.next() {
+        None => return Err(bad("READ requires an offset".into())),
+        Some(o) => o
+            .parse::<Offset>()
+            .map_err(|_| bad(format!("invalid offset {o:?}")))?,
+    };
+    let number = |word: &str, what: &str, max: u64| -> Result<u64, Error> {
+        match word.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(bad(format!("{what} must be 1 to {max}, got {word:?}"))),
+        }
+    };
+    let mut sizes = Vec::with_capacity(2);
+    let mut wait_ms = 0;
+    while let Some(word) = words.next() {
+        if word.eq_ignore_ascii_case("WAIT") {
+            let ms = words
+                .next()
+                .ok_or_else(|| bad("WAIT requires a time in ms".into()))?;
+            wait_ms = match ms.parse::<u64>() {
+                Ok(n) if n <= READ_MAX_WAIT_MS => n,
+                _ => {
+                    return Err(bad(format!(
+                        "WAIT must be 0 to {READ_MAX_WAIT_MS} ms, got {ms:?}"
+                    )))
+                }
+            };
+            if let Some(extra) = words.next() {
+                return Err(bad(format!("unexpected {extra:?} after WAIT <ms>")));
+            }
+            break;
+        }
+        let (what, max) = match sizes.len() {
+            0 => ("max_entries", u64::from(READ_MAX_ENTRIES)),
+            1 => ("max_bytes", u64::from(READ_MAX_BYTES)),
+            _ => return Err(bad(format!("unexpected {word:?}"))),
+        };
+        sizes.push(number(word, what, max)? as u32);
+    }
+    Ok(Request::Read {
+        topic,
+        offset,
+        max_entries: sizes.first().copied().unwrap_or(READ_DEFAULT_MAX_ENTRIES),
+        max_bytes: sizes.get(1).copied().unwrap_or(READ_MAX_BYTES),
+        wait_ms,
+    })
 }
 
 #[cfg(test)]
@@ -173,6 +266,61 @@ mod tests {
         assert!(parse(b"REPLACE-STORAGE 2 nothex")
             .unwrap_err()
             .starts_with("invalid storage id"));
+    }
+
+    fn read(offset: Offset, max_entries: u32, max_bytes: u32, wait_ms: u64) -> Request {
+        Request::Read {
+            topic: t("logs"),
+            offset,
+            max_entries,
+            max_bytes,
+            wait_ms,
+        }
+    }
+
+    #[test]
+    fn given_read_arguments_should_take_the_optional_ones_in_order_and_wait_last() {
+        let (n, b) = (READ_DEFAULT_MAX_ENTRIES, READ_MAX_BYTES);
+        assert_eq!(parse(b"READ logs 0").unwrap(), read(0, n, b, 0));
+        assert_eq!(parse(b"read logs 7 10\r\n").unwrap(), read(7, 10, b, 0));
+        assert_eq!(parse(b"READ logs 7 10 4096").unwrap(), read(7, 10, 4096, 0));
+        assert_eq!(parse(b"READ logs 7 WAIT 500").unwrap(), read(7, n, b, 500));
+        assert_eq!(
+            parse(b"READ logs 7 10 4096 wait 500").unwrap(),
+            read(7, 10, 4096, 500)
+        );
+        assert_eq!(
+            parse(b"OFFSETS logs\n").unwrap(),
+            Request::Offsets(t("logs"))
+        );
+        assert_eq!(parse(b"TOPICS").unwrap(), Request::Topics);
+        assert_eq!(parse(b"topics counts").unwrap(), Request::TopicCounts);
+    }
+
+    #[test]
+    fn given_a_bad_read_should_say_what_is_wrong_and_show_the_usage() {
+        assert_eq!(parse(b"READ").unwrap_err(), "READ requires a topic");
+        assert_eq!(parse(b"READ ").unwrap_err(), "READ requires a topic");
+        assert_eq!(parse(b"OFFSETS").unwrap_err(), "OFFSETS requires a topic");
+        for (body, start) in [
+            (&b"READ logs"[..], "READ requires an offset"),
+            (b"READ logs -1", "invalid offset \"-1\""),
+            (b"READ logs 0 0", "max_entries must be 1 to 10000"),
+            (b"READ logs 0 10001", "max_entries must be 1 to 10000"),
+            (b"READ logs 0 1 0", "max_bytes must be 1 to 1048576"),
+            (b"READ logs 0 1 2 3", "unexpected \"3\""),
+            (b"READ logs 0 WAIT", "WAIT requires a time in ms"),
+            (b"READ logs 0 WAIT 60001", "WAIT must be 0 to 60000 ms"),
+            (b"READ logs 0 WAIT 5 6", "unexpected \"6\" after WAIT <ms>"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(e.ends_with(READ_USAGE), "{e}");
+        }
+        assert_eq!(parse(b"READ a/b 0").unwrap_err(), "invalid topic name");
+        assert!(parse(b"TOPICS all")
+            .unwrap_err()
+            .starts_with("TOPICS takes"));
     }
 
     proptest::proptest! {

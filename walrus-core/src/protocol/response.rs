@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::Error;
 use crate::protocol::frame::encode_frame;
+use crate::types::Offset;
 
 /// A response to a client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +21,21 @@ pub enum Response {
     Pong,
     /// `ERR <text>`
     Err(String),
+    /// A READ's answer: each entry with its offset, and the offset to ask
+    /// for next. Encoded as
+    /// `ENTRIES <n> <next>\n` then, per entry, `<offset> <length>\n`,
+    /// exactly `<length>` payload bytes and `\n` (docs/protocol.md).
+    Entries {
+        entries: Vec<(Offset, Bytes)>,
+        next: Offset,
+    },
 }
+
+/// The bytes an entry adds to an `ENTRIES` answer besides its payload, at
+/// most: two 20-digit numbers, a space and two newlines.
+pub const ENTRY_OVERHEAD: usize = 43;
+/// The `ENTRIES <n> <next>\n` line, at most.
+pub const ENTRIES_HEADER: usize = 50;
 
 impl From<Error> for Response {
     fn from(e: Error) -> Self {
@@ -43,6 +58,36 @@ impl Response {
             Response::Json(j) => encode_frame(out, j.as_bytes()),
             Response::Pong => encode_frame(out, b"OK PONG"),
             Response::Err(e) => encode_frame(out, format!("ERR {e}").as_bytes()),
+            Response::Entries { entries, next } => {
+                let mut body = Vec::with_capacity(self.encoded_len());
+                body.extend_from_slice(format!("ENTRIES {} {next}\n", entries.len()).as_bytes());
+                for (offset, payload) in entries {
+                    body.extend_from_slice(format!("{offset} {}\n", payload.len()).as_bytes());
+                    body.extend_from_slice(payload);
+                    body.push(b'\n');
+                }
+                encode_frame(out, &body)
+            }
+        }
+    }
+
+    /// The length of this answer's body, at most (exact for all but
+    /// `Entries`, where numbers are counted at their widest).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Response::Ok => 2,
+            Response::Entry(p) => 3 + p.len(),
+            Response::Empty => 5,
+            Response::Json(j) => j.len(),
+            Response::Pong => 7,
+            Response::Err(e) => 4 + e.len(),
+            Response::Entries { entries, .. } => {
+                ENTRIES_HEADER
+                    + entries
+                        .iter()
+                        .map(|(_, p)| ENTRY_OVERHEAD + p.len())
+                        .sum::<usize>()
+            }
         }
     }
 
@@ -53,12 +98,50 @@ impl Response {
             b"EMPTY" => Response::Empty,
             b"OK PONG" => Response::Pong,
             _ if body.starts_with(b"OK ") => Response::Entry(Bytes::copy_from_slice(&body[3..])),
+            _ if body.starts_with(b"ENTRIES ") => match parse_entries(body) {
+                Some((entries, next)) => Response::Entries { entries, next },
+                None => Response::Json(String::from_utf8_lossy(body).into_owned()),
+            },
             _ if body.starts_with(b"ERR ") => {
                 Response::Err(String::from_utf8_lossy(&body[4..]).into_owned())
             }
             _ => Response::Json(String::from_utf8_lossy(body).into_owned()),
         }
     }
+}
+
+/// Parses an `ENTRIES` answer body: the entries with their offsets and
+/// the next offset. `None` unless the body is exactly one well-formed
+/// answer (every length matches, nothing after the last entry).
+pub fn parse_entries(body: &[u8]) -> Option<(Vec<(Offset, Bytes)>, Offset)> {
+    let rest = body.strip_prefix(b"ENTRIES ")?;
+    let (n, rest) = number_until(rest, b' ')?;
+    let (next, mut rest) = number_until(rest, b'\n')?;
+    // Each entry takes at least 5 bytes: bound the allocation by the body.
+    let mut entries = Vec::with_capacity((n as usize).min(rest.len() / 5));
+    for _ in 0..n {
+        let (offset, r) = number_until(rest, b' ')?;
+        let (len, r) = number_until(r, b'\n')?;
+        let len = usize::try_from(len).ok()?;
+        if r.len() <= len || r[len] != b'\n' {
+            return None;
+        }
+        entries.push((offset, Bytes::copy_from_slice(&r[..len])));
+        rest = &r[len + 1..];
+    }
+    rest.is_empty().then_some((entries, next))
+}
+
+/// A decimal number (ASCII digits only, at least one) up to `end`, and what
+/// follows `end`.
+fn number_until(s: &[u8], end: u8) -> Option<(u64, &[u8])> {
+    let at = s.iter().position(|b| *b == end)?;
+    let digits = &s[..at];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((n, &s[at + 1..]))
 }
 
 #[cfg(test)]
@@ -74,5 +157,54 @@ mod tests {
         Response::Err("topic not found".into()).encode(&mut out);
         assert_eq!(&out[4..], b"ERR topic not found");
         assert_eq!(out.len(), 4 + 19);
+    }
+
+    #[test]
+    fn given_entries_with_spaces_and_newlines_should_encode_length_prefixed_and_parse_back() {
+        let answer = Response::Entries {
+            entries: vec![
+                (7, Bytes::from_static(b"two words")),
+                (8, Bytes::from_static(b"line\n8 3\nENTRIES 1 2\n")),
+                (9, Bytes::from_static("é ü".as_bytes())),
+            ],
+            next: 10,
+        };
+        let mut out = BytesMut::new();
+        answer.encode(&mut out);
+        let body = &out[4..];
+        assert_eq!(
+            body,
+            "ENTRIES 3 10\n7 9\ntwo words\n8 21\nline\n8 3\nENTRIES 1 2\n\n9 5\né ü\n".as_bytes()
+        );
+        assert!(body.len() <= answer.encoded_len());
+        assert_eq!(Response::parse(body), answer);
+        let empty = Response::Entries {
+            entries: vec![],
+            next: 4,
+        };
+        out.clear();
+        empty.encode(&mut out);
+        assert_eq!(&out[4..], b"ENTRIES 0 4\n");
+        assert_eq!(Response::parse(&out[4..]), empty);
+    }
+
+    #[test]
+    fn given_a_malformed_entries_answer_should_not_parse_as_entries() {
+        for bad in [
+            &b"ENTRIES 1 5\n4 3\nab\n"[..],
+            b"ENTRIES 1 5\n4 2\nab",
+            b"ENTRIES 1 5\n4 2\nab\nx",
+            b"ENTRIES 2 5\n4 2\nab\n",
+            b"ENTRIES -1 5\n",
+            b"ENTRIES 0 5",
+            b"ENTRIES 99999999999999999999999 5\n",
+        ] {
+            assert_eq!(
+                parse_entries(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -191,6 +191,13 @@ fn every_request() -> Vec<NodeRequest> {
             node: 4,
             storage: StorageId::random(),
         },
+        NodeRequest::ReadWait {
+            segment: segment(),
+            from: 6,
+            max_entries: 3,
+            max_bytes: 1 << 16,
+            wait_ms: 250,
+        },
     ]
 }
 
@@ -202,11 +209,13 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
             first_index: 7,
             count: entries.len() as u64,
         },
-        NodeRequest::Read { from, .. } => NodeResponse::Entries {
-            entries: vec![Bytes::from(format!("entry {from}")), Bytes::new()],
-            count: 9,
-            sealed: true,
-        },
+        NodeRequest::Read { from, .. } | NodeRequest::ReadWait { from, .. } => {
+            NodeResponse::Entries {
+                entries: vec![Bytes::from(format!("entry {from}")), Bytes::new()],
+                count: 9,
+                sealed: true,
+            }
+        }
         NodeRequest::Get { .. } => NodeResponse::Entry(Some(Bytes::from_static(b"next"))),
         NodeRequest::RenewLease { .. } => NodeResponse::Lease { version: 42 },
         NodeRequest::ReplaceStorage { .. } => NodeResponse::StorageReplaced {

@@ -33,6 +33,9 @@ fn verb() -> impl Strategy<Value = String> {
         "PING",
         "TOPICS",
         "REPLACE-STORAGE",
+        "READ",
+        "READ",
+        "OFFSETS",
         "PUTS",
         "GE",
         "",
@@ -84,6 +87,9 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             // Text (the body must be UTF-8 to parse), or any bytes.
             ".{0,100}".prop_map(String::into_bytes),
+            // READ's arguments, near misses included.
+            "[0-9-]{0,21}( [0-9]{0,6}){0,3}( (WAIT|wait|Wait) ?[0-9]{0,6})?( x)?(\r\n)?"
+                .prop_map(String::into_bytes),
             prop::collection::vec(any::<u8>(), 0..200),
         ],
     )
@@ -118,7 +124,44 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                     prop_assert!(!payload.is_empty());
                     prop_assert_eq!(&payload[..], &body[head.len()..]);
                 }
-                Request::Register(t) | Request::Get(t) | Request::State(t) => {
+                Request::Read {
+                    topic,
+                    offset,
+                    max_entries,
+                    max_bytes,
+                    wait_ms,
+                } => {
+                    let bare = verb.trim_end_matches(['\r', '\n']);
+                    prop_assert!(bare.eq_ignore_ascii_case("READ"), "{text:?}");
+                    // The words are exactly what was sent, in order.
+                    let rest = text[verb.len() + 1..].trim_end_matches(['\r', '\n']);
+                    let words: Vec<&str> = rest.split(' ').collect();
+                    prop_assert_eq!(words[0], topic.as_str());
+                    prop_assert_eq!(words[1].parse::<u64>().ok(), Some(offset));
+                    prop_assert!((1..=10_000).contains(&max_entries), "{text:?}");
+                    prop_assert!((1..=1 << 20).contains(&max_bytes), "{text:?}");
+                    prop_assert!(wait_ms <= 60_000, "{text:?}");
+                    let waits = words.iter().position(|w| w.eq_ignore_ascii_case("WAIT"));
+                    match waits {
+                        Some(i) => {
+                            prop_assert_eq!(i + 2, words.len(), "WAIT <ms> ends it: {:?}", text);
+                            prop_assert_eq!(words[i + 1].parse::<u64>().ok(), Some(wait_ms));
+                        }
+                        None => prop_assert_eq!(wait_ms, 0),
+                    }
+                    let sizes = &words[2..waits.unwrap_or(words.len())];
+                    prop_assert!(sizes.len() <= 2, "{text:?}");
+                    if let Some(n) = sizes.first() {
+                        prop_assert_eq!(n.parse::<u32>().ok(), Some(max_entries));
+                    }
+                    if let Some(b) = sizes.get(1) {
+                        prop_assert_eq!(b.parse::<u32>().ok(), Some(max_bytes));
+                    }
+                }
+                Request::Register(t)
+                | Request::Get(t)
+                | Request::State(t)
+                | Request::Offsets(t) => {
                     let rest = &text[verb.len() + 1..];
                     prop_assert_eq!(t.as_str(), rest.trim_end_matches(['\r', '\n']));
                     prop_assert!(TopicName::new(t.as_str()).is_ok());
@@ -154,6 +197,47 @@ fn given_a_well_formed_put_should_return_its_payload_byte_exact() {
         }
         Ok(())
     });
+}
+
+/// Well-formed READs: every argument comes back as sent, the optional ones
+/// defaulted when left out.
+#[test]
+fn given_a_well_formed_read_should_parse_every_argument_as_sent() {
+    let read = (
+        "[A-Za-z0-9._-]{1,40}",
+        any::<u64>(),
+        prop::option::of((1u32..=10_000, prop::option::of(1u32..=1 << 20))),
+        prop::option::of(0u64..=60_000),
+        any::<bool>(),
+    )
+        .prop_filter("not a dot name", |(t, ..)| t != "." && t != "..");
+    fuzz(
+        file!(),
+        "well-formed READ",
+        2048,
+        read,
+        |(t, offset, sizes, wait, lower)| {
+            let mut body = format!("{} {t} {offset}", if lower { "read" } else { "READ" });
+            if let Some((n, bytes)) = sizes {
+                body.push_str(&format!(" {n}"));
+                if let Some(b) = bytes {
+                    body.push_str(&format!(" {b}"));
+                }
+            }
+            if let Some(ms) = wait {
+                body.push_str(&format!(" {} {ms}", if lower { "wait" } else { "WAIT" }));
+            }
+            let want = Request::Read {
+                topic: TopicName::new(t.as_str()).unwrap(),
+                offset,
+                max_entries: sizes.map_or(100, |(n, _)| n),
+                max_bytes: sizes.and_then(|(_, b)| b).unwrap_or(1 << 20),
+                wait_ms: wait.unwrap_or(0),
+            };
+            prop_assert_eq!(Request::parse(Bytes::from(body)).ok(), Some(want));
+            Ok(())
+        },
+    );
 }
 
 /// Any byte stream through the frame reader: frames come out exactly as the
@@ -226,6 +310,24 @@ fn given_any_answer_bytes_should_parse_and_encoded_answers_should_round_trip() {
             .prop_map(|p| Response::Entry(Bytes::from(p))),
         ".{0,80}".prop_map(Response::Err),
         "\\{.{0,80}".prop_map(Response::Json),
+        // Payloads with the encoding's own separators and header-like text.
+        (
+            0u64..1 << 60,
+            prop::collection::vec(
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    "(ENTRIES|[0-9]| |\n){0,30}".prop_map(String::into_bytes),
+                ],
+                0..6
+            )
+        )
+            .prop_map(|(first, payloads)| {
+                let entries: Vec<(u64, Bytes)> = (first..)
+                    .zip(payloads.into_iter().map(Bytes::from))
+                    .collect();
+                let next = first + entries.len() as u64;
+                Response::Entries { entries, next }
+            }),
     ];
     let input = (answer, prop::collection::vec(any::<u8>(), 0..200));
     fuzz(file!(), "response codec", 4096, input, |(answer, junk)| {

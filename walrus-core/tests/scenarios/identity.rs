@@ -130,6 +130,23 @@ async fn given_a_wiped_segment_leader_when_the_operator_replaces_its_storage_sho
     let rest = c.drain(3, "logs", Duration::from_secs(5)).await;
     let expected: Vec<Bytes> = ["b0", "b1", "b2"].into_iter().map(Bytes::from).collect();
     assert_eq!(rest, expected, "nothing after the lost segment is skipped");
+    // By offset: the lost segment keeps offsets 0 and 1, gone for good;
+    // the next segment's entries follow them.
+    match c.send(1, "READ logs 1").await {
+        Response::Err(e) => assert_eq!(
+            e,
+            "lost: offsets 0 to 1 of logs were in segment 1, whose entries were lost with the \
+             storage of node 2 (accepted with REPLACE-STORAGE); read on from offset 2"
+        ),
+        other => panic!("READ of a lost offset answered {other:?}"),
+    }
+    assert_eq!(
+        c.send(1, "READ logs 2").await,
+        Response::Entries {
+            entries: (2..).zip(expected.iter().cloned()).collect(),
+            next: 5
+        }
+    );
 
     // The accepted storage is the node's now: it comes back and writes.
     c.logs.insert(2, Arc::new(MemLogStore::new()));

@@ -16,6 +16,7 @@ mod lease_provider;
 mod lifecycle;
 mod log_conformance_mem;
 mod metadata_conformance_fake;
+mod offsets;
 mod outcome;
 mod power_loss;
 mod races;

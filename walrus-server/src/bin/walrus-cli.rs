@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
-use walrus_server::client::{CliClient, ClientError};
+use walrus_server::client::{CliClient, ClientError, ReadOptions};
 
 #[derive(Parser)]
 #[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]
@@ -59,7 +59,34 @@ enum Command {
     /// The node's consensus metrics, as JSON.
     Metrics,
     /// The list of topics, as JSON.
-    Topics,
+    Topics {
+        /// With each topic's first and end offsets.
+        #[arg(long)]
+        counts: bool,
+    },
+    /// Read entries by offset, moving no cursor: one payload per entry,
+    /// as stored. Prints the next offset to read on stderr.
+    Read {
+        topic: String,
+        /// The offset to start at (see `offsets`).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Entries per request (1 to 10000).
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+        /// Keep reading and wait for new entries (long-polling, no busy
+        /// loop), like `tail -f`. Stops on Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How long each request of --follow waits at the end, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+        /// Print `<offset>\t` before each payload.
+        #[arg(long)]
+        offsets: bool,
+    },
+    /// The topic's first offset and end (one past the last readable entry).
+    Offsets { topic: String },
     /// Check that the node answers.
     Ping,
     /// Follow the topic: print entries as they arrive (consumes the shared
@@ -115,6 +142,24 @@ fn main() -> ExitCode {
     match cli.command {
         None => repl(&rt, &client),
         Some(Command::Tail { topic, poll_ms }) => rt.block_on(tail(&client, &topic, poll_ms)),
+        Some(Command::Read {
+            topic,
+            from,
+            max,
+            follow,
+            wait_ms,
+            offsets,
+        }) => {
+            let read = ReadArgs {
+                topic,
+                from,
+                max,
+                wait: follow.then(|| Duration::from_millis(wait_ms)),
+                offsets,
+                patience,
+            };
+            rt.block_on(read_entries(&client, read))
+        }
         // A health check reports what it finds now; raw sends exactly once.
         Some(Command::Ping) => one_off(&rt, &client, "PING", None),
         Some(Command::Raw { request }) => one_off(&rt, &client, &request.join(" "), None),
@@ -125,11 +170,16 @@ fn main() -> ExitCode {
                 Command::Get { topic } => format!("GET {topic}"),
                 Command::State { topic } => format!("STATE {topic}"),
                 Command::Metrics => "METRICS".into(),
-                Command::Topics => "TOPICS".into(),
+                Command::Topics { counts: false } => "TOPICS".into(),
+                Command::Topics { counts: true } => "TOPICS COUNTS".into(),
+                Command::Offsets { topic } => format!("OFFSETS {topic}"),
                 Command::Node {
                     command: NodeCommand::ReplaceStorage { node, storage },
                 } => format!("REPLACE-STORAGE {node} {storage}"),
-                Command::Ping | Command::Raw { .. } | Command::Tail { .. } => {
+                Command::Ping
+                | Command::Raw { .. }
+                | Command::Tail { .. }
+                | Command::Read { .. } => {
                     unreachable!("handled above")
                 }
             };
@@ -193,7 +243,7 @@ fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
         let _ = editor.load_history(h);
     }
     println!(
-        "Walrus shell on {}. Commands: REGISTER, PUT, GET, STATE, METRICS, TOPICS, PING; exit or Ctrl-D to leave.",
+        "Walrus shell on {}. Commands: REGISTER, PUT, GET, READ, OFFSETS, STATE, METRICS, TOPICS, PING; exit or Ctrl-D to leave.",
         client.addr()
     );
     loop {
@@ -208,7 +258,7 @@ fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
                     break;
                 }
                 if line.trim() == "help" {
-                    println!("REGISTER <topic> | PUT <topic> <payload> | GET <topic> | STATE <topic> | METRICS | TOPICS | PING | exit");
+                    println!("REGISTER <topic> | PUT <topic> <payload> | GET <topic> | READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>] | OFFSETS <topic> | STATE <topic> | METRICS | TOPICS [COUNTS] | PING | exit");
                     continue;
                 }
                 match rt.block_on(client.send_raw(line)) {
@@ -255,6 +305,75 @@ async fn tail(client: &CliClient, topic: &str, poll_ms: u64) -> ExitCode {
             }
         }
     }
+}
+
+struct ReadArgs {
+    topic: String,
+    from: u64,
+    max: u32,
+    /// `Some`: follow, each request waiting this long at the end.
+    wait: Option<Duration>,
+    offsets: bool,
+    /// How long to keep resending a READ answered "not applied".
+    patience: Duration,
+}
+
+/// `read`: prints entries from `from` on; without --follow, until the end
+/// as it is now. A READ changes nothing, so every failure that may pass
+/// (a node down, a segment waiting for its count) is simply asked again.
+async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
+    use std::io::Write;
+    let options = ReadOptions {
+        max_entries: args.max,
+        wait: args.wait.unwrap_or_default(),
+        ..ReadOptions::default()
+    };
+    let mut next = args.from;
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    loop {
+        let step = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            r = client.read(&args.topic, next, options) => r,
+        };
+        match step {
+            Ok(batch) => {
+                failing_since = None;
+                let mut out = std::io::stdout().lock();
+                for e in &batch.entries {
+                    let written = if args.offsets {
+                        writeln!(out, "{}\t{}", e.offset, e.payload)
+                    } else {
+                        writeln!(out, "{}", e.payload)
+                    };
+                    if written.is_err() {
+                        return ExitCode::SUCCESS; // stdout closed (a pipe into head)
+                    }
+                }
+                let _ = out.flush();
+                next = batch.next;
+                if batch.entries.is_empty() && args.wait.is_none() {
+                    break;
+                }
+            }
+            Err(e) if e.is_retryable() => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if args.wait.is_none() && since.elapsed() >= args.patience {
+                    eprintln!("ERR {}", explain(&e, client.addr()));
+                    eprintln!("next offset: {next}");
+                    return ExitCode::from(EXIT_UNREACHABLE);
+                }
+                eprintln!("{}; retrying", explain(&e, client.addr()));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                eprintln!("ERR {}", explain(&e, client.addr()));
+                eprintln!("next offset: {next}");
+                return ExitCode::from(EXIT_ERR);
+            }
+        }
+    }
+    eprintln!("next offset: {next}");
+    ExitCode::SUCCESS
 }
 
 /// JSON answers (STATE, METRICS, TOPICS) pretty-printed; others as they are.
