@@ -27,8 +27,13 @@ pub struct QuorumLease {
     metadata: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     lease: Duration,
-    /// The end of the lease; a watch so writers can wait for a renewal.
-    valid_until: tokio::sync::watch::Sender<Option<Instant>>,
+    /// The end of the lease.
+    valid_until: std::sync::Mutex<Option<Instant>>,
+    /// Wakes writers waiting for a renewal, in the order they came. Not a
+    /// `watch`: tokio's watch wakes its waiters in a random order (it puts
+    /// each in one of 8 queues at random), which a seeded simulation could
+    /// not replay.
+    renewals: tokio::sync::Notify,
 }
 
 impl QuorumLease {
@@ -43,8 +48,15 @@ impl QuorumLease {
             metadata,
             clock,
             lease,
-            valid_until: tokio::sync::watch::channel(None).0,
+            valid_until: std::sync::Mutex::new(None),
+            renewals: tokio::sync::Notify::new(),
         }
+    }
+
+    fn until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.valid_until
+            .lock()
+            .expect("lease lock poisoned: a panic while comparing two instants")
     }
 }
 
@@ -72,30 +84,41 @@ impl LeaseProvider for QuorumLease {
     /// Records a successful renewal that started at `t0`.
     fn renewed(&self, t0: Instant) {
         let until = t0 + self.lease;
-        self.valid_until.send_if_modified(|v| {
+        let later = {
+            let mut v = self.until();
             let later = v.is_none_or(|old| old < until);
             if later {
                 *v = Some(until);
             }
             later
-        });
+        };
+        if later {
+            self.renewals.notify_waiters();
+        }
     }
 
     fn is_valid(&self) -> bool {
-        self.valid_until
-            .borrow()
-            .is_some_and(|until| self.clock.now() < until)
+        self.until().is_some_and(|until| self.clock.now() < until)
     }
 
     fn valid_until(&self) -> Option<Instant> {
-        *self.valid_until.borrow()
+        *self.until()
     }
 
     async fn wait_valid(&self, limit: Duration) -> bool {
-        let mut rx = self.valid_until.subscribe();
-        let wait = rx.wait_for(|v| v.is_some_and(|until| self.clock.now() < until));
-        let valid = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
-        valid
+        let deadline = Instant::now() + limit;
+        loop {
+            // Registered before the check, so a renewal in between wakes it.
+            let renewal = self.renewals.notified();
+            tokio::pin!(renewal);
+            renewal.as_mut().enable();
+            if self.is_valid() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+                return self.is_valid();
+            }
+        }
     }
 }
 
