@@ -12,6 +12,8 @@
 //! 5. The GET cursor never passes durable data: everything a GET delivered
 //!    is in the log; nothing is skipped beyond what lost GET answers may
 //!    have taken; the persisted cursor is within the topic.
+//!    A READ by offset returned, at each offset, the entry the final log
+//!    holds there (an offset once given keeps naming the same entry).
 //! 6. One writer per topic at a time: no acknowledged entry of a segment
 //!    was appended after a later segment of its topic took its first
 //!    append (two leases overlapping).
@@ -209,6 +211,17 @@ fn check_reads(
             show(skipped[0])
         ));
     }
+    for r in history.reads_at.iter().filter(|r| r.topic == topic) {
+        let held = t.entries.get(r.offset as usize).map(|e| &e.payload);
+        if held != Some(&r.payload) {
+            out.push(format!(
+                "{topic}: READ at offset {} returned {}, but the log holds {} there",
+                r.offset,
+                show(&r.payload),
+                held.map_or("nothing".into(), show)
+            ));
+        }
+    }
     if t.cursor > t.entries.len() as u64 {
         out.push(format!(
             "{topic}: the persisted cursor {} is past the {} entries of the topic",
@@ -333,6 +346,23 @@ mod tests {
         entries(&mut t)[0].appended = Some(ms(26));
         let v = check(&h, &t, &BTreeSet::new());
         assert!(v.iter().any(|v| v.contains("leases overlapped")), "{v:?}");
+    }
+
+    #[test]
+    fn given_a_read_by_offset_when_the_log_holds_another_entry_there_should_report_it() {
+        let (mut h, t) = good();
+        let at = |offset, p: &'static [u8]| crate::history::ReadAt {
+            topic: "t".into(),
+            offset,
+            payload: Bytes::from_static(p),
+        };
+        h.reads_at.push(at(1, b"b"));
+        assert_eq!(check(&h, &t, &BTreeSet::new()), Vec::<String>::new());
+        h.reads_at.push(at(0, b"b"));
+        h.reads_at.push(at(5, b"a"));
+        let v = check(&h, &t, &BTreeSet::new());
+        assert!(v.iter().any(|v| v.contains("offset 0 returned b")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("holds nothing")), "{v:?}");
     }
 
     #[test]

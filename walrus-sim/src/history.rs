@@ -69,11 +69,21 @@ pub struct Read {
     pub result: ReadResult,
 }
 
+/// An entry a READ by offset returned.
+#[derive(Debug, Clone)]
+pub struct ReadAt {
+    pub topic: String,
+    pub offset: u64,
+    pub payload: Bytes,
+}
+
 /// Everything the clients saw in one run.
 #[derive(Debug, Default, Clone)]
 pub struct History {
     pub writes: Vec<Write>,
     pub reads: Vec<Read>,
+    /// Entries READ by offset returned (the cursor-free path).
+    pub reads_at: Vec<ReadAt>,
     /// Answers no request may get (`internal error`, a panic, …).
     pub violations: Vec<String>,
 }

@@ -204,10 +204,11 @@ mod tests {
     }
 
     /// Seeds whose two runs differed before the write lease woke its
-    /// waiters through a `Notify` and the simulator gave every metadata
+    /// waiters through a `Notify`, the simulator gave every metadata
     /// subscriber its own channel (tokio's watch wakes waiters in a
-    /// random order): with either fix undone, some of them differ again.
-    const ONCE_DIVERGENT: [u64; 10] = [15, 43, 55, 56, 78, 81, 137, 155, 193, 199];
+    /// random order), and READ's `select!`s were biased: with a fix
+    /// undone, some of them differ again.
+    const ONCE_DIVERGENT: [u64; 13] = [15, 43, 51, 55, 56, 78, 81, 137, 155, 193, 197, 199, 207];
 
     #[test]
     fn given_one_seed_when_run_twice_should_replay_the_same_trace() {
@@ -229,7 +230,7 @@ mod tests {
 
     #[test]
     fn given_a_planted_lease_bug_when_searching_should_catch_it_within_the_bound() {
-        const BOUND: u64 = 200;
+        const BOUND: u64 = 500;
         let opts = Options {
             plant: Some(Plant::StoppedLeaseClock),
             ..Options::default()

@@ -19,7 +19,7 @@ use walrus_core::{
 };
 
 use crate::history::{
-    History, Outcome, Read, ReadResult, SegmentTruth, Stored, TopicTruth, Truth, Write,
+    History, Outcome, Read, ReadAt, ReadResult, SegmentTruth, Stored, TopicTruth, Truth, Write,
 };
 use crate::world::{Call, World};
 use crate::{Options, Plant, Report, Stats};
@@ -270,8 +270,9 @@ async fn client(run: Arc<Run>, c: usize, mut rng: StdRng, plan: Plan) {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=plan.think_ms))).await;
         let name = TOPICS[rng.gen_range(0..TOPICS.len())];
         match rng.gen_range(0..100) {
-            0..50 => put(&run, &mut rng, &plan, name, format!("c{c}o{op}")).await,
-            50..65 => batch(&run, &mut rng, &plan, name, c, op).await,
+            0..45 => put(&run, &mut rng, &plan, name, format!("c{c}o{op}")).await,
+            45..60 => batch(&run, &mut rng, &plan, name, c, op).await,
+            60..80 => read_at(&run, &mut rng, &plan, name).await,
             _ => get(&run, &mut rng, &plan, name).await,
         }
     }
@@ -347,6 +348,69 @@ async fn batch(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str, c: 
     for (i, p) in payloads.into_iter().enumerate() {
         let outcome = if i < acked { Outcome::Acked } else { rest };
         record(run, name, p, invoked, outcome);
+    }
+}
+
+/// A READ by offset (no cursor), sometimes long-polling.
+async fn read_at(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str) {
+    let node = pick(rng, plan.nodes);
+    let offset = rng.gen_range(0..=(plan.ops as u64 * 2));
+    let max_entries = rng.gen_range(1..=8);
+    let wait_ms = [0, 0, 300][rng.gen_range(0..3)];
+    let answer = run
+        .world
+        .on_node(node, move |n| async move {
+            n.handle(Request::Read {
+                topic: topic(name),
+                offset,
+                max_entries,
+                max_bytes: 1 << 20,
+                wait_ms,
+            })
+            .await
+        })
+        .await;
+    let got = match answer {
+        Call::Done(Response::Entries { entries, next }) => {
+            let last = entries.last().map_or(offset, |(o, _)| o + 1);
+            if entries.first().is_some_and(|(o, _)| *o != offset) || next < last {
+                run.violation(format!(
+                    "READ {name} {offset} answered offsets {:?} and next {next}",
+                    entries.iter().map(|(o, _)| *o).collect::<Vec<_>>()
+                ));
+            }
+            entries
+        }
+        Call::Done(Response::Err(e)) => {
+            // An offset past the end is the reader's mistake, not the node's.
+            if !(e.starts_with("offset ") && e.contains("is past the end")) {
+                classify(run, &e);
+            }
+            Vec::new()
+        }
+        Call::Done(other) => {
+            run.violation(format!("READ answered {other:?}"));
+            Vec::new()
+        }
+        Call::Hung => {
+            hung(run, "READ");
+            Vec::new()
+        }
+        Call::Refused | Call::Cut => Vec::new(),
+    };
+    run.note(format!(
+        "READ {name} {offset} x{max_entries} wait {wait_ms} via {node}: {:?}",
+        got.iter()
+            .map(|(o, p)| format!("{o}={}", String::from_utf8_lossy(p)))
+            .collect::<Vec<_>>()
+    ));
+    let mut h = lock(&run.history);
+    for (offset, payload) in got {
+        h.reads_at.push(ReadAt {
+            topic: name.into(),
+            offset,
+            payload,
+        });
     }
 }
 

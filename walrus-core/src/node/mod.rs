@@ -108,7 +108,7 @@ pub struct Node {
     /// Wakes long-polling readers of segments this node leads.
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
-    stopping: tokio::sync::watch::Sender<bool>,
+    stopping: read::Stopping,
     /// A count report of ours was refused (storage mismatch): logged once.
     count_refused: std::sync::atomic::AtomicBool,
     /// A weak handle on ourselves, to spawn work that outlives a request.
@@ -158,7 +158,7 @@ impl Node {
             cursors: cursor::Cursors::default(),
             forwards: forward::Forwards::default(),
             appends: read::AppendSignals::default(),
-            stopping: tokio::sync::watch::channel(false).0,
+            stopping: read::Stopping::default(),
             count_refused: Default::default(),
             config,
             metadata,
@@ -194,7 +194,7 @@ impl Node {
     /// shutdown does not wait out their `WAIT`. Call it before draining
     /// client requests; reads that start afterwards do not wait.
     pub fn stop_waiting(&self) {
-        self.stopping.send_replace(true);
+        self.stopping.stop();
     }
 
     /// Stops the background loops, persists the GET cursors and syncs the
