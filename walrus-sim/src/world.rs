@@ -319,7 +319,7 @@ impl MetadataStore for GuardedMetadata {
         self.store.add_node(node, info).await
     }
 
-    fn metrics(&self) -> serde_json::Value {
+    fn metrics(&self) -> walrus_core::ConsensusMetrics {
         self.store.metrics()
     }
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -19,6 +20,8 @@ use crate::metadata::SegmentStatus;
 use crate::metadata_store::MetadataStore;
 use crate::types::{NodeId, SegmentKey};
 
+/// Core's [`LeaseProvider`]: valid until `t0 + lease` after the node's
+/// last successful quorum renewal that started at `t0`.
 pub struct QuorumLease {
     node: NodeId,
     metadata: Arc<dyn MetadataStore>,
@@ -55,52 +58,9 @@ impl QuorumLease {
             .lock()
             .expect("lease lock poisoned: a panic while comparing two instants")
     }
-
-    /// Records a successful renewal that started at `t0`.
-    pub fn renewed(&self, t0: Instant) {
-        let until = t0 + self.lease;
-        let later = {
-            let mut v = self.until();
-            let later = v.is_none_or(|old| old < until);
-            if later {
-                *v = Some(until);
-            }
-            later
-        };
-        if later {
-            self.renewals.notify_waiters();
-        }
-    }
-
-    /// True while the lease has not run out (whatever this node leads).
-    pub fn is_valid(&self) -> bool {
-        self.until().is_some_and(|until| self.clock.now() < until)
-    }
-
-    /// The instant the lease runs out, if it was ever renewed.
-    pub fn valid_until(&self) -> Option<Instant> {
-        *self.until()
-    }
-
-    /// Waits (at most `limit`) for a renewal that makes the lease valid;
-    /// true if it is valid on return.
-    pub async fn wait_valid(&self, limit: std::time::Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            // Registered before the check, so a renewal in between wakes it.
-            let renewal = self.renewals.notified();
-            tokio::pin!(renewal);
-            renewal.as_mut().enable();
-            if self.is_valid() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, renewal).await.is_err() {
-                return self.is_valid();
-            }
-        }
-    }
 }
 
+#[async_trait]
 impl LeaseProvider for QuorumLease {
     fn check(&self, segment: &SegmentKey) -> Result<()> {
         let state = self.metadata.state();
@@ -119,6 +79,46 @@ impl LeaseProvider for QuorumLease {
             return Err(Error::LeaseExpired);
         }
         Ok(())
+    }
+
+    /// Records a successful renewal that started at `t0`.
+    fn renewed(&self, t0: Instant) {
+        let until = t0 + self.lease;
+        let later = {
+            let mut v = self.until();
+            let later = v.is_none_or(|old| old < until);
+            if later {
+                *v = Some(until);
+            }
+            later
+        };
+        if later {
+            self.renewals.notify_waiters();
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        self.until().is_some_and(|until| self.clock.now() < until)
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        *self.until()
+    }
+
+    async fn wait_valid(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            // Registered before the check, so a renewal in between wakes it.
+            let renewal = self.renewals.notified();
+            tokio::pin!(renewal);
+            renewal.as_mut().enable();
+            if self.is_valid() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+                return self.is_valid();
+            }
+        }
     }
 }
 

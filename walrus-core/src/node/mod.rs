@@ -15,12 +15,14 @@
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
 //! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
+//! - `metrics`: [`NodeMetrics`], what METRICS reports.
 
 mod cursor;
 mod failover;
 mod forward;
 mod handler;
 pub mod lease;
+mod metrics;
 mod read;
 mod rollover;
 mod router;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, DEFAULT_FAILOVER_MARGIN, DEFAULT_LEASE, DEFAULT_LEASE_RENEW};
+use crate::lease::LeaseProvider;
 use crate::log_store::LogStore;
 use crate::metadata_store::MetadataStore;
 use crate::protocol::{Request, Response};
@@ -39,6 +42,7 @@ use crate::transport::Transport;
 use crate::types::NodeId;
 
 pub use lease::QuorumLease;
+pub use metrics::{NodeMetrics, StorageMetrics};
 
 /// Settings of one node's logic.
 #[derive(Debug, Clone)]
@@ -96,7 +100,7 @@ pub struct Node {
     log: Arc<dyn LogStore>,
     transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
-    lease: QuorumLease,
+    lease: Arc<dyn LeaseProvider>,
     rollover: rollover::Rollovers,
     failover: failover::Failover,
     cursors: cursor::Cursors,
@@ -113,9 +117,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node over one stack of backends. Call [`Node::start`] to run
-    /// its background loops (lease renewal, rollover monitor, failover,
-    /// cursor persistence).
+    /// Builds a node over one stack of backends, with core's write lease
+    /// ([`QuorumLease`], renewed by the node's lease loop). Call
+    /// [`Node::start`] to run its background loops (lease renewal, rollover
+    /// monitor, failover, cursor persistence).
     pub fn new(
         config: NodeConfig,
         metadata: Arc<dyn MetadataStore>,
@@ -123,14 +128,31 @@ impl Node {
         transport: Arc<dyn Transport>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Node> {
+        let lease = Arc::new(QuorumLease::new(
+            config.node_id,
+            metadata.clone(),
+            clock.clone(),
+            config.lease,
+        ));
+        Self::with_lease(config, metadata, log, transport, clock, lease)
+    }
+
+    /// Like [`Node::new`] with another [`LeaseProvider`]. The node still
+    /// renews with the quorum every `lease_renew` (the consensus leader's
+    /// failover hears from it that way) and reports each success to
+    /// [`LeaseProvider::renewed`]; the provider must keep the trait's
+    /// contract with `config.lease` (rule 3).
+    pub fn with_lease(
+        config: NodeConfig,
+        metadata: Arc<dyn MetadataStore>,
+        log: Arc<dyn LogStore>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        lease: Arc<dyn LeaseProvider>,
+    ) -> Arc<Node> {
         Arc::new_cyclic(|me| Node {
             id: config.node_id,
-            lease: QuorumLease::new(
-                config.node_id,
-                metadata.clone(),
-                clock.clone(),
-                config.lease,
-            ),
+            lease,
             rollover: rollover::Rollovers::default(),
             failover: failover::Failover::default(),
             cursors: cursor::Cursors::default(),
@@ -199,7 +221,7 @@ impl Node {
     }
 
     /// This node's write lease.
-    pub fn lease(&self) -> &QuorumLease {
+    pub fn lease(&self) -> &Arc<dyn LeaseProvider> {
         &self.lease
     }
 

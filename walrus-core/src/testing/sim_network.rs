@@ -13,6 +13,14 @@
 //! [`SimNetwork::set_duplicate_rate`] delivers a late second copy of
 //! requests that change nothing (see there). Randomness comes from a seeded RNG, so a run is
 //! reproducible under tokio's paused clock.
+//!
+//! It produces every outcome the [`Transport`] contract allows a real
+//! transport: an answer; `Unreachable` (not delivered); `NoAnswer` for a
+//! request delivered and handled whose answer is lost
+//! ([`SimNetwork::lose_next_answers`]), for one whose receiver crashed while
+//! handling it ([`SimNetwork::crash`]) and for one not answered within the
+//! call timeout ([`SimNetwork::set_call_timeout`]). It passes the transport
+//! conformance suite (`walrus-core/tests/scenarios/transport_conformance_sim.rs`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,6 +46,13 @@ struct Inner {
     duplicate_rate: f64,
     rng: StdRng,
     calls: u64,
+    /// How long a call waits for its answer once delivered.
+    call_timeout: Option<Duration>,
+    /// Per receiver: how many of the next delivered requests lose their answer.
+    lose_answers: HashMap<NodeId, usize>,
+    /// Per node: how often it crashed. A request handled across a crash
+    /// is never answered.
+    crashes: HashMap<NodeId, u64>,
 }
 
 impl Inner {
@@ -73,10 +88,16 @@ impl Inner {
     }
 }
 
+/// How long a call waits for its answer by default: the TCP transport's
+/// default request timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A simulated network. Cloning gives another handle to the same network.
 #[derive(Clone)]
 pub struct SimNetwork {
     inner: Arc<Mutex<Inner>>,
+    /// Notified on every crash, so calls waiting on a crashed node end.
+    crashed: Arc<tokio::sync::Notify>,
 }
 
 impl Default for SimNetwork {
@@ -101,7 +122,11 @@ impl SimNetwork {
                 duplicate_rate: 0.0,
                 rng: StdRng::seed_from_u64(seed),
                 calls: 0,
+                call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+                lose_answers: HashMap::new(),
+                crashes: HashMap::new(),
             })),
+            crashed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -159,6 +184,36 @@ impl SimNetwork {
         self.lock().drop_rate = rate.clamp(0.0, 1.0);
     }
 
+    /// Crashes `node`: it stops serving, and the requests it is handling
+    /// now are never answered (their callers get `NoAnswer`); calls to it
+    /// fail with `Unreachable` until it is registered again.
+    pub fn crash(&self, node: NodeId) {
+        {
+            let mut inner = self.lock();
+            inner.handlers.remove(&node);
+            *inner.crashes.entry(node).or_default() += 1;
+        }
+        self.crashed.notify_waiters();
+    }
+
+    fn crashes_of(&self, node: NodeId) -> u64 {
+        self.lock().crashes.get(&node).copied().unwrap_or(0)
+    }
+
+    /// The next `n` requests delivered to `to` are handled, and their
+    /// answers lost: the callers get `NoAnswer`, as over TCP when a
+    /// connection breaks after the request went out.
+    pub fn lose_next_answers(&self, to: NodeId, n: usize) {
+        *self.lock().lose_answers.entry(to).or_default() += n;
+    }
+
+    /// How long a call waits for the answer of a delivered request before
+    /// it fails with `NoAnswer` (default [`DEFAULT_CALL_TIMEOUT`]); `None`
+    /// waits forever.
+    pub fn set_call_timeout(&self, timeout: Option<Duration>) {
+        self.lock().call_timeout = timeout;
+    }
+
     /// Each answer is lost with probability `rate` after the receiver
     /// handled the request (on top of [`set_drop_rate`](Self::set_drop_rate)):
     /// the caller gets `NoAnswer`, the "delivered, answer lost" outcome.
@@ -192,7 +247,7 @@ pub struct SimTransport {
 #[async_trait]
 impl Transport for SimTransport {
     async fn call(&self, to: NodeId, req: NodeRequest) -> Result<NodeResponse> {
-        let (delay, dropped, handler, duplicate) = {
+        let (delay, dropped, handler, duplicate, crashes) = {
             let mut inner = self.net.lock();
             inner.calls += 1;
             let delay = inner.delay();
@@ -207,7 +262,8 @@ impl Transport for SimTransport {
             } else {
                 None
             };
-            (delay, dropped, handler, duplicate)
+            let crashes = inner.crashes.get(&to).copied().unwrap_or(0);
+            (delay, dropped, handler, duplicate, crashes)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -220,6 +276,16 @@ impl Transport for SimTransport {
                 "no answer from node {to}: request lost"
             )));
         }
+        let (timeout, lose_answer) = {
+            let mut inner = self.net.lock();
+            if inner.crashes.get(&to).copied().unwrap_or(0) != crashes {
+                // It crashed while the request was on its way.
+                return Err(Error::Unreachable(to));
+            }
+            let lose = inner.lose_answers.get_mut(&to).filter(|n| **n > 0);
+            let lose_answer = lose.map(|n| *n -= 1).is_some();
+            (inner.call_timeout, lose_answer)
+        };
         if let Some(late) = duplicate {
             let (handler, copy) = (handler.clone(), req.clone());
             tokio::spawn(async move {
@@ -227,21 +293,58 @@ impl Transport for SimTransport {
                 let _ = handler.handle(copy).await;
             });
         }
-        let result = handler.handle(req).await;
-        let (delay, dropped, blocked) = {
-            let mut inner = self.net.lock();
-            let dropped = inner.drops() || inner.loses_answer();
-            (inner.delay(), dropped, inner.blocked(self.from, to))
+        let crashed = || -> Result<NodeResponse> {
+            Err(Error::NoAnswer(format!(
+                "no answer from node {to}: it crashed while handling the request"
+            )))
         };
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        // Ends when `to` crashes. A `Notify` wakes its waiters in order, so
+        // a seeded run replays.
+        let crash = async {
+            loop {
+                let notified = self.net.crashed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.net.crashes_of(to) != crashes {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let exchange = async {
+            let result = tokio::select! {
+                biased;
+                result = handler.handle(req) => result,
+                () = crash => return crashed(),
+            };
+            let (delay, dropped, blocked) = {
+                let mut inner = self.net.lock();
+                let dropped = inner.drops() || inner.loses_answer();
+                (inner.delay(), dropped, inner.blocked(self.from, to))
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if self.net.crashes_of(to) != crashes {
+                return crashed();
+            }
+            if dropped || blocked || lose_answer {
+                return Err(Error::NoAnswer(format!(
+                    "no answer from node {to}: response lost"
+                )));
+            }
+            result
+        };
+        match timeout {
+            None => exchange.await,
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::NoAnswer(format!(
+                        "no answer from node {to} within {limit:?} of sending the request"
+                    )))
+                }),
         }
-        if dropped || blocked {
-            return Err(Error::NoAnswer(format!(
-                "no answer from node {to}: response lost"
-            )));
-        }
-        result
     }
 
     async fn call_addr(&self, addr: &str, req: NodeRequest) -> Result<NodeResponse> {
