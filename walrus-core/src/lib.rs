@@ -33,4 +33,6 @@ pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus
 pub use metadata_store::{ConsensusStatus, MetadataStore};
 pub use node::{Node, NodeConfig};
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
-pub use types::{ClusterId, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
+pub use types::{
+    ClusterId, GroupName, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName,
+};

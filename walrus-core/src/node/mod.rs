@@ -19,6 +19,7 @@
 mod cursor;
 mod failover;
 mod forward;
+mod group;
 mod handler;
 pub mod lease;
 mod read;

@@ -11,6 +11,7 @@ mod batch;
 mod cursor;
 mod fencing;
 mod fuzz_request;
+mod groups;
 mod identity;
 mod lifecycle;
 mod log_conformance_mem;
