@@ -30,8 +30,11 @@ pub use error::{Error, Result};
 pub use lease::LeaseProvider;
 pub use log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
 pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus};
-pub use metadata_store::{ConsensusStatus, MetadataStore};
-pub use node::{Node, NodeConfig};
+pub use metadata_store::{
+    ConsensusMembership, ConsensusMetrics, ConsensusRole, ConsensusStatus, ConsensusVote,
+    LogPosition, MetadataStore,
+};
+pub use node::{Node, NodeConfig, NodeMetrics, StorageMetrics};
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
 pub use types::{
     ClusterId, GroupName, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName,

@@ -1,10 +1,9 @@
 //! [`MetadataStore`]: the replicated cluster metadata.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -30,6 +29,82 @@ impl ConsensusStatus {
     }
 }
 
+/// What a node's consensus does right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsensusRole {
+    /// Receives the log but does not vote (a node still catching up).
+    Learner,
+    Follower,
+    /// Asking for votes: an election is under way.
+    Candidate,
+    Leader,
+    /// The store has stopped.
+    Shutdown,
+}
+
+/// A place in the consensus log: entry `index`, written by `leader` in
+/// `term`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub term: u64,
+    pub leader: NodeId,
+    pub index: u64,
+}
+
+/// The vote a node holds: for `candidate` in `term`; `committed` once a
+/// quorum granted it (the candidate leads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusVote {
+    pub term: u64,
+    pub candidate: NodeId,
+    pub committed: bool,
+}
+
+/// The consensus membership a node knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusMembership {
+    /// The log entry that carried this membership, if any.
+    pub at: Option<LogPosition>,
+    /// The voter sets: one, or two while the membership changes (a joint
+    /// consensus needs a quorum of each).
+    pub configs: Vec<BTreeSet<NodeId>>,
+    /// Every member's inter-node address; members in no voter set are
+    /// learners.
+    pub addresses: BTreeMap<NodeId, String>,
+}
+
+/// What a [`MetadataStore`] reports of its consensus, for METRICS (the
+/// server renders it in the client protocol's field names,
+/// docs/protocol.md). Backends fill what they know; a field with no
+/// meaning for a backend stays `None` (or empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusMetrics {
+    /// This node.
+    pub node: NodeId,
+    pub role: ConsensusRole,
+    pub term: u64,
+    pub vote: Option<ConsensusVote>,
+    /// The consensus leader as far as this node knows.
+    pub leader: Option<NodeId>,
+    /// The last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The last entry applied to this node's [`ClusterState`].
+    pub last_applied: Option<LogPosition>,
+    /// The last entry covered by this node's snapshot.
+    pub snapshot: Option<LogPosition>,
+    /// The last entry removed from this node's log (it is in the snapshot).
+    pub purged: Option<LogPosition>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    pub membership: ConsensusMembership,
+    /// On the leader: the last entry each follower is known to hold
+    /// (`None` inside: nothing confirmed yet). `None` on other nodes.
+    pub replication: Option<BTreeMap<NodeId, Option<LogPosition>>>,
+    /// Why the consensus stopped for good (a storage failure, a panic), if
+    /// it did: the node needs an operator.
+    pub failure: Option<String>,
+}
+
 /// The cluster metadata, replicated by consensus. Every change is a
 /// [`MetadataCmd`] applied by [`ClusterState::apply`].
 ///
@@ -52,9 +127,30 @@ impl ConsensusStatus {
 ///    call is in every state with `version >= v`. A deposed or isolated
 ///    leader gets an error.
 /// 6. **Durability.** Committed commands survive a restart of every node.
+/// 7. **A failed proposal may still commit; commands are idempotent.** A
+///    proposal that timed out, or whose answer from the leader was lost,
+///    may be in the log and apply later: an error from `propose` means "not
+///    known to be committed", never "certainly not committed", whatever its
+///    class ([`Error::is_retryable`](crate::Error::is_retryable) included).
+///    Callers therefore retry, and the same command may be applied twice.
+///    Every [`MetadataCmd`] is written so that this is harmless: applied a
+///    second time, directly after the first, it leaves the state as the
+///    first left it (only `version` counts both) and answers
+///    [`CmdResult::Unchanged`] (or the same `Rejected`). So a retry that
+///    answers `Unchanged` means "done", like `Applied`. A store must not
+///    break this: it applies each committed command exactly as proposed
+///    (no merging, no rewriting). `metadata_store_conformance` checks it
+///    for every command.
+///
+/// Core calls every method here. Messages of the backend's own protocol
+/// (openraft's RPCs, forwarded proposals) are not part of the trait: the
+/// wiring routes `NodeRequest::Consensus` to the backend before the node's
+/// [`RequestHandler`](crate::RequestHandler) (see `walrus-backends`'
+/// `raft::RaftRouter`).
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
-    /// Commits `cmd` through consensus and returns what it did.
+    /// Commits `cmd` through consensus and returns what it did. An error
+    /// does not mean the command was not committed (rule 7).
     async fn propose(&self, cmd: MetadataCmd) -> Result<CmdResult>;
 
     /// This node's applied state. Cheap: a shared pointer.
@@ -68,22 +164,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Confirms leadership with a quorum; see the contract.
     async fn confirm(&self) -> Result<u64>;
 
-    /// The consensus view of this node.
+    /// The consensus view of this node. Cheap: called on every request.
     fn status(&self) -> ConsensusStatus;
 
     /// Adds `node` as a voter (via learner first, where the backend needs
     /// it) and records its addresses in metadata. Idempotent.
     async fn add_node(&self, node: NodeId, info: NodeInfo) -> Result<()>;
 
-    /// The METRICS JSON: openraft's `RaftMetrics` field names at the top
-    /// level (`id`, `state`, `current_term`, `current_leader`,
-    /// `last_log_index`, `last_applied`, `membership_config`, `replication`).
-    fn metrics(&self) -> serde_json::Value;
-
-    /// Handles a consensus message that arrived through the
-    /// [`Transport`](crate::Transport) (the backend's own encoding), and
-    /// returns the encoded reply. Backends that need no messages keep the
-    /// default.
     /// Takes `node` out of the consensus membership if it is in it, so that
     /// it can join again with empty consensus state (its storage was
     /// replaced: a voter that forgot its log and votes must not count
@@ -93,9 +180,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(())
     }
 
-    async fn handle_message(&self, _msg: Bytes) -> Result<Bytes> {
-        Err(crate::Error::Internal(
-            "this metadata store takes no consensus messages".into(),
-        ))
-    }
+    /// What the consensus reports about this node, for METRICS. Its
+    /// `node`, `leader` and `term` agree with [`status`](Self::status).
+    fn metrics(&self) -> ConsensusMetrics;
 }

@@ -99,19 +99,36 @@ pub enum NodeResponse {
 ///
 /// # Contract
 ///
-/// 1. **Connections are reused.** No connect per request: a backend keeps
+/// Rules 1 to 6 are checked by `testing::transport_conformance`, on every
+/// implementation (the simulated network and TCP).
+///
+/// 1. **Unchanged.** The receiver's [`RequestHandler`] is handed the request
+///    as sent, and the caller gets the answer as the handler returned it.
+/// 2. **Answers match calls.** Many calls may be in flight to one peer at
+///    once; each gets the answer to its own request, in whatever order the
+///    receiver finishes them.
+/// 3. **Errors travel.** An `Err` returned by the receiver's handler
+///    arrives as the same `Err` at the caller.
+/// 4. **At most once, and in order when sequential.** A request is handed
+///    to the receiver's handler at most once per call (no blind resends).
+///    A call to a node made after an earlier call to it returned is handled
+///    after that one. Calls in flight together have no order: the receiver
+///    may run them at once.
+/// 5. **Sent or not.** A failure that says the request was not delivered
+///    ([`Error::is_retryable`](crate::Error::is_retryable): `Unreachable`,
+///    `ShuttingDown`, `Timeout`, `Unavailable`) guarantees the receiver's
+///    handler never saw it, so the caller may send it again. Once it may
+///    have been delivered, a failure is `NoAnswer`
+///    ([`Error::is_outcome_unknown`](crate::Error::is_outcome_unknown)):
+///    the answer was lost, the connection broke after the request went
+///    out, the receiver crashed while handling it, or no answer came in
+///    time. The handler may or may not have run it, and the caller decides
+///    what that means for its request (a renewal: not confirmed; a
+///    forwarded PUT: outcome unknown for the client).
+/// 6. **Bounded waits.** Every call ends within the backend's timeout,
+///    whatever the peer does (dead, partitioned, or never answering).
+/// 7. **Connections are reused.** No connect per request: a backend keeps
 ///    connections to each peer and runs many requests on them at once.
-/// 2. **Bounded waits.** A call to a dead or partitioned peer fails within
-///    the backend's timeout; it never hangs.
-/// 3. **Errors travel.** An `Err` returned by the receiver's
-///    [`RequestHandler`] arrives as the same `Err` at the caller.
-/// 4. **At most once.** A request is handled by the receiver at most once
-///    per call (no blind resends).
-/// 5. **Sent or not.** A call that fails before the request left this node
-///    returns `Unreachable` (or `ShuttingDown`, `Timeout`): the receiver
-///    never saw it. Once (part of) it was sent, a lost connection or a
-///    timeout returns `NoAnswer`: the receiver may or may not have handled
-///    it, and the caller decides what that means for its request.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Sends `req` to `to` and waits for its answer.

@@ -8,9 +8,11 @@
 //! - [`stack`]: wires the reference backends into a running node.
 //! - [`client`]: [`client::CliClient`], the client library.
 //! - [`identity`]: the node's storage identity file.
+//! - [`metrics`]: the METRICS answer, rendered from core's `NodeMetrics`.
 
 pub mod client;
 pub mod config;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod stack;

@@ -73,7 +73,11 @@ pub trait ClientHandler: Send + Sync + 'static {
 #[async_trait]
 impl ClientHandler for Node {
     async fn handle(&self, req: Request) -> Response {
-        Node::handle(self, req).await
+        match req {
+            // The protocol's METRICS field names are the server's to keep.
+            Request::Metrics => Response::Json(crate::metrics::render(&self.metrics()).to_string()),
+            req => Node::handle(self, req).await,
+        }
     }
 
     async fn handle_puts(&self, topic: TopicName, payloads: Vec<Bytes>) -> Vec<Response> {

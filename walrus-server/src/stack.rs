@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use walrus_backends::durable_dir::create_dir_durable;
-use walrus_backends::raft::{RaftConfig, RaftMetadataStore};
+use walrus_backends::raft::{RaftConfig, RaftMetadataStore, RaftRouter};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_backends::wal::WalStore;
 use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, StorageId};
@@ -118,7 +118,8 @@ impl Stack {
             // wakes up would trust a lease the cluster has long moved past.
             Arc::new(BootClock::new()),
         );
-        let handler: Arc<dyn RequestHandler> = node.clone();
+        // Raft's own messages go to the store, everything else to the node.
+        let handler: Arc<dyn RequestHandler> = RaftRouter::new(raft.clone(), node.clone());
         let raft_server = transport.serve(raft_listener, handler);
         tracing::info!(node = config.node_id, addr = %config.raft_bind_addr(), "inter-node port open");
 

@@ -6,6 +6,11 @@
 //! - [`network`]: Raft RPCs and forwarded requests over the core `Transport`.
 //! - [`admission`]: what a node without consensus state must pass before it
 //!   takes part (storage identity, no second cluster).
+//! - [`metrics`]: openraft's metrics as core's `ConsensusMetrics`.
+//!
+//! Raft's own messages arrive as `NodeRequest::Consensus`; [`RaftRouter`]
+//! answers them with [`RaftMetadataStore::handle_message`] and hands every
+//! other request to the node.
 //!
 //! # Storage
 //!
@@ -49,6 +54,7 @@
 
 pub mod admission;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod state_machine;
 pub mod types;
@@ -71,8 +77,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use walrus_core::{
-    ClusterId, ClusterState, CmdResult, ConsensusStatus, Error, MetadataCmd, MetadataStore,
-    NodeInfo, NodeRequest, NodeResponse, Result, StorageId, Transport,
+    ClusterId, ClusterState, CmdResult, ConsensusMetrics, ConsensusStatus, Error, MetadataCmd,
+    MetadataStore, NodeInfo, NodeRequest, NodeResponse, RequestHandler, Result, StorageId,
+    Transport,
 };
 
 use crate::durable_dir::{create_dir_durable, sync_dir};
@@ -896,18 +903,6 @@ impl MetadataStore for RaftMetadataStore {
         .await
     }
 
-    fn metrics(&self) -> serde_json::Value {
-        let mut json = serde_json::to_value(&*self.raft.metrics().borrow())
-            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
-        if let Some(obj) = json.as_object_mut() {
-            obj.insert(
-                "metadata_version".into(),
-                self.state_rx.borrow().version.into(),
-            );
-        }
-        json
-    }
-
     async fn readmit_node(&self, node: NodeId) -> Result<()> {
         let timeout = self.config.add_node_timeout;
         self.with_retries(
@@ -932,7 +927,17 @@ impl MetadataStore for RaftMetadataStore {
         .await
     }
 
-    async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
+    fn metrics(&self) -> ConsensusMetrics {
+        metrics::consensus_metrics(&self.raft.metrics().borrow())
+    }
+}
+
+impl RaftMetadataStore {
+    /// Answers one of Raft's own messages from another node (an RPC of
+    /// openraft's or a request forwarded to the leader) and returns the
+    /// encoded reply. The wiring calls it for `NodeRequest::Consensus`
+    /// ([`RaftRouter`]): it is no part of core's `MetadataStore`.
+    pub async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
         let (header, req) = network::decode_request(&msg)?;
         header.check(self.id, self.state_rx.borrow().cluster)?;
         self.gate.check(self.id, &req)?;
@@ -987,8 +992,34 @@ impl Drop for RaftMetadataStore {
     }
 }
 
-/// Answers a `NodeRequest` aimed at the metadata store; for tests and
-/// servers that route by hand (core's `Node` does the same routing).
+/// The receiving side of a node on Raft: Raft's own messages
+/// (`NodeRequest::Consensus`) go to the store, every other request to the
+/// node (core's `Node`, or whatever handler the wiring puts there).
+pub struct RaftRouter {
+    store: Arc<RaftMetadataStore>,
+    node: Arc<dyn RequestHandler>,
+}
+
+impl RaftRouter {
+    pub fn new(store: Arc<RaftMetadataStore>, node: Arc<dyn RequestHandler>) -> Arc<RaftRouter> {
+        Arc::new(RaftRouter { store, node })
+    }
+}
+
+#[async_trait]
+impl RequestHandler for RaftRouter {
+    async fn handle(&self, req: NodeRequest) -> Result<NodeResponse> {
+        match req {
+            NodeRequest::Consensus(bytes) => Ok(NodeResponse::Consensus(
+                self.store.handle_message(bytes).await?,
+            )),
+            other => self.node.handle(other).await,
+        }
+    }
+}
+
+/// Answers a `NodeRequest` aimed at the metadata store, without a node;
+/// for tests that run bare Raft stores (a node answers the others).
 pub async fn route(store: &RaftMetadataStore, req: NodeRequest) -> Result<NodeResponse> {
     match req {
         NodeRequest::Consensus(bytes) => {

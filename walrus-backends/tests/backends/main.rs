@@ -21,6 +21,7 @@ mod raft_conformance;
 mod raft_identity;
 mod raft_node_lease;
 mod raft_storage_suite;
+mod tcp_conformance;
 mod tcp_hostile;
 mod tcp_throughput;
 mod tcp_transport;

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use raft_common::{bind, CuttableTransport};
 use tokio::time::Instant;
-use walrus_backends::raft::{RaftConfig, RaftMetadataStore};
+use walrus_backends::raft::{RaftConfig, RaftMetadataStore, RaftRouter};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_core::protocol::{Request, Response};
 use walrus_core::testing::MemLogStore;
@@ -22,9 +22,11 @@ use walrus_core::{
     Result, SystemClock,
 };
 
-/// The node's receiving side, refusing everything while the node is cut.
+/// The node's receiving side (Raft's messages to the store, the rest to
+/// the node), refusing everything while the node is cut.
 struct CutHandler {
-    node: Arc<Node>,
+    id: NodeId,
+    inner: Arc<RaftRouter>,
     cut: Arc<AtomicBool>,
 }
 
@@ -32,9 +34,9 @@ struct CutHandler {
 impl RequestHandler for CutHandler {
     async fn handle(&self, req: NodeRequest) -> Result<NodeResponse> {
         if self.cut.load(Ordering::SeqCst) {
-            return Err(Error::Unreachable(self.node.id()));
+            return Err(Error::Unreachable(self.id));
         }
-        RequestHandler::handle(&*self.node, req).await
+        self.inner.handle(req).await
     }
 }
 
@@ -73,7 +75,8 @@ async fn start(id: NodeId, dir: std::path::PathBuf, join: Option<String>) -> (Me
     tcp.serve(
         listener,
         Arc::new(CutHandler {
-            node: node.clone(),
+            id,
+            inner: RaftRouter::new(store.clone(), node.clone()),
             cut: cut.clone(),
         }),
     );

@@ -4,7 +4,7 @@
 //! batches. A new owner starts from the persisted offset, so after an
 //! owner crash entries may come again (at-least-once), never skipped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,7 +51,9 @@ pub(crate) struct Cursors {
 struct Inner {
     /// The consensus term these cursors belong to.
     term: Option<u64>,
-    topics: HashMap<TopicName, Arc<CursorCell>>,
+    /// Ordered, not hashed: the cursor loop persists in this order, and a
+    /// hash order would differ between runs (the simulator replays seeds).
+    topics: BTreeMap<TopicName, Arc<CursorCell>>,
 }
 
 impl Cursors {

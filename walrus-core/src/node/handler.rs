@@ -1,4 +1,6 @@
-//! What a node does with requests from other nodes.
+//! What a node does with requests from other nodes. Consensus messages
+//! (`NodeRequest::Consensus`) are not among them: the wiring hands those to
+//! the metadata store (walrus-backends' `raft::RaftRouter`).
 
 use async_trait::async_trait;
 
@@ -67,9 +69,13 @@ impl RequestHandler for super::Node {
                 self.metadata.add_node(node, info).await?;
                 Ok(NodeResponse::Done)
             }
-            NodeRequest::Consensus(msg) => Ok(NodeResponse::Consensus(
-                self.metadata.handle_message(msg).await?,
-            )),
+            // The metadata store's own protocol is the wiring's business:
+            // it routes these to the store before they reach the node.
+            NodeRequest::Consensus(_) => Err(Error::Internal(format!(
+                "node {} was handed a consensus message: the server must route \
+                 NodeRequest::Consensus to its metadata store, not to the node",
+                self.id
+            ))),
             NodeRequest::Ping => Ok(NodeResponse::Done),
             NodeRequest::ClaimStorage {
                 node,

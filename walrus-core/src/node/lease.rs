@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -19,13 +20,20 @@ use crate::metadata::SegmentStatus;
 use crate::metadata_store::MetadataStore;
 use crate::types::{NodeId, SegmentKey};
 
+/// Core's [`LeaseProvider`]: valid until `t0 + lease` after the node's
+/// last successful quorum renewal that started at `t0`.
 pub struct QuorumLease {
     node: NodeId,
     metadata: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     lease: Duration,
-    /// The end of the lease; a watch so writers can wait for a renewal.
-    valid_until: tokio::sync::watch::Sender<Option<Instant>>,
+    /// The end of the lease.
+    valid_until: std::sync::Mutex<Option<Instant>>,
+    /// Wakes writers waiting for a renewal, in the order they came. Not a
+    /// `watch`: tokio's watch wakes its waiters in a random order (it puts
+    /// each in one of 8 queues at random), which a seeded simulation could
+    /// not replay.
+    renewals: tokio::sync::Notify,
 }
 
 impl QuorumLease {
@@ -40,44 +48,19 @@ impl QuorumLease {
             metadata,
             clock,
             lease,
-            valid_until: tokio::sync::watch::channel(None).0,
+            valid_until: std::sync::Mutex::new(None),
+            renewals: tokio::sync::Notify::new(),
         }
     }
 
-    /// Records a successful renewal that started at `t0`.
-    pub fn renewed(&self, t0: Instant) {
-        let until = t0 + self.lease;
-        self.valid_until.send_if_modified(|v| {
-            let later = v.is_none_or(|old| old < until);
-            if later {
-                *v = Some(until);
-            }
-            later
-        });
-    }
-
-    /// True while the lease has not run out (whatever this node leads).
-    pub fn is_valid(&self) -> bool {
+    fn until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.valid_until
-            .borrow()
-            .is_some_and(|until| self.clock.now() < until)
-    }
-
-    /// The instant the lease runs out, if it was ever renewed.
-    pub fn valid_until(&self) -> Option<Instant> {
-        *self.valid_until.borrow()
-    }
-
-    /// Waits (at most `limit`) for a renewal that makes the lease valid;
-    /// true if it is valid on return.
-    pub async fn wait_valid(&self, limit: std::time::Duration) -> bool {
-        let mut rx = self.valid_until.subscribe();
-        let wait = rx.wait_for(|v| v.is_some_and(|until| self.clock.now() < until));
-        let valid = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
-        valid
+            .lock()
+            .expect("lease lock poisoned: a panic while comparing two instants")
     }
 }
 
+#[async_trait]
 impl LeaseProvider for QuorumLease {
     fn check(&self, segment: &SegmentKey) -> Result<()> {
         let state = self.metadata.state();
@@ -96,6 +79,46 @@ impl LeaseProvider for QuorumLease {
             return Err(Error::LeaseExpired);
         }
         Ok(())
+    }
+
+    /// Records a successful renewal that started at `t0`.
+    fn renewed(&self, t0: Instant) {
+        let until = t0 + self.lease;
+        let later = {
+            let mut v = self.until();
+            let later = v.is_none_or(|old| old < until);
+            if later {
+                *v = Some(until);
+            }
+            later
+        };
+        if later {
+            self.renewals.notify_waiters();
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        self.until().is_some_and(|until| self.clock.now() < until)
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        *self.until()
+    }
+
+    async fn wait_valid(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            // Registered before the check, so a renewal in between wakes it.
+            let renewal = self.renewals.notified();
+            tokio::pin!(renewal);
+            renewal.as_mut().enable();
+            if self.is_valid() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+                return self.is_valid();
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
 //! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
+//! - `metrics`: [`NodeMetrics`], what METRICS reports.
 
 mod cursor;
 mod failover;
@@ -22,6 +23,7 @@ mod forward;
 mod group;
 mod handler;
 pub mod lease;
+mod metrics;
 mod read;
 mod rollover;
 mod router;
@@ -33,6 +35,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, DEFAULT_FAILOVER_MARGIN, DEFAULT_LEASE, DEFAULT_LEASE_RENEW};
+use crate::lease::LeaseProvider;
 use crate::log_store::LogStore;
 use crate::metadata_store::MetadataStore;
 use crate::protocol::{Request, Response};
@@ -40,6 +43,7 @@ use crate::transport::Transport;
 use crate::types::NodeId;
 
 pub use lease::QuorumLease;
+pub use metrics::{NodeMetrics, StorageMetrics};
 
 /// Settings of one node's logic.
 #[derive(Debug, Clone)]
@@ -97,7 +101,7 @@ pub struct Node {
     log: Arc<dyn LogStore>,
     transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
-    lease: QuorumLease,
+    lease: Arc<dyn LeaseProvider>,
     rollover: rollover::Rollovers,
     failover: failover::Failover,
     cursors: cursor::Cursors,
@@ -105,7 +109,7 @@ pub struct Node {
     /// Wakes long-polling readers of segments this node leads.
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
-    stopping: tokio::sync::watch::Sender<bool>,
+    stopping: read::Stopping,
     /// A count report of ours was refused (storage mismatch): logged once.
     count_refused: std::sync::atomic::AtomicBool,
     /// A weak handle on ourselves, to spawn work that outlives a request.
@@ -114,9 +118,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node over one stack of backends. Call [`Node::start`] to run
-    /// its background loops (lease renewal, rollover monitor, failover,
-    /// cursor persistence).
+    /// Builds a node over one stack of backends, with core's write lease
+    /// ([`QuorumLease`], renewed by the node's lease loop). Call
+    /// [`Node::start`] to run its background loops (lease renewal, rollover
+    /// monitor, failover, cursor persistence).
     pub fn new(
         config: NodeConfig,
         metadata: Arc<dyn MetadataStore>,
@@ -124,20 +129,37 @@ impl Node {
         transport: Arc<dyn Transport>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Node> {
+        let lease = Arc::new(QuorumLease::new(
+            config.node_id,
+            metadata.clone(),
+            clock.clone(),
+            config.lease,
+        ));
+        Self::with_lease(config, metadata, log, transport, clock, lease)
+    }
+
+    /// Like [`Node::new`] with another [`LeaseProvider`]. The node still
+    /// renews with the quorum every `lease_renew` (the consensus leader's
+    /// failover hears from it that way) and reports each success to
+    /// [`LeaseProvider::renewed`]; the provider must keep the trait's
+    /// contract with `config.lease` (rule 3).
+    pub fn with_lease(
+        config: NodeConfig,
+        metadata: Arc<dyn MetadataStore>,
+        log: Arc<dyn LogStore>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        lease: Arc<dyn LeaseProvider>,
+    ) -> Arc<Node> {
         Arc::new_cyclic(|me| Node {
             id: config.node_id,
-            lease: QuorumLease::new(
-                config.node_id,
-                metadata.clone(),
-                clock.clone(),
-                config.lease,
-            ),
+            lease,
             rollover: rollover::Rollovers::default(),
             failover: failover::Failover::default(),
             cursors: cursor::Cursors::default(),
             forwards: forward::Forwards::default(),
             appends: read::AppendSignals::default(),
-            stopping: tokio::sync::watch::channel(false).0,
+            stopping: read::Stopping::default(),
             count_refused: Default::default(),
             config,
             metadata,
@@ -173,7 +195,7 @@ impl Node {
     /// shutdown does not wait out their `WAIT`. Call it before draining
     /// client requests; reads that start afterwards do not wait.
     pub fn stop_waiting(&self) {
-        self.stopping.send_replace(true);
+        self.stopping.stop();
     }
 
     /// Stops the background loops, persists the GET cursors and syncs the
@@ -200,7 +222,7 @@ impl Node {
     }
 
     /// This node's write lease.
-    pub fn lease(&self) -> &QuorumLease {
+    pub fn lease(&self) -> &Arc<dyn LeaseProvider> {
         &self.lease
     }
 

@@ -99,10 +99,41 @@ enum Step {
     Retry(Error),
 }
 
-/// Resolves once the node stops (at once if it has).
-async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
-    // Err: the node is gone, which is stopping too.
-    let _ = stopping.wait_for(|s| *s).await;
+/// Set once, when the node stops: waiting READs answer at once.
+///
+/// A `Notify`, not a `watch`: tokio's watch wakes its waiters in a random
+/// order, which a seeded simulation (walrus-sim) could not replay; a
+/// `Notify` wakes them in the order they came.
+#[derive(Default)]
+pub(crate) struct Stopping {
+    stopped: std::sync::atomic::AtomicBool,
+    wake: Notify,
+}
+
+impl Stopping {
+    pub(crate) fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the node stops (at once if it has).
+    async fn wait(&self) {
+        loop {
+            // Registered before the check, so a stop in between wakes it.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 /// What changes when a topic's offsets can move on: segments added
@@ -190,14 +221,16 @@ impl super::Node {
             if Instant::now() >= until || self.is_stopping() {
                 return outcome;
             }
-            let mut stopping = self.stopping.subscribe();
             let changed = async {
                 watch
                     .wait_for(|s| s.topic(topic).map(shape) != Some(before))
                     .await
                     .is_ok()
             };
+            // Biased: a random pick among ready branches would make two
+            // runs of one simulated seed differ.
             tokio::select! {
+                biased;
                 ok = changed => {
                     if !ok {
                         // The store is gone: nothing will change.
@@ -205,14 +238,14 @@ impl super::Node {
                     }
                 }
                 _ = tokio::time::sleep_until(until) => {}
-                _ = stopped(&mut stopping) => {}
+                _ = self.stopping.wait() => {}
             }
         }
     }
 
     /// True once the node stops: no read waits any more.
     fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
+        self.stopping.is_set()
     }
 
     async fn read_step(
@@ -291,11 +324,11 @@ impl super::Node {
                 let read = if wait.is_zero() {
                     read.await
                 } else {
-                    let mut stopping = self.stopping.subscribe();
                     tokio::select! {
+                        biased;
                         read = read => read,
                         // A read changes nothing: dropping it is harmless.
-                        _ = stopped(&mut stopping) => return Ok(Step::AtEnd { early: false }),
+                        _ = self.stopping.wait() => return Ok(Step::AtEnd { early: false }),
                     }
                 };
                 let held = match read {
@@ -420,7 +453,6 @@ impl super::Node {
         let deadline = Instant::now() + wait.min(MAX_HOLDER_WAIT);
         let subscription = (!wait.is_zero()).then(|| self.appends.subscribe(key));
         let mut watch = self.metadata.watch();
-        let mut stopping = self.stopping.subscribe();
         loop {
             // Registered before looking, so an append between the look
             // and the wait still wakes us.
@@ -460,6 +492,7 @@ impl super::Node {
                 }
             };
             tokio::select! {
+                biased;
                 _ = appended => {}
                 changed = watch.changed() => {
                     if changed.is_err() {
@@ -467,7 +500,7 @@ impl super::Node {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = stopped(&mut stopping) => {}
+                _ = self.stopping.wait() => {}
             }
         }
     }

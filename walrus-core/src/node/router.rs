@@ -7,7 +7,6 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::lease::LeaseProvider;
 use crate::log_store::Appended;
 use crate::metadata::{MetadataCmd, SegmentStatus};
 use crate::protocol::{Request, Response};
@@ -43,7 +42,11 @@ impl super::Node {
                     .map(|j| Response::Json(j.to_string()))
                     .ok_or(Error::TopicNotFound)
             }
-            Request::Metrics => Ok(Response::Json(self.metrics().to_string())),
+            // The server answers METRICS in the protocol's field names;
+            // a node on its own answers its metrics' own JSON.
+            Request::Metrics => serde_json::to_string(&self.metrics())
+                .map(Response::Json)
+                .map_err(Error::internal),
             Request::Ping => Ok(Response::Pong),
             Request::ReplaceStorage { node, storage } => {
                 let lost = self.replace_storage(node, storage).await?;
@@ -120,37 +123,6 @@ impl super::Node {
                 ))
             }
         }
-    }
-
-    /// The consensus metrics of the store, with a `walrus` object of ours.
-    fn metrics(&self) -> serde_json::Value {
-        let mut m = self.metadata.metrics();
-        let state = self.metadata.state();
-        let ours = serde_json::json!({
-            "node_id": self.id,
-            "topics": state.topics.len(),
-            "metadata_version": state.version,
-            "write_lease_valid": self.lease.is_valid(),
-            "storage": self.storage_metrics(),
-        });
-        match m.as_object_mut() {
-            Some(obj) => {
-                obj.insert("walrus".into(), ours);
-                m
-            }
-            None => serde_json::json!({ "consensus": m, "walrus": ours }),
-        }
-    }
-
-    /// What the log store reports of its storage's health: non-zero means
-    /// an operator should look at the disk (the log says which segment).
-    fn storage_metrics(&self) -> serde_json::Value {
-        let health = self.log.health();
-        serde_json::json!({
-            "failed_syncs": health.failed_syncs,
-            "failed_segments": health.failed_segments.len(),
-            "quarantined_segments": health.quarantined_segments.len(),
-        })
     }
 
     /// REGISTER: the first segment is led by this node if it votes, else

@@ -8,6 +8,12 @@
 //! a partitioned Raft follower. Commands need the leader and a majority of
 //! the voters to be connected, otherwise they fail with a retryable
 //! `Error::Unavailable`.
+//!
+//! Like a real consensus, it can commit a proposal and still fail it
+//! ([`FakeMetadataCluster::fail_after_commit`]: the answer to a forwarding
+//! follower was lost), or fail it and commit it later
+//! ([`FakeMetadataCluster::fail_then_commit`]: the proposer stopped waiting
+//! while the command sat in the leader's log).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,7 +24,10 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo};
-use crate::metadata_store::{ConsensusStatus, MetadataStore};
+use crate::metadata_store::{
+    ConsensusMembership, ConsensusMetrics, ConsensusRole, ConsensusStatus, ConsensusVote,
+    LogPosition, MetadataStore,
+};
 use crate::types::NodeId;
 
 struct Member {
@@ -32,6 +41,8 @@ struct Member {
 
 struct Inner {
     log: Vec<MetadataCmd>,
+    /// The term and leader that committed each entry of `log`.
+    positions: Vec<(u64, NodeId)>,
     /// The state after every committed command (what the leader has).
     committed: ClusterState,
     members: BTreeMap<NodeId, Member>,
@@ -43,6 +54,9 @@ struct Inner {
     lag: Option<Duration>,
     /// Every proposal takes this long to commit (a quorum round and fsync).
     commit_delay: Option<Duration>,
+    /// The next proposals to fail, with the error each gets and how long
+    /// after failing it commits (`None`: committed before failing).
+    failing: std::collections::VecDeque<(Error, Option<Duration>)>,
 }
 
 impl Inner {
@@ -93,6 +107,8 @@ impl Inner {
     fn commit(&mut self, cmd: MetadataCmd, proposer: Option<NodeId>) -> CmdResult {
         let result = self.committed.apply(&cmd);
         self.log.push(cmd);
+        self.positions
+            .push((self.term, self.leader.or(proposer).unwrap_or_default()));
         match (self.lag, proposer) {
             (Some(_), Some(p)) => {
                 let now: Vec<NodeId> = [Some(p), self.leader].into_iter().flatten().collect();
@@ -123,6 +139,7 @@ impl FakeMetadataCluster {
         FakeMetadataCluster {
             inner: Arc::new(Mutex::new(Inner {
                 log: Vec::new(),
+                positions: Vec::new(),
                 committed: ClusterState::default(),
                 members: BTreeMap::new(),
                 voters: BTreeSet::new(),
@@ -131,6 +148,7 @@ impl FakeMetadataCluster {
                 term: 0,
                 lag: None,
                 commit_delay: None,
+                failing: Default::default(),
             })),
         }
     }
@@ -196,6 +214,30 @@ impl FakeMetadataCluster {
         self.lock().commit_delay = delay.filter(|d| !d.is_zero());
     }
 
+    /// Makes the next `n` proposals commit (applied everywhere, like any
+    /// other) and then fail with `error`, as a real store's do when the
+    /// leader commits after the proposer stopped waiting
+    /// (`Error::Unavailable`) or a forwarded proposal's answer is lost
+    /// (`Error::NoAnswer`). A caller that retries applies the command
+    /// twice: the `MetadataStore` contract (rule 7) says that is harmless.
+    pub fn fail_after_commit(&self, n: usize, error: Error) {
+        let mut inner = self.lock();
+        inner.failing.extend(std::iter::repeat_n((error, None), n));
+    }
+
+    /// Makes the next `n` proposals fail at once with `error` and commit
+    /// `after` later (if a quorum is connected then), as in a real store
+    /// whose proposer timed out while the command waited in the leader's
+    /// log. The proposer, seeing no change, may propose it again: both
+    /// commit, and rule 7 (idempotent commands) keeps that harmless.
+    /// Needs a tokio runtime.
+    pub fn fail_then_commit(&self, n: usize, error: Error, after: Duration) {
+        let mut inner = self.lock();
+        inner
+            .failing
+            .extend(std::iter::repeat_n((error, Some(after)), n));
+    }
+
     /// The current leader, as the cluster (not a cut-off node) sees it.
     pub fn leader(&self) -> Option<NodeId> {
         self.lock().leader
@@ -253,6 +295,18 @@ impl MetadataStore for FakeMetadataStore {
         let mut inner = self.cluster.lock();
         self.check_connected(&inner)?;
         inner.has_quorum()?;
+        let failure = inner.failing.pop_front();
+        if let Some((error, Some(after))) = failure {
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let mut inner = cluster.lock();
+                if inner.has_quorum().is_ok() {
+                    inner.commit(cmd, None);
+                }
+            });
+            return Err(error);
+        }
         let result = inner.commit(cmd, Some(self.node));
         let lag = inner.lag;
         drop(inner);
@@ -265,7 +319,10 @@ impl MetadataStore for FakeMetadataStore {
                 cluster.lock().replicate();
             });
         }
-        Ok(result)
+        match failure {
+            Some((error, _)) => Err(error),
+            None => Ok(result),
+        }
     }
 
     fn watch(&self) -> watch::Receiver<Arc<ClusterState>> {
@@ -311,37 +368,65 @@ impl MetadataStore for FakeMetadataStore {
         Ok(())
     }
 
-    fn metrics(&self) -> serde_json::Value {
+    fn metrics(&self) -> ConsensusMetrics {
         let inner = self.cluster.lock();
         let (leader, term, applied) = match inner.members.get(&self.node) {
-            Some(m) => (m.known_leader, m.known_term, m.applied as u64),
+            Some(m) => (m.known_leader, m.known_term, m.applied),
             None => (None, 0, 0),
         };
         let is_leader = leader == Some(self.node) && inner.connected(self.node);
-        let voters: Vec<NodeId> = inner.voters.iter().copied().collect();
-        let nodes: serde_json::Map<String, serde_json::Value> = inner
+        let position = |count: usize| {
+            let (term, leader) = *inner.positions.get(count.checked_sub(1)?)?;
+            Some(LogPosition {
+                term,
+                leader,
+                index: count as u64,
+            })
+        };
+        let addresses = inner
             .committed
             .nodes
             .iter()
-            .map(|(id, info)| {
-                (
-                    id.to_string(),
-                    serde_json::json!({ "addr": info.raft_addr }),
-                )
-            })
+            .map(|(id, info)| (*id, info.raft_addr.clone()))
             .collect();
-        serde_json::json!({
-            "id": self.node,
-            "state": if is_leader { "Leader" } else { "Follower" },
-            "current_term": term,
-            "current_leader": leader,
-            "last_log_index": inner.log.len() as u64,
-            "last_applied": applied,
-            "membership_config": {
-                "membership": { "configs": [voters], "nodes": nodes }
+        let replication = is_leader.then(|| {
+            inner
+                .voters
+                .iter()
+                .filter(|v| **v != self.node)
+                .map(|v| {
+                    let held = inner.members.get(v).map_or(0, |m| m.applied);
+                    (*v, position(held))
+                })
+                .collect()
+        });
+        ConsensusMetrics {
+            node: self.node,
+            role: if is_leader {
+                ConsensusRole::Leader
+            } else {
+                ConsensusRole::Follower
             },
-            "replication": serde_json::Value::Null,
-        })
+            term,
+            vote: leader.map(|candidate| ConsensusVote {
+                term,
+                candidate,
+                committed: true,
+            }),
+            leader,
+            last_log_index: position(applied).map(|p| p.index),
+            last_applied: position(applied),
+            snapshot: None,
+            purged: None,
+            millis_since_quorum_ack: None,
+            membership: ConsensusMembership {
+                at: None,
+                configs: vec![inner.voters.clone()],
+                addresses,
+            },
+            replication,
+            failure: None,
+        }
     }
 }
 
@@ -390,6 +475,33 @@ mod tests {
         let err = s1.propose(create("a")).await.unwrap_err();
         assert!(err.is_retryable(), "{err}");
         assert!(s1.confirm().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn given_a_proposal_set_to_fail_after_commit_should_commit_fail_and_answer_a_retry_unchanged(
+    ) {
+        let cluster = FakeMetadataCluster::new();
+        let s1 = cluster.join(1, info(1));
+        cluster.fail_after_commit(1, Error::NoAnswer("from node 1".into()));
+        let err = s1.propose(create("a")).await.unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err}");
+        assert_eq!(s1.state().topics.len(), 1, "committed all the same");
+        assert_eq!(s1.propose(create("a")).await, Ok(CmdResult::Unchanged));
+        assert_eq!(s1.propose(create("b")).await, Ok(CmdResult::Applied));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_proposal_set_to_fail_then_commit_should_fail_at_once_and_commit_later() {
+        let cluster = FakeMetadataCluster::new();
+        let s1 = cluster.join(1, info(1));
+        let err = Error::Unavailable("no quorum in time, retry".into());
+        cluster.fail_then_commit(1, err.clone(), Duration::from_millis(300));
+        assert_eq!(s1.propose(create("a")).await, Err(err));
+        assert!(s1.state().topics.is_empty(), "not committed yet");
+        tokio::time::sleep(Duration::from_millis(301)).await;
+        assert_eq!(s1.state().topics.len(), 1, "committed late");
+        let creates = cluster.log().iter().filter(|c| **c == create("a")).count();
+        assert_eq!(creates, 1);
     }
 
     #[tokio::test]

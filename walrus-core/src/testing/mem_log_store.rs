@@ -93,6 +93,17 @@ impl MemLogStore {
         }
     }
 
+    /// The entries a [`power_cut`](Self::power_cut) would drop now (appended,
+    /// not synced yet), per segment. Reading them does not sync them.
+    pub fn unsynced(&self) -> Vec<(SegmentKey, Vec<Bytes>)> {
+        self.lock()
+            .segments
+            .iter()
+            .filter(|(_, s)| s.synced < s.entries.len())
+            .map(|(k, s)| (k.clone(), s.entries[s.synced..].to_vec()))
+            .collect()
+    }
+
     /// As if a sync of `segment` failed (EIO): from now on every append to
     /// it fails with `Error::Storage` and [`LogStore::health`] reports it;
     /// what it holds stays readable and sealable.
@@ -321,6 +332,31 @@ mod tests {
             .await
             .is_err());
         assert_eq!(store.seal(&key(7)).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn given_relaxed_syncs_when_listing_unsynced_entries_should_name_what_a_power_cut_drops()
+    {
+        let store = MemLogStore::new();
+        store.relax_syncs(true);
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        store
+            .append(&key(1), std::slice::from_ref(&a), u64::MAX)
+            .await
+            .unwrap();
+        store.sync().await.unwrap();
+        store
+            .append(&key(1), std::slice::from_ref(&b), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(store.unsynced(), vec![(key(1), vec![b])]);
+        assert_eq!(store.unsynced().len(), 1, "listing does not sync");
+        store.power_cut();
+        assert!(store.unsynced().is_empty());
+        assert_eq!(
+            store.read(&key(1), 0, 10, usize::MAX).await.unwrap(),
+            vec![a]
+        );
     }
 
     #[tokio::test]

@@ -12,8 +12,10 @@
 //! Checks (each panics with a message naming the broken rule):
 //! proposal results, read-your-writes on every node (followers forward),
 //! watch notification, `confirm` only on the leader and covering every
-//! earlier commit, a consistent `status`, the METRICS field names, and
-//! committed commands surviving a restart of every node.
+//! earlier commit, a consistent `status`, metrics that agree with it,
+//! every command applied twice leaving the state as once (rule 7: a
+//! proposal that failed may have committed, and is retried), and committed
+//! commands surviving a restart of every node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,8 @@ use async_trait::async_trait;
 
 use crate::error::Error;
 use crate::metadata::{CmdResult, MetadataCmd, NodeInfo};
-use crate::metadata_store::MetadataStore;
-use crate::types::{NodeId, TopicName};
+use crate::metadata_store::{ConsensusRole, MetadataStore};
+use crate::types::{ClusterId, NodeId, StorageId, TopicName};
 
 /// How long the suite waits for something that should happen "soon"
 /// (an election, replication to followers).
@@ -53,7 +55,8 @@ pub async fn run<F: MetadataStoreFactory>(mut factory: F) {
     watchers_are_told_of_new_state(&stores).await;
     confirm_succeeds_only_on_the_leader_and_covers_earlier_commits(&stores).await;
     status_agrees_on_leader_and_voters(&stores, leader).await;
-    metrics_use_openraft_field_names(&stores);
+    metrics_agree_with_status(&stores).await;
+    every_command_applied_twice_is_applied_once(&stores).await;
     add_node_is_idempotent_for_a_member(&stores).await;
 
     let before = committed_topics(&stores).await;
@@ -72,11 +75,25 @@ fn topic(name: &str) -> TopicName {
 
 /// Retries `propose` on retryable errors (an election in progress).
 async fn propose(store: &Arc<dyn MetadataStore>, cmd: MetadataCmd) -> CmdResult {
+    propose_counting_retries(store, cmd).await.0
+}
+
+/// Like [`propose`], also saying whether it had to retry (a failed attempt
+/// may have committed: rule 7).
+async fn propose_counting_retries(
+    store: &Arc<dyn MetadataStore>,
+    cmd: MetadataCmd,
+) -> (CmdResult, bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut retried = false;
     loop {
         match store.propose(cmd.clone()).await {
-            Ok(r) => return r,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+            Ok(r) => return (r, retried),
+            Err(e)
+                if (e.is_retryable() || e.is_outcome_unknown())
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                retried = true;
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
             Err(e) => panic!(
@@ -282,34 +299,219 @@ async fn status_agrees_on_leader_and_voters(stores: &[Arc<dyn MetadataStore>], _
     }
 }
 
-fn metrics_use_openraft_field_names(stores: &[Arc<dyn MetadataStore>]) {
+async fn metrics_agree_with_status(stores: &[Arc<dyn MetadataStore>]) {
+    let leader = wait_for_leader(stores).await;
     for s in stores {
-        let m = s.metrics();
-        for field in [
-            "id",
-            "state",
-            "current_term",
-            "current_leader",
-            "last_log_index",
-            "last_applied",
-            "membership_config",
-            "replication",
-        ] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        // Read twice around the metrics so that an election in between
+        // shows as a difference of the two statuses, not a failure.
+        let (before, m, after) = loop {
+            let before = s.status();
+            let m = s.metrics();
+            let after = s.status();
+            if before == after && after.leader == Some(leader) {
+                break (before, m, after);
+            }
             assert!(
-                m.get(field).is_some(),
-                "node {}: METRICS lacks field {field}: {m}",
+                tokio::time::Instant::now() < deadline,
+                "node {}: status kept changing or never named leader {leader}",
                 s.status().node
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let node = before.node;
+        assert_eq!(m.node, node, "node {node}: metrics name another node");
+        assert_eq!(m.leader, after.leader, "node {node}: metrics' leader");
+        assert_eq!(m.term, after.term, "node {node}: metrics' term");
+        let in_configs: std::collections::BTreeSet<NodeId> =
+            m.membership.configs.iter().flatten().copied().collect();
+        assert_eq!(
+            in_configs, after.voters,
+            "node {node}: the metrics' voter sets are not the status' voters"
+        );
+        for v in &after.voters {
+            assert!(
+                m.membership.addresses.contains_key(v),
+                "node {node}: metrics give no address for voter {v}: {:?}",
+                m.membership.addresses
+            );
+        }
+        if node == leader {
+            assert_eq!(m.role, ConsensusRole::Leader, "node {node} leads: {m:?}");
+        } else {
+            assert_ne!(m.role, ConsensusRole::Leader, "node {node} follows: {m:?}");
         }
         assert!(
-            m["membership_config"]["membership"]["configs"].is_array(),
-            "membership_config.membership.configs is not a list: {m}"
-        );
-        assert!(
-            m["membership_config"]["membership"]["nodes"].is_object(),
-            "membership_config.membership.nodes is not a map: {m}"
+            m.last_applied.is_some(),
+            "node {node} applied commands but its metrics show none: {m:?}"
         );
     }
+}
+
+/// Rule 7: a proposal that failed may have committed, and its proposer
+/// retries. Each command, proposed twice in a row, must leave what it
+/// touches as the first left it, and the second must answer `Unchanged`
+/// (or the first's `Rejected`). Node 99 is never started: commands about
+/// it touch nothing a running node relies on.
+async fn every_command_applied_twice_is_applied_once(stores: &[Arc<dyn MetadataStore>]) {
+    let s = &stores[0];
+    let me = s.status().node;
+    let t = topic("conf-twice");
+    let ghost: NodeId = 99;
+    let (old, new) = (StorageId::random(), StorageId::random());
+    let info = NodeInfo {
+        raft_addr: "conf-twice-raft:1".into(),
+        client_addr: "conf-twice-client:1".into(),
+    };
+    let applied = Some(CmdResult::Applied);
+    let commands: Vec<(MetadataCmd, Option<CmdResult>)> = vec![
+        (
+            MetadataCmd::CreateTopic {
+                topic: t.clone(),
+                leader: me,
+            },
+            applied.clone(),
+        ),
+        (
+            MetadataCmd::UpsertNode {
+                node: ghost,
+                info: info.clone(),
+            },
+            applied.clone(),
+        ),
+        (
+            MetadataCmd::AdvanceCursor {
+                topic: t.clone(),
+                offset: 3,
+            },
+            applied.clone(),
+        ),
+        // A rollover: segment 1 sealed with 5, segment 2 opens on the ghost.
+        (
+            MetadataCmd::Roll {
+                topic: t.clone(),
+                segment: 1,
+                count: Some(5),
+                next_leader: ghost,
+            },
+            applied.clone(),
+        ),
+        (
+            MetadataCmd::RegisterStorage {
+                node: ghost,
+                storage: old,
+            },
+            applied.clone(),
+        ),
+        // A different storage for the ghost is refused, twice alike.
+        (
+            MetadataCmd::RegisterStorage {
+                node: ghost,
+                storage: new,
+            },
+            None,
+        ),
+        // A failover: segment 2's count goes pending, 3 opens on us.
+        (
+            MetadataCmd::Roll {
+                topic: t.clone(),
+                segment: 2,
+                count: None,
+                next_leader: me,
+            },
+            applied.clone(),
+        ),
+        (
+            MetadataCmd::ReportCount {
+                topic: t.clone(),
+                segment: 2,
+                count: 4,
+                storage: Some(old),
+            },
+            applied.clone(),
+        ),
+        // Segment 3 back to the ghost, then failed over: pending again.
+        (
+            MetadataCmd::Roll {
+                topic: t.clone(),
+                segment: 3,
+                count: Some(2),
+                next_leader: ghost,
+            },
+            applied.clone(),
+        ),
+        (
+            MetadataCmd::Roll {
+                topic: t.clone(),
+                segment: 4,
+                count: None,
+                next_leader: me,
+            },
+            applied.clone(),
+        ),
+        (
+            MetadataCmd::ReplaceStorage {
+                node: ghost,
+                storage: new,
+                delivered: vec![(t.clone(), 12)],
+            },
+            applied.clone(),
+        ),
+        // The cluster may have been named already: only the retry matters.
+        (
+            MetadataCmd::InitCluster {
+                id: ClusterId::random(),
+            },
+            None,
+        ),
+        (MetadataCmd::Noop, Some(CmdResult::Unchanged)),
+    ];
+    // What the commands touch; other members may commit their own
+    // commands meanwhile (a restarted node re-registering).
+    let touched = |st: &crate::ClusterState| {
+        (
+            st.topics.get(&t).cloned(),
+            st.nodes.get(&ghost).cloned(),
+            st.storage.get(&ghost).copied(),
+            st.cluster,
+        )
+    };
+    for (cmd, expected) in commands {
+        let (first, retried) = propose_counting_retries(s, cmd.clone()).await;
+        if let Some(expected) = expected {
+            // A retried first proposal may have committed on an earlier try.
+            assert!(
+                first == expected || (retried && first == CmdResult::Unchanged),
+                "node {me}: {cmd:?} answered {first:?}, not {expected:?}"
+            );
+        }
+        let once = touched(&s.state());
+        let (second, _) = propose_counting_retries(s, cmd.clone()).await;
+        let twice = touched(&s.state());
+        assert_eq!(
+            once, twice,
+            "node {me}: {cmd:?} applied a second time changed the state again"
+        );
+        match &first {
+            CmdResult::Rejected(_) => assert_eq!(
+                second, first,
+                "node {me}: {cmd:?} again answered otherwise than the first time"
+            ),
+            _ => assert_eq!(
+                second,
+                CmdResult::Unchanged,
+                "node {me}: {cmd:?} applied a second time answered {second:?}: a retried \
+                 proposal that had committed would be taken for a new change"
+            ),
+        }
+    }
+    let state = s.state();
+    let topic = state.topic(&t).expect("the topic was created");
+    assert_eq!(
+        topic.segments.len(),
+        5,
+        "repeated rollovers opened extra segments: {topic:?}"
+    );
 }
 
 async fn add_node_is_idempotent_for_a_member(stores: &[Arc<dyn MetadataStore>]) {

@@ -6,13 +6,15 @@
 //!
 //! - [`MemLogStore`]: a [`LogStore`](crate::LogStore) in memory.
 //! - [`FakeMetadataCluster`]: one metadata log shared by in-process nodes;
-//!   its leader can be moved or cut off.
+//!   its leader can be moved or cut off, and a proposal can commit yet fail.
 //! - [`SimNetwork`]: a [`Transport`](crate::Transport) between in-process
-//!   nodes that partitions, drops and delays.
+//!   nodes that partitions, drops, delays, loses answers, times out and
+//!   crashes nodes mid-request.
 //! - [`TestCluster`]: N real nodes on those fakes, driven by text requests.
 //! - [`ManualClock`]: a clock that moves only when the test advances it;
 //!   [`SuspendableTime`]: a time source for a machine that is suspended.
-//! - `log_store_conformance`, `metadata_store_conformance`: suites.
+//! - `log_store_conformance`, `metadata_store_conformance`,
+//!   `transport_conformance`: suites.
 //!
 //! Time: the fakes and the node read time through tokio, so a test under
 //! `#[tokio::test(start_paused = true)]` drives leases and failover with
@@ -25,6 +27,7 @@ pub mod manual_clock;
 pub mod mem_log_store;
 pub mod metadata_store_conformance;
 pub mod sim_network;
+pub mod transport_conformance;
 
 pub use cluster::{sim_info, TestCluster};
 pub use fake_metadata::{FakeMetadataCluster, FakeMetadataStore};

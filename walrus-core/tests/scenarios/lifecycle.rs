@@ -92,7 +92,8 @@ async fn given_a_new_node_when_it_asks_to_join_should_become_a_voter_and_take_se
         c.net.transport(1).call(3, NodeRequest::Ping).await,
         Ok(NodeResponse::Done)
     );
-    // The fake store takes no consensus messages: the error travels back.
+    // A node takes no consensus messages (the wiring routes them to the
+    // store before the node): the error travels back.
     assert!(c
         .net
         .transport(1)

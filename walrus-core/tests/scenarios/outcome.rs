@@ -72,6 +72,29 @@ async fn given_a_forwarded_put_stored_by_the_leader_when_its_answer_is_lost_shou
     );
 }
 
+/// The same, with the network losing the answer after delivering the
+/// request (not a partition): the segment leader stored the entry, the
+/// forwarding node cannot know it.
+#[tokio::test(start_paused = true)]
+async fn given_a_forwarded_put_whose_answer_the_network_loses_should_say_outcome_unknown_and_be_read_once(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    // Node 3 leads the segment: nothing but forwarded appends goes to it
+    // (renewals and GETs go to node 1, the consensus leader).
+    assert_eq!(c.send(3, "REGISTER logs").await, Response::Ok);
+    c.net.lose_next_answers(3, 1);
+    let Response::Err(text) = c.send(2, "PUT logs lost-answer").await else {
+        panic!("a PUT whose answer was lost cannot be acknowledged")
+    };
+    assert!(text.starts_with("outcome unknown: "), "{text}");
+    assert_eq!(c.send(2, "PUT logs next").await, Response::Ok);
+    assert_eq!(
+        read_all(&c, 1).await,
+        vec![Bytes::from("lost-answer"), Bytes::from("next")],
+        "stored once, as the leader did; never resent"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn given_a_local_append_that_outlives_the_lease_should_say_outcome_unknown_never_retryable() {
     let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;

@@ -127,3 +127,40 @@ async fn given_8_concurrent_writers_when_segments_roll_every_37_should_read_each
         );
     }
 }
+
+/// Rule 7 of `MetadataStore`: a proposal that failed may commit later. The
+/// leader's `Roll` times out, the monitor proposes it again, and then the
+/// first one commits too: the repeat must change nothing.
+#[tokio::test(start_paused = true)]
+async fn given_a_roll_that_fails_then_commits_late_when_the_monitor_rolls_again_should_open_one_segment(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 3)).await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    c.metadata.fail_then_commit(
+        1,
+        walrus_core::Error::Unavailable("no quorum: the proposal timed out, retry".into()),
+        Duration::from_millis(500),
+    );
+    for i in 0..3 {
+        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok);
+    }
+    // The monitor (every 50 ms) rolls again; the late commit lands after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rolls = c
+        .metadata
+        .log()
+        .into_iter()
+        .filter(|cmd| matches!(cmd, walrus_core::MetadataCmd::Roll { segment: 1, .. }))
+        .count();
+    assert_eq!(rolls, 2, "the Roll committed twice, as the test means");
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    assert_eq!(t.segments.len(), 2, "one new segment: {:?}", t.segments);
+    assert_eq!(t.segments[0].status, SegmentStatus::Sealed { count: 3 });
+    assert_eq!(t.current().status, SegmentStatus::Open);
+
+    assert_eq!(c.send(3, "PUT logs m3").await, Response::Ok);
+    let read = c.drain(3, "logs", Duration::from_secs(10)).await;
+    let expected: Vec<Bytes> = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(read, expected);
+}

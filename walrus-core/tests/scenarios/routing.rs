@@ -118,11 +118,15 @@ async fn given_a_topic_when_asking_state_metrics_and_topics_should_answer_json()
         let Response::Json(metrics) = c.send(n, "METRICS").await else {
             panic!("METRICS is JSON")
         };
-        let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
-        assert_eq!(m["id"], n);
-        assert_eq!(m["current_leader"], 1);
-        assert!(m["membership_config"]["membership"]["configs"].is_array());
-        assert_eq!(m["walrus"]["topics"], 2);
+        let m: walrus_core::NodeMetrics = serde_json::from_str(&metrics).unwrap();
+        assert_eq!(m.node, n);
+        assert_eq!(m.consensus.node, n);
+        assert_eq!(m.consensus.leader, Some(1));
+        assert_eq!(
+            m.consensus.membership.configs,
+            vec![std::collections::BTreeSet::from([1, 2, 3])]
+        );
+        assert_eq!(m.topics, 2);
 
         assert_eq!(
             c.send(n, "TOPICS").await,

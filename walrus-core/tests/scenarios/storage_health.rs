@@ -16,7 +16,7 @@ async fn storage_metrics(c: &TestCluster, node: u64) -> serde_json::Value {
     match c.send(node, "METRICS").await {
         Response::Json(j) => {
             let v: serde_json::Value = serde_json::from_str(&j).unwrap();
-            v["walrus"]["storage"].clone()
+            v["storage"].clone()
         }
         other => panic!("METRICS answered {other:?}"),
     }
