@@ -79,15 +79,7 @@ async fn given_a_group_that_committed_when_every_node_is_killed_and_restarted_sh
     // Another group, elsewhere in the topic.
     commit(&cluster.client(3), "audit", 5).await;
 
-    for id in cluster.ids() {
-        cluster.nodes.get_mut(&id).unwrap().kill9();
-    }
-    for id in cluster.ids() {
-        cluster.nodes.get_mut(&id).unwrap().spawn();
-    }
-    cluster
-        .wait_ready(&cluster.ids(), Duration::from_secs(30))
-        .await;
+    cluster.kill9_and_restart_all().await;
 
     // A new member, through another node, starts at the committed offset:
     // the uncommitted batch comes again, then the rest, then the end.

@@ -147,25 +147,7 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                     let words: Vec<&str> = rest.split(' ').collect();
                     prop_assert_eq!(words[0], topic.as_str());
                     prop_assert_eq!(words[1].parse::<u64>().ok(), Some(offset));
-                    prop_assert!((1..=10_000).contains(&max_entries), "{text:?}");
-                    prop_assert!((1..=1 << 20).contains(&max_bytes), "{text:?}");
-                    prop_assert!(wait_ms <= 60_000, "{text:?}");
-                    let waits = words.iter().position(|w| w.eq_ignore_ascii_case("WAIT"));
-                    match waits {
-                        Some(i) => {
-                            prop_assert_eq!(i + 2, words.len(), "WAIT <ms> ends it: {:?}", text);
-                            prop_assert_eq!(words[i + 1].parse::<u64>().ok(), Some(wait_ms));
-                        }
-                        None => prop_assert_eq!(wait_ms, 0),
-                    }
-                    let sizes = &words[2..waits.unwrap_or(words.len())];
-                    prop_assert!(sizes.len() <= 2, "{text:?}");
-                    if let Some(n) = sizes.first() {
-                        prop_assert_eq!(n.parse::<u32>().ok(), Some(max_entries));
-                    }
-                    if let Some(b) = sizes.get(1) {
-                        prop_assert_eq!(b.parse::<u32>().ok(), Some(max_bytes));
-                    }
+                    check_limits(text, &words[2..], max_entries, max_bytes, wait_ms)?;
                 }
                 Request::Fetch {
                     group,
@@ -181,18 +163,7 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(words[0], group.as_str());
                     prop_assert_eq!(words[1], topic.as_str());
                     prop_assert!(TopicName::new(group.as_str()).is_ok(), "{text:?}");
-                    prop_assert!((1..=10_000).contains(&max_entries), "{text:?}");
-                    prop_assert!((1..=1 << 20).contains(&max_bytes), "{text:?}");
-                    prop_assert!(wait_ms <= 60_000, "{text:?}");
-                    let waits = words.iter().position(|w| w.eq_ignore_ascii_case("WAIT"));
-                    match waits {
-                        Some(i) => {
-                            prop_assert_eq!(i + 2, words.len(), "WAIT <ms> ends it: {:?}", text);
-                            prop_assert_eq!(words[i + 1].parse::<u64>().ok(), Some(wait_ms));
-                        }
-                        None => prop_assert_eq!(wait_ms, 0),
-                    }
-                    prop_assert!(waits.unwrap_or(words.len()) <= 4, "{text:?}");
+                    check_limits(text, &words[2..], max_entries, max_bytes, wait_ms)?;
                 }
                 Request::Commit {
                     group,
@@ -224,6 +195,37 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                 _ => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// `[max_entries] [max_bytes] [WAIT <ms>]` of a READ or FETCH (`words`,
+/// after its topic) parsed as sent, in range, defaulted when left out.
+fn check_limits(
+    text: &str,
+    words: &[&str],
+    max_entries: u32,
+    max_bytes: u32,
+    wait_ms: u64,
+) -> Result<(), TestCaseError> {
+    prop_assert!((1..=10_000).contains(&max_entries), "{text:?}");
+    prop_assert!((1..=1 << 20).contains(&max_bytes), "{text:?}");
+    prop_assert!(wait_ms <= 60_000, "{text:?}");
+    let waits = words.iter().position(|w| w.eq_ignore_ascii_case("WAIT"));
+    match waits {
+        Some(i) => {
+            prop_assert_eq!(i + 2, words.len(), "WAIT <ms> ends it: {:?}", text);
+            prop_assert_eq!(words[i + 1].parse::<u64>().ok(), Some(wait_ms));
+        }
+        None => prop_assert_eq!(wait_ms, 0),
+    }
+    let sizes = &words[..waits.unwrap_or(words.len())];
+    prop_assert!(sizes.len() <= 2, "{text:?}");
+    if let Some(n) = sizes.first() {
+        prop_assert_eq!(n.parse::<u32>().ok(), Some(max_entries));
+    }
+    if let Some(b) = sizes.get(1) {
+        prop_assert_eq!(b.parse::<u32>().ok(), Some(max_bytes));
     }
     Ok(())
 }

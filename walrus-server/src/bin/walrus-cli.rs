@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
-use walrus_server::client::{CliClient, ClientError, ReadOptions};
+use walrus_server::client::{CliClient, ClientError, Entry, ReadOptions};
 
 #[derive(Parser)]
 #[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]
@@ -394,7 +394,6 @@ struct ReadArgs {
 /// as it is now. A READ changes nothing, so every failure that may pass
 /// (a node down, a segment waiting for its count) is simply asked again.
 async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
-    use std::io::Write;
     let options = ReadOptions {
         max_entries: args.max,
         wait: args.wait.unwrap_or_default(),
@@ -410,18 +409,9 @@ async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
         match step {
             Ok(batch) => {
                 failing_since = None;
-                let mut out = std::io::stdout().lock();
-                for e in &batch.entries {
-                    let written = if args.offsets {
-                        writeln!(out, "{}\t{}", e.offset, e.payload)
-                    } else {
-                        writeln!(out, "{}", e.payload)
-                    };
-                    if written.is_err() {
-                        return ExitCode::SUCCESS; // stdout closed (a pipe into head)
-                    }
+                if !print_entries(&batch.entries, args.offsets) {
+                    return ExitCode::SUCCESS; // stdout closed (a pipe into head)
                 }
-                let _ = out.flush();
                 next = batch.next;
                 if batch.entries.is_empty() && args.wait.is_none() {
                     break;
@@ -448,6 +438,24 @@ async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Prints one payload per line (`<offset>\t` first with `offsets`);
+/// false when stdout is closed (a pipe into `head`).
+fn print_entries(entries: &[Entry], offsets: bool) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        let written = if offsets {
+            writeln!(out, "{}\t{}", e.offset, e.payload)
+        } else {
+            writeln!(out, "{}", e.payload)
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
+}
+
 struct GroupFetch {
     group: String,
     topic: String,
@@ -461,7 +469,6 @@ struct GroupFetch {
 /// COMMIT of the next offset. Printed before committed: a crash between
 /// the two prints the entries again next time, never loses them.
 async fn group_fetch(client: &CliClient, args: GroupFetch) -> ExitCode {
-    use std::io::Write;
     let batch = match client.fetch(&args.group, &args.topic, args.options).await {
         Ok(batch) => batch,
         Err(e) => {
@@ -473,20 +480,9 @@ async fn group_fetch(client: &CliClient, args: GroupFetch) -> ExitCode {
             });
         }
     };
-    let mut out = std::io::stdout().lock();
-    for e in &batch.entries {
-        let written = if args.offsets {
-            writeln!(out, "{}\t{}", e.offset, e.payload)
-        } else {
-            writeln!(out, "{}", e.payload)
-        };
-        if written.is_err() {
-            // stdout closed: what was fetched was not all delivered, so
-            // nothing is committed.
-            return ExitCode::from(EXIT_ERR);
-        }
-    }
-    if out.flush().is_err() {
+    if !print_entries(&batch.entries, args.offsets) {
+        // stdout closed: what was fetched was not all delivered, so
+        // nothing is committed.
         return ExitCode::from(EXIT_ERR);
     }
     eprintln!("next offset: {}", batch.next);
