@@ -8,6 +8,7 @@ mod common;
 
 mod cluster;
 mod disk;
+mod groups;
 mod identity;
 mod limits;
 mod offsets;

@@ -69,15 +69,7 @@ async fn given_segments_of_ten_on_three_nodes_when_reading_by_offset_through_a_n
     );
 
     // kill -9 of every node, then a restart: no offset moves.
-    for id in cluster.ids() {
-        cluster.nodes.get_mut(&id).unwrap().kill9();
-    }
-    for id in cluster.ids() {
-        cluster.nodes.get_mut(&id).unwrap().spawn();
-    }
-    cluster
-        .wait_ready(&cluster.ids(), Duration::from_secs(30))
-        .await;
+    cluster.kill9_and_restart_all().await;
     let reader = cluster.client(via);
     assert_eq!(
         read_all(&reader, "offsets").await,

@@ -36,4 +36,6 @@ pub use metadata_store::{
 };
 pub use node::{Node, NodeConfig, NodeMetrics, StorageMetrics};
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
-pub use types::{ClusterId, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
+pub use types::{
+    ClusterId, GroupName, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName,
+};

@@ -77,6 +77,57 @@ impl fmt::Debug for TopicName {
     }
 }
 
+/// A consumer group's name. Same rule as a topic name (letters, digits,
+/// `.`, `_`, `-`; 1 to 255 bytes; not `.` or `..`), so a group is as safe
+/// to show and store as a topic.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GroupName(String);
+
+impl GroupName {
+    /// Validates `name`; `Err(Error::BadRequest)` saying the rule if it
+    /// breaks it.
+    pub fn new(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        match TopicName::new(name) {
+            Ok(valid) => Ok(GroupName(valid.0)),
+            Err(_) => Err(Error::BadRequest(format!(
+                "invalid group name: use 1 to {MAX_TOPIC_LEN} letters, digits, '.', '_' or '-' \
+                 (not \".\" or \"..\")"
+            ))),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for GroupName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        GroupName::new(s)
+    }
+}
+
+impl From<GroupName> for String {
+    fn from(g: GroupName) -> String {
+        g.0
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 /// One segment of one topic, shown as `topic:segment` (the seed's lease-key
 /// form). The unit of leadership, sealing and local storage.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

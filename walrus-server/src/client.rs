@@ -148,7 +148,8 @@ fn unknown_advice(verb: &str) -> &'static str {
 
 /// The verb of a request that changes state, for which a lost answer
 /// leaves the outcome unknown: `PUT` (an append) or `GET` (moves the shared
-/// cursor). Every other request reads, or is idempotent (REGISTER).
+/// cursor). Every other request reads, or is idempotent (REGISTER,
+/// COMMIT).
 fn changing_verb(request: &[u8]) -> Option<&'static str> {
     let verb = request.split(|b| *b == b' ').next().unwrap_or_default();
     if verb.eq_ignore_ascii_case(b"PUT") {
@@ -323,10 +324,36 @@ impl CliClient {
     /// reading at `next`. With a `wait`, the call waits that long (plus the
     /// client's timeout) for an entry at the end.
     pub async fn read(&self, topic: &str, from: u64, options: ReadOptions) -> Result<ReadBatch> {
-        let mut request = format!(
-            "READ {topic} {from} {} {}",
-            options.max_entries, options.max_bytes
-        );
+        self.read_like(format!("READ {topic} {from}"), options)
+            .await
+    }
+
+    /// `FETCH <group> <topic> …`: a READ from the offset `group` last
+    /// committed for `topic` (0 when none). Commits nothing: call
+    /// [`CliClient::commit`] with the batch's `next` once its entries are
+    /// processed; until then every FETCH (by this or another member, or
+    /// after a crash) returns them again.
+    pub async fn fetch(&self, group: &str, topic: &str, options: ReadOptions) -> Result<ReadBatch> {
+        self.read_like(format!("FETCH {group} {topic}"), options)
+            .await
+    }
+
+    /// `COMMIT <group> <topic> <offset>`: the group's next FETCH starts at
+    /// `offset` (forward or back; from the topic's first offset to its
+    /// end). Setting an offset twice is setting it once, so every
+    /// [`ClientError::is_retryable`] error, a lost answer included, may
+    /// simply be retried.
+    pub async fn commit(&self, group: &str, topic: &str, offset: u64) -> Result<()> {
+        expect_ok(
+            self.send_raw(&format!("COMMIT {group} {topic} {offset}"))
+                .await?,
+        )
+    }
+
+    /// Sends `head` (a READ or FETCH up to its limits) with `options`, and
+    /// parses the `ENTRIES` answer.
+    async fn read_like(&self, head: String, options: ReadOptions) -> Result<ReadBatch> {
+        let mut request = format!("{head} {} {}", options.max_entries, options.max_bytes);
         let wait_ms = options.wait.as_millis();
         if wait_ms > 0 {
             request.push_str(&format!(" WAIT {wait_ms}"));
@@ -673,7 +700,9 @@ mod tests {
                     Response::Json(format!("{{\"first\":0,\"end\":{}}}", log.0.len()))
                 }
                 Request::Ping => Response::Pong,
-                Request::ReplaceStorage { .. } => Response::Err("not here".into()),
+                Request::ReplaceStorage { .. } | Request::Fetch { .. } | Request::Commit { .. } => {
+                    Response::Err("not here".into())
+                }
             }
         }
     }

@@ -635,6 +635,7 @@ fn answer_is_data(req: &Request) -> bool {
             | Request::TopicCounts
             | Request::Offsets(_)
             | Request::Read { .. }
+            | Request::Fetch { .. }
     )
 }
 
@@ -819,7 +820,12 @@ impl<H: ClientHandler + ?Sized> Drop for LaneGuard<H> {
 fn topic_of(req: &Request) -> Option<&TopicName> {
     match req {
         Request::Register(t) | Request::Get(t) | Request::State(t) | Request::Offsets(t) => Some(t),
-        Request::Put { topic, .. } | Request::Read { topic, .. } => Some(topic),
+        // A group's COMMIT and then FETCH on one connection run in that
+        // order: they share the topic's lane.
+        Request::Put { topic, .. }
+        | Request::Read { topic, .. }
+        | Request::Fetch { topic, .. }
+        | Request::Commit { topic, .. } => Some(topic),
         Request::Metrics
         | Request::Ping
         | Request::Topics

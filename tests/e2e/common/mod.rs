@@ -355,6 +355,17 @@ impl Cluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// kill -9 of every node, then a restart of each, until all are ready.
+    pub async fn kill9_and_restart_all(&mut self) {
+        for id in self.ids() {
+            self.nodes.get_mut(&id).unwrap().kill9();
+        }
+        for id in self.ids() {
+            self.nodes.get_mut(&id).unwrap().spawn();
+        }
+        self.wait_ready(&self.ids(), Duration::from_secs(30)).await;
+    }
+
     /// Waits until each node answers PING and knows a consensus leader.
     pub async fn wait_ready(&self, ids: &[u64], limit: Duration) -> Duration {
         let start = Instant::now();

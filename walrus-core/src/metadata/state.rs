@@ -2,7 +2,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ClusterId, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName};
+use crate::types::{
+    ClusterId, GroupName, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName,
+};
 
 /// Where a node can be reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +214,16 @@ pub enum MetadataCmd {
     /// Names the cluster. The first one stays; any later one changes
     /// nothing (every member proposes one when it finds none).
     InitCluster { id: ClusterId },
+    /// Sets the offset `group` reads `topic` from next (COMMIT, SEEK): any
+    /// offset, forward or back; the node checks the range before it
+    /// proposes. The same command again changes nothing, so a proposal
+    /// that timed out after it committed may be proposed again. Rejected
+    /// when the topic does not exist.
+    CommitOffset {
+        group: GroupName,
+        topic: TopicName,
+        offset: Offset,
+    },
 }
 
 /// What a command did.
@@ -242,6 +254,10 @@ pub struct ClusterState {
     /// This cluster's identity, set once (`InitCluster`); `None` until then.
     #[serde(default)]
     pub cluster: Option<ClusterId>,
+    /// Each consumer group's committed offset per topic (`CommitOffset`).
+    /// (Default: snapshots taken before groups existed have none.)
+    #[serde(default)]
+    pub groups: BTreeMap<GroupName, BTreeMap<TopicName, Offset>>,
 }
 
 impl ClusterState {
@@ -370,7 +386,26 @@ impl ClusterState {
                 }
                 Some(_) => CmdResult::Unchanged,
             },
+            MetadataCmd::CommitOffset {
+                group,
+                topic,
+                offset,
+            } => {
+                if !self.topics.contains_key(topic) {
+                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
+                }
+                let offsets = self.groups.entry(group.clone()).or_default();
+                match offsets.insert(topic.clone(), *offset) {
+                    Some(before) if before == *offset => CmdResult::Unchanged,
+                    _ => CmdResult::Applied,
+                }
+            }
         }
+    }
+
+    /// The offset `group` committed for `topic`, if it ever did.
+    pub fn committed_offset(&self, group: &GroupName, topic: &TopicName) -> Option<Offset> {
+        self.groups.get(group)?.get(topic).copied()
     }
 
     fn replace_storage(

@@ -20,6 +20,7 @@
 mod cursor;
 mod failover;
 mod forward;
+mod group;
 mod handler;
 pub mod lease;
 mod metrics;

@@ -91,6 +91,30 @@ impl super::Node {
                 )
                 .await
             }
+            Request::Fetch {
+                group,
+                topic,
+                max_entries,
+                max_bytes,
+                wait_ms,
+            } => {
+                self.fetch(
+                    &group,
+                    &topic,
+                    max_entries,
+                    max_bytes,
+                    Duration::from_millis(wait_ms),
+                )
+                .await
+            }
+            Request::Commit {
+                group,
+                topic,
+                offset,
+            } => self
+                .commit_offset(&group, &topic, offset)
+                .await
+                .map(|()| Response::Ok),
             Request::Offsets(topic) => {
                 let (first, end) = self.topic_offsets(&topic).await?;
                 Ok(Response::Json(

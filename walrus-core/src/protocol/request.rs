@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::types::{NodeId, Offset, StorageId, TopicName};
+use crate::types::{GroupName, NodeId, Offset, StorageId, TopicName};
 
 /// Entries a READ returns when it names no `max_entries`.
 pub const READ_DEFAULT_MAX_ENTRIES: u32 = 100;
@@ -17,6 +17,8 @@ pub const READ_MAX_BYTES: u32 = 1 << 20;
 pub const READ_MAX_WAIT_MS: u64 = 60_000;
 
 const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
+const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
+const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
 
 /// A parsed client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,23 @@ pub enum Request {
     /// `OFFSETS <topic>`: the first offset and the end (one past the last
     /// readable entry).
     Offsets(TopicName),
+    /// `FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]`: a
+    /// READ from the group's committed offset (0 when none). Commits
+    /// nothing.
+    Fetch {
+        group: GroupName,
+        topic: TopicName,
+        max_entries: u32,
+        max_bytes: u32,
+        wait_ms: u64,
+    },
+    /// `COMMIT <group> <topic> <offset>` (or `SEEK`, the same): the offset
+    /// the group's next FETCH starts at.
+    Commit {
+        group: GroupName,
+        topic: TopicName,
+        offset: Offset,
+    },
     /// `REPLACE-STORAGE <node> <storage-id>` (operator): accept that `node`
     /// lost its storage and record its new one.
     ReplaceStorage {
@@ -109,6 +128,8 @@ impl Request {
                 ))),
             },
             "READ" => parse_read(rest.unwrap_or("")),
+            "FETCH" => parse_fetch(rest.unwrap_or("")),
+            "COMMIT" | "SEEK" => parse_commit(&verb_upper, rest.unwrap_or("")),
             "REPLACE-STORAGE" => {
                 const USAGE: &str = "REPLACE-STORAGE requires a node id and a storage id";
                 let rest = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
@@ -146,6 +167,78 @@ fn parse_read(rest: &str) -> Result<Request, Error> {
             .parse::<Offset>()
             .map_err(|_| bad(format!("invalid offset {o:?}")))?,
     };
+    let (max_entries, max_bytes, wait_ms) = parse_read_limits(words, &bad)?;
+    Ok(Request::Read {
+        topic,
+        offset,
+        max_entries,
+        max_bytes,
+        wait_ms,
+    })
+}
+
+/// The arguments of a FETCH after the verb.
+fn parse_fetch(rest: &str) -> Result<Request, Error> {
+    let bad = |what: String| Error::BadRequest(format!("{what}: {FETCH_USAGE}"));
+    let rest = rest.trim_end_matches(['\r', '\n']);
+    let mut words = rest.split(' ');
+    let (group, topic) = group_and_topic("FETCH", &mut words, &bad)?;
+    let (max_entries, max_bytes, wait_ms) = parse_read_limits(words, &bad)?;
+    Ok(Request::Fetch {
+        group,
+        topic,
+        max_entries,
+        max_bytes,
+        wait_ms,
+    })
+}
+
+/// The arguments of a COMMIT (or SEEK) after the verb.
+fn parse_commit(verb: &str, rest: &str) -> Result<Request, Error> {
+    let bad = |what: String| Error::BadRequest(format!("{what}: {COMMIT_USAGE}"));
+    let rest = rest.trim_end_matches(['\r', '\n']);
+    let mut words = rest.split(' ');
+    let (group, topic) = group_and_topic(verb, &mut words, &bad)?;
+    let offset = match words.next() {
+        None => return Err(bad(format!("{verb} requires an offset"))),
+        Some(o) => o
+            .parse::<Offset>()
+            .map_err(|_| bad(format!("invalid offset {o:?}")))?,
+    };
+    if let Some(extra) = words.next() {
+        return Err(bad(format!("unexpected {extra:?}")));
+    }
+    Ok(Request::Commit {
+        group,
+        topic,
+        offset,
+    })
+}
+
+/// The `<group> <topic>` that FETCH and COMMIT start with.
+fn group_and_topic<'a>(
+    verb: &str,
+    words: &mut impl Iterator<Item = &'a str>,
+    bad: &impl Fn(String) -> Error,
+) -> Result<(GroupName, TopicName), Error> {
+    let group = words.next().unwrap_or("");
+    if group.is_empty() {
+        return Err(bad(format!("{verb} requires a group")));
+    }
+    let group = GroupName::new(group)?;
+    let topic = match words.next() {
+        None | Some("") => return Err(bad(format!("{verb} requires a topic"))),
+        Some(t) => TopicName::new(t)?,
+    };
+    Ok((group, topic))
+}
+
+/// `[max_entries] [max_bytes] [WAIT <ms>]`, the end of a READ or FETCH,
+/// with the defaults for what is left out.
+fn parse_read_limits<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+    bad: &impl Fn(String) -> Error,
+) -> Result<(u32, u32, u64), Error> {
     let number = |word: &str, what: &str, max: u64| -> Result<u64, Error> {
         match word.parse::<u64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
@@ -179,13 +272,11 @@ fn parse_read(rest: &str) -> Result<Request, Error> {
         };
         sizes.push(number(word, what, max)? as u32);
     }
-    Ok(Request::Read {
-        topic,
-        offset,
-        max_entries: sizes.first().copied().unwrap_or(READ_DEFAULT_MAX_ENTRIES),
-        max_bytes: sizes.get(1).copied().unwrap_or(READ_MAX_BYTES),
+    Ok((
+        sizes.first().copied().unwrap_or(READ_DEFAULT_MAX_ENTRIES),
+        sizes.get(1).copied().unwrap_or(READ_MAX_BYTES),
         wait_ms,
-    })
+    ))
 }
 
 #[cfg(test)]
@@ -321,6 +412,66 @@ mod tests {
         assert!(parse(b"TOPICS all")
             .unwrap_err()
             .starts_with("TOPICS takes"));
+    }
+
+    #[test]
+    fn given_fetch_and_commit_should_parse_group_topic_and_the_rest_like_read() {
+        let g = GroupName::new("billing").unwrap();
+        assert_eq!(
+            parse(b"fetch billing logs 10 WAIT 500\r\n").unwrap(),
+            Request::Fetch {
+                group: g.clone(),
+                topic: t("logs"),
+                max_entries: 10,
+                max_bytes: READ_MAX_BYTES,
+                wait_ms: 500,
+            }
+        );
+        let commit = Request::Commit {
+            group: g,
+            topic: t("logs"),
+            offset: 42,
+        };
+        assert_eq!(parse(b"COMMIT billing logs 42").unwrap(), commit);
+        assert_eq!(parse(b"seek billing logs 42\n").unwrap(), commit);
+        for (body, start, usage) in [
+            (&b"FETCH"[..], "FETCH requires a group", FETCH_USAGE),
+            (b"FETCH billing", "FETCH requires a topic", FETCH_USAGE),
+            (
+                b"FETCH billing logs 0",
+                "max_entries must be 1",
+                FETCH_USAGE,
+            ),
+            (b"FETCH billing logs 1 2 3", "unexpected \"3\"", FETCH_USAGE),
+            (b"COMMIT", "COMMIT requires a group", COMMIT_USAGE),
+            (
+                b"COMMIT billing logs",
+                "COMMIT requires an offset",
+                COMMIT_USAGE,
+            ),
+            (
+                b"SEEK billing logs",
+                "SEEK requires an offset",
+                COMMIT_USAGE,
+            ),
+            (
+                b"COMMIT billing logs -1",
+                "invalid offset \"-1\"",
+                COMMIT_USAGE,
+            ),
+            (b"COMMIT billing logs 1 2", "unexpected \"2\"", COMMIT_USAGE),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(e.ends_with(usage), "{e}");
+        }
+        assert!(parse(b"FETCH ../x logs")
+            .unwrap_err()
+            .starts_with("invalid group name"));
+        assert_eq!(
+            parse(b"COMMIT billing a/b 1").unwrap_err(),
+            "invalid topic name"
+        );
     }
 
     proptest::proptest! {

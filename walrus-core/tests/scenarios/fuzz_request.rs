@@ -36,6 +36,11 @@ fn verb() -> impl Strategy<Value = String> {
         "READ",
         "READ",
         "OFFSETS",
+        "FETCH",
+        "FETCH",
+        "COMMIT",
+        "COMMIT",
+        "SEEK",
         "PUTS",
         "GE",
         "",
@@ -90,6 +95,10 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             // READ's arguments, near misses included.
             "[0-9-]{0,21}( [0-9]{0,6}){0,3}( (WAIT|wait|Wait) ?[0-9]{0,6})?( x)?(\r\n)?"
                 .prop_map(String::into_bytes),
+            // FETCH's and COMMIT's: a topic after the group, then READ's
+            // limits or an offset.
+            "[a-z./]{0,6}( [0-9-]{0,21}){0,3}( (WAIT|wait) ?[0-9]{0,6})?( x)?(\r\n)?"
+                .prop_map(String::into_bytes),
             prop::collection::vec(any::<u8>(), 0..200),
         ],
     )
@@ -138,25 +147,41 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                     let words: Vec<&str> = rest.split(' ').collect();
                     prop_assert_eq!(words[0], topic.as_str());
                     prop_assert_eq!(words[1].parse::<u64>().ok(), Some(offset));
-                    prop_assert!((1..=10_000).contains(&max_entries), "{text:?}");
-                    prop_assert!((1..=1 << 20).contains(&max_bytes), "{text:?}");
-                    prop_assert!(wait_ms <= 60_000, "{text:?}");
-                    let waits = words.iter().position(|w| w.eq_ignore_ascii_case("WAIT"));
-                    match waits {
-                        Some(i) => {
-                            prop_assert_eq!(i + 2, words.len(), "WAIT <ms> ends it: {:?}", text);
-                            prop_assert_eq!(words[i + 1].parse::<u64>().ok(), Some(wait_ms));
-                        }
-                        None => prop_assert_eq!(wait_ms, 0),
-                    }
-                    let sizes = &words[2..waits.unwrap_or(words.len())];
-                    prop_assert!(sizes.len() <= 2, "{text:?}");
-                    if let Some(n) = sizes.first() {
-                        prop_assert_eq!(n.parse::<u32>().ok(), Some(max_entries));
-                    }
-                    if let Some(b) = sizes.get(1) {
-                        prop_assert_eq!(b.parse::<u32>().ok(), Some(max_bytes));
-                    }
+                    check_limits(text, &words[2..], max_entries, max_bytes, wait_ms)?;
+                }
+                Request::Fetch {
+                    group,
+                    topic,
+                    max_entries,
+                    max_bytes,
+                    wait_ms,
+                } => {
+                    let bare = verb.trim_end_matches(['\r', '\n']);
+                    prop_assert!(bare.eq_ignore_ascii_case("FETCH"), "{text:?}");
+                    let rest = text[verb.len() + 1..].trim_end_matches(['\r', '\n']);
+                    let words: Vec<&str> = rest.split(' ').collect();
+                    prop_assert_eq!(words[0], group.as_str());
+                    prop_assert_eq!(words[1], topic.as_str());
+                    prop_assert!(TopicName::new(group.as_str()).is_ok(), "{text:?}");
+                    check_limits(text, &words[2..], max_entries, max_bytes, wait_ms)?;
+                }
+                Request::Commit {
+                    group,
+                    topic,
+                    offset,
+                } => {
+                    let bare = verb.trim_end_matches(['\r', '\n']);
+                    prop_assert!(
+                        bare.eq_ignore_ascii_case("COMMIT") || bare.eq_ignore_ascii_case("SEEK"),
+                        "{text:?}"
+                    );
+                    // Exactly three words, as sent.
+                    let rest = text[verb.len() + 1..].trim_end_matches(['\r', '\n']);
+                    let words: Vec<&str> = rest.split(' ').collect();
+                    prop_assert_eq!(words.len(), 3, "{:?}", text);
+                    prop_assert_eq!(words[0], group.as_str());
+                    prop_assert_eq!(words[1], topic.as_str());
+                    prop_assert_eq!(words[2].parse::<u64>().ok(), Some(offset));
                 }
                 Request::Register(t)
                 | Request::Get(t)
@@ -170,6 +195,37 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                 _ => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// `[max_entries] [max_bytes] [WAIT <ms>]` of a READ or FETCH (`words`,
+/// after its topic) parsed as sent, in range, defaulted when left out.
+fn check_limits(
+    text: &str,
+    words: &[&str],
+    max_entries: u32,
+    max_bytes: u32,
+    wait_ms: u64,
+) -> Result<(), TestCaseError> {
+    prop_assert!((1..=10_000).contains(&max_entries), "{text:?}");
+    prop_assert!((1..=1 << 20).contains(&max_bytes), "{text:?}");
+    prop_assert!(wait_ms <= 60_000, "{text:?}");
+    let waits = words.iter().position(|w| w.eq_ignore_ascii_case("WAIT"));
+    match waits {
+        Some(i) => {
+            prop_assert_eq!(i + 2, words.len(), "WAIT <ms> ends it: {:?}", text);
+            prop_assert_eq!(words[i + 1].parse::<u64>().ok(), Some(wait_ms));
+        }
+        None => prop_assert_eq!(wait_ms, 0),
+    }
+    let sizes = &words[..waits.unwrap_or(words.len())];
+    prop_assert!(sizes.len() <= 2, "{text:?}");
+    if let Some(n) = sizes.first() {
+        prop_assert_eq!(n.parse::<u32>().ok(), Some(max_entries));
+    }
+    if let Some(b) = sizes.get(1) {
+        prop_assert_eq!(b.parse::<u32>().ok(), Some(max_bytes));
     }
     Ok(())
 }
@@ -233,6 +289,58 @@ fn given_a_well_formed_read_should_parse_every_argument_as_sent() {
                 max_entries: sizes.map_or(100, |(n, _)| n),
                 max_bytes: sizes.and_then(|(_, b)| b).unwrap_or(1 << 20),
                 wait_ms: wait.unwrap_or(0),
+            };
+            prop_assert_eq!(Request::parse(Bytes::from(body)).ok(), Some(want));
+            Ok(())
+        },
+    );
+}
+
+/// Well-formed FETCHes and COMMITs (and SEEKs): group, topic and every
+/// argument come back as sent.
+#[test]
+fn given_a_well_formed_fetch_or_commit_should_parse_every_argument_as_sent() {
+    let name = || "[A-Za-z0-9._-]{1,40}".prop_filter("not a dot name", |t| t != "." && t != "..");
+    let input = (
+        name(),
+        name(),
+        any::<u64>(),
+        prop::option::of(1u32..=10_000),
+        prop::option::of(0u64..=60_000),
+        0..3usize,
+    );
+    fuzz(
+        file!(),
+        "well-formed FETCH and COMMIT",
+        2048,
+        input,
+        |(g, t, offset, max, wait, verb)| {
+            let group = walrus_core::GroupName::new(g.as_str()).unwrap();
+            let topic = TopicName::new(t.as_str()).unwrap();
+            let (body, want) = if verb == 0 {
+                let mut body = format!("FETCH {g} {t}");
+                if let Some(n) = max {
+                    body.push_str(&format!(" {n}"));
+                }
+                if let Some(ms) = wait {
+                    body.push_str(&format!(" WAIT {ms}"));
+                }
+                let want = Request::Fetch {
+                    group,
+                    topic,
+                    max_entries: max.unwrap_or(100),
+                    max_bytes: 1 << 20,
+                    wait_ms: wait.unwrap_or(0),
+                };
+                (body, want)
+            } else {
+                let verb = if verb == 1 { "commit" } else { "SEEK" };
+                let want = Request::Commit {
+                    group,
+                    topic,
+                    offset,
+                };
+                (format!("{verb} {g} {t} {offset}"), want)
             };
             prop_assert_eq!(Request::parse(Bytes::from(body)).ok(), Some(want));
             Ok(())

@@ -11,6 +11,7 @@ mod batch;
 mod cursor;
 mod fencing;
 mod fuzz_request;
+mod groups;
 mod identity;
 mod lease_provider;
 mod lifecycle;

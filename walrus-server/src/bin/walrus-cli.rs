@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
-use walrus_server::client::{CliClient, ClientError, ReadOptions};
+use walrus_server::client::{CliClient, ClientError, Entry, ReadOptions};
 
 #[derive(Parser)]
 #[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]
@@ -97,6 +97,11 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         poll_ms: u64,
     },
+    /// Consumer groups: each reads a topic from its own committed offset.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// Operator commands about a node.
     Node {
         #[command(subcommand)]
@@ -106,6 +111,37 @@ enum Command {
     Raw {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
         request: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Print the entries after the group's committed offset (from 0 when it
+    /// never committed), one payload per line, and the offset to commit
+    /// next on stderr. Commits nothing unless --commit: until a commit,
+    /// the same entries come again (at-least-once).
+    Fetch {
+        group: String,
+        topic: String,
+        /// Entries at most (1 to 10000).
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+        /// At the end, wait this long for a new entry, in ms (0 to 60000).
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        /// Commit the next offset once the entries are printed.
+        #[arg(long)]
+        commit: bool,
+        /// Print `<offset>\t` before each payload.
+        #[arg(long)]
+        offsets: bool,
+    },
+    /// Set the group's offset: its next fetch starts there (forward or
+    /// back, from the topic's first offset to its end). Safe to repeat.
+    Commit {
+        group: String,
+        topic: String,
+        offset: u64,
     },
 }
 
@@ -160,6 +196,31 @@ fn main() -> ExitCode {
             };
             rt.block_on(read_entries(&client, read))
         }
+        Some(Command::Group {
+            command:
+                GroupCommand::Fetch {
+                    group,
+                    topic,
+                    max,
+                    wait_ms,
+                    commit,
+                    offsets,
+                },
+        }) => {
+            let options = ReadOptions {
+                max_entries: max,
+                wait: Duration::from_millis(wait_ms),
+                ..ReadOptions::default()
+            };
+            let fetch = GroupFetch {
+                group,
+                topic,
+                options,
+                commit,
+                offsets,
+            };
+            rt.block_on(group_fetch(&client, fetch))
+        }
         // A health check reports what it finds now; raw sends exactly once.
         Some(Command::Ping) => one_off(&rt, &client, "PING", None),
         Some(Command::Raw { request }) => one_off(&rt, &client, &request.join(" "), None),
@@ -176,7 +237,18 @@ fn main() -> ExitCode {
                 Command::Node {
                     command: NodeCommand::ReplaceStorage { node, storage },
                 } => format!("REPLACE-STORAGE {node} {storage}"),
+                Command::Group {
+                    command:
+                        GroupCommand::Commit {
+                            group,
+                            topic,
+                            offset,
+                        },
+                } => format!("COMMIT {group} {topic} {offset}"),
                 Command::Ping
+                | Command::Group {
+                    command: GroupCommand::Fetch { .. },
+                }
                 | Command::Raw { .. }
                 | Command::Tail { .. }
                 | Command::Read { .. } => {
@@ -322,7 +394,6 @@ struct ReadArgs {
 /// as it is now. A READ changes nothing, so every failure that may pass
 /// (a node down, a segment waiting for its count) is simply asked again.
 async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
-    use std::io::Write;
     let options = ReadOptions {
         max_entries: args.max,
         wait: args.wait.unwrap_or_default(),
@@ -338,18 +409,9 @@ async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
         match step {
             Ok(batch) => {
                 failing_since = None;
-                let mut out = std::io::stdout().lock();
-                for e in &batch.entries {
-                    let written = if args.offsets {
-                        writeln!(out, "{}\t{}", e.offset, e.payload)
-                    } else {
-                        writeln!(out, "{}", e.payload)
-                    };
-                    if written.is_err() {
-                        return ExitCode::SUCCESS; // stdout closed (a pipe into head)
-                    }
+                if !print_entries(&batch.entries, args.offsets) {
+                    return ExitCode::SUCCESS; // stdout closed (a pipe into head)
                 }
-                let _ = out.flush();
                 next = batch.next;
                 if batch.entries.is_empty() && args.wait.is_none() {
                     break;
@@ -373,6 +435,67 @@ async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
         }
     }
     eprintln!("next offset: {next}");
+    ExitCode::SUCCESS
+}
+
+/// Prints one payload per line (`<offset>\t` first with `offsets`);
+/// false when stdout is closed (a pipe into `head`).
+fn print_entries(entries: &[Entry], offsets: bool) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        let written = if offsets {
+            writeln!(out, "{}\t{}", e.offset, e.payload)
+        } else {
+            writeln!(out, "{}", e.payload)
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
+}
+
+struct GroupFetch {
+    group: String,
+    topic: String,
+    options: ReadOptions,
+    /// Commit the answer's `next` after printing its entries.
+    commit: bool,
+    offsets: bool,
+}
+
+/// `group fetch`: one FETCH, printed like `read`, then (with --commit) a
+/// COMMIT of the next offset. Printed before committed: a crash between
+/// the two prints the entries again next time, never loses them.
+async fn group_fetch(client: &CliClient, args: GroupFetch) -> ExitCode {
+    let batch = match client.fetch(&args.group, &args.topic, args.options).await {
+        Ok(batch) => batch,
+        Err(e) => {
+            eprintln!("ERR {}", explain(&e, client.addr()));
+            return ExitCode::from(if e.is_retryable() {
+                EXIT_UNREACHABLE
+            } else {
+                EXIT_ERR
+            });
+        }
+    };
+    if !print_entries(&batch.entries, args.offsets) {
+        // stdout closed: what was fetched was not all delivered, so
+        // nothing is committed.
+        return ExitCode::from(EXIT_ERR);
+    }
+    eprintln!("next offset: {}", batch.next);
+    if args.commit && !batch.entries.is_empty() {
+        if let Err(e) = client.commit(&args.group, &args.topic, batch.next).await {
+            eprintln!(
+                "ERR committing {}: {}; the entries come again on the next fetch",
+                batch.next,
+                explain(&e, client.addr())
+            );
+            return ExitCode::from(EXIT_ERR);
+        }
+    }
     ExitCode::SUCCESS
 }
 
