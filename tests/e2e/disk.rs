@@ -10,6 +10,7 @@
 //! SKIPPED otherwise, or fails when `WALRUS_REQUIRE_ROOT=1` (as in CI).
 
 use crate::common;
+use crate::tmpfs::Tmpfs;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,51 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use distributed_walrus::cli_client::{CliClient, ClientError};
-
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed (not root or no CAP_SYS_ADMIN?): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs {
-            path: dir.path().to_path_buf(),
-            _dir: dir,
-        })
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.path)
-            .output()
-            .expect("df runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df prints the free bytes")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// One `walrus-server` with the default WAL file size, its data on the
 /// tmpfs and its log beside the test (a full disk must not hide it).

@@ -5,6 +5,8 @@
 //! `cargo test --test e2e partition`.
 
 mod common;
+#[path = "../../walrus-backends/tests/backends/tmpfs.rs"]
+mod tmpfs;
 
 mod cluster;
 mod disk;

@@ -9,6 +9,7 @@
 mod fuzz_common;
 mod raft_common;
 mod tcp_common;
+mod tmpfs;
 mod wal_common {
     pub mod payload;
 }

@@ -4,45 +4,12 @@
 //! no SIGBUS, nothing acknowledged is lost, and once space is freed appends
 //! work again.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use crate::tmpfs::Tmpfs;
+use std::path::Path;
 
 use bytes::Bytes;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
 use walrus_core::{Error, LogStore, SegmentKey, TopicName};
-
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size`, or says why it cannot.
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed (not root or no CAP_SYS_ADMIN?): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs {
-            path: dir.path().to_path_buf(),
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 fn skip(why: &str) {
     if std::env::var("WALRUS_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
