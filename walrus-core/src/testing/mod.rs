@@ -2,7 +2,15 @@
 //! cluster harness, and conformance suites that any backend must pass.
 //!
 //! They are public so that users test their own code (and their own
-//! backends) on them:
+//! backends) on them, behind the cargo feature `testing` (off by default,
+//! so that production builds carry no test code; core's own tests, the
+//! backends' and the server's tests and walrus-sim turn it on):
+//!
+//! ```toml
+//! [dev-dependencies]
+//! walrus-core = { version = "0.1", features = ["testing"] }
+//! ```
+//!
 //!
 //! - [`MemLogStore`]: a [`LogStore`](crate::LogStore) in memory.
 //! - [`FakeMetadataCluster`]: one metadata log shared by in-process nodes;
