@@ -8,6 +8,8 @@
 //! - The four backend traits, each with its contract: [`MetadataStore`],
 //!   [`LogStore`], [`Transport`] (+ [`RequestHandler`]), [`LeaseProvider`].
 //! - [`protocol`]: the client wire format (frames, requests, responses).
+//! - [`locks`]: the lock policy: std locks are taken so that a panicking
+//!   holder never makes later callers panic.
 //! - [`node`]: the node logic, written against the traits only: routing and
 //!   forwarding, lease checks, rollover, failover, the shared GET cursor.
 //! - `testing` (cargo feature `testing`, off by default): in-memory fakes
@@ -23,6 +25,7 @@
 pub mod clock;
 pub mod error;
 pub mod lease;
+pub mod locks;
 pub mod log_store;
 pub mod metadata;
 pub mod metadata_store;

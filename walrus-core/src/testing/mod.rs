@@ -22,7 +22,7 @@
 //! - [`ManualClock`]: a clock that moves only when the test advances it;
 //!   [`SuspendableTime`]: a time source for a machine that is suspended.
 //! - `log_store_conformance`, `metadata_store_conformance`,
-//!   `transport_conformance`: suites.
+//!   `transport_conformance`, `lease_provider_conformance`: suites.
 //!
 //! Time: the fakes and the node read time through tokio, so a test under
 //! `#[tokio::test(start_paused = true)]` drives leases and failover with
@@ -30,6 +30,7 @@
 
 pub mod cluster;
 pub mod fake_metadata;
+pub mod lease_provider_conformance;
 pub mod log_store_conformance;
 pub mod manual_clock;
 pub mod mem_log_store;
