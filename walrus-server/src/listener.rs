@@ -256,7 +256,7 @@ fn answer_bytes(answer: &Response) -> usize {
         Response::Entry(p) => p.len(),
         Response::Json(j) => j.len(),
         Response::Err(e) => e.len(),
-        Response::Ok | Response::Empty | Response::Pong => 0,
+        Response::Ok | Response::Empty | Response::Pong | Response::Stored { .. } => 0,
         Response::Entries { .. } => answer.encoded_len(),
     }
 }
@@ -823,6 +823,7 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
         // A group's COMMIT and then FETCH on one connection run in that
         // order: they share the topic's lane.
         Request::Put { topic, .. }
+        | Request::PutBatch { topic, .. }
         | Request::Read { topic, .. }
         | Request::Fetch { topic, .. }
         | Request::Commit { topic, .. } => Some(topic),

@@ -75,6 +75,9 @@ impl super::Node {
         } else {
             Some(self.log.seal(key).await?)
         };
+        // Sealed (or never appended to again): its producers' last writes
+        // are final and must be in metadata before the next segment opens.
+        self.record_producers(key).await?;
         let next_leader = self.next_leader(self.id).await;
         self.metadata
             .propose(MetadataCmd::Roll {
@@ -174,6 +177,7 @@ impl super::Node {
             }
             let result = async {
                 let count = self.log.seal(&key).await?;
+                self.record_producers(&key).await?;
                 self.metadata
                     .propose(MetadataCmd::ReportCount {
                         topic: key.topic.clone(),

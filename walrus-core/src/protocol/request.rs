@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::types::{GroupName, NodeId, Offset, StorageId, TopicName};
+use crate::types::{GroupName, NodeId, Offset, ProducerId, ProducerSeq, StorageId, TopicName};
 
 /// Entries a READ returns when it names no `max_entries`.
 pub const READ_DEFAULT_MAX_ENTRIES: u32 = 100;
@@ -16,6 +16,11 @@ pub const READ_MAX_BYTES: u32 = 1 << 20;
 /// The longest `WAIT` of a READ, in ms.
 pub const READ_MAX_WAIT_MS: u64 = 60_000;
 
+/// The most entries one PUTB carries (its bytes are bounded by the frame).
+pub const PUTB_MAX_ENTRIES: usize = 10_000;
+
+const PUTB_USAGE: &str =
+    "PUTB <topic> <n> [PRODUCER <id> <seq>]\\n then n times <length>\\n<payload>\\n";
 const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
 const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
 const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
@@ -28,6 +33,15 @@ pub enum Request {
     Put {
         topic: TopicName,
         payload: Bytes,
+    },
+    /// `PUTB <topic> <n> [PRODUCER <id> <seq>]\n` and `n` records
+    /// `<length>\n<payload>\n`: all entries stored together, in order, or
+    /// none. With `producer`, a write stored before under the same
+    /// producer and sequence is not stored again.
+    PutBatch {
+        topic: TopicName,
+        entries: Vec<Bytes>,
+        producer: Option<ProducerSeq>,
     },
     Get(TopicName),
     State(TopicName),
@@ -105,6 +119,7 @@ impl Request {
                     payload: body.slice(start..),
                 })
             }
+            "PUTB" => parse_putb(&body),
             "REGISTER" | "GET" | "STATE" | "OFFSETS" => {
                 let topic = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
                 if topic.is_empty() {
@@ -149,6 +164,100 @@ impl Request {
             _ => Err(Error::BadRequest(format!("unknown command {verb}"))),
         }
     }
+}
+
+/// A PUTB body: the header line, then `n` records `<length>\n<payload>\n`
+/// and nothing after the last one. Payloads are sliced out of `body`, not
+/// copied.
+fn parse_putb(body: &Bytes) -> Result<Request, Error> {
+    let bad = |what: String| Error::BadRequest(format!("{what}: {PUTB_USAGE}"));
+    let header_end = body.iter().position(|&b| b == b'\n');
+    let header = &body[..header_end.unwrap_or(body.len())];
+    let header = std::str::from_utf8(header.strip_suffix(b"\r").unwrap_or(header))
+        .map_err(|_| Error::BadRequest("invalid utf-8".into()))?;
+    let mut words = header.split(' ').skip(1);
+    let topic = match words.next() {
+        None | Some("") => return Err(Error::BadRequest("PUTB requires a topic".into())),
+        Some(t) => TopicName::new(t)?,
+    };
+    let n = match words.next() {
+        None | Some("") => return Err(bad("PUTB requires an entry count".into())),
+        Some(w) => match w.parse::<usize>() {
+            Ok(n) if (1..=PUTB_MAX_ENTRIES).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "the entry count must be 1 to {PUTB_MAX_ENTRIES}, got {w:?}"
+                )))
+            }
+        },
+    };
+    let producer = match words.next() {
+        None => None,
+        Some(w) if w.eq_ignore_ascii_case("PRODUCER") => {
+            let (Some(id), Some(seq)) = (words.next(), words.next()) else {
+                return Err(bad("PRODUCER requires an id and a sequence number".into()));
+            };
+            let producer = ProducerId::new(id)?;
+            let seq = seq
+                .parse::<u64>()
+                .map_err(|_| bad(format!("invalid sequence number {seq:?}")))?;
+            Some(ProducerSeq { producer, seq })
+        }
+        Some(w) => return Err(bad(format!("unexpected {w:?}"))),
+    };
+    if let Some(w) = words.next() {
+        return Err(bad(format!("unexpected {w:?}")));
+    }
+    let Some(header_end) = header_end else {
+        return Err(bad(format!("PUTB announced {n} entries and has none")));
+    };
+    let mut at = header_end + 1;
+    let mut entries = Vec::with_capacity(n.min(body.len() / 4 + 1));
+    for i in 1..=n {
+        let record = |what: &str| bad(format!("entry {i} of {n}: {what}"));
+        let rest = &body[at..];
+        if rest.is_empty() {
+            return Err(bad(format!("PUTB announced {n} entries and has {}", i - 1)));
+        }
+        let Some(line_end) = rest.iter().position(|&b| b == b'\n') else {
+            return Err(record("its length line does not end with \\n"));
+        };
+        let digits = &rest[..line_end];
+        let len = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<usize>().ok())
+            .ok_or_else(|| {
+                record(&format!(
+                    "invalid length {:?}",
+                    String::from_utf8_lossy(&digits[..digits.len().min(20)])
+                ))
+            })?;
+        if len == 0 {
+            return Err(record("an entry is 1 byte or more, like a PUT's payload"));
+        }
+        let start = at + line_end + 1;
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end < body.len())
+            .ok_or_else(|| record(&format!("the body ends before its {len} bytes and \\n")))?;
+        if body[end] != b'\n' {
+            return Err(record(&format!("its {len} bytes are not followed by \\n")));
+        }
+        entries.push(body.slice(start..end));
+        at = end + 1;
+    }
+    if at != body.len() {
+        return Err(bad(format!(
+            "{} bytes follow the last of the {n} entries",
+            body.len() - at
+        )));
+    }
+    Ok(Request::PutBatch {
+        topic,
+        entries,
+        producer,
+    })
 }
 
 /// The arguments of a READ after the verb.
