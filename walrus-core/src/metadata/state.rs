@@ -3,8 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    ClusterId, GroupName, NodeId, Offset, ProducerId, SegmentId, SegmentKey, StorageId,
-    TopicName,
+    ClusterId, GroupName, NodeId, Offset, ProducerId, SegmentId, SegmentKey, StorageId, TopicName,
 };
 
 /// Where a node can be reached.
@@ -860,4 +859,3 @@ mod tests {
         assert!(s.cluster.is_none());
     }
 }
-

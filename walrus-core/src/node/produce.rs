@@ -98,7 +98,9 @@ impl Producers {
 }
 
 impl TopicProducers {
-    fn slots(&self) -> MutexGuard<'_, HashMap<ProducerId, Arc<tokio::sync::Mutex<Option<ProducerEntry>>>>> {
+    fn slots(
+        &self,
+    ) -> MutexGuard<'_, HashMap<ProducerId, Arc<tokio::sync::Mutex<Option<ProducerEntry>>>>> {
         self.slots
             .lock()
             .expect("producer slot lock poisoned: a panic while looking up a producer")
@@ -194,7 +196,9 @@ impl Node {
             let now = Instant::now();
             if now >= deadline {
                 return Err(match err {
-                    Error::SegmentSealed(k) => Error::Timeout(format!("the rollover of segment {k}")),
+                    Error::SegmentSealed(k) => {
+                        Error::Timeout(format!("the rollover of segment {k}"))
+                    }
                     e => e,
                 });
             }
@@ -596,7 +600,10 @@ mod tests {
     fn given_the_same_entries_should_hash_alike_and_split_points_should_matter() {
         let a = [entry_hash(b"ab"), entry_hash(b"c")];
         let b = [entry_hash(b"a"), entry_hash(b"bc")];
-        assert_eq!(batch_hash(&a), batch_hash(&[entry_hash(b"ab"), entry_hash(b"c")]));
+        assert_eq!(
+            batch_hash(&a),
+            batch_hash(&[entry_hash(b"ab"), entry_hash(b"c")])
+        );
         assert_ne!(batch_hash(&a), batch_hash(&b));
         // Stored in journals: the value must never change between builds.
         assert_eq!(entry_hash(b""), 0xa8c7_f832_281a_39c5);

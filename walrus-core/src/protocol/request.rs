@@ -583,6 +583,108 @@ mod tests {
         );
     }
 
+    #[test]
+    fn given_a_putb_should_take_each_payload_byte_for_byte() {
+        let body = b"PUTB logs 3\n9\ntwo words\n3\na\nb\n2\n\xc3\xa9\n";
+        assert_eq!(
+            parse(body).unwrap(),
+            Request::PutBatch {
+                topic: t("logs"),
+                entries: vec![
+                    Bytes::from_static(b"two words"),
+                    Bytes::from_static(b"a\nb"),
+                    Bytes::from("\u{e9}"),
+                ],
+                producer: None,
+            }
+        );
+        assert_eq!(
+            parse(b"putb logs 1 producer app-1 42\r\n4\n4 \n\n\n").unwrap(),
+            Request::PutBatch {
+                topic: t("logs"),
+                entries: vec![Bytes::from_static(b"4 \n\n")],
+                producer: Some(ProducerSeq {
+                    producer: ProducerId::new("app-1").unwrap(),
+                    seq: 42
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn given_a_bad_putb_should_say_what_is_wrong_and_show_the_usage() {
+        assert_eq!(parse(b"PUTB").unwrap_err(), "PUTB requires a topic");
+        assert_eq!(
+            parse(b"PUTB a/b 1\n1\nx\n").unwrap_err(),
+            "invalid topic name"
+        );
+        for (body, start) in [
+            (&b"PUTB logs"[..], "PUTB requires an entry count"),
+            (
+                b"PUTB logs 0\n",
+                "the entry count must be 1 to 10000, got \"0\"",
+            ),
+            (b"PUTB logs 10001\n", "the entry count must be 1 to 10000"),
+            (
+                b"PUTB logs x\n",
+                "the entry count must be 1 to 10000, got \"x\"",
+            ),
+            (b"PUTB logs 1", "PUTB announced 1 entries and has none"),
+            (b"PUTB logs 2\n1\nx\n", "PUTB announced 2 entries and has 1"),
+            (
+                b"PUTB logs 1\n1x\nx\n",
+                "entry 1 of 1: invalid length \"1x\"",
+            ),
+            (b"PUTB logs 1\n-1\nx\n", "entry 1 of 1: invalid length"),
+            (b"PUTB logs 1\n\nx\n", "entry 1 of 1: invalid length \"\""),
+            (
+                b"PUTB logs 1\n0\n\n",
+                "entry 1 of 1: an entry is 1 byte or more",
+            ),
+            (
+                b"PUTB logs 1\n5\nx\n",
+                "entry 1 of 1: the body ends before its 5 bytes",
+            ),
+            (
+                b"PUTB logs 1\n1\nx",
+                "entry 1 of 1: the body ends before its 1 bytes",
+            ),
+            (
+                b"PUTB logs 1\n1\nxy\n",
+                "entry 1 of 1: its 1 bytes are not followed by \\n",
+            ),
+            (
+                b"PUTB logs 1\n1",
+                "entry 1 of 1: its length line does not end",
+            ),
+            (
+                b"PUTB logs 1\n1\nx\nmore",
+                "4 bytes follow the last of the 1 entries",
+            ),
+            (
+                b"PUTB logs 1\n99999999999999999999999\nx\n",
+                "entry 1 of 1: invalid length",
+            ),
+            (
+                b"PUTB logs 1 PRODUCER p\n1\nx\n",
+                "PRODUCER requires an id and a sequence",
+            ),
+            (
+                b"PUTB logs 1 PRODUCER p -1\n1\nx\n",
+                "invalid sequence number \"-1\"",
+            ),
+            (b"PUTB logs 1 PRODUCER p 1 x\n1\nx\n", "unexpected \"x\""),
+            (b"PUTB logs 1 FROM p 1\n1\nx\n", "unexpected \"FROM\""),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(e.ends_with(PUTB_USAGE), "{e}");
+        }
+        assert!(parse(b"PUTB logs 1 PRODUCER a/b 1\n1\nx\n")
+            .unwrap_err()
+            .starts_with("invalid producer id"));
+    }
+
     proptest::proptest! {
         #[test]
         fn parsing_random_bytes_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
@@ -591,6 +693,11 @@ mod tests {
 
         #[test]
         fn parsing_random_text_never_panics(body in "(?s)(PUT|GET|REGISTER|STATE|put)?[ a-z./\n]{0,40}") {
+            let _ = Request::parse(Bytes::from(body));
+        }
+
+        #[test]
+        fn parsing_random_putb_bodies_never_panics(body in "(?s)PUTB logs [0-9]{0,3}( PRODUCER [a-z]{0,3} [0-9-]{0,3})?[\n\r0-9a-z ]{0,60}") {
             let _ = Request::parse(Bytes::from(body));
         }
     }
