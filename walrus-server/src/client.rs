@@ -43,6 +43,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use walrus_core::protocol::{encode_frame, MAX_FRAME};
 
+mod batch;
+pub use batch::{putb_body, BatchAck, Producer, MAX_BATCH_ENTRIES};
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -154,6 +157,8 @@ fn changing_verb(request: &[u8]) -> Option<&'static str> {
     let verb = request.split(|b| *b == b' ').next().unwrap_or_default();
     if verb.eq_ignore_ascii_case(b"PUT") {
         Some("PUT")
+    } else if verb.eq_ignore_ascii_case(b"PUTB") {
+        Some("PUTB")
     } else if verb.eq_ignore_ascii_case(b"GET") {
         Some("GET")
     } else {
