@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
-use walrus_server::client::{
+use walrus_client::{
     putb_body, CliClient, ClientError, Entry, Producer, ReadOptions, MAX_BATCH_ENTRIES,
 };
 

@@ -44,9 +44,22 @@ impl Producer {
         }
     }
 
-    /// A producer with a fresh random id (32 hex digits).
+    /// A producer with a fresh id (32 hex digits) that no other process
+    /// picks: the process id, the time and the standard library's
+    /// per-process random hash keys, hashed.
     pub fn random() -> Self {
-        Producer::new(format!("{:032x}", rand::random::<u128>()))
+        use std::hash::{BuildHasher, Hasher};
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let half = |salt: u8| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u8(salt);
+            h.write_u128(nanos);
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        Producer::new(format!("{:016x}{:016x}", half(1), half(2)))
     }
 
     pub fn id(&self) -> &str {
@@ -177,6 +190,60 @@ impl CliClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::{count, scripted};
+
+    #[tokio::test]
+    async fn given_a_lost_answer_should_resend_a_batch_only_with_a_producer() {
+        // The first request is dropped unanswered, later ones answered.
+        let script = |n: usize, body: &str| {
+            assert!(body.starts_with("PUTB logs 2"), "{body}");
+            (n > 0).then(|| "OK 2 7".to_string())
+        };
+        let (addr, seen) = scripted(script).await;
+        let c = CliClient::new(addr);
+        let e = c
+            .put_batch_retrying("logs", &["a", "b"], None, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.is_outcome_unknown(), "{e}");
+        assert_eq!(
+            count(&seen),
+            1,
+            "without a producer a lost answer is not resent"
+        );
+
+        let (addr, seen) = scripted(move |n, body| {
+            assert_eq!(body, "PUTB logs 2 PRODUCER p 4\n1\na\n1\nb\n");
+            script(n, body)
+        })
+        .await;
+        let c = CliClient::new(addr);
+        let mut producer = Producer::resume("p", 4);
+        let ack = c
+            .put_batch_retrying(
+                "logs",
+                &["a", "b"],
+                Some(&mut producer),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ack,
+            BatchAck {
+                n: 2,
+                first: Some(7)
+            }
+        );
+        assert_eq!(count(&seen), 2, "resent once, with the same sequence");
+        assert_eq!(producer.next_seq(), 5);
+    }
+
+    #[test]
+    fn given_two_random_producers_should_differ() {
+        assert_ne!(Producer::random().id(), Producer::random().id());
+        assert_eq!(Producer::random().id().len(), 32);
+    }
 
     #[test]
     fn given_payloads_with_newlines_and_spaces_should_frame_each_by_its_length() {
