@@ -73,11 +73,14 @@ impl super::Node {
             );
             None
         } else {
-            Some(self.log.seal(key).await?)
+            let count = self.log.seal(key).await?;
+            // Its producers' last writes are final now, and must be in
+            // metadata before its count is (the next leader starts from
+            // them). A quarantined segment stays Pending, which holds
+            // producer writes back until it is reported.
+            self.record_producers(key).await?;
+            Some(count)
         };
-        // Sealed (or never appended to again): its producers' last writes
-        // are final and must be in metadata before the next segment opens.
-        self.record_producers(key).await?;
         let next_leader = self.next_leader(self.id).await;
         self.metadata
             .propose(MetadataCmd::Roll {
