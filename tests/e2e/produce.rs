@@ -217,3 +217,60 @@ async fn given_producers_with_ids_when_the_segment_leader_is_killed_and_restarte
         t0.elapsed(),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_file_on_stdin_when_the_cli_puts_it_as_a_producer_should_store_each_line_once_and_refuse_a_rerun_from_0(
+) {
+    let t0 = Instant::now();
+    let cluster = Cluster::start(1, ClusterOptions::default()).await;
+    cluster.register(1, "lines").await;
+    let addr = cluster.nodes[&1].spec.client_addr();
+    let cli = server_binary().with_file_name("walrus-cli");
+    let put = |seq: &str, input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&cli)
+            .args([
+                "--addr", &addr, "put", "lines", "--file", "-", "--batch", "2",
+            ])
+            .args(["--producer", "cli-1", "--seq", seq])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running walrus-cli");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = "a b\n\nc\nd é \n";
+    assert_eq!(
+        put("0", file),
+        (
+            Some(0),
+            "OK 2 0\nOK 1 2\n".into(),
+            "producer cli-1 next sequence 2\n".into()
+        )
+    );
+    // The whole file again from 0: its first batch is older than the
+    // producer's last write, refused, and nothing is stored twice.
+    let (code, out, err) = put("0", file);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(err.contains("older than its last stored write"), "{err}");
+    // The last batch again (its answer lost): answered as the first time.
+    assert_eq!(put("1", "d é \n").1, "OK 1 2\n");
+    // And on from the printed number.
+    assert_eq!(put("2", "e\n").1, "OK 1 3\n");
+    let read: Vec<String> = read_all(&cluster.client(1), "lines")
+        .await
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(read, ["a b", "c", "d é ", "e"]);
+    report("walrus-cli put --file as a producer", t0.elapsed());
+}
