@@ -219,24 +219,9 @@ impl super::Node {
                 Err(e @ (Error::NotLeader | Error::SegmentSealed(_))) => e,
                 Err(e) => return (done, Some(e)),
             };
-            let now = Instant::now();
-            if now >= deadline {
-                return (
-                    done,
-                    Some(match err {
-                        Error::SegmentSealed(k) => {
-                            Error::Timeout(format!("the rollover of segment {k}"))
-                        }
-                        e => e,
-                    }),
-                );
+            if let Err(e) = reroute_wait(&mut watch, deadline, &mut pause, err).await {
+                return (done, Some(e));
             }
-            let until = deadline.min(now + pause);
-            if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
-                // The store is gone; do not spin.
-                tokio::time::sleep_until(until).await;
-            }
-            pause = (pause * 2).min(MAX_REROUTE_PAUSE);
         }
         (done, None)
     }
@@ -515,4 +500,30 @@ impl super::Node {
             entries: held.entries,
         })
     }
+}
+
+/// After a write was refused with `err` because the metadata is about to
+/// move (a rollover, a new leader): waits for the next metadata change or
+/// the pause (doubled for next time), or, past `deadline`, gives the
+/// error to answer (a rollover that did not come is a retryable timeout).
+pub(super) async fn reroute_wait(
+    watch: &mut tokio::sync::watch::Receiver<std::sync::Arc<crate::ClusterState>>,
+    deadline: Instant,
+    pause: &mut Duration,
+    err: Error,
+) -> Result<()> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(match err {
+            Error::SegmentSealed(k) => Error::Timeout(format!("the rollover of segment {k}")),
+            e => e,
+        });
+    }
+    let until = deadline.min(now + *pause);
+    if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
+        // The store is gone; do not spin.
+        tokio::time::sleep_until(until).await;
+    }
+    *pause = (*pause * 2).min(MAX_REROUTE_PAUSE);
+    Ok(())
 }

@@ -33,8 +33,6 @@ use crate::protocol::Response;
 use crate::transport::{NodeRequest, NodeResponse};
 use crate::types::{NodeId, ProducerId, ProducerSeq, SegmentId, SegmentKey, TopicName};
 
-/// Longest pause between re-routing attempts of a PUTB.
-const MAX_REROUTE_PAUSE: Duration = Duration::from_millis(100);
 /// Entries read at once while rebuilding producer state.
 const SCAN_CHUNK: usize = 4096;
 
@@ -193,21 +191,7 @@ impl Node {
                 Err(e @ (Error::NotLeader | Error::SegmentSealed(_))) => e,
                 Err(e) => return Err(e),
             };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(match err {
-                    Error::SegmentSealed(k) => {
-                        Error::Timeout(format!("the rollover of segment {k}"))
-                    }
-                    e => e,
-                });
-            }
-            let until = deadline.min(now + pause);
-            if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
-                // The store is gone; do not spin.
-                tokio::time::sleep_until(until).await;
-            }
-            pause = (pause * 2).min(MAX_REROUTE_PAUSE);
+            super::data_path::reroute_wait(&mut watch, deadline, &mut pause, err).await?;
         }
     }
 
