@@ -85,8 +85,8 @@ pub struct StorageHealth {
 ///    what was durable before the failure: entries written after it are
 ///    never served. [`LogStore::health`] reports it for the store's life.
 ///
-/// The conformance suite in [`crate::testing::log_store_conformance`] checks
-/// 1–6 for any implementation.
+/// The conformance suite in `testing::log_store_conformance` (cargo
+/// feature `testing`) checks 1–6 for any implementation.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// Appends `entries` to `segment` (creating it on first use). See the

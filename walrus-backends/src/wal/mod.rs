@@ -102,6 +102,7 @@ use spare::SparePool;
 
 pub use config::{FsyncPolicy, WalConfig};
 use open::{lock_dir, recover_all};
+use walrus_core::locks::RwLockExt;
 
 /// The memmap2 write-ahead log. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -129,11 +130,7 @@ impl Drop for Inner {
     /// A graceful close: the syncer's last round, then the final
     /// checkpoints (see `segment::CHECKPOINT_EVERY`).
     fn drop(&mut self) {
-        let segments = self
-            .segments
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let segments = self.segments.read_or_recover().values().cloned().collect();
         self.syncer.close(segments);
     }
 }
@@ -263,23 +260,14 @@ impl WalStore {
     }
 
     fn get(&self, key: &SegmentKey) -> Option<Arc<Segment>> {
-        self.inner
-            .segments
-            .read()
-            .expect("segment table lock poisoned")
-            .get(key)
-            .cloned()
+        self.inner.segments.read_or_recover().get(key).cloned()
     }
 
     fn get_or_create(&self, key: &SegmentKey) -> Arc<Segment> {
         if let Some(s) = self.get(key) {
             return s;
         }
-        let mut map = self
-            .inner
-            .segments
-            .write()
-            .expect("segment table lock poisoned");
+        let mut map = self.inner.segments.write_or_recover();
         map.entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Segment::new_empty(
@@ -424,8 +412,7 @@ impl LogStore for WalStore {
         let segments: Vec<_> = self
             .inner
             .segments
-            .read()
-            .expect("segment table lock poisoned")
+            .read_or_recover()
             .values()
             .cloned()
             .collect();
@@ -443,11 +430,7 @@ impl LogStore for WalStore {
     }
 
     fn health(&self) -> StorageHealth {
-        let map = self
-            .inner
-            .segments
-            .read()
-            .expect("segment table lock poisoned");
+        let map = self.inner.segments.read_or_recover();
         let mut failed_segments: Vec<SegmentKey> = map
             .iter()
             .filter(|(_, s)| s.failure().is_some())
@@ -468,11 +451,7 @@ impl LogStore for WalStore {
     }
 
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {
-        let map = self
-            .inner
-            .segments
-            .read()
-            .expect("segment table lock poisoned");
+        let map = self.inner.segments.read_or_recover();
         let mut out: Vec<_> = map
             .iter()
             .filter_map(|(k, s)| s.info().map(|i| (k.clone(), i)))
