@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::Node;
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::metadata::{CmdResult, MetadataCmd, ProducerEntry};
 use crate::protocol::Response;
 use crate::transport::{NodeRequest, NodeResponse};
@@ -87,8 +88,7 @@ struct TopicProducers {
 impl Producers {
     fn topic(&self, topic: &TopicName) -> Arc<TopicProducers> {
         self.topics
-            .lock()
-            .expect("producer table lock poisoned: a panic while looking up a topic")
+            .lock_or_recover()
             .entry(topic.clone())
             .or_default()
             .clone()
@@ -99,9 +99,7 @@ impl TopicProducers {
     fn slots(
         &self,
     ) -> MutexGuard<'_, HashMap<ProducerId, Arc<tokio::sync::Mutex<Option<ProducerEntry>>>>> {
-        self.slots
-            .lock()
-            .expect("producer slot lock poisoned: a panic while looking up a producer")
+        self.slots.lock_or_recover()
     }
 
     fn slot(&self, producer: &ProducerId) -> Arc<tokio::sync::Mutex<Option<ProducerEntry>>> {
