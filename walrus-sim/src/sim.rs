@@ -230,14 +230,22 @@ pub(crate) async fn simulate(seed: u64, opts: &Options) -> Report {
             _ => {}
         }
     }
-    Report {
+    let report = Report {
         seed,
         nodes: plan.nodes,
         trace_hash: trace.hasher.finish(),
         violations,
         stats,
         trace: trace.lines.take().unwrap_or_default(),
+    };
+    drop(trace);
+    // Nodes and the network hold each other (a node's transport is the
+    // network, the network routes to the node): without stopping them, a
+    // search of a million seeds would keep every run's cluster in memory.
+    for id in world.ids() {
+        world.crash(id).await;
     }
+    report
 }
 
 async fn register(run: &Run, name: &'static str) {
