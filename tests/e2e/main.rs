@@ -9,6 +9,7 @@ mod common;
 mod tmpfs;
 
 mod cluster;
+mod config_and_logs;
 mod disk;
 mod groups;
 mod identity;

@@ -14,7 +14,7 @@ use crate::conn::{run_connection, ConnPlan, Limit, Workload};
 use crate::payload::PayloadCodec;
 use crate::stats::{process_cpu_time, ConnStats, Report, RunShape};
 use crate::verify::{check, read_topic};
-use crate::wire::{classify, excerpt, Answer, SimpleClient};
+use crate::wire::{classify, excerpt, Answer};
 
 /// How long the run goes on.
 #[derive(Debug, Clone, Copy)]
@@ -261,18 +261,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 /// Sends `REGISTER` for each topic; any answer but `OK` stops the run.
 pub async fn register_topics(addr: &str, topics: &[String]) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
-    let mut client = SimpleClient::connect(addr, timeout).await?;
+    let client = walrus_client::Client::new(addr)
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout);
     for t in topics {
         let body = client
-            .request(format!("REGISTER {t}").as_bytes(), timeout)
+            .send_raw(&format!("REGISTER {t}"))
             .await
             .with_context(|| format!("REGISTER {t} at {addr}"))?;
-        match classify(&body) {
+        let body = body.as_bytes();
+        match classify(body) {
             Answer::Ok => {}
             Answer::Err(e) => bail!("REGISTER {t} at {addr} failed: {e}"),
             _ => bail!(
                 "REGISTER {t} at {addr}: unexpected answer {}",
-                excerpt(&body)
+                excerpt(body)
             ),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{server_error, CliClient, ClientError, Result, FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE};
+use super::{server_error, Client, ClientError, Result, FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE};
 
 /// The most entries of one PUTB (the server's limit).
 pub const MAX_BATCH_ENTRIES: usize = 10_000;
@@ -114,7 +114,7 @@ fn parse_stored(resp: String) -> Result<BatchAck> {
     }
 }
 
-impl CliClient {
+impl Client {
     /// `PUTB`: stores all `payloads` (each 1 byte or more, up to
     /// [`MAX_BATCH_ENTRIES`], the request at most 64 KiB) in order, or
     /// none. A lost answer is [`ClientError::NoAnswer`]: the batch may or
@@ -174,7 +174,7 @@ impl CliClient {
 
     /// One entry stored exactly once by `producer`, resent through every
     /// outcome that is not a refusal, for up to `patience` (an idempotent
-    /// [`CliClient::put_retrying`]: a one-entry PUTB with the producer).
+    /// [`Client::put_retrying`]: a one-entry PUTB with the producer).
     pub async fn put_idempotent(
         &self,
         topic: &str,
@@ -200,7 +200,7 @@ mod tests {
             (n > 0).then(|| "OK 2 7".to_string())
         };
         let (addr, seen) = scripted(script).await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         let e = c
             .put_batch_retrying("logs", &["a", "b"], None, Duration::from_secs(5))
             .await
@@ -217,7 +217,7 @@ mod tests {
             script(n, body)
         })
         .await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         let mut producer = Producer::resume("p", 4);
         let ack = c
             .put_batch_retrying(

@@ -13,13 +13,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
 use walrus_client::{
-    putb_body, CliClient, ClientError, Entry, Producer, ReadOptions, MAX_BATCH_ENTRIES,
+    putb_body, Client, ClientError, Entry, Producer, ReadOptions, MAX_BATCH_ENTRIES,
 };
 
 #[derive(Parser)]
 #[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]
 struct Cli {
-    /// The node's client address.
+    /// The node's client address; several, comma-separated
+    /// (`a:9091,b:9091`), to fail over to the next when one is down.
     #[arg(
         long,
         env = "WALRUS_ADDR",
@@ -194,7 +195,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = CliClient::new(cli.addr.clone());
+    let client = Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
     let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),
@@ -302,7 +303,7 @@ fn main() -> ExitCode {
 /// `retry`, if given), prints the answer and exits with its code.
 fn one_off(
     rt: &tokio::runtime::Runtime,
-    client: &CliClient,
+    client: &Client,
     request: &str,
     retry: Option<Duration>,
 ) -> ExitCode {
@@ -339,7 +340,7 @@ fn exit_code(outcome: &Result<String, ClientError>) -> u8 {
     }
 }
 
-fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
+fn repl(rt: &tokio::runtime::Runtime, client: &Client) -> ExitCode {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -390,7 +391,7 @@ fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn tail(client: &CliClient, topic: &str, poll_ms: u64) -> ExitCode {
+async fn tail(client: &Client, topic: &str, poll_ms: u64) -> ExitCode {
     loop {
         let step = tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
@@ -428,7 +429,7 @@ struct PutFile {
 /// `put --file`: the file's lines as entries, in PUTBs of up to `batch`
 /// lines and 64 KiB. Prints one line per stored batch (`OK <n> <first>`);
 /// stops at the first batch not stored, with the exit code of its error.
-async fn put_file(client: &CliClient, mut put: PutFile) -> ExitCode {
+async fn put_file(client: &Client, mut put: PutFile) -> ExitCode {
     if !(1..=MAX_BATCH_ENTRIES).contains(&put.batch) {
         eprintln!(
             "--batch must be 1 to {MAX_BATCH_ENTRIES}, got {}",
@@ -508,7 +509,7 @@ struct ReadArgs {
 /// `read`: prints entries from `from` on; without --follow, until the end
 /// as it is now. A READ changes nothing, so every failure that may pass
 /// (a node down, a segment waiting for its count) is simply asked again.
-async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
+async fn read_entries(client: &Client, args: ReadArgs) -> ExitCode {
     let options = ReadOptions {
         max_entries: args.max,
         wait: args.wait.unwrap_or_default(),
@@ -583,7 +584,7 @@ struct GroupFetch {
 /// `group fetch`: one FETCH, printed like `read`, then (with --commit) a
 /// COMMIT of the next offset. Printed before committed: a crash between
 /// the two prints the entries again next time, never loses them.
-async fn group_fetch(client: &CliClient, args: GroupFetch) -> ExitCode {
+async fn group_fetch(client: &Client, args: GroupFetch) -> ExitCode {
     let batch = match client.fetch(&args.group, &args.topic, args.options).await {
         Ok(batch) => batch,
         Err(e) => {
