@@ -219,19 +219,20 @@ pub(crate) async fn simulate(seed: u64, opts: &Options) -> Report {
     for v in &violations {
         run.note(format!("CHECK {v}"));
     }
-    let mut stats = lock(&run.stats).clone();
-    stats.sim_time = start.elapsed();
-    stats.dropped_unsynced = dropped.len() as u64;
-    for cmd in world.metadata.log() {
-        match cmd {
-            MetadataCmd::Roll { count: Some(_), .. } => stats.rollovers += 1,
-            MetadataCmd::Roll { count: None, .. } => stats.failovers += 1,
-            _ => {}
-        }
-    }
-    // The trace's guard ends with this block, before the awaits below.
     let report = {
         let mut trace = lock(&run.trace);
+        let mut stats = lock(&run.stats).clone();
+        stats.sim_time = start.elapsed();
+        stats.dropped_unsynced = dropped.len() as u64;
+        for cmd in world.metadata.log() {
+            match cmd {
+                MetadataCmd::Roll { count: Some(_), .. } => stats.rollovers += 1,
+                MetadataCmd::Roll { count: None, .. } => stats.failovers += 1,
+                _ => {}
+            }
+        }
+        // A block, not drop(): clippy sees a guard dropped by hand as held
+        // across the awaits below.
         Report {
             seed,
             nodes: plan.nodes,
