@@ -17,7 +17,8 @@
 //! apply. Do not call it from inside an async runtime (a tokio task):
 //! that would block the runtime's thread, so such a call returns
 //! [`ClientError::Runtime`] at once, sending nothing; use the async
-//! [`crate::Client`] there.
+//! [`crate::Client`] there. For the same reason, drop it outside one
+//! (tokio panics when a runtime is dropped inside another).
 
 use std::future::Future;
 use std::time::Duration;
