@@ -16,5 +16,6 @@ mod identity;
 mod limits;
 mod offsets;
 mod partition;
+mod produce;
 mod single_node;
 mod wal_damage;

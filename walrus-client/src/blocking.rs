@@ -17,12 +17,13 @@
 //! apply. Do not call it from inside an async runtime (a tokio task):
 //! that would block the runtime's thread, so such a call returns
 //! [`ClientError::Runtime`] at once, sending nothing; use the async
-//! [`crate::Client`] there.
+//! [`crate::Client`] there. For the same reason, drop it outside one
+//! (tokio panics when a runtime is dropped inside another).
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{ClientError, ReadBatch, ReadOptions, Result};
+use crate::{BatchAck, ClientError, Producer, ReadBatch, ReadOptions, Result};
 
 /// A blocking client of a Walrus cluster. Calls on one client are
 /// serialised (it takes `&self`; share it between threads behind an `Arc`).
@@ -171,6 +172,49 @@ impl Client {
             .unwrap_or_else(|e| payloads.iter().map(|_| Err(e.same_again())).collect())
     }
 
+    /// `PUTB`; see [`crate::Client::put_batch`].
+    pub fn put_batch<P: AsRef<str>>(&self, topic: &str, payloads: &[P]) -> Result<BatchAck> {
+        self.block(self.inner.put_batch(topic, payloads))
+    }
+
+    /// `PUTB … PRODUCER`; see [`crate::Client::put_batch_as`].
+    pub fn put_batch_as<P: AsRef<str>>(
+        &self,
+        topic: &str,
+        payloads: &[P],
+        producer: &mut Producer,
+    ) -> Result<BatchAck> {
+        self.block(self.inner.put_batch_as(topic, payloads, producer))
+    }
+
+    /// See [`crate::Client::put_batch_retrying`].
+    pub fn put_batch_retrying<P: AsRef<str>>(
+        &self,
+        topic: &str,
+        payloads: &[P],
+        producer: Option<&mut Producer>,
+        patience: Duration,
+    ) -> Result<BatchAck> {
+        self.block(
+            self.inner
+                .put_batch_retrying(topic, payloads, producer, patience),
+        )
+    }
+
+    /// See [`crate::Client::put_idempotent`].
+    pub fn put_idempotent(
+        &self,
+        topic: &str,
+        payload: impl AsRef<str>,
+        producer: &mut Producer,
+        patience: Duration,
+    ) -> Result<BatchAck> {
+        self.block(
+            self.inner
+                .put_idempotent(topic, payload, producer, patience),
+        )
+    }
+
     /// Pipelined requests; see [`crate::Client::send_many`].
     pub fn send_many<R: AsRef<str>>(&self, requests: &[R], window: usize) -> Vec<Result<String>> {
         self.block(async { Ok(self.inner.send_many(requests, window).await) })
@@ -211,6 +255,30 @@ mod tests {
         let e = c.put("nope", "x").unwrap_err();
         assert_eq!(e.to_string(), "topic not found");
         assert_eq!(count(&seen), 4);
+    }
+
+    #[test]
+    fn given_a_producer_when_putting_a_batch_without_a_runtime_should_send_putb_and_move_on() {
+        let rt = server_runtime();
+        let (addr, _) = rt.block_on(scripted(|n, req| {
+            assert_eq!(req, format!("PUTB logs 1 PRODUCER p {n}\n1\na\n"));
+            Some(format!("OK 1 {n}"))
+        }));
+        let c = Client::new(addr).unwrap();
+        let mut p = Producer::new("p");
+        let first = c.put_batch_as("logs", &["a"], &mut p).unwrap();
+        assert_eq!(
+            first,
+            BatchAck {
+                n: 1,
+                first: Some(0)
+            }
+        );
+        let again = c
+            .put_idempotent("logs", "a", &mut p, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(again.first, Some(1));
+        assert_eq!(p.next_seq(), 2);
     }
 
     #[tokio::test]

@@ -57,6 +57,9 @@ pub mod blocking;
 /// The seed's name for [`Client`] (`distributed_walrus::cli_client::CliClient`).
 pub type CliClient = Client;
 
+mod batch;
+pub use batch::{putb_body, BatchAck, Producer, MAX_BATCH_ENTRIES};
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -174,6 +177,8 @@ fn changing_verb(request: &[u8]) -> Option<&'static str> {
     let verb = request.split(|b| *b == b' ').next().unwrap_or_default();
     if verb.eq_ignore_ascii_case(b"PUT") {
         Some("PUT")
+    } else if verb.eq_ignore_ascii_case(b"PUTB") {
+        Some("PUTB")
     } else if verb.eq_ignore_ascii_case(b"GET") {
         Some("GET")
     } else {

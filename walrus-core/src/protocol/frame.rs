@@ -45,11 +45,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_le_bytes(len_buf);
-    if len == 0 || len as usize > max {
-        return Err(FrameError::InvalidLength(len));
-    }
-    let mut body = BytesMut::zeroed(len as usize);
+    let len = FrameCodec::new(max).body_len(len_buf)?;
+    let mut body = BytesMut::zeroed(len);
     match reader.read_exact(&mut body).await {
         Ok(_) => Ok(Some(body)),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
@@ -98,6 +95,15 @@ impl FrameCodec {
         Self::new(MAX_FRAME)
     }
 
+    /// The body length `header` announces, when this codec takes it: a
+    /// reader that must decide something before the body arrives (the
+    /// server charges its memory budget) applies the same rule as `decode`.
+    pub fn body_len(&self, header: [u8; 4]) -> Result<usize, FrameError> {
+        let len = u32::from_le_bytes(header) as usize;
+        self.check(len)?;
+        Ok(len)
+    }
+
     fn check(&self, len: usize) -> Result<(), FrameError> {
         if len == 0 || len > self.max {
             return Err(FrameError::InvalidLength(
@@ -113,11 +119,10 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        let Some(header) = src.get(..4) else {
+        let Some(&[a, b, c, d]) = src.get(..4) else {
             return Ok(None);
         };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        self.check(len)?;
+        let len = self.body_len([a, b, c, d])?;
         if src.len() < 4 + len {
             src.reserve(4 + len - src.len());
             return Ok(None);
