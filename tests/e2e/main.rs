@@ -17,5 +17,6 @@ mod limits;
 mod offsets;
 mod partition;
 mod produce;
+mod prometheus;
 mod single_node;
 mod wal_damage;

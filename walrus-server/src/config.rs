@@ -2,7 +2,7 @@
 //! (`--node-id`, `--data-dir`, `--raft-*`, `--client-*`, `--join`,
 //! `--log-file`, `WALRUS_MAX_SEGMENT_ENTRIES`, `WALRUS_MONITOR_CHECK_MS`),
 //! plus ours (`--fsync`, connection caps, timeouts, the in-flight bytes
-//! budget).
+//! budget, `--metrics-addr`).
 //!
 //! With no flags at all: node 1, a one-voter cluster, clients on
 //! 127.0.0.1:9091, Raft on 127.0.0.1:9191, data under `./data/node_1`.
@@ -139,6 +139,11 @@ pub struct ServerConfig {
     #[arg(long, env = "WALRUS_MAX_BYTES_IN_FLIGHT", default_value_t = 64 << 20,
           value_parser = clap::value_parser!(u64).range(MIN_BYTES_IN_FLIGHT as u64..=(1u64 << 40)))]
     pub max_bytes_in_flight: u64,
+
+    /// Serve `GET /metrics` (Prometheus text format) on this `host:port`.
+    /// Without it, no metrics port is opened.
+    #[arg(long, env = "WALRUS_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 
     /// Accepted for compatibility with the reference; ignored.
     #[arg(long, env = "WALRUS_DISABLE_IO_URING", hide = true)]
@@ -353,6 +358,7 @@ mod tests {
     fn given_no_flags_should_run_node_1_on_the_default_ports() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.node_id, 1);
+        assert_eq!(c.metrics_addr, None, "no metrics port unless asked for");
         assert_eq!(c.client_bind_addr(), "127.0.0.1:9091");
         assert_eq!(c.raft_bind_addr(), "127.0.0.1:9191");
         assert_eq!(c.node_dir(), PathBuf::from("./data/node_1"));
@@ -449,6 +455,7 @@ mod tests {
             fsync = "interval:50"
             max-connections = 10
             log-format = "json"
+            metrics-addr = "0.0.0.0:9464"
             "#,
             &[],
         );
@@ -460,6 +467,7 @@ mod tests {
         assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(50)));
         assert_eq!(c.listener_config().max_connections, 10);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_addr.as_deref(), Some("0.0.0.0:9464"));
         // What the file does not set keeps its default.
         assert_eq!(c.raft_bind_addr(), "127.0.0.1:9191");
     }

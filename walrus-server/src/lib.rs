@@ -9,9 +9,11 @@
 //! - [`stack`]: wires the reference backends into a running node.
 //! - [`identity`]: the node's storage identity file.
 //! - [`metrics`]: the METRICS answer, rendered from core's `NodeMetrics`.
+//! - [`prometheus`]: `--metrics-addr`, `GET /metrics` for Prometheus.
 
 pub mod config;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod prometheus;
 pub mod stack;

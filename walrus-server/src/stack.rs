@@ -20,6 +20,7 @@ use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, Stor
 use crate::config::ServerConfig;
 use crate::identity;
 use crate::listener::ClientListener;
+use crate::prometheus::{self, Instrumented, RequestStats};
 
 /// A running node with its ports open.
 pub struct Stack {
@@ -28,6 +29,8 @@ pub struct Stack {
     transport: Arc<TcpTransport>,
     clients: ClientListener,
     raft_server: tokio::task::JoinHandle<()>,
+    /// The `--metrics-addr` endpoint, when asked for.
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Stack {
@@ -78,6 +81,14 @@ impl Stack {
                     config.raft_bind_addr()
                 )
             })?;
+        let metrics_listener = match &config.metrics_addr {
+            None => None,
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen on the metrics address {addr} (is something else using it? pick another --metrics-addr)"
+                )
+            })?),
+        };
         let client_listener = TcpListener::bind(config.client_bind_addr())
             .await
             .with_context(|| {
@@ -135,9 +146,24 @@ impl Stack {
         tracing::info!(node = config.node_id, "cluster membership established");
 
         node.start();
-        let clients =
-            ClientListener::start(client_listener, node.clone(), config.listener_config())
-                .context("cannot start the client listener")?;
+        let requests = Arc::new(RequestStats::default());
+        let handler = Arc::new(Instrumented::new(node.clone(), requests.clone()));
+        let clients = ClientListener::start(client_listener, handler, config.listener_config())
+            .context("cannot start the client listener")?;
+        let metrics_server = match metrics_listener {
+            None => None,
+            Some(l) => {
+                let sources = prometheus::Sources {
+                    node: node.clone(),
+                    requests,
+                    listener: clients.stats(),
+                };
+                let (addr, task) =
+                    prometheus::serve(l, sources).context("cannot start the metrics endpoint")?;
+                tracing::info!(node = config.node_id, %addr, "metrics endpoint open: GET /metrics");
+                Some(task)
+            }
+        };
         tracing::info!(node = config.node_id, addr = %clients.local_addr(), "client port open; node ready");
         Ok(Stack {
             node,
@@ -145,6 +171,7 @@ impl Stack {
             transport,
             clients,
             raft_server,
+            metrics_server,
         })
     }
 
@@ -175,6 +202,9 @@ impl Stack {
         self.raft.shutdown().await;
         self.transport.shutdown();
         self.raft_server.abort();
+        if let Some(m) = self.metrics_server {
+            m.abort();
+        }
         tracing::info!("stopped");
     }
 }

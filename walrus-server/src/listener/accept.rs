@@ -23,6 +23,7 @@ pub(super) struct Limits {
     pub(super) connections: Arc<Semaphore>,
     pub(super) per_ip: Arc<PerIp>,
     pub(super) budget: Budget,
+    pub(super) stats: Arc<super::ListenerStats>,
 }
 
 pub(super) async fn accept_loop<H: ClientHandler + ?Sized>(
@@ -67,8 +68,11 @@ pub(super) async fn accept_loop<H: ClientHandler + ?Sized>(
                 let config = config.clone();
                 let budget = limits.budget.clone();
                 let stop = stop.clone();
+                let stats = limits.stats.clone();
+                stats.opened();
                 tokio::spawn(async move {
-                    serve_connection(stream, handler, config, budget, stop).await;
+                    serve_connection(stream, handler, config, budget, stats.clone(), stop).await;
+                    stats.closed();
                     tracing::debug!(%peer, "client connection closed");
                     drop((permit, slot));
                 });

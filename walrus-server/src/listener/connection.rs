@@ -16,7 +16,7 @@ use walrus_core::TopicName;
 
 use super::budget::{Budget, Charge, ANSWER_RESERVE, REQUEST_OVERHEAD};
 use super::lanes::{dispatch, Lane};
-use super::{ClientHandler, ListenerConfig};
+use super::{ClientHandler, ListenerConfig, ListenerStats};
 
 /// An answer in the making, queued in request order. Each holds the
 /// request's budget: whoever holds the request or its answer holds the
@@ -52,6 +52,7 @@ pub(super) async fn serve_connection<H: ClientHandler + ?Sized>(
     handler: Arc<H>,
     config: ListenerConfig,
     budget: Budget,
+    stats: Arc<ListenerStats>,
     stop: watch::Receiver<bool>,
 ) {
     let (read, write) = stream.into_split();
@@ -62,6 +63,7 @@ pub(super) async fn serve_connection<H: ClientHandler + ?Sized>(
         rx,
         config.idle_timeout,
         unanswered.clone(),
+        stats.clone(),
     ));
     let reader = Reader {
         handler,
@@ -69,6 +71,7 @@ pub(super) async fn serve_connection<H: ClientHandler + ?Sized>(
         budget,
         unanswered,
         config,
+        stats,
     };
     reader.run(read, stop).await;
     let _ = writer.await;
@@ -89,6 +92,7 @@ struct Reader<H: ?Sized> {
     /// Requests read and not yet written back, shared with the writer.
     unanswered: Arc<AtomicUsize>,
     config: ListenerConfig,
+    stats: Arc<ListenerStats>,
 }
 
 impl<H: ClientHandler + ?Sized> Reader<H> {
@@ -174,6 +178,7 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
         };
         let mut body = BytesMut::zeroed(len);
         self.mid_frame(reader.read_exact(&mut body)).await?;
+        self.stats.read(len + 4);
         Ok((body.freeze(), charge))
     }
 
@@ -226,6 +231,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Pending>,
     timeout: Duration,
     unanswered: Arc<AtomicUsize>,
+    stats: Arc<ListenerStats>,
 ) {
     let mut out = BytesMut::with_capacity(4096);
     // The budget of the answers in `out`, given back once they are written.
@@ -261,6 +267,7 @@ async fn write_loop(
         }
         match tokio::time::timeout(timeout, write.write_all(&out)).await {
             Ok(Ok(())) => {
+                stats.wrote(out.len());
                 out.clear();
                 unanswered.fetch_sub(charges.len(), Ordering::SeqCst);
                 charges.clear();

@@ -34,11 +34,13 @@
 //!   out, in request order).
 //! - `lanes`: per-topic order within a connection, and PUT batches.
 //! - `budget`: the global budget of bytes in flight.
+//! - `stats`: bytes and connections counted for `/metrics`.
 
 mod accept;
 mod budget;
 mod connection;
 mod lanes;
+mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +59,7 @@ use walrus_core::{Node, TopicName};
 use accept::{accept_loop, Limits};
 use budget::Budget;
 pub use budget::MIN_BYTES_IN_FLIGHT;
+pub use stats::ListenerStats;
 
 /// What answers client requests. The server gives the listener a `Node`;
 /// tests and custom builds may give anything else.
@@ -153,6 +156,7 @@ pub struct ClientListener {
     connections: Arc<Semaphore>,
     budget: Budget,
     config: ListenerConfig,
+    stats: Arc<ListenerStats>,
 }
 
 impl ClientListener {
@@ -166,6 +170,7 @@ impl ClientListener {
         let (stop, stop_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let budget = Budget::new(config.max_bytes_in_flight);
+        let stats = Arc::new(ListenerStats::default());
         let accept_task = tokio::spawn(accept_loop(
             listener,
             handler,
@@ -174,6 +179,7 @@ impl ClientListener {
                 connections: connections.clone(),
                 per_ip: Arc::default(),
                 budget: budget.clone(),
+                stats: stats.clone(),
             },
             stop_rx,
         ));
@@ -184,6 +190,7 @@ impl ClientListener {
             connections,
             budget,
             config,
+            stats,
         })
     }
 
@@ -191,6 +198,11 @@ impl ClientListener {
     /// [`ListenerConfig::max_bytes_in_flight`].
     pub fn bytes_in_flight(&self) -> usize {
         self.budget.in_use()
+    }
+
+    /// Bytes and connections this listener has counted.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
