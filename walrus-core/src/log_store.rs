@@ -84,9 +84,19 @@ pub struct StorageHealth {
 ///    sync get an error, and the segment's count (and so its seal) stays at
 ///    what was durable before the failure: entries written after it are
 ///    never served. [`LogStore::health`] reports it for the store's life.
+/// 10. **Delete is whole and final.** [`LogStore::delete`] removes a sealed
+///    segment: once it returns `Ok`, `info` is `None`, `read` is empty,
+///    `segments` does not list it, and that stays so after a crash or
+///    restart (the removal is durable). A crash during the delete leaves
+///    the segment either whole (as sealed) or gone after the store opens
+///    again, never partly served; deleting it again finishes the job.
+///    Deleting a segment the store does not hold is `Ok` (nothing to do); a
+///    segment that is not sealed is refused with
+///    [`Error::BadRequest`](crate::Error::BadRequest) and left whole, so an
+///    open segment is never lost by mistake. Other segments are untouched.
 ///
 /// The conformance suite in [`crate::testing::log_store_conformance`] checks
-/// 1–6 for any implementation.
+/// 1–6 and 10 for any implementation.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// Appends `entries` to `segment` (creating it on first use). See the
@@ -112,6 +122,10 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Seals `segment` and returns its final count.
     async fn seal(&self, segment: &SegmentKey) -> Result<u64>;
+
+    /// Deletes the sealed `segment` with its files (retention): see
+    /// contract 10.
+    async fn delete(&self, segment: &SegmentKey) -> Result<()>;
 
     /// Makes everything appended so far durable, whatever the policy
     /// (graceful shutdown).

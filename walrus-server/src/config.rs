@@ -84,6 +84,24 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_segment_entries: u64,
 
+    /// Default retention, for topics that set none: keep closed segments
+    /// holding at most this many entries (the oldest go, whole). None: no
+    /// limit. Give every node the same defaults.
+    #[arg(long, env = "WALRUS_RETENTION_ENTRIES")]
+    pub retention_entries: Option<u64>,
+
+    /// Default retention by age, for topics that set none: delete closed
+    /// segments closed longer ago than this (`<n>ms|s|m|h|d`, e.g. 7d).
+    #[arg(long, env = "WALRUS_RETENTION_AGE",
+          value_parser = |s: &str| walrus_core::protocol::parse_duration_ms(s))]
+    pub retention_age: Option<u64>,
+
+    /// Period of the retention pass (deleting closed segments past
+    /// retention), in ms.
+    #[arg(long, env = "WALRUS_RETENTION_CHECK_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_check_ms: u64,
+
     /// Period of the backstop rollover check, in ms.
     #[arg(long, env = "WALRUS_MONITOR_CHECK_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -184,6 +202,11 @@ impl ServerConfig {
         let mut c = walrus_core::NodeConfig::new(self.node_id);
         c.max_segment_entries = self.max_segment_entries;
         c.monitor_interval = Duration::from_millis(self.monitor_check_ms);
+        c.default_retention = walrus_core::Retention {
+            max_entries: self.retention_entries,
+            max_age_ms: self.retention_age,
+        };
+        c.retention_interval = Duration::from_millis(self.retention_check_ms);
         c
     }
 }
@@ -263,5 +286,28 @@ mod tests {
         assert!(parse(&["--max-segment-entries", "0"]).is_err());
         assert!(parse(&["--client-port", "70000"]).is_err());
         assert!(parse(&["--fsync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn given_retention_flags_should_make_them_the_default_retention() {
+        let c = parse(&[]).unwrap();
+        assert!(c.node_config().default_retention.keeps_everything());
+        let c = parse(&[
+            "--retention-entries",
+            "5000",
+            "--retention-age",
+            "2h",
+            "--retention-check-ms",
+            "250",
+        ])
+        .unwrap();
+        let n = c.node_config();
+        assert_eq!(n.default_retention.max_entries, Some(5000));
+        assert_eq!(n.default_retention.max_age_ms, Some(2 * 3_600_000));
+        assert_eq!(n.retention_interval, Duration::from_millis(250));
+        assert!(
+            parse(&["--retention-age", "2"]).is_err(),
+            "a unit is needed"
+        );
     }
 }

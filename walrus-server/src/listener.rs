@@ -825,7 +825,9 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
         Request::Put { topic, .. }
         | Request::Read { topic, .. }
         | Request::Fetch { topic, .. }
-        | Request::Commit { topic, .. } => Some(topic),
+        | Request::Commit { topic, .. }
+        | Request::RegisterRetaining { topic, .. }
+        | Request::Config { topic, .. } => Some(topic),
         Request::Metrics
         | Request::Ping
         | Request::Topics

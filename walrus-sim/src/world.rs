@@ -218,6 +218,13 @@ impl LogStore for GuardedLog {
         self.log.seal(segment).await
     }
 
+    async fn delete(&self, segment: &SegmentKey) -> Result<()> {
+        if !self.guard.pass().await {
+            return Err(crashed());
+        }
+        self.log.delete(segment).await
+    }
+
     async fn sync(&self) -> Result<()> {
         if !self.guard.pass().await {
             return Err(crashed());

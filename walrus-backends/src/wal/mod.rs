@@ -6,6 +6,7 @@
 //! ```text
 //! <dir>/<topic>/<segment:020>.<part:06>.wal   fixed-size (sparse) mapped files
 //! <dir>/<topic>/<segment:020>.sealed          final count of a sealed segment
+//! <dir>/<topic>/<segment:020>.deleting        a sealed segment being deleted
 //! <dir>/spare-<n>.zeroed                      zero-filled spare files (opt-in)
 //! ```
 //!
@@ -39,6 +40,15 @@
 //! Sealed segments take their count from the seal file and are verified
 //! (the same way) when first read. [`LogStore::health`] lists quarantined
 //! segments.
+//!
+//! # Deleting (retention)
+//!
+//! [`LogStore::delete`] of a sealed segment first renames its seal file to
+//! `.deleting` (and syncs the directory): from then on the segment is
+//! gone, whatever happens. Then its part files are removed, the directory
+//! synced, the marker removed and the directory synced again. A crash in
+//! between leaves a marker: the next open removes what is left of that
+//! segment before anything else, so it never comes back in part.
 //!
 //! # Durability
 //!
@@ -93,7 +103,7 @@ use walrus_core::{
     Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, StorageHealth, TopicName,
 };
 
-use crate::durable_dir::create_dir_durable;
+use crate::durable_dir::{create_dir_durable, sync_dir};
 use group_commit::Syncer;
 use read_cache::ReadCache;
 use reserve::Reserver;
@@ -510,6 +520,39 @@ impl LogStore for WalStore {
         result.map(|()| count)
     }
 
+    async fn delete(&self, segment: &SegmentKey) -> Result<()> {
+        let Some(seg) = self.get(segment) else {
+            return Ok(());
+        };
+        if !seg.info().is_some_and(|i| i.sealed) {
+            return Err(Error::BadRequest(format!(
+                "segment {segment} is not sealed: only a sealed segment can be deleted"
+            )));
+        }
+        let dir = self.inner.dir.join(segment.topic.as_str());
+        let id = segment.segment;
+        let marked = {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || mark_deleting(&d, id))
+                .await
+                .map_err(|e| Error::Internal(format!("WAL delete task failed: {e}")))?
+        };
+        marked?;
+        // Marked: the segment is gone for readers now, and after a crash.
+        self.inner
+            .segments
+            .write()
+            .expect("segment table lock poisoned")
+            .remove(segment);
+        self.inner.cache.forget(
+            &dir,
+            |name| matches!(classify(name), FileKind::Part(s, _) if s == id),
+        );
+        tokio::task::spawn_blocking(move || finish_delete(&dir, id))
+            .await
+            .map_err(|e| Error::Internal(format!("WAL delete task failed: {e}")))?
+    }
+
     async fn sync(&self) -> Result<()> {
         let segments: Vec<_> = self
             .inner
@@ -591,10 +634,44 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+fn deleting_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.deleting"))
+}
+
+fn storage_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Storage(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// The first step of a delete: the seal file becomes the marker, durably.
+fn mark_deleting(dir: &Path, segment: u64) -> Result<()> {
+    let seal = seal_path(dir, segment);
+    let marker = deleting_path(dir, segment);
+    std::fs::rename(&seal, &marker).map_err(|e| storage_error("rename", &seal, e))?;
+    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))
+}
+
+/// Removes a marked segment's part files, then its marker, each removal
+/// made durable before the next step: at open and after `mark_deleting`.
+fn finish_delete(dir: &Path, segment: u64) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| storage_error("list", dir, e))?;
+    for f in entries {
+        let f = f.map_err(|e| storage_error("list", dir, e))?;
+        let name = f.file_name().to_string_lossy().into_owned();
+        if matches!(classify(&name), FileKind::Part(s, _) if s == segment) {
+            std::fs::remove_file(f.path()).map_err(|e| storage_error("remove", &f.path(), e))?;
+        }
+    }
+    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))?;
+    let marker = deleting_path(dir, segment);
+    std::fs::remove_file(&marker).map_err(|e| storage_error("remove", &marker, e))?;
+    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))
+}
+
 /// What a file name in a topic directory means.
 enum FileKind {
     Part(u64, u32),
     Sealed(u64),
+    Deleting(u64),
     Temp,
     Other,
 }
@@ -602,6 +679,11 @@ enum FileKind {
 fn classify(name: &str) -> FileKind {
     if name.starts_with('.') && name.ends_with(".tmp") {
         return FileKind::Temp;
+    }
+    if let Some(stem) = name.strip_suffix(".deleting") {
+        if let Ok(id) = stem.parse() {
+            return FileKind::Deleting(id);
+        }
     }
     if let Some(stem) = name.strip_suffix(".sealed") {
         if let Ok(id) = stem.parse() {
@@ -634,6 +716,15 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
             tracing::warn!(dir = %path.display(), "ignoring a directory in the WAL that is not a topic");
             continue;
         };
+        // Deletes a crash interrupted are finished first: the segment went
+        // when its marker was made.
+        for f in std::fs::read_dir(&path).map_err(|e| io(&path, e))? {
+            let f = f.map_err(|e| io(&path, e))?;
+            if let FileKind::Deleting(seg) = classify(&f.file_name().to_string_lossy()) {
+                tracing::info!(segment = %SegmentKey::new(topic.clone(), seg), "finishing the deletion of a segment a crash interrupted");
+                finish_delete(&path, seg)?;
+            }
+        }
         let mut parts: HashMap<u64, Vec<(u32, PathBuf)>> = HashMap::new();
         // A seal file that cannot be read quarantines its segment only.
         let mut sealed: HashMap<u64, Result<u64>> = HashMap::new();
@@ -649,6 +740,8 @@ fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey,
                 FileKind::Temp => {
                     let _ = std::fs::remove_file(f.path());
                 }
+                // Finished above; a marker made since is not ours to see.
+                FileKind::Deleting(_) => {}
                 FileKind::Other => {
                     tracing::warn!(file = %f.path().display(), "ignoring an unknown file in the WAL")
                 }

@@ -12,6 +12,8 @@
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
 //! - `read`: reads by offset (READ with long-polling, OFFSETS), which move
 //!   no cursor.
+//! - `retention`: deleting closed segments past a topic's retention, in
+//!   the metadata (the consensus leader) and on every node's disk.
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
 //! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
@@ -25,6 +27,7 @@ mod handler;
 pub mod lease;
 mod metrics;
 mod read;
+mod retention;
 mod rollover;
 mod router;
 mod storage;
@@ -37,6 +40,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, DEFAULT_FAILOVER_MARGIN, DEFAULT_LEASE, DEFAULT_LEASE_RENEW};
 use crate::lease::LeaseProvider;
 use crate::log_store::LogStore;
+use crate::metadata::Retention;
 use crate::metadata_store::MetadataStore;
 use crate::protocol::{Request, Response};
 use crate::transport::Transport;
@@ -53,6 +57,14 @@ pub struct NodeConfig {
     pub max_segment_entries: u64,
     /// Backstop rollover check period (`WALRUS_MONITOR_CHECK_MS`).
     pub monitor_interval: Duration,
+    /// Retention of topics that set none (`WALRUS_RETENTION_ENTRIES`,
+    /// `WALRUS_RETENTION_AGE`). Give every node the same: the consensus
+    /// leader's is the one applied.
+    pub default_retention: Retention,
+    /// How often retention runs: the consensus leader deletes what is due,
+    /// every node removes the files of deleted segments
+    /// (`WALRUS_RETENTION_CHECK_MS`).
+    pub retention_interval: Duration,
     /// Write-lease duration.
     pub lease: Duration,
     /// Lease renewal period (the seed's 100 ms).
@@ -78,6 +90,8 @@ impl NodeConfig {
             node_id,
             max_segment_entries: 1_000_000,
             monitor_interval: Duration::from_millis(1000),
+            default_retention: Retention::default(),
+            retention_interval: Duration::from_millis(1000),
             lease: DEFAULT_LEASE,
             lease_renew: DEFAULT_LEASE_RENEW,
             failover_margin: DEFAULT_FAILOVER_MARGIN,
@@ -110,6 +124,12 @@ pub struct Node {
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
     stopping: read::Stopping,
+    /// Segments retention deleted from the local store, per topic.
+    retention_done: retention::LocalDeletions,
+    /// Wall-clock time (ms since the Unix epoch) at `clock`'s instant: the
+    /// node's wall time advances with its clock from there
+    /// ([`Node::wall_ms`]).
+    wall_origin: (tokio::time::Instant, u64),
     /// A count report of ours was refused (storage mismatch): logged once.
     count_refused: std::sync::atomic::AtomicBool,
     /// A weak handle on ourselves, to spawn work that outlives a request.
@@ -161,6 +181,8 @@ impl Node {
             appends: read::AppendSignals::default(),
             stopping: read::Stopping::default(),
             count_refused: Default::default(),
+            retention_done: Default::default(),
+            wall_origin: (clock.now(), unix_ms()),
             config,
             metadata,
             log,
@@ -178,6 +200,7 @@ impl Node {
             tokio::spawn(monitor_loop(Arc::downgrade(self))),
             tokio::spawn(failover_loop(Arc::downgrade(self))),
             tokio::spawn(cursor_loop(Arc::downgrade(self))),
+            tokio::spawn(retention_loop(Arc::downgrade(self))),
         ];
         self.tasks_lock().extend(loops);
     }
@@ -231,6 +254,15 @@ impl Node {
         &self.metadata
     }
 
+    /// Wall-clock time in ms since the Unix epoch, read once at creation
+    /// and advanced by the node's clock since (so a test's paused clock
+    /// moves it, and a suspend counts).
+    pub(crate) fn wall_ms(&self) -> u64 {
+        let (at, ms) = self.wall_origin;
+        let elapsed = self.clock.now().saturating_duration_since(at);
+        ms.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    }
+
     fn tasks_lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.tasks
             .lock()
@@ -261,7 +293,19 @@ node_loop!(
 );
 node_loop!(failover_loop, |c: &NodeConfig| c.lease_renew, failover_tick);
 node_loop!(
+    retention_loop,
+    |c: &NodeConfig| c.retention_interval,
+    retention_tick
+);
+node_loop!(
     cursor_loop,
     |_: &NodeConfig| cursor::PERSIST_EVERY,
     persist_cursors
 );
+
+/// Now, in ms since the Unix epoch (0 on a clock set before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -27,6 +27,38 @@ impl super::Node {
     pub(crate) async fn route(&self, req: Request) -> Result<Response> {
         match req {
             Request::Register(topic) => self.register(topic).await.map(|()| Response::Ok),
+            Request::RegisterRetaining { topic, retain } => {
+                self.register(topic.clone()).await?;
+                self.set_retention(&topic, retain.as_topic_retention())
+                    .await
+                    .map(|()| Response::Ok)
+            }
+            Request::Config {
+                topic,
+                retain: Some(retain),
+            } => {
+                self.known_topic(&topic).await?;
+                self.set_retention(&topic, retain.as_topic_retention())
+                    .await
+                    .map(|()| Response::Ok)
+            }
+            Request::Config {
+                topic,
+                retain: None,
+            } => {
+                self.known_topic(&topic).await?;
+                let state = self.metadata.state();
+                let t = state.topic(&topic).ok_or(Error::TopicNotFound)?;
+                Ok(Response::Json(
+                    serde_json::json!({
+                        "topic": topic.as_str(),
+                        "retention": t.retention,
+                        "in_force": self.effective_retention(t.retention),
+                        "first": t.first_offset(),
+                    })
+                    .to_string(),
+                ))
+            }
             Request::Put { topic, payload } => {
                 self.put(&topic, payload).await.map(|()| Response::Ok)
             }
@@ -139,6 +171,23 @@ impl super::Node {
             .propose(MetadataCmd::CreateTopic { topic, leader })
             .await?
         {
+            crate::CmdResult::Rejected(why) => Err(Error::BadRequest(why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets `topic`'s retention through consensus (idempotent: a retry
+    /// after a lost answer sets the same thing).
+    async fn set_retention(
+        &self,
+        topic: &TopicName,
+        retention: Option<crate::metadata::Retention>,
+    ) -> Result<()> {
+        let cmd = MetadataCmd::SetRetention {
+            topic: topic.clone(),
+            retention,
+        };
+        match self.metadata.propose(cmd).await? {
             crate::CmdResult::Rejected(why) => Err(Error::BadRequest(why)),
             _ => Ok(()),
         }

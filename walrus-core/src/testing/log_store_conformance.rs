@@ -1,4 +1,5 @@
-//! A conformance suite for any [`LogStore`]: points 1–6 of its contract.
+//! A conformance suite for any [`LogStore`]: points 1–6 and 10 of its
+//! contract.
 //!
 //! Run everything with [`run_all`], giving it a function that makes a fresh,
 //! empty store each time:
@@ -64,6 +65,80 @@ pub async fn run_all<S: LogStore>(make: impl Fn() -> S) {
     given_several_segments_when_listed_should_report_each_with_its_info(make()).await;
     given_sync_when_called_should_succeed_and_change_nothing(make()).await;
     given_entries_at_the_tail_when_read_should_serve_them_at_once_and_count_them(make()).await;
+    given_a_sealed_segment_when_deleted_should_be_gone_and_leave_the_others_whole(make()).await;
+    given_an_open_segment_when_deleted_should_refuse_and_keep_it_whole(make()).await;
+}
+
+/// Contract 10: a deleted sealed segment is gone (info, read, segments),
+/// a repeat and an unknown segment are `Ok`, other segments are untouched.
+pub async fn given_a_sealed_segment_when_deleted_should_be_gone_and_leave_the_others_whole<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let old = key("conf-delete", 1);
+    let next = key("conf-delete", 2);
+    let other = key("conf-delete-other", 1);
+    for seg in [&old, &next, &other] {
+        store
+            .append(seg, &entries("d", 3), u64::MAX)
+            .await
+            .expect("append");
+    }
+    store.seal(&old).await.expect("seal");
+    store.sync().await.expect("sync");
+    store
+        .delete(&old)
+        .await
+        .expect("delete of a sealed segment");
+    assert_eq!(store.info(&old).await.expect("info"), None, "deleted");
+    assert!(store
+        .read(&old, 0, 10, usize::MAX)
+        .await
+        .expect("read of a deleted segment")
+        .is_empty());
+    let listed = store.segments().await.expect("segments");
+    assert!(
+        listed.iter().all(|(k, _)| *k != old),
+        "a deleted segment is still listed: {listed:?}"
+    );
+    store
+        .delete(&old)
+        .await
+        .expect("deleting again changes nothing");
+    store
+        .delete(&key("conf-delete", 9))
+        .await
+        .expect("deleting a segment never held changes nothing");
+    for seg in [&next, &other] {
+        assert_eq!(read_all(&store, seg).await, entries("d", 3), "{seg} whole");
+    }
+    // The topic goes on in its later segments.
+    store
+        .append(&next, &entries("e", 1), u64::MAX)
+        .await
+        .expect("append after a delete");
+}
+
+/// Contract 10: an open segment is refused, whole.
+pub async fn given_an_open_segment_when_deleted_should_refuse_and_keep_it_whole<S: LogStore>(
+    store: S,
+) {
+    let seg = key("conf-delete-open", 1);
+    store
+        .append(&seg, &entries("o", 2), u64::MAX)
+        .await
+        .expect("append");
+    match store.delete(&seg).await {
+        Err(Error::BadRequest(_)) => {}
+        other => panic!("deleting an open segment should be refused, got {other:?}"),
+    }
+    store.sync().await.expect("sync");
+    assert_eq!(read_all(&store, &seg).await, entries("o", 2));
+    store
+        .append(&seg, &entries("p", 1), u64::MAX)
+        .await
+        .expect("an open segment takes appends after a refused delete");
 }
 
 /// Contract 3: a read at the tail is served what was appended without

@@ -253,6 +253,20 @@ impl LogStore for MemLogStore {
         Ok(seg.synced as u64)
     }
 
+    async fn delete(&self, segment: &SegmentKey) -> Result<()> {
+        let mut inner = self.lock();
+        match inner.segments.get(segment) {
+            None => Ok(()),
+            Some(seg) if !seg.sealed => Err(Error::BadRequest(format!(
+                "segment {segment} is not sealed: only a sealed segment can be deleted"
+            ))),
+            Some(_) => {
+                inner.segments.remove(segment);
+                Ok(())
+            }
+        }
+    }
+
     async fn sync(&self) -> Result<()> {
         for seg in self.lock().segments.values_mut() {
             seg.synced = seg.entries.len();

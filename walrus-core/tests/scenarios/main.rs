@@ -21,6 +21,7 @@ mod offsets;
 mod outcome;
 mod power_loss;
 mod races;
+mod retention;
 mod rollover;
 mod routing;
 mod storage_health;
