@@ -28,6 +28,7 @@ mod tcp_throughput;
 mod tcp_transport;
 mod wal_conformance;
 mod wal_crash;
+mod wal_delete;
 mod wal_disk_full;
 mod wal_failed_sync;
 mod wal_power_loss;
