@@ -15,5 +15,6 @@ mod identity;
 mod limits;
 mod offsets;
 mod partition;
+mod retention;
 mod single_node;
 mod wal_damage;
