@@ -2,7 +2,7 @@
 //! the fault injector loose, heal everything, drain the topics, read the
 //! final state and check it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use walrus_core::protocol::{Request, Response};
 use walrus_core::testing::SimNetwork;
 use walrus_core::{
-    LogStore, MetadataCmd, NodeConfig, NodeId, SegmentKey, SegmentStatus, TopicName,
+    GroupName, LogStore, MetadataCmd, NodeConfig, NodeId, SegmentKey, SegmentStatus, TopicName,
 };
 
 use crate::history::{
@@ -266,15 +266,139 @@ fn pick(rng: &mut StdRng, n: u64) -> NodeId {
 }
 
 async fn client(run: Arc<Run>, c: usize, mut rng: StdRng, plan: Plan) {
+    // Each client is the one member of its own consumer group.
+    let mut group = Group::new(format!("g{c}"));
     for op in 0..plan.ops {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=plan.think_ms))).await;
         let name = TOPICS[rng.gen_range(0..TOPICS.len())];
         match rng.gen_range(0..100) {
-            0..45 => put(&run, &mut rng, &plan, name, format!("c{c}o{op}")).await,
-            45..60 => batch(&run, &mut rng, &plan, name, c, op).await,
-            60..80 => read_at(&run, &mut rng, &plan, name).await,
+            0..40 => put(&run, &mut rng, &plan, name, format!("c{c}o{op}")).await,
+            40..55 => batch(&run, &mut rng, &plan, name, c, op).await,
+            55..70 => read_at(&run, &mut rng, &plan, name).await,
+            70..85 => consume(&run, &mut rng, &plan, name, &mut group).await,
             _ => get(&run, &mut rng, &plan, name).await,
         }
+    }
+}
+
+/// What a group's only member knows of the group's committed offsets.
+struct Group {
+    name: GroupName,
+    /// Per topic: the offset of the last COMMIT answered `OK` (0 before
+    /// any), and the offsets of COMMITs whose outcome is unknown (one may
+    /// still land, even after a later `OK`: the checker accepts them all).
+    offsets: BTreeMap<&'static str, (u64, BTreeSet<u64>)>,
+}
+
+impl Group {
+    fn new(name: String) -> Self {
+        Group {
+            name: GroupName::new(&name).expect("the simulator's group names are valid"),
+            offsets: BTreeMap::new(),
+        }
+    }
+}
+
+/// A consumer-group step: FETCH from the committed offset, then COMMIT the
+/// next offset. The FETCH must start where an acknowledged (or a possibly
+/// applied) COMMIT left the group: a committed offset is durable through
+/// crashes, failovers and elections. Its entries are checked like READ's.
+async fn consume(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str, group: &mut Group) {
+    let node = pick(rng, plan.nodes);
+    let max_entries = rng.gen_range(1..=8);
+    let g = group.name.clone();
+    let answer = run
+        .world
+        .on_node(node, move |n| async move {
+            n.handle(Request::Fetch {
+                group: g,
+                topic: topic(name),
+                max_entries,
+                max_bytes: 1 << 20,
+                wait_ms: 0,
+            })
+            .await
+        })
+        .await;
+    let (committed, uncertain) = group.offsets.entry(name).or_default();
+    let (entries, next) = match answer {
+        Call::Done(Response::Entries { entries, next }) => (entries, next),
+        Call::Done(Response::Err(e)) => {
+            classify(run, &e);
+            return;
+        }
+        Call::Done(other) => {
+            run.violation(format!("FETCH answered {other:?}"));
+            return;
+        }
+        Call::Hung => {
+            hung(run, "FETCH");
+            return;
+        }
+        Call::Refused | Call::Cut => return,
+    };
+    run.note(format!(
+        "FETCH {} {name} x{max_entries} via {node}: {:?} next {next}",
+        group.name,
+        entries
+            .iter()
+            .map(|(o, p)| format!("{o}={}", String::from_utf8_lossy(p)))
+            .collect::<Vec<_>>()
+    ));
+    if let Some((first, _)) = entries.first() {
+        if *first != *committed && !uncertain.contains(first) {
+            run.violation(format!(
+                "FETCH {} {name} started at offset {first}; the group's last acknowledged COMMIT was {committed} (unknown outcomes: {uncertain:?})",
+                group.name
+            ));
+        }
+    } else {
+        return;
+    }
+    lock(&run.history)
+        .reads_at
+        .extend(entries.into_iter().map(|(offset, payload)| ReadAt {
+            topic: name.into(),
+            offset,
+            payload,
+        }));
+
+    let node = pick(rng, plan.nodes);
+    let g = group.name.clone();
+    let answer = run
+        .world
+        .on_node(node, move |n| async move {
+            n.handle(Request::Commit {
+                group: g,
+                topic: topic(name),
+                offset: next,
+            })
+            .await
+        })
+        .await;
+    let outcome = match answer {
+        Call::Done(Response::Ok) => Outcome::Acked,
+        // The one "unavailable" that promises nothing either way.
+        Call::Done(Response::Err(e)) if e.contains("may or may not be stored") => Outcome::Maybe,
+        Call::Done(Response::Err(e)) => classify(run, &e),
+        Call::Done(other) => {
+            run.violation(format!("COMMIT answered {other:?}"));
+            Outcome::Maybe
+        }
+        Call::Refused => Outcome::NotApplied,
+        Call::Cut => Outcome::Maybe,
+        Call::Hung => hung(run, "COMMIT"),
+    };
+    run.note(format!(
+        "COMMIT {} {name} {next} via {node}: {outcome:?}",
+        group.name
+    ));
+    match outcome {
+        Outcome::Acked => *committed = next,
+        Outcome::Maybe => {
+            uncertain.insert(next);
+        }
+        Outcome::NotApplied => {}
     }
 }
 

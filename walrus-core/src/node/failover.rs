@@ -1,8 +1,18 @@
 //! Failover: the consensus leader gives the open segments of a node it has
 //! not heard from for `lease + margin` to a live node; the old segment's
 //! count becomes pending until its leader comes back and reports it.
+//!
+//! Deciding a failover and committing its `Roll` are two steps, with a ping
+//! and a consensus round between them. A renewal from the failed node
+//! confirmed in that window would be confirmed at a metadata version
+//! without the `Roll`, and give that node a fresh lease on a segment that
+//! is about to be taken from it: it would go on acknowledging into the old
+//! segment while the new one takes writes. So the decision *fences* the
+//! node, atomically with the liveness check, and the consensus leader
+//! refuses the renewals of a fenced node until none of its segments is
+//! current any more (then every later confirmation includes the `Roll`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,6 +35,9 @@ struct Inner {
     last_heard: HashMap<NodeId, Instant>,
     /// The previous pass of the failover loop.
     last_tick: Option<Instant>,
+    /// Nodes whose segments we decided to give away: their renewals are
+    /// refused until they lead no current segment.
+    fenced: HashSet<NodeId>,
 }
 
 impl Failover {
@@ -42,6 +55,10 @@ impl Failover {
             inner.term = term;
             inner.since = term.map(|_| now);
             inner.last_heard.clear();
+            // A `Roll` proposed in an older term either is in the new
+            // leader's log, and commits before its first confirmation, or
+            // never commits: fences do not outlive the term.
+            inner.fenced.clear();
         }
     }
 
@@ -63,17 +80,52 @@ impl Failover {
     }
 
     pub(crate) fn heard(&self, node: NodeId, at: Instant) {
-        let mut inner = self.lock();
+        Self::record(&mut self.lock(), node, at);
+    }
+
+    fn record(inner: &mut Inner, node: NodeId, at: Instant) {
         let e = inner.last_heard.entry(node).or_insert(at);
         if *e < at {
             *e = at;
         }
     }
 
+    /// Records a renewal of `node` heard at `at`, unless a failover of
+    /// `node` is under way: then the renewal must be refused (false).
+    pub(crate) fn heard_unless_fenced(&self, node: NodeId, at: Instant) -> bool {
+        let mut inner = self.lock();
+        if inner.fenced.contains(&node) {
+            return false;
+        }
+        Self::record(&mut inner, node, at);
+        true
+    }
+
+    /// The decision to fail `node` over: true, and `node` fenced, if it is
+    /// still silent; false if a renewal was heard since the caller looked.
+    pub(crate) fn fence_if_silent(&self, node: NodeId, now: Instant, threshold: Duration) -> bool {
+        let mut inner = self.lock();
+        if Self::live(&inner, node, now, threshold) {
+            return false;
+        }
+        inner.fenced.insert(node);
+        true
+    }
+
+    /// Lifts the fence of every node for which `leads` is false: once no
+    /// current segment is led by a node, a renewal of it can no longer
+    /// extend a lease on a segment that failed over.
+    pub(crate) fn unfence_unless(&self, leads: impl Fn(NodeId) -> bool) {
+        self.lock().fenced.retain(|n| leads(*n));
+    }
+
     /// Heard from `node` less than `threshold` ago (or only just became
     /// leader). Without leadership we know nothing: everyone counts as live.
     pub(crate) fn is_live(&self, node: NodeId, now: Instant, threshold: Duration) -> bool {
-        let inner = self.lock();
+        Self::live(&self.lock(), node, now, threshold)
+    }
+
+    fn live(inner: &Inner, node: NodeId, now: Instant, threshold: Duration) -> bool {
         let Some(since) = inner.since else {
             return true;
         };
@@ -105,6 +157,8 @@ impl super::Node {
         self.failover.tick(now, self.config.lease);
         let threshold = self.failover_threshold();
         let state = self.metadata.state();
+        let leaders: HashSet<NodeId> = state.topics.values().map(|t| t.current().leader).collect();
+        self.failover.unfence_unless(|n| leaders.contains(&n));
         let mut chosen: HashMap<NodeId, NodeId> = HashMap::new();
         for (topic, t) in &state.topics {
             let current = t.current();
@@ -121,6 +175,14 @@ impl super::Node {
                 }
             };
             if next == current.leader {
+                continue;
+            }
+            // Checked again, atomically with renewals: one may have been
+            // heard while we pinged; none is confirmed from now on.
+            if !self
+                .failover
+                .fence_if_silent(current.leader, self.clock.now(), threshold)
+            {
                 continue;
             }
             tracing::info!(
@@ -203,6 +265,37 @@ mod tests {
             f.tick(t0 + tick * i, Duration::from_secs(1));
         }
         assert!(!f.is_live(2, t0 + tick * 20, THRESHOLD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_failover_decided_when_the_node_renews_should_refuse_until_it_leads_nothing() {
+        let f = Failover::default();
+        let t0 = Instant::now();
+        f.observe_term(Some(1), t0);
+        f.heard(2, t0);
+        let later = t0 + THRESHOLD;
+        assert!(
+            !f.fence_if_silent(2, later - Duration::from_millis(1), THRESHOLD),
+            "heard in time: no failover"
+        );
+        assert!(f.fence_if_silent(2, later, THRESHOLD));
+        assert!(!f.heard_unless_fenced(2, later), "renewal while fenced");
+        assert!(
+            !f.is_live(2, later, THRESHOLD),
+            "a refused renewal is not heard"
+        );
+        f.unfence_unless(|n| n == 2);
+        assert!(
+            !f.heard_unless_fenced(2, later),
+            "node 2 still leads a segment"
+        );
+        f.unfence_unless(|_| false);
+        assert!(f.heard_unless_fenced(2, later));
+        assert!(f.is_live(2, later, THRESHOLD));
+        // A new term lifts every fence.
+        assert!(f.fence_if_silent(3, later, THRESHOLD));
+        f.observe_term(Some(2), later);
+        assert!(f.heard_unless_fenced(3, later));
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,7 +21,14 @@ impl super::Node {
         topic: &TopicName,
         offset: Offset,
     ) -> Result<()> {
-        let (first, end) = self.topic_offsets(topic).await?;
+        let (mut first, mut end) = self.topic_offsets(topic).await?;
+        if offset < first || offset > end {
+            // Our metadata may lag (a segment another node already rolled
+            // still looks open here, so the end looks short): refuse only
+            // what is outside the topic as the quorum knows it.
+            self.catch_up().await?;
+            (first, end) = self.topic_offsets(topic).await?;
+        }
         if offset < first || offset > end {
             return Err(Error::BadRequest(format!(
                 "offset {offset} is outside {topic} ({first} to {end}): commit an offset from \

@@ -207,7 +207,14 @@ impl super::Node {
         }
         self.failover.observe_term(Some(status.term), heard_at);
         let version = self.metadata.confirm().await?;
-        self.failover.heard(node, heard_at);
+        // Confirmed at `version`; if a failover of `node` was decided
+        // meanwhile, its `Roll` may not be in `version` yet: refuse.
+        if !self.failover.heard_unless_fenced(node, heard_at) {
+            return Err(Error::Unavailable(format!(
+                "node {node}'s segments are failing over to other nodes after {:?} without a renewal; it gets a lease again once they moved, retry",
+                self.failover_threshold()
+            )));
+        }
         Ok(crate::NodeResponse::Lease { version })
     }
 }

@@ -304,3 +304,59 @@ async fn given_an_append_that_outlives_the_lease_should_not_invite_a_retry_and_b
     let entries = c.drain(3, "logs", Duration::from_secs(5)).await;
     assert_eq!(entries, vec!["before", "slow", "after"]);
 }
+
+/// The consensus leader decides to fail node 2 over, and while its `Roll`
+/// commits, a renewal from node 2 reaches it. Confirming that renewal
+/// would hand node 2 a fresh lease on metadata that predates the `Roll`:
+/// node 2, lagging behind on metadata, would go on acknowledging into
+/// segment 1 after segment 2 took writes, and readers would see entries
+/// out of acknowledgement order.
+#[tokio::test(start_paused = true)]
+async fn given_a_renewal_arriving_while_its_failover_commits_when_the_old_leader_lags_should_not_ack_after_the_next_segment(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1_000_000)).await;
+    let cfg = TestCluster::config(2, 0);
+    let logs = TopicName::new("logs").unwrap();
+    assert_eq!(c.send(2, "REGISTER logs").await, Response::Ok);
+    assert_eq!(c.send(2, "PUT logs before").await, Response::Ok);
+    let segments = |c: &TestCluster| c.metadata.committed().topic(&logs).unwrap().segments.len();
+
+    // Node 2's renewals stop reaching the consensus leader (node 1), and
+    // every proposal now takes a second to commit.
+    c.metadata.set_commit_delay(Some(Duration::from_secs(1)));
+    c.net.isolate(2);
+    // Node 1 decides the failover within a loop pass of `lease + margin`
+    // of silence; just after, node 2's renewals get through again, while
+    // the `Roll` is still in flight. Node 2 applies no more metadata (a
+    // follower far behind) and so learns of the `Roll` late.
+    tokio::time::sleep(cfg.lease + cfg.failover_margin + cfg.lease_renew * 2).await;
+    assert_eq!(segments(&c), 1, "the failover's Roll is still committing");
+    c.net.heal();
+    c.metadata.cut_off(2);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while segments(&c) < 2 {
+        assert!(Instant::now() < deadline, "node 1 never failed node 2 over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut next = c.send(1, "PUT logs next").await;
+    while next != Response::Ok {
+        assert!(
+            Instant::now() < deadline,
+            "segment 2 takes no writes: {next:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        next = c.send(1, "PUT logs next").await;
+    }
+
+    let late = c.send(2, "PUT logs late").await;
+    assert_ne!(
+        late,
+        Response::Ok,
+        "node 2 acknowledged into segment 1 after segment 2 took a write"
+    );
+
+    c.metadata.set_commit_delay(None);
+    c.heal();
+    let read = c.drain(3, "logs", Duration::from_secs(5)).await;
+    assert_eq!(read, vec!["before", "next"]);
+}

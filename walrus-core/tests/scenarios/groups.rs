@@ -264,3 +264,39 @@ async fn given_a_commit_retried_when_applied_twice_should_change_the_state_once(
         }
     );
 }
+
+/// Found by the simulator (seed 14219): a node behind on metadata still
+/// saw an older segment as the open one and counted the topic's end from
+/// it, so it refused to commit the offset a FETCH had just returned.
+#[tokio::test(start_paused = true)]
+async fn given_a_node_behind_on_metadata_when_committing_a_fetched_offset_should_accept_it() {
+    // Node 4 leads segment 1; its rollover wraps round to node 1, the
+    // consensus leader, which applies the Roll at once.
+    let c = TestCluster::start(4, |id| TestCluster::config(id, 2)).await;
+    assert_eq!(c.send(4, "REGISTER logs").await, Response::Ok);
+    c.metadata.set_lag(Some(Duration::from_secs(1)));
+    for p in ["a", "b", "c"] {
+        assert_eq!(
+            send_settled(&c, 1, &format!("PUT logs {p}")).await,
+            Response::Ok
+        );
+    }
+    assert_eq!(
+        c.send(1, "READ logs 2").await,
+        Response::Entries {
+            entries: vec![(2, Bytes::from("c"))],
+            next: 3
+        }
+    );
+    // Node 3 has not applied the Roll yet: to it, segment 1 is still open.
+    assert_eq!(c.send(3, "COMMIT g logs 3").await, Response::Ok);
+    assert_eq!(
+        c.send(2, "COMMIT g logs 4").await,
+        Response::Err(
+            "offset 4 is outside logs (0 to 3): commit an offset from 0 to 3 (the end: every \
+             entry read)"
+                .into()
+        ),
+        "past the end stays refused"
+    );
+}
