@@ -54,8 +54,9 @@ impl super::Node {
     }
 
     /// FETCH: a READ from the offset `group` committed for `topic` (0 when
-    /// none; the first retained offset when retention deleted it). The metadata catches up with the quorum first, so a commit
-    /// acknowledged by any node is seen here.
+    /// none; the first retained offset when retention deleted it). The
+    /// metadata catches up with the quorum first, so a commit acknowledged
+    /// by any node is seen here.
     pub(crate) async fn fetch(
         &self,
         group: &GroupName,
