@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
-use walrus_server::client::{CliClient, ClientError, Entry, ReadOptions};
+use walrus_client::{CliClient, ClientError, Entry, ReadOptions};
 
 #[derive(Parser)]
 #[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use walrus_client::CliClient;
 use walrus_core::testing::TestCluster;
-use walrus_server::client::CliClient;
 use walrus_server::listener::{ClientListener, ListenerConfig};
 
 async fn cluster_with_listeners(n: u64, limit: u64) -> (TestCluster, Vec<ClientListener>) {

@@ -4,5 +4,6 @@
 //! forty of them filled a small CI disk. Pick a part with a filter, e.g.
 //! `cargo test -p walrus-server pipelined`.
 
+mod client;
 mod listener_on_fakes;
 mod pipelined_batches;
