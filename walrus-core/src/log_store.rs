@@ -18,6 +18,32 @@ pub struct Appended {
     pub count: u64,
 }
 
+/// How full a segment may get (`WALRUS_MAX_SEGMENT_ENTRIES`,
+/// `WALRUS_MAX_SEGMENT_BYTES`): see contract 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentLimit {
+    /// Entries.
+    pub entries: u64,
+    /// Payload bytes (the entries' own bytes, not the store's framing).
+    pub bytes: u64,
+}
+
+impl SegmentLimit {
+    /// No limit.
+    pub const NONE: SegmentLimit = SegmentLimit {
+        entries: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    /// A limit of `entries` entries and no byte limit.
+    pub const fn entries(entries: u64) -> SegmentLimit {
+        SegmentLimit {
+            entries,
+            bytes: u64::MAX,
+        }
+    }
+}
+
 /// What a store knows of one of its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -62,9 +88,15 @@ pub struct StorageHealth {
 ///    consumer's cursor) can point past what a power cut leaves.
 /// 4. **Exact counts.** `info` gives the exact count, also after a crash or
 ///    restart: entries are numbered `0..count` with no holes.
-/// 5. **Capacity.** `append` with `limit` fails with
+/// 5. **Capacity.** `append_within` with `limit` fails with
 ///    [`Error::SegmentSealed`](crate::Error::SegmentSealed) when the segment is
-///    non-empty and `count + entries.len() > limit`; nothing is written then.
+///    non-empty and `count + entries.len() > limit.entries`, or non-empty
+///    and its payload bytes plus those of `entries` pass `limit.bytes`;
+///    nothing is written then. So a segment never holds more than either
+///    limit, except that an empty segment takes one append whatever its
+///    size. The payload bytes of a segment are counted across restarts
+///    like its entries. (`append` is `append_within` with an entry limit
+///    only.)
 /// 6. **Seal is final.** After `seal` returns `n`, the count stays `n` and
 ///    every later `append` fails with `Error::SegmentSealed`. Sealing is
 ///    idempotent and works on a segment the store has never seen (count 0).
@@ -99,10 +131,26 @@ pub struct StorageHealth {
 /// 1–6 and 10 for any implementation.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
-    /// Appends `entries` to `segment` (creating it on first use). See the
-    /// contract for `limit` (use `u64::MAX` for none).
-    async fn append(&self, segment: &SegmentKey, entries: &[Bytes], limit: u64)
-        -> Result<Appended>;
+    /// Appends `entries` to `segment` (creating it on first use), with an
+    /// entry limit only (`u64::MAX` for none): see contract 5.
+    async fn append(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        limit: u64,
+    ) -> Result<Appended> {
+        self.append_within(segment, entries, SegmentLimit::entries(limit))
+            .await
+    }
+
+    /// Appends `entries` to `segment` (creating it on first use) unless
+    /// that takes it past `limit` (contract 5).
+    async fn append_within(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        limit: SegmentLimit,
+    ) -> Result<Appended>;
 
     /// Reads entries `from..` of `segment`: at most `max_entries`, and no
     /// more than `max_bytes` of payload except that at least one entry is

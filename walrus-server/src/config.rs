@@ -84,6 +84,12 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_segment_entries: u64,
 
+    /// Payload bytes per segment before it is sealed and the next one
+    /// opens (whichever limit comes first). None: no byte limit.
+    #[arg(long, env = "WALRUS_MAX_SEGMENT_BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_segment_bytes: Option<u64>,
+
     /// Default retention, for topics that set none: keep closed segments
     /// holding at most this many entries (the oldest go, whole). None: no
     /// limit. Give every node the same defaults.
@@ -201,6 +207,7 @@ impl ServerConfig {
     pub fn node_config(&self) -> walrus_core::NodeConfig {
         let mut c = walrus_core::NodeConfig::new(self.node_id);
         c.max_segment_entries = self.max_segment_entries;
+        c.max_segment_bytes = self.max_segment_bytes.unwrap_or(u64::MAX);
         c.monitor_interval = Duration::from_millis(self.monitor_check_ms);
         c.default_retention = walrus_core::Retention {
             max_entries: self.retention_entries,
@@ -289,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn given_retention_flags_should_make_them_the_default_retention() {
+    fn given_retention_and_segment_byte_flags_should_make_them_the_node_config() {
         let c = parse(&[]).unwrap();
         assert!(c.node_config().default_retention.keeps_everything());
         let c = parse(&[

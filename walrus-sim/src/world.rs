@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use walrus_core::log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
+use walrus_core::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
 use walrus_core::metadata_store::{ConsensusStatus, MetadataStore};
 use walrus_core::testing::{sim_info, FakeMetadataCluster, MemLogStore, SimNetwork};
 use walrus_core::{
@@ -179,16 +179,16 @@ fn crashed() -> Error {
 
 #[async_trait]
 impl LogStore for GuardedLog {
-    async fn append(
+    async fn append_within(
         &self,
         segment: &SegmentKey,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<Appended> {
         if !self.guard.pass().await {
             return Err(crashed());
         }
-        self.log.append(segment, entries, limit).await
+        self.log.append_within(segment, entries, limit).await
     }
 
     async fn read(

@@ -100,7 +100,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use walrus_core::{
-    Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, StorageHealth, TopicName,
+    Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, SegmentLimit, StorageHealth,
+    TopicName,
 };
 
 use crate::durable_dir::{create_dir_durable, sync_dir};
@@ -398,7 +399,7 @@ impl WalStore {
         &self,
         seg: &Arc<Segment>,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<(Appended, Option<tokio::sync::oneshot::Receiver<Result<()>>>)> {
         // Each round makes room for this append; only other appenders
         // taking it first can send it round again.
@@ -437,11 +438,11 @@ impl WalStore {
 
 #[async_trait]
 impl LogStore for WalStore {
-    async fn append(
+    async fn append_within(
         &self,
         segment: &SegmentKey,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<Appended> {
         let seg = self.get_or_create(segment);
         let (appended, rx) = self.append_with_room(&seg, entries, limit).await?;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey};
+use walrus_core::{Appended, Error, Result, SegmentInfo, SegmentKey, SegmentLimit};
 
 use super::health::Health;
 use super::index::{Pos, SparseIndex};
@@ -189,6 +189,10 @@ struct Waiter {
 struct AppendState {
     /// Entries written (with group commit, possibly not yet synced).
     count: u64,
+    /// Their payload bytes, for the byte limit of appends. (After a failed
+    /// sync rolls written entries back it is left high: that segment takes
+    /// no appends again.)
+    bytes: u64,
     /// Where the next record goes; `None` before the first file exists.
     pos: Option<Pos>,
     /// The file `pos` is in.
@@ -210,9 +214,15 @@ impl AppendState {
     /// The state of a segment just created or recovered: `count` entries,
     /// all durable, the next record at `pos` in `current` (`None`: no file
     /// open yet, or none to write to), nothing in flight.
-    fn recovered(count: u64, pos: Option<Pos>, current: Option<Arc<SegmentFile>>) -> AppendState {
+    fn recovered(
+        count: u64,
+        bytes: u64,
+        pos: Option<Pos>,
+        current: Option<Arc<SegmentFile>>,
+    ) -> AppendState {
         AppendState {
             count,
+            bytes,
             pos,
             current,
             synced_pos: pos,
@@ -321,7 +331,7 @@ impl Segment {
 
     /// A segment that has no file yet.
     pub fn new_empty(key: SegmentKey, dir: PathBuf, params: SegmentParams) -> Segment {
-        let state = AppendState::recovered(0, None, None);
+        let state = AppendState::recovered(0, 0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count: 0,
@@ -347,7 +357,7 @@ impl Segment {
     ) -> Segment {
         let part_count = present.last().map_or(0, |&last| last + 1);
         let missing = present.len() < part_count as usize || (count > 0 && part_count == 0);
-        let state = AppendState::recovered(count, None, None);
+        let state = AppendState::recovered(count, 0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count,
@@ -375,6 +385,9 @@ impl Segment {
     ) -> Result<Segment> {
         let mut index = SparseIndex::default();
         let mut count = 0u64;
+        // Payload bytes: records are back to back after the header, each
+        // a record header and its payload.
+        let mut bytes = 0u64;
         let mut end = Pos::new(0, HEADER_LEN);
         let mut keep = paths.len();
         let mut written_ends = Vec::with_capacity(paths.len());
@@ -407,6 +420,7 @@ impl Segment {
             }
             let scan = fs.scan;
             count += scan.records;
+            bytes += (scan.end - HEADER_LEN - scan.records as usize * RECORD_HEADER) as u64;
             end = Pos::new(i as u32, scan.end);
             // Written by an earlier run, so backed by blocks.
             written_ends.push(match scan.stop {
@@ -495,7 +509,7 @@ impl Segment {
             }
         }
         let pos = current.as_ref().map(|_| end);
-        let state = AppendState::recovered(count, pos, current);
+        let state = AppendState::recovered(count, bytes, pos, current);
         let shared = Shared {
             part_count: files.len() as u32,
             parts: files,
@@ -524,7 +538,7 @@ impl Segment {
         sealed: bool,
     ) -> Segment {
         tracing::error!(segment = %key, served = count, damage = %why, "WAL segment quarantined: serving its entries up to the damage, refusing reads past it and every append");
-        let state = AppendState::recovered(count, None, None);
+        let state = AppendState::recovered(count, 0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count,
@@ -649,7 +663,7 @@ impl Segment {
     /// receiver that completes once they are durable (the caller queues the
     /// segment for the syncer). Either way they become visible only once
     /// the syncer has flushed them.
-    pub fn append(&self, entries: &[Bytes], limit: u64) -> Result<AppendStep> {
+    pub fn append(&self, entries: &[Bytes], limit: SegmentLimit) -> Result<AppendStep> {
         let max_payload = SegmentFile::max_payload(self.params.file_len);
         if let Some(big) = entries.iter().find(|e| e.len() > max_payload) {
             return Err(Error::BadRequest(format!(
@@ -672,7 +686,11 @@ impl Segment {
             return Err(Error::Storage(why.clone()));
         }
         let n = entries.len() as u64;
-        if st.count > 0 && st.count.saturating_add(n) > limit {
+        let bytes: u64 = entries.iter().map(|e| e.len() as u64).sum();
+        if st.count > 0
+            && (st.count.saturating_add(n) > limit.entries
+                || st.bytes.saturating_add(bytes) > limit.bytes)
+        {
             return Err(Error::SegmentSealed(self.key.clone()));
         }
         if n == 0 {
@@ -762,6 +780,7 @@ impl Segment {
         st.current = Some(file);
         st.pos = Some(Pos::new(part, off));
         st.count += n;
+        st.bytes += bytes;
         self.written.store(st.count, Ordering::Release);
         let appended = Appended {
             first_index,

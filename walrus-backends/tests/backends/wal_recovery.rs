@@ -784,3 +784,43 @@ async fn given_blocks_written_ahead_when_many_appenders_cross_files_should_keep_
         check(read_all(&store, &seg).await);
     }
 }
+
+/// Contract 5 across a restart: the byte limit counts the payload bytes
+/// recovered from files (several of them here), not only this run's.
+#[tokio::test]
+async fn given_a_byte_limit_when_the_store_reopens_should_count_the_bytes_written_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seg = key("bytes", 1);
+    // 300 entries of 100 bytes over 8 KiB files: 30,000 payload bytes.
+    write_and_close(
+        tmp.path(),
+        &seg,
+        config(FsyncPolicy::Always, 8192),
+        300,
+        100,
+    )
+    .await;
+    assert!(part_file(tmp.path(), &seg, 2).exists(), "several files");
+    let store = WalStore::open(tmp.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+    let limit = |bytes| walrus_core::SegmentLimit {
+        entries: u64::MAX,
+        bytes,
+    };
+    assert!(matches!(
+        store
+            .append_within(&seg, &[payload(300, 1)], limit(30_000))
+            .await,
+        Err(Error::SegmentSealed(_))
+    ));
+    let a = store
+        .append_within(&seg, &[payload(300, 100)], limit(30_100))
+        .await
+        .unwrap();
+    assert_eq!(a.first_index, 300);
+    assert!(matches!(
+        store
+            .append_within(&seg, &[payload(301, 1)], limit(30_100))
+            .await,
+        Err(Error::SegmentSealed(_))
+    ));
+}

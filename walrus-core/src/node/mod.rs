@@ -55,6 +55,10 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// Entries per segment before rollover (`WALRUS_MAX_SEGMENT_ENTRIES`).
     pub max_segment_entries: u64,
+    /// Payload bytes per segment before rollover
+    /// (`WALRUS_MAX_SEGMENT_BYTES`; `u64::MAX`: none). A segment never
+    /// holds more, except one entry larger than this alone.
+    pub max_segment_bytes: u64,
     /// Backstop rollover check period (`WALRUS_MONITOR_CHECK_MS`).
     pub monitor_interval: Duration,
     /// Retention of topics that set none (`WALRUS_RETENTION_ENTRIES`,
@@ -89,6 +93,7 @@ impl NodeConfig {
         NodeConfig {
             node_id,
             max_segment_entries: 1_000_000,
+            max_segment_bytes: u64::MAX,
             monitor_interval: Duration::from_millis(1000),
             default_retention: Retention::default(),
             retention_interval: Duration::from_millis(1000),

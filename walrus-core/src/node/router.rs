@@ -300,17 +300,20 @@ impl super::Node {
         entries: Vec<Bytes>,
     ) -> Result<Appended> {
         self.await_write_lease(key).await?;
-        let limit = self.config.max_segment_entries;
+        let limit = crate::log_store::SegmentLimit {
+            entries: self.config.max_segment_entries,
+            bytes: self.config.max_segment_bytes,
+        };
         let mut take = entries.len();
         if take > 1 {
             // The store's count may lag its appends (it counts durable
             // entries): an estimate, corrected below when refused.
             let count = self.log.info(key).await?.map_or(0, |i| i.count);
-            let room = usize::try_from(limit.saturating_sub(count)).unwrap_or(usize::MAX);
+            let room = usize::try_from(limit.entries.saturating_sub(count)).unwrap_or(usize::MAX);
             take = take.min(room.max(1));
         }
         let appended = loop {
-            match self.log.append(key, &entries[..take], limit).await {
+            match self.log.append_within(key, &entries[..take], limit).await {
                 Ok(a) => {
                     // Stored, acknowledged or not: it will be read.
                     self.appends.appended(key);
@@ -349,7 +352,10 @@ impl super::Node {
                 Err(e) => return Err(e),
             }
         };
-        if appended.count >= limit {
+        // Full by entries: roll now. Full by bytes is found by the next
+        // append the store refuses, which rolls then (a byte limit cannot
+        // say whether the next entry fits until it comes).
+        if appended.count >= limit.entries {
             self.spawn_rollover(key.clone());
         }
         if !self.may_acknowledge(key, appended.count) {
