@@ -7,6 +7,11 @@
 //! - [`admission`]: what a node without consensus state must pass before it
 //!   takes part (storage identity, no second cluster).
 //! - [`metrics`]: openraft's metrics as core's `ConsensusMetrics`.
+//! - `metadata_store`: the [`MetadataStore`] methods: each runs on the
+//!   leader or is forwarded to it, retried until a deadline.
+//! - `batcher`: the leader's proposals, many commands per log entry.
+//! - `membership`: joining, re-registering, adding and readmitting nodes.
+//! - `inbound`: what arrives from other nodes ([`RaftRouter`]).
 //!
 //! Raft's own messages arrive as `NodeRequest::Consensus`; [`RaftRouter`]
 //! answers them with [`RaftMetadataStore::handle_message`] and hands every
@@ -53,41 +58,39 @@
 //! fails just because a connection is being (re)made.
 
 pub mod admission;
+mod batcher;
+mod inbound;
 pub mod log_store;
+mod membership;
+mod metadata_store;
 pub mod metrics;
 pub mod network;
 pub mod state_machine;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
-use bytes::Bytes;
-use openraft::error::{
-    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader,
-    InitializeError, RaftError,
-};
-use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot, watch};
+use openraft::error::{Fatal, ForwardToLeader, InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use walrus_core::{
-    ClusterId, ClusterState, CmdResult, ConsensusMetrics, ConsensusStatus, Error, MetadataCmd,
-    MetadataStore, NodeInfo, NodeRequest, NodeResponse, RequestHandler, Result, StorageId,
-    Transport,
-};
+use walrus_core::{ClusterState, Error, NodeInfo, StorageId, Transport};
 
 use crate::durable_dir::{create_dir_durable, sync_dir};
 
+use self::batcher::{batch_loop, Proposal, MAX_BATCH};
 use self::log_store::RedbLogStore;
-use self::network::{ConsensusReply, ConsensusRequest, NetworkFactory};
+use self::network::NetworkFactory;
 use self::state_machine::StateMachineStore;
-use self::types::{MetadataBatch, NodeId, Raft};
+use self::types::{NodeId, Raft};
+
+pub use self::inbound::{route, RaftRouter};
 
 /// How long a new node listens before it bootstraps: long enough to hear a
 /// leader's heartbeat to a member it counts as down (retried every
@@ -184,16 +187,6 @@ impl RaftConfig {
     }
 }
 
-/// Why one attempt of a forwarded operation failed.
-#[derive(Clone)]
-enum Attempt {
-    /// Nothing was done (no leader known, leader changed, peer unreachable):
-    /// try again until the deadline.
-    Retry(String),
-    /// Give up with this error.
-    Fail(Error),
-}
-
 /// The [`MetadataStore`] on openraft, with its log and snapshots in redb.
 pub struct RaftMetadataStore {
     id: NodeId,
@@ -208,63 +201,6 @@ pub struct RaftMetadataStore {
     /// Set when the cluster refused this node's storage after it started
     /// (a member restarting from its data): the node must stop.
     refused: watch::Sender<Option<String>>,
-}
-
-/// A command waiting for the batcher, and where its outcome goes.
-struct Proposal {
-    cmd: MetadataCmd,
-    done: oneshot::Sender<std::result::Result<(CmdResult, u64), Attempt>>,
-}
-
-/// The most commands in one log entry.
-const MAX_BATCH: usize = 256;
-
-/// Writes queued proposals to Raft, one entry at a time, each entry
-/// carrying every proposal that queued up while the previous one was being
-/// committed (openraft 0.9 flushes each entry before taking the next, so
-/// this is where concurrent proposers share an fsync and a round trip).
-async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, timeout: Duration) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        // A caller that gave up must not have its command committed later.
-        batch.retain(|p| !p.done.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let cmds = MetadataBatch(batch.iter().map(|p| p.cmd.clone()).collect());
-        let outcome = match tokio::time::timeout(timeout, raft.client_write(cmds)).await {
-            Ok(Ok(resp)) if resp.data.len() == batch.len() => {
-                let index = resp.log_id.index;
-                for (p, result) in batch.into_iter().zip(resp.data) {
-                    let _ = p.done.send(Ok((result, index)));
-                }
-                continue;
-            }
-            Ok(Ok(resp)) => Attempt::Fail(Error::Internal(format!(
-                "a batch of {} commands applied with {} results",
-                batch.len(),
-                resp.data.len()
-            ))),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Attempt::Retry("this node is no longer the leader".into())
-            }
-            Ok(Err(RaftError::APIError(e))) => Attempt::Fail(Error::internal(e)),
-            Ok(Err(RaftError::Fatal(e))) => Attempt::Fail(fatal(e)),
-            // It may still commit later; retrying could apply it twice.
-            Err(_) => Attempt::Fail(Error::Unavailable(format!(
-                "no quorum: the proposal was not committed within {timeout:?}, retry"
-            ))),
-        };
-        for p in batch {
-            let _ = p.done.send(Err(outcome.clone()));
-        }
-    }
 }
 
 impl RaftMetadataStore {
@@ -432,303 +368,13 @@ impl RaftMetadataStore {
             self.transport.set_peer_address(id, &node.addr);
         }
     }
-
-    /// Joins through `addr` until the cluster accepts this node.
-    async fn join_via(&self, addr: &str) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if self.stopped.load(Ordering::SeqCst) {
-                anyhow::bail!("shut down before joining the cluster at {addr}");
-            }
-            let req = NodeRequest::Join {
-                node: self.id,
-                info: self.config.info(),
-            };
-            match self.transport.call_addr(addr, req).await {
-                Ok(_) => return Ok(()),
-                // A join is idempotent: one whose answer was lost is asked again.
-                Err(e) if e.is_retryable() || e.is_outcome_unknown() => {
-                    tracing::info!(
-                        node = self.id,
-                        "join via {addr} not accepted yet: {e}; retrying"
-                    )
-                }
-                Err(e) => anyhow::bail!("the cluster at {addr} refused node {}: {e}", self.id),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    /// Records this node's addresses in metadata (and makes it a voter if it
-    /// is not), retrying until done or shut down.
-    async fn register_until_done(&self) {
-        let mut backoff = Duration::from_millis(50);
-        while !self.stopped.load(Ordering::SeqCst) {
-            match self.register_once().await {
-                Ok(()) => return,
-                Err(e) => tracing::debug!(node = self.id, "registering addresses: {e}; retrying"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    async fn register_once(&self) -> Result<()> {
-        let leader_known = self.current_leader().is_some();
-        if leader_known && self.state_rx.borrow().cluster.is_none() {
-            // The bootstrapping node names the cluster; a cluster from
-            // before cluster ids gets one from whichever member asks first.
-            let id = ClusterId::random();
-            self.propose(MetadataCmd::InitCluster { id }).await?;
-        }
-        if let Some(storage) = self.config.storage.filter(|_| leader_known) {
-            let cmd = MetadataCmd::RegisterStorage {
-                node: self.id,
-                storage,
-            };
-            if let CmdResult::Rejected(why) = self.propose(cmd).await? {
-                tracing::error!(
-                    node = self.id,
-                    "the cluster refused this node's storage: {why}"
-                );
-                self.refused.send_replace(Some(why));
-                // Registering further would only repeat the refusal.
-                return Ok(());
-            }
-        }
-        if self.current_leader().is_some() {
-            return self.add_node(self.id, self.config.info()).await;
-        }
-        // No leader known: it may be replicating to an address this node no
-        // longer has. Ask the other members to pass the request on.
-        let peers: Vec<NodeId> = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .nodes()
-                .map(|(id, _)| *id)
-                .filter(|id| *id != self.id)
-                .collect()
-        };
-        let mut last = Error::Unavailable("no consensus leader and no other member known".into());
-        for peer in peers {
-            let req = NodeRequest::Join {
-                node: self.id,
-                info: self.config.info(),
-            };
-            let call = self.transport.call(peer, req);
-            match tokio::time::timeout(self.config.propose_timeout, call).await {
-                // The storage is registered once a leader is known.
-                Ok(Ok(_)) if self.config.storage.is_some() => {
-                    return Err(Error::Unavailable(
-                        "addresses registered; the storage identity is next".into(),
-                    ))
-                }
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = Error::Timeout(format!("node {peer} to pass on a join")),
-            }
-        }
-        Err(last)
-    }
-
-    /// Waits until this node has applied log `index`.
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "read your writes")
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "committed at index {index} but not yet applied on node {}: {e}; retry",
-                    self.id
-                ))
-            })
-    }
-
-    /// Runs `op` (one attempt: locally if leader, else forwarded) until it
-    /// succeeds, fails for good, or the deadline passes.
-    async fn with_retries<T, F, Fut>(&self, what: &str, timeout: Duration, mut op: F) -> Result<T>
-    where
-        F: FnMut(Instant) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, Attempt>>,
-    {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            if self.stopped.load(Ordering::SeqCst) {
-                return Err(Error::ShuttingDown);
-            }
-            match op(deadline).await {
-                Ok(v) => return Ok(v),
-                Err(Attempt::Fail(e)) => return Err(e),
-                Err(Attempt::Retry(why)) => {
-                    if Instant::now() + backoff >= deadline {
-                        return Err(Error::Unavailable(format!(
-                            "no quorum for {what} within {timeout:?} ({why}), retry"
-                        )));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
-                }
-            }
-        }
-    }
-
-    /// Commits `cmd` on this node, which must be the leader, through the
-    /// batcher. Returns its result and the log index that carried it.
-    async fn write_local(
-        &self,
-        cmd: MetadataCmd,
-        deadline: Instant,
-    ) -> std::result::Result<(CmdResult, u64), Attempt> {
-        let (done, outcome) = oneshot::channel();
-        if self.proposals.send(Proposal { cmd, done }).await.is_err() {
-            return Err(Attempt::Fail(Error::ShuttingDown));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, outcome).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Attempt::Fail(Error::ShuttingDown)),
-            Err(_) => Err(Attempt::Fail(Error::Unavailable(format!(
-                "no quorum: the proposal was not committed within {:?}, retry",
-                self.config.propose_timeout
-            )))),
-        }
-    }
-
-    /// Makes `node` a voter with `info` recorded, on this node as leader.
-    /// Returns the log index of the `UpsertNode`.
-    async fn add_node_local(
-        &self,
-        node: NodeId,
-        info: &NodeInfo,
-        deadline: Instant,
-    ) -> std::result::Result<u64, Attempt> {
-        self.transport.set_peer_address(node, &info.raft_addr);
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        let is_voter = membership.membership().voter_ids().any(|id| id == node);
-        if !is_voter {
-            let is_learner = membership.nodes().any(|(id, _)| *id == node);
-            if !is_learner {
-                let learner = BasicNode::new(&info.raft_addr);
-                // Blocking: returns once the learner has caught up, so the
-                // promotion below does not stall the quorum.
-                let r = self.membership_op(deadline, self.raft.add_learner(node, learner, true));
-                r.await?;
-            }
-            let change = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
-            self.membership_op(deadline, self.raft.change_membership(change, false))
-                .await?;
-        }
-        let cmd = MetadataCmd::UpsertNode {
-            node,
-            info: info.clone(),
-        };
-        Ok(self.write_local(cmd, deadline).await?.1)
-    }
-
-    /// Takes `node` out of the membership (voter or learner), on this node
-    /// as leader, so it can join again from empty consensus state. openraft
-    /// would otherwise see a member's log go backwards (it panics on that
-    /// unless told to allow it), and the member's lost vote could help
-    /// elect a leader that lacks committed entries.
-    async fn readmit_local(
-        &self,
-        node: NodeId,
-        deadline: Instant,
-    ) -> std::result::Result<(), Attempt> {
-        if node == self.id {
-            return Err(Attempt::Fail(Error::Refused(format!(
-                "node {node} is the consensus leader: it has its consensus state"
-            ))));
-        }
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        let is_voter = membership.membership().voter_ids().any(|id| id == node);
-        let is_member = membership.nodes().any(|(id, _)| *id == node);
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([node]))
-        } else if is_member {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node]))
-        } else {
-            return Ok(());
-        };
-        tracing::warn!(
-            node = self.id,
-            "node {node} is back without its consensus state: taking it out of the \
-             membership so it joins again as a new member"
-        );
-        self.membership_op(deadline, self.raft.change_membership(change, false))
-            .await
-    }
-
-    async fn membership_op<F>(&self, deadline: Instant, op: F) -> std::result::Result<(), Attempt>
-    where
-        F: std::future::Future<
-            Output = std::result::Result<
-                openraft::raft::ClientWriteResponse<types::TypeConfig>,
-                RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-            >,
-        >,
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, op).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                self.remember(&f);
-                Err(Attempt::Retry("the leader changed".into()))
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                ChangeMembershipError::InProgress(_),
-            )))) => Err(Attempt::Retry(
-                "another membership change is in progress".into(),
-            )),
-            Ok(Err(RaftError::APIError(e))) => Err(Attempt::Fail(Error::internal(e))),
-            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(fatal(e))),
-            Err(_) => Err(Attempt::Fail(Error::Unavailable(
-                "no quorum: the membership change did not complete in time, retry".into(),
-            ))),
-        }
-    }
-
-    /// Sends a forwarded request to the leader `to`.
-    async fn forward(
-        &self,
-        to: NodeId,
-        req: &ConsensusRequest,
-        deadline: Instant,
-    ) -> std::result::Result<ConsensusReply, Attempt> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let cluster = self.state_rx.borrow().cluster;
-        let call = network::call(&*self.transport, to, cluster, req);
-        match tokio::time::timeout(left, call).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(
-                e @ (Error::NotLeader
-                | Error::Unreachable(_)
-                | Error::ShuttingDown
-                | Error::Unavailable(_)),
-            )) => Err(Attempt::Retry(format!("leader {to}: {e}"))),
-            Ok(Err(e)) => Err(Attempt::Fail(e)),
-            Err(_) => Err(Attempt::Fail(Error::Timeout(format!(
-                "the consensus leader (node {to})"
-            )))),
-        }
-    }
-
-    fn not_leader() -> Attempt {
-        Attempt::Retry("no consensus leader is known".into())
-    }
 }
 
-/// Opens the redb file, waiting briefly if a previous instance in this
-/// process is still closing it (openraft drops its storage asynchronously).
 /// redb's page cache for the Raft database.
 const RAFT_DB_CACHE_BYTES: usize = 16 << 20;
 
+/// Opens the redb file, waiting briefly if a previous instance in this
+/// process is still closing it (openraft drops its storage asynchronously).
 async fn open_db(path: PathBuf) -> anyhow::Result<redb::Database> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -806,247 +452,11 @@ async fn sync_peer_addresses(
     }
 }
 
-#[async_trait]
-impl MetadataStore for RaftMetadataStore {
-    async fn propose(&self, cmd: MetadataCmd) -> Result<CmdResult> {
-        let timeout = self.config.propose_timeout;
-        self.with_retries("a metadata proposal", timeout, |deadline| {
-            let cmd = cmd.clone();
-            async move {
-                match self.current_leader() {
-                    None => Err(Self::not_leader()),
-                    Some(leader) if leader == self.id => {
-                        Ok(self.write_local(cmd, deadline).await?.0)
-                    }
-                    Some(leader) => {
-                        let req = ConsensusRequest::Propose(cmd);
-                        match self.forward(leader, &req, deadline).await? {
-                            ConsensusReply::Proposed { result, index } => {
-                                self.wait_applied(index, deadline)
-                                    .await
-                                    .map_err(Attempt::Fail)?;
-                                Ok(result)
-                            }
-                            other => Err(Attempt::Fail(Error::Internal(format!(
-                                "leader {leader} answered a proposal with {other:?}"
-                            )))),
-                        }
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    fn watch(&self) -> watch::Receiver<Arc<ClusterState>> {
-        self.state_rx.clone()
-    }
-
-    async fn confirm(&self) -> Result<u64> {
-        let timeout = self.config.propose_timeout;
-        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            // ensure_linearizable has waited until the read point is applied.
-            Ok(Ok(_)) => Ok(self.state_rx.borrow().version),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                self.remember(&f);
-                Err(Error::NotLeader)
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                Err(Error::Unavailable(format!(
-                    "no quorum: node {} could not confirm its leadership ({e}), retry",
-                    self.id
-                )))
-            }
-            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
-            Err(_) => Err(Error::Unavailable(format!(
-                "no quorum: node {} could not confirm its leadership within {timeout:?}, retry",
-                self.id
-            ))),
-        }
-    }
-
-    fn status(&self) -> ConsensusStatus {
-        // Called on every request: read the fields in place instead of
-        // cloning the whole metrics struct.
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        ConsensusStatus {
-            node: self.id,
-            leader: m.current_leader,
-            term: m.current_term,
-            voters: m.membership_config.membership().voter_ids().collect(),
-        }
-    }
-
-    async fn add_node(&self, node: NodeId, info: NodeInfo) -> Result<()> {
-        let timeout = self.config.add_node_timeout;
-        self.with_retries("adding a node", timeout, |deadline| {
-            let info = info.clone();
-            async move {
-                match self.current_leader() {
-                    None => Err(Self::not_leader()),
-                    Some(leader) if leader == self.id => {
-                        self.add_node_local(node, &info, deadline).await.map(|_| ())
-                    }
-                    Some(leader) => {
-                        let req = ConsensusRequest::AddNode { node, info };
-                        match self.forward(leader, &req, deadline).await? {
-                            ConsensusReply::NodeAdded { .. } => Ok(()),
-                            other => Err(Attempt::Fail(Error::Internal(format!(
-                                "leader {leader} answered add_node with {other:?}"
-                            )))),
-                        }
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    async fn readmit_node(&self, node: NodeId) -> Result<()> {
-        let timeout = self.config.add_node_timeout;
-        self.with_retries(
-            "taking a node out to join again",
-            timeout,
-            |deadline| async move {
-                match self.current_leader() {
-                    None => Err(Self::not_leader()),
-                    Some(leader) if leader == self.id => self.readmit_local(node, deadline).await,
-                    Some(leader) => {
-                        let req = ConsensusRequest::Readmit { node };
-                        match self.forward(leader, &req, deadline).await? {
-                            ConsensusReply::Readmitted => Ok(()),
-                            other => Err(Attempt::Fail(Error::Internal(format!(
-                                "leader {leader} answered a readmission with {other:?}"
-                            )))),
-                        }
-                    }
-                }
-            },
-        )
-        .await
-    }
-
-    fn metrics(&self) -> ConsensusMetrics {
-        metrics::consensus_metrics(&self.raft.metrics().borrow())
-    }
-}
-
-impl RaftMetadataStore {
-    /// Answers one of Raft's own messages from another node (an RPC of
-    /// openraft's or a request forwarded to the leader) and returns the
-    /// encoded reply. The wiring calls it for `NodeRequest::Consensus`
-    /// ([`RaftRouter`]): it is no part of core's `MetadataStore`.
-    pub async fn handle_message(&self, msg: Bytes) -> Result<Bytes> {
-        let (header, req) = network::decode_request(&msg)?;
-        header.check(self.id, self.state_rx.borrow().cluster)?;
-        self.gate.check(self.id, &req)?;
-        let reply = match req {
-            ConsensusRequest::AppendEntries(rpc) => {
-                ConsensusReply::AppendEntries(self.raft.append_entries(rpc).await)
-            }
-            ConsensusRequest::Vote(rpc) => ConsensusReply::Vote(self.raft.vote(rpc).await),
-            ConsensusRequest::InstallSnapshot(rpc) => {
-                ConsensusReply::InstallSnapshot(self.raft.install_snapshot(rpc).await)
-            }
-            ConsensusRequest::Propose(cmd) => {
-                let deadline = Instant::now() + self.config.propose_timeout;
-                match self.write_local(cmd, deadline).await {
-                    Ok((result, index)) => ConsensusReply::Proposed { result, index },
-                    Err(Attempt::Retry(_)) => return Err(Error::NotLeader),
-                    Err(Attempt::Fail(e)) => return Err(e),
-                }
-            }
-            ConsensusRequest::AddNode { node, info } => {
-                if self.current_leader() != Some(self.id) {
-                    return Err(Error::NotLeader);
-                }
-                let deadline = Instant::now() + self.config.add_node_timeout;
-                match self.add_node_local(node, &info, deadline).await {
-                    Ok(index) => ConsensusReply::NodeAdded { index },
-                    Err(Attempt::Retry(_)) => return Err(Error::NotLeader),
-                    Err(Attempt::Fail(e)) => return Err(e),
-                }
-            }
-            ConsensusRequest::Readmit { node } => {
-                if self.current_leader() != Some(self.id) {
-                    return Err(Error::NotLeader);
-                }
-                let deadline = Instant::now() + self.config.add_node_timeout;
-                match self.readmit_local(node, deadline).await {
-                    Ok(()) => ConsensusReply::Readmitted,
-                    Err(Attempt::Retry(_)) => return Err(Error::NotLeader),
-                    Err(Attempt::Fail(e)) => return Err(e),
-                }
-            }
-        };
-        network::encode_reply(&reply)
-    }
-}
-
 impl Drop for RaftMetadataStore {
     fn drop(&mut self) {
         for task in self.lock_tasks().drain(..) {
             task.abort();
         }
-    }
-}
-
-/// The receiving side of a node on Raft: Raft's own messages
-/// (`NodeRequest::Consensus`) go to the store, every other request to the
-/// node (core's `Node`, or whatever handler the wiring puts there).
-pub struct RaftRouter {
-    store: Arc<RaftMetadataStore>,
-    node: Arc<dyn RequestHandler>,
-}
-
-impl RaftRouter {
-    pub fn new(store: Arc<RaftMetadataStore>, node: Arc<dyn RequestHandler>) -> Arc<RaftRouter> {
-        Arc::new(RaftRouter { store, node })
-    }
-}
-
-#[async_trait]
-impl RequestHandler for RaftRouter {
-    async fn handle(&self, req: NodeRequest) -> Result<NodeResponse> {
-        match req {
-            NodeRequest::Consensus(bytes) => Ok(NodeResponse::Consensus(
-                self.store.handle_message(bytes).await?,
-            )),
-            other => self.node.handle(other).await,
-        }
-    }
-}
-
-/// Answers a `NodeRequest` aimed at the metadata store, without a node;
-/// for tests that run bare Raft stores (a node answers the others).
-pub async fn route(store: &RaftMetadataStore, req: NodeRequest) -> Result<NodeResponse> {
-    match req {
-        NodeRequest::Consensus(bytes) => {
-            Ok(NodeResponse::Consensus(store.handle_message(bytes).await?))
-        }
-        NodeRequest::Join { node, info } => {
-            store.add_node(node, info).await?;
-            Ok(NodeResponse::Done)
-        }
-        NodeRequest::ClaimStorage {
-            node,
-            storage,
-            fresh,
-        } => {
-            let cmd = MetadataCmd::RegisterStorage { node, storage };
-            if let CmdResult::Rejected(why) = store.propose(cmd).await? {
-                return Err(Error::Refused(why));
-            }
-            if fresh {
-                store.readmit_node(node).await?;
-            }
-            Ok(NodeResponse::Done)
-        }
-        NodeRequest::Ping => Ok(NodeResponse::Done),
-        other => Err(Error::BadRequest(format!(
-            "the metadata store does not handle {other:?}"
-        ))),
     }
 }
 

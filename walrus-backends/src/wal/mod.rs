@@ -11,7 +11,7 @@
 //! ```
 //!
 //! A segment is a sequence of records spread over one or more fixed-size
-//! files (parts); see `segment_file.rs` for the record format and header.
+//! files (parts); see `segment_file/format.rs` for the record format and header.
 //! Files are created atomically (temporary name, full length but sparse,
 //! first step of blocks reserved, header synced, rename, directory synced)
 //! and grow on disk in steps of 1 MiB reserved ahead of the writer
@@ -79,9 +79,11 @@
 //! unsynced tail is rolled back, and its count and seal stay at the last
 //! durable entry. [`LogStore::health`] reports it.
 
+mod config;
 mod group_commit;
 mod health;
 mod index;
+mod open;
 mod read_cache;
 mod reserve;
 mod room;
@@ -92,117 +94,26 @@ mod spare;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use walrus_core::{
     Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, SegmentLimit, StorageHealth,
-    TopicName,
 };
 
-use crate::durable_dir::{create_dir_durable, sync_dir};
+use crate::durable_dir::create_dir_durable;
 use group_commit::Syncer;
 use read_cache::ReadCache;
 use reserve::Reserver;
 use room::RoomMaker;
-use segment::{part_path, read_seal_file, seal_path, AppendStep, SealStep, Segment, SegmentParams};
+use segment::{AppendStep, SealStep, Segment, SegmentParams};
 use segment_file::MIN_FILE_LEN;
 use spare::SparePool;
 
-/// When appended data is forced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FsyncPolicy {
-    /// Every append returns only once it is on disk (group commit).
-    #[default]
-    Always,
-    /// Appends return once written; a background flush runs this often.
-    Interval(Duration),
-    /// Appends return once written; data is flushed only by `sync`/`seal`
-    /// (and the kernel's own writeback).
-    Never,
-}
-
-impl FromStr for FsyncPolicy {
-    type Err = Error;
-
-    /// Parses `always`, `never` or `interval:<ms>` (as given to `--fsync`
-    /// or `WALRUS_FSYNC`).
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::BadRequest(format!(
-                "invalid fsync policy {s:?}: use \"always\", \"never\" or \"interval:<ms>\" with ms > 0 (e.g. interval:200)"
-            ))
-        };
-        match s.trim() {
-            "always" => Ok(FsyncPolicy::Always),
-            "never" => Ok(FsyncPolicy::Never),
-            other => {
-                let ms = other.strip_prefix("interval:").ok_or_else(bad)?;
-                let ms: u64 = ms.trim().parse().map_err(|_| bad())?;
-                if ms == 0 {
-                    return Err(bad());
-                }
-                Ok(FsyncPolicy::Interval(Duration::from_millis(ms)))
-            }
-        }
-    }
-}
-
-impl fmt::Display for FsyncPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FsyncPolicy::Always => f.write_str("always"),
-            FsyncPolicy::Never => f.write_str("never"),
-            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
-        }
-    }
-}
-
-/// How a [`WalStore`] stores and syncs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalConfig {
-    pub fsync: FsyncPolicy,
-    /// Size of each mapped file; a segment spans several when it grows
-    /// past one. Also bounds the size of one entry. 4 KiB ..= 4 GiB - 1.
-    pub segment_file_bytes: u64,
-    /// Read-only maps of sealed segments' files kept open at most.
-    pub max_read_maps: usize,
-    /// Zero-filled files kept ready (in the WAL directory, each
-    /// `segment_file_bytes` long) for segments that need a new file:
-    /// syncs into them are cheaper than into `fallocate`d ones, but every
-    /// spare costs a whole file of background writes, which compete with
-    /// the appenders' syncs while they run. 0 (the default, see
-    /// docs/wal-performance.md) disables the pool: new files are fallocated.
-    pub spare_files: usize,
-    /// With `FsyncPolicy::Always`: write zeros ahead of the appenders
-    /// (256 KiB at a time, up to 1 MiB ahead) and send them to disk, so
-    /// that the blocks of the fallocated file are converted before the
-    /// appenders' syncs reach them. Costs one extra write of each block;
-    /// saves a metadata write in most syncs (default true).
-    pub prepare_ahead: bool,
-    /// Test seam: the reservation call (`fallocate`) answers `EOPNOTSUPP`,
-    /// as on a file system without it, so that the fallback (writing
-    /// zeros) can be tested anywhere. Always false outside tests.
-    #[doc(hidden)]
-    pub inject_fallocate_unsupported: bool,
-}
-
-impl Default for WalConfig {
-    fn default() -> Self {
-        WalConfig {
-            fsync: FsyncPolicy::Always,
-            segment_file_bytes: 64 * 1024 * 1024,
-            max_read_maps: 256,
-            spare_files: 0,
-            prepare_ahead: true,
-            inject_fallocate_unsupported: false,
-        }
-    }
-}
+pub use config::{FsyncPolicy, WalConfig};
+use open::{finish_delete, is_part_of, lock_dir, mark_deleting, recover_all};
 
 /// The memmap2 write-ahead log. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -545,10 +456,7 @@ impl LogStore for WalStore {
             .write()
             .expect("segment table lock poisoned")
             .remove(segment);
-        self.inner.cache.forget(
-            &dir,
-            |name| matches!(classify(name), FileKind::Part(s, _) if s == id),
-        );
+        self.inner.cache.forget(&dir, |name| is_part_of(name, id));
         tokio::task::spawn_blocking(move || finish_delete(&dir, id))
             .await
             .map_err(|e| Error::Internal(format!("WAL delete task failed: {e}")))?
@@ -616,222 +524,11 @@ impl LogStore for WalStore {
     }
 }
 
-/// Takes the directory's lock file: two stores appending to the same files
-/// would destroy each other's records.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
-        Error::Storage(format!(
-            "WAL directory {} is in use by another WalStore (this or another process): {e}; stop it before opening the WAL again",
-            dir.display()
-        ))
-    })?;
-    Ok(file)
-}
-
-fn deleting_path(dir: &Path, segment: u64) -> PathBuf {
-    dir.join(format!("{segment:020}.deleting"))
-}
-
-fn storage_error(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(format!("cannot {what} {}: {e}", path.display()))
-}
-
-/// The first step of a delete: the seal file becomes the marker, durably.
-fn mark_deleting(dir: &Path, segment: u64) -> Result<()> {
-    let seal = seal_path(dir, segment);
-    let marker = deleting_path(dir, segment);
-    std::fs::rename(&seal, &marker).map_err(|e| storage_error("rename", &seal, e))?;
-    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))
-}
-
-/// Removes a marked segment's part files, then its marker, each removal
-/// made durable before the next step: at open and after `mark_deleting`.
-fn finish_delete(dir: &Path, segment: u64) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| storage_error("list", dir, e))?;
-    for f in entries {
-        let f = f.map_err(|e| storage_error("list", dir, e))?;
-        let name = f.file_name().to_string_lossy().into_owned();
-        if matches!(classify(&name), FileKind::Part(s, _) if s == segment) {
-            std::fs::remove_file(f.path()).map_err(|e| storage_error("remove", &f.path(), e))?;
-        }
-    }
-    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))?;
-    let marker = deleting_path(dir, segment);
-    std::fs::remove_file(&marker).map_err(|e| storage_error("remove", &marker, e))?;
-    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))
-}
-
-/// What a file name in a topic directory means.
-enum FileKind {
-    Part(u64, u32),
-    Sealed(u64),
-    Deleting(u64),
-    Temp,
-    Other,
-}
-
-fn classify(name: &str) -> FileKind {
-    if name.starts_with('.') && name.ends_with(".tmp") {
-        return FileKind::Temp;
-    }
-    if let Some(stem) = name.strip_suffix(".deleting") {
-        if let Ok(id) = stem.parse() {
-            return FileKind::Deleting(id);
-        }
-    }
-    if let Some(stem) = name.strip_suffix(".sealed") {
-        if let Ok(id) = stem.parse() {
-            return FileKind::Sealed(id);
-        }
-    }
-    if let Some(stem) = name.strip_suffix(".wal") {
-        if let Some((seg, part)) = stem.split_once('.') {
-            if let (Ok(seg), Ok(part)) = (seg.parse(), part.parse()) {
-                return FileKind::Part(seg, part);
-            }
-        }
-    }
-    FileKind::Other
-}
-
-fn recover_all(dir: &Path, params: &SegmentParams) -> Result<HashMap<SegmentKey, Arc<Segment>>> {
-    let io = |p: &Path, e: std::io::Error| {
-        Error::Storage(format!("cannot list WAL directory {}: {e}", p.display()))
-    };
-    let mut segments = HashMap::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-        let entry = entry.map_err(|e| io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
-        let Ok(topic) = TopicName::new(name.clone()) else {
-            tracing::warn!(dir = %path.display(), "ignoring a directory in the WAL that is not a topic");
-            continue;
-        };
-        // Deletes a crash interrupted are finished first: the segment went
-        // when its marker was made.
-        for f in std::fs::read_dir(&path).map_err(|e| io(&path, e))? {
-            let f = f.map_err(|e| io(&path, e))?;
-            if let FileKind::Deleting(seg) = classify(&f.file_name().to_string_lossy()) {
-                tracing::info!(segment = %SegmentKey::new(topic.clone(), seg), "finishing the deletion of a segment a crash interrupted");
-                finish_delete(&path, seg)?;
-            }
-        }
-        let mut parts: HashMap<u64, Vec<(u32, PathBuf)>> = HashMap::new();
-        // A seal file that cannot be read quarantines its segment only.
-        let mut sealed: HashMap<u64, Result<u64>> = HashMap::new();
-        for f in std::fs::read_dir(&path).map_err(|e| io(&path, e))? {
-            let f = f.map_err(|e| io(&path, e))?;
-            let fname = f.file_name().to_string_lossy().into_owned();
-            match classify(&fname) {
-                FileKind::Part(seg, part) => parts.entry(seg).or_default().push((part, f.path())),
-                FileKind::Sealed(seg) => {
-                    sealed.insert(seg, read_seal_file(&f.path()));
-                }
-                // A file whose creation a crash interrupted: never named.
-                FileKind::Temp => {
-                    let _ = std::fs::remove_file(f.path());
-                }
-                // Finished above; a marker made since is not ours to see.
-                FileKind::Deleting(_) => {}
-                FileKind::Other => {
-                    tracing::warn!(file = %f.path().display(), "ignoring an unknown file in the WAL")
-                }
-            }
-        }
-        let mut ids: Vec<u64> = parts.keys().chain(sealed.keys()).copied().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            let key = SegmentKey::new(topic.clone(), id);
-            let mut files = parts.remove(&id).unwrap_or_default();
-            files.sort_unstable();
-            let gap = files
-                .iter()
-                .enumerate()
-                .position(|(i, (part, _))| *part != i as u32);
-            let present: Vec<u32> = files.iter().map(|(part, _)| *part).collect();
-            let paths: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
-            let lacks = |i: usize| {
-                format!(
-                    "segment {key} in {} lacks file {}; its files must be numbered 0, 1, ... without gaps. Restore the file from a replica or backup",
-                    path.display(),
-                    part_path(&path, id, i as u32).display()
-                )
-            };
-            let quarantine = |paths: &[PathBuf], why: String, sealed: bool| {
-                Segment::recover_quarantined(
-                    key.clone(),
-                    path.clone(),
-                    params.clone(),
-                    paths,
-                    why,
-                    sealed,
-                )
-            };
-            let segment = match (sealed.remove(&id), gap) {
-                // The seal is the authority on the count: missing or
-                // damaged parts only limit what is served (verified, and
-                // quarantined if need be, by the segment itself).
-                (Some(Ok(count)), _) => {
-                    debug_assert!(seal_path(&path, id).exists());
-                    Segment::new_sealed(key.clone(), path.clone(), params.clone(), count, &present)
-                }
-                // A seal file exists, so the segment was sealed, but its
-                // count is unknown.
-                (Some(Err(e)), None) => quarantine(&paths, e.to_string(), true),
-                (Some(Err(e)), Some(i)) => {
-                    quarantine(&paths[..i], format!("{e}; and {}", lacks(i)), true)
-                }
-                (None, Some(i)) => quarantine(&paths[..i], lacks(i), false),
-                (None, None) => {
-                    Segment::recover(key.clone(), path.clone(), params.clone(), &paths)?
-                }
-            };
-            segments.insert(key, Arc::new(segment));
-        }
-    }
-    Ok(segments)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::durable_dir;
-
-    #[test]
-    fn given_policy_strings_when_parsed_should_accept_the_three_forms_only() {
-        assert_eq!("always".parse::<FsyncPolicy>(), Ok(FsyncPolicy::Always));
-        assert_eq!("never".parse::<FsyncPolicy>(), Ok(FsyncPolicy::Never));
-        assert_eq!(
-            "interval:200".parse::<FsyncPolicy>(),
-            Ok(FsyncPolicy::Interval(Duration::from_millis(200)))
-        );
-        for bad in [
-            "",
-            "sometimes",
-            "interval:",
-            "interval:0",
-            "interval:-1",
-            "interval:x",
-        ] {
-            let err = bad.parse::<FsyncPolicy>().unwrap_err();
-            assert!(err.to_string().contains("interval:<ms>"), "{bad:?}: {err}");
-        }
-        assert_eq!(
-            FsyncPolicy::Interval(Duration::from_millis(200)).to_string(),
-            "interval:200"
-        );
-    }
+    use walrus_core::TopicName;
 
     #[test]
     fn given_a_new_nested_wal_directory_when_opened_should_make_each_new_name_durable() {
@@ -879,22 +576,5 @@ mod tests {
             .await
             .unwrap();
         assert!(durable_dir::record::count(tmp.path()) > before);
-    }
-
-    #[test]
-    fn given_file_names_when_classified_should_recognise_parts_seals_and_temps() {
-        assert!(matches!(
-            classify("00000000000000000003.000001.wal"),
-            FileKind::Part(3, 1)
-        ));
-        assert!(matches!(
-            classify("00000000000000000003.sealed"),
-            FileKind::Sealed(3)
-        ));
-        assert!(matches!(
-            classify(".00000000000000000003.000001.wal.tmp"),
-            FileKind::Temp
-        ));
-        assert!(matches!(classify("notes.txt"), FileKind::Other));
     }
 }

@@ -2,7 +2,8 @@
 //! lease checks, rollover, failover and the shared GET cursor.
 //! See `docs/architecture.md` for the design.
 //!
-//! - `router`: client requests, the PUT path and reads of segments.
+//! - `data_path`: client requests: routing, the PUT path with its lease
+//!   checks, and reads of segments wherever they live.
 //! - [`lease`]: [`QuorumLease`] (the [`LeaseProvider`](crate::LeaseProvider))
 //!   and its renewal.
 //! - `forward`: forwarded appends, combined when many meet on the way to
@@ -16,20 +17,21 @@
 //!   the metadata (the consensus leader) and on every node's disk.
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
-//! - `handler`: the [`RequestHandler`](crate::RequestHandler) for other nodes.
+//! - `peer_requests`: the [`RequestHandler`](crate::RequestHandler) that
+//!   answers other nodes.
 //! - `metrics`: [`NodeMetrics`], what METRICS reports.
 
 mod cursor;
+mod data_path;
 mod failover;
 mod forward;
 mod group;
-mod handler;
 pub mod lease;
 mod metrics;
+mod peer_requests;
 mod read;
 mod retention;
 mod rollover;
-mod router;
 mod storage;
 
 use std::sync::{Arc, Mutex, Weak};

@@ -1,0 +1,103 @@
+//! Sealing a segment, and its seal file (the final count, checksummed).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use walrus_core::{Error, Result};
+
+use super::{seal_path, Segment};
+use crate::durable_dir::{create_dir_durable, sync_dir};
+
+/// What `begin_seal` found.
+pub(crate) enum SealStep {
+    /// Already sealed with this count.
+    Done(u64),
+    /// Appends are now refused; once `count` entries are durable the seal
+    /// can be written.
+    SyncTo(u64),
+    /// Quarantined: its true count is unknown, so it is never sealed.
+    Refused(Error),
+}
+
+impl Segment {
+    pub fn begin_seal(&self) -> SealStep {
+        let mut st = self.lock();
+        if let Some(d) = self.damage.get().filter(|d| !d.count_known) {
+            return SealStep::Refused(Error::Corrupt(format!(
+                "cannot seal a quarantined segment (its count past the damage is unknown): {}",
+                d.why
+            )));
+        }
+        if self.sealed.load(Ordering::Acquire) {
+            return SealStep::Done(self.visible.load(Ordering::Acquire));
+        }
+        st.sealing = true;
+        SealStep::SyncTo(st.count)
+    }
+
+    pub fn abort_seal(&self) {
+        self.lock().sealing = false;
+    }
+
+    /// Writes the seal file (blocking I/O) and releases the file maps: from
+    /// now on reads go through the read cache and take no append lock.
+    pub fn finish_seal(&self, count: u64) -> Result<()> {
+        // No file is created for this segment from now on, and those
+        // created ahead go before the seal exists: a sealed segment's
+        // files are exactly the ones its count covers.
+        let _grow = self
+            .grow
+            .lock()
+            .expect("segment grow lock poisoned: a panic while making WAL room");
+        let unused = std::mem::take(&mut self.lock().ready);
+        self.discard(&unused);
+        // A segment this node never wrote gets its topic directory here.
+        create_dir_durable(&self.dir)?;
+        write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;
+        let mut st = self.lock();
+        self.visible.store(count, Ordering::Release);
+        self.sealed.store(true, Ordering::Release);
+        st.current = None;
+        self.shared
+            .write()
+            .expect("segment lock poisoned")
+            .parts
+            .clear();
+        Ok(())
+    }
+}
+
+fn write_seal_file(path: &Path, count: u64) -> Result<()> {
+    use std::io::Write;
+    let mut buf = [0u8; 12];
+    buf[0..8].copy_from_slice(&count.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[0..8]);
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let io = |e: std::io::Error| {
+        Error::Storage(format!("cannot write seal file {}: {e}", path.display()))
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&buf).and_then(|_| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn read_seal_file(path: &Path) -> Result<u64> {
+    let buf = std::fs::read(path)
+        .map_err(|e| Error::Storage(format!("cannot read seal file {}: {e}", path.display())))?;
+    if buf.len() != 12 || crc32c::crc32c(&buf[0..8]).to_le_bytes() != buf[8..12] {
+        return Err(Error::Corrupt(format!(
+            "seal file {} is damaged (bad length or checksum); the segment's final count is unknown",
+            path.display()
+        )));
+    }
+    Ok(u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")))
+}
