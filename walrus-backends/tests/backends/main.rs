@@ -12,6 +12,7 @@ mod tcp_common;
 mod tmpfs;
 mod wal_common {
     pub mod payload;
+    pub mod read;
 }
 
 mod fuzz_envelope;

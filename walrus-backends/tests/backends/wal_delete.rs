@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::wal_common::read::read_all;
 use bytes::Bytes;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
 use walrus_core::{Error, LogStore, SegmentKey, TopicName};
@@ -52,20 +53,6 @@ fn files_of(dir: &Path, segment: u64) -> Vec<String> {
     names
 }
 
-async fn read_all(store: &WalStore, seg: &SegmentKey) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    loop {
-        let batch = store
-            .read(seg, out.len() as u64, 500, usize::MAX)
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            return out;
-        }
-        out.extend(batch);
-    }
-}
-
 #[tokio::test]
 async fn given_a_sealed_segment_of_several_files_when_deleted_should_remove_them_from_disk_for_good(
 ) {
@@ -107,6 +94,18 @@ async fn given_a_sealed_segment_of_several_files_when_deleted_should_remove_them
         .expect("deleting again is a no-op");
 }
 
+/// What the first step of deleting segment 1 leaves when a crash follows
+/// it: its seal file renamed to the marker. Returns the topic directory.
+fn crash_after_the_marker(dir: &Path) -> std::path::PathBuf {
+    let topic = dir.join("logs");
+    std::fs::rename(
+        topic.join(format!("{:020}.sealed", 1)),
+        topic.join(format!("{:020}.deleting", 1)),
+    )
+    .unwrap();
+    topic
+}
+
 /// A crash after the marker and part of the removals: what a `kill -9`
 /// between the steps of `delete` leaves (the marker is the seal file
 /// renamed; here one part file is already gone).
@@ -114,12 +113,7 @@ async fn given_a_sealed_segment_of_several_files_when_deleted_should_remove_them
 async fn given_a_delete_interrupted_by_a_crash_when_the_store_opens_should_finish_it() {
     let tmp = tempfile::tempdir().unwrap();
     two_segments(tmp.path()).await;
-    let topic = tmp.path().join("logs");
-    std::fs::rename(
-        topic.join(format!("{:020}.sealed", 1)),
-        topic.join(format!("{:020}.deleting", 1)),
-    )
-    .unwrap();
+    let topic = crash_after_the_marker(tmp.path());
     std::fs::remove_file(topic.join(format!("{:020}.{:06}.wal", 1, 0))).unwrap();
     assert!(files_of(tmp.path(), 1).len() > 2);
 
@@ -138,12 +132,7 @@ async fn given_a_crash_right_after_the_delete_marker_when_the_store_opens_should
 ) {
     let tmp = tempfile::tempdir().unwrap();
     two_segments(tmp.path()).await;
-    let topic = tmp.path().join("logs");
-    std::fs::rename(
-        topic.join(format!("{:020}.sealed", 1)),
-        topic.join(format!("{:020}.deleting", 1)),
-    )
-    .unwrap();
+    crash_after_the_marker(tmp.path());
     let store = WalStore::open(tmp.path(), config()).unwrap();
     assert_eq!(store.info(&key(1)).await.unwrap(), None);
     assert!(read_all(&store, &key(1)).await.is_empty());

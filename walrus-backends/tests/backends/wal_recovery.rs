@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::wal_common::read::read_all;
 use bytes::Bytes;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
 use walrus_core::{Error, LogStore, SegmentInfo, SegmentKey, TopicName};
@@ -44,20 +45,6 @@ async fn write_and_close(dir: &Path, seg: &SegmentKey, cfg: WalConfig, n: u64, l
 fn part_file(dir: &Path, seg: &SegmentKey, part: u32) -> PathBuf {
     dir.join(seg.topic.as_str())
         .join(format!("{:020}.{part:06}.wal", seg.segment))
-}
-
-async fn read_all(store: &WalStore, seg: &SegmentKey) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    loop {
-        let batch = store
-            .read(seg, out.len() as u64, 500, usize::MAX)
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            return out;
-        }
-        out.extend(batch);
-    }
 }
 
 /// Offsets of the records in a WAL file, from its bytes (for the tests to
