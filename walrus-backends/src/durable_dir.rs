@@ -78,21 +78,19 @@ pub(crate) mod record {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
+    use walrus_core::locks::MutexExt;
+
     static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
     pub(super) fn synced(dir: &Path) {
-        SYNCED
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(dir.to_path_buf());
+        SYNCED.lock_or_recover().push(dir.to_path_buf());
     }
 
     /// How many times `dir` was synced so far (tests use their own
     /// temporary directories, so other tests' syncs never match).
     pub(crate) fn count(dir: &Path) -> usize {
         SYNCED
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .iter()
             .filter(|d| d.as_path() == dir)
             .count()

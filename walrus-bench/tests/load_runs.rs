@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use walrus_bench::conn::Workload;
 use walrus_bench::run::{run, Length, RunConfig};
 use walrus_bench::wire::take_frame;
+use walrus_core::locks::MutexExt;
 use walrus_core::protocol::encode_frame;
 
 async fn start_echo() -> String {
@@ -82,7 +83,7 @@ async fn start_mem_log(fault: Fault) -> String {
         let mut words = text.splitn(3, ' ');
         let verb = words.next().unwrap();
         let topic = words.next().unwrap_or("").to_string();
-        let mut topics = topics.lock().unwrap();
+        let mut topics = topics.lock_or_recover();
         let reply: Vec<u8> = match verb {
             "REGISTER" => {
                 topics.entry(topic).or_default();

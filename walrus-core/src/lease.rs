@@ -36,9 +36,25 @@ use crate::types::SegmentKey;
 ///    own, the last moment the cluster heard from this node).
 /// 4. **One clock.** [`valid_until`](Self::valid_until) and `check` read
 ///    the node's [`Clock`](crate::Clock): `check` answers `LeaseExpired`
-///    from `valid_until` on.
+///    from `valid_until` on, and [`is_valid`](Self::is_valid) is true
+///    exactly while that clock reads before `valid_until`. Before the lease
+///    was first granted `valid_until` is `None` and nothing is held.
+/// 5. **Renewals extend, never shorten.** A provider that derives its lease
+///    from [`renewed`](Self::renewed) is valid again after a renewal at
+///    `t0` (until at most `t0 + lease`, rule 3), also after it ran out; a
+///    renewal older than one already reported (answers may arrive out of
+///    order) leaves the lease as it is.
+/// 6. **Given away is not held.** Rules 1 and 2 read the metadata on every
+///    call: once a segment is rolled away (closed, or given another
+///    leader) `check` answers `NotLeader` for it, however long the lease
+///    still runs.
+/// 7. **Waits are bounded.** [`wait_valid`](Self::wait_valid) answers at
+///    once when the lease is valid, wakes when a renewal makes it valid,
+///    and otherwise returns false once `limit` has passed.
 ///
-/// `check` is synchronous and cheap: it is called on every append.
+/// `testing::lease_provider_conformance` (cargo feature `testing`) checks
+/// these on any provider. `check` is synchronous and cheap: it is called on
+/// every append.
 #[async_trait]
 pub trait LeaseProvider: Send + Sync + 'static {
     fn check(&self, segment: &SegmentKey) -> Result<()>;

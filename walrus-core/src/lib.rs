@@ -8,19 +8,30 @@
 //! - The four backend traits, each with its contract: [`MetadataStore`],
 //!   [`LogStore`], [`Transport`] (+ [`RequestHandler`]), [`LeaseProvider`].
 //! - [`protocol`]: the client wire format (frames, requests, responses).
+//! - [`locks`]: the lock policy: std locks are taken so that a panicking
+//!   holder never makes later callers panic.
 //! - [`node`]: the node logic, written against the traits only: routing and
 //!   forwarding, lease checks, rollover, failover, the shared GET cursor.
-//! - [`testing`]: in-memory fakes of every trait, a simulated network and
-//!   conformance suites, for core's tests and for yours.
+//! - `testing` (cargo feature `testing`, off by default): in-memory fakes
+//!   of every trait, a simulated network and conformance suites, for
+//!   core's tests and for yours. Production builds leave it out; enable it
+//!   where you test:
+//!
+//!   ```toml
+//!   [dev-dependencies]
+//!   walrus-core = { version = "0.1", features = ["testing"] }
+//!   ```
 
 pub mod clock;
 pub mod error;
 pub mod lease;
+pub mod locks;
 pub mod log_store;
 pub mod metadata;
 pub mod metadata_store;
 pub mod node;
 pub mod protocol;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
 pub mod types;

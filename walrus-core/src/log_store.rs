@@ -127,8 +127,8 @@ pub struct StorageHealth {
 ///    [`Error::BadRequest`](crate::Error::BadRequest) and left whole, so an
 ///    open segment is never lost by mistake. Other segments are untouched.
 ///
-/// The conformance suite in [`crate::testing::log_store_conformance`] checks
-/// 1–6 and 10 for any implementation.
+/// The conformance suite in `testing::log_store_conformance` (cargo
+/// feature `testing`) checks 1–6 and 10 for any implementation.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// Appends `entries` to `segment` (creating it on first use), with an

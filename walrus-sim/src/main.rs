@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Parser;
+use walrus_core::locks::MutexExt;
 use walrus_sim::{run_seed, Options, Plant};
 
 #[derive(Parser, Debug)]
@@ -106,7 +107,7 @@ fn search(args: &Args, opts: &Options) -> ExitCode {
                     }
                 }
                 {
-                    let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut t = totals.lock_or_recover();
                     let s = &r.stats;
                     for (total, n) in t.iter_mut().zip([
                         s.acked,
@@ -122,7 +123,7 @@ fn search(args: &Args, opts: &Options) -> ExitCode {
                 }
                 if !r.violations.is_empty() {
                     println!("FAILED {r}");
-                    failed.lock().unwrap_or_else(|p| p.into_inner()).push(seed);
+                    failed.lock_or_recover().push(seed);
                     if stop {
                         next.store(end, Ordering::SeqCst);
                     }
@@ -143,8 +144,8 @@ fn search(args: &Args, opts: &Options) -> ExitCode {
     }
     let n = done.load(Ordering::SeqCst);
     let secs = started.elapsed().as_secs_f64();
-    let failed = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let t = *totals.lock().unwrap_or_else(|p| p.into_inner());
+    let failed = failed.lock_or_recover().clone();
+    let t = *totals.lock_or_recover();
     eprintln!();
     println!(
         "{n} seeds ({}..{}) in {secs:.1} s: {:.1} seeds/s with {} job(s); {} acked, {} maybe, \

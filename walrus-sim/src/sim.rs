@@ -23,6 +23,7 @@ use crate::history::{
 };
 use crate::world::{Call, World};
 use crate::{Options, Plant, Report, Stats};
+use walrus_core::locks::MutexExt;
 
 const TOPICS: [&str; 2] = ["t0", "t1"];
 /// After the faults end: time for leases, failovers and pending counts
@@ -117,7 +118,7 @@ impl Run {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock_or_recover()
 }
 
 fn topic(name: &str) -> TopicName {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use walrus_core::locks::MutexExt;
 use walrus_core::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
 use walrus_core::metadata_store::{ConsensusStatus, MetadataStore};
 use walrus_core::testing::{sim_info, FakeMetadataCluster, MemLogStore, SimNetwork};
@@ -30,9 +31,9 @@ use walrus_core::{
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // One thread runs the whole simulation: a poisoned lock means a panic
-    // already failed this seed, and the runner reports that panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    // One thread runs the whole simulation: a panic already failed this
+    // seed (the runner reports it); the lock policy takes the lock anyway.
+    m.lock_or_recover()
 }
 
 /// A node's clock: the simulation's time, minus what it lost in pauses

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
+use walrus_core::locks::MutexExt;
 use walrus_core::{LogStore, SegmentKey, TopicName};
 
 #[path = "../../tests/backends/wal_common/payload.rs"]
@@ -72,7 +73,7 @@ async fn main() {
                                 p.len()
                             ));
                         }
-                        let mut o = out.lock().expect("stdout lock");
+                        let mut o = out.lock_or_recover();
                         o.write_all(text.as_bytes()).expect("parent reads stdout");
                         o.flush().expect("parent reads stdout");
                     }

@@ -26,6 +26,7 @@ use walrus_core::{Error, NodeRequest, StorageId};
 use super::network::ConsensusRequest;
 use super::types::NodeId;
 use super::RaftMetadataStore;
+use walrus_core::locks::MutexExt;
 
 /// A Raft message heard while unadmitted: who sent it, in which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,7 @@ impl Gate {
                 from: vote.leader_id.node_id,
                 term: vote.leader_id.term,
             };
-            *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(heard);
+            *self.heard.lock_or_recover() = Some(heard);
         }
         Err(Error::Unavailable(format!(
             "node {me} has no consensus state and the cluster has not admitted it yet \
@@ -78,7 +79,7 @@ impl Gate {
     }
 
     pub(crate) fn heard(&self) -> Option<Heard> {
-        *self.heard.lock().unwrap_or_else(|p| p.into_inner())
+        *self.heard.lock_or_recover()
     }
 }
 

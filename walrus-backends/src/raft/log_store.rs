@@ -21,6 +21,7 @@ use redb::{
 use tokio::sync::oneshot;
 
 use super::types::{decode, encode, write_err, Entry, LogId, StorageResult, TypeConfig, Vote};
+use walrus_core::locks::MutexExt;
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -93,7 +94,7 @@ impl RedbLogStore {
     fn mem(&self) -> MutexGuard<'_, Mem> {
         // Every update of `Mem` is a single map or field operation; a panic
         // elsewhere while holding the lock leaves it consistent.
-        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+        self.mem.lock_or_recover()
     }
 
     // StorageError is openraft's type; its size is not ours to choose.

@@ -91,6 +91,7 @@ use self::state_machine::StateMachineStore;
 use self::types::{NodeId, Raft};
 
 pub use self::inbound::{route, RaftRouter};
+use walrus_core::locks::MutexExt;
 
 /// How long a new node listens before it bootstraps: long enough to hear a
 /// leader's heartbeat to a member it counts as down (retried every
@@ -352,7 +353,7 @@ impl RaftMetadataStore {
     }
 
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+        self.tasks.lock_or_recover()
     }
 
     fn track(&self, task: JoinHandle<()>) {

@@ -22,6 +22,7 @@ use super::types::{
     decode, encode, read_err, write_err, Entry, LogId, Snapshot, SnapshotMeta, StorageResult,
     StoredMembership, TypeConfig,
 };
+use walrus_core::locks::MutexExt;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
 const KEY_CURRENT: &str = "current";
@@ -91,10 +92,7 @@ impl StateMachineStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
         // A panic while holding this lock is a bug in `apply`; the state
         // itself is still consistent (each field is replaced whole).
-        self.shared
-            .applied
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.applied.lock_or_recover()
     }
 
     async fn persist(&self, stored: StoredSnapshot) -> StorageResult<()> {

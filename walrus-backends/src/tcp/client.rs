@@ -29,6 +29,7 @@ use super::envelope::{self, Kind, ResponsePayload};
 use super::socket;
 use super::writer::{stopped, FrameWriter};
 use super::TcpConfig;
+use walrus_core::locks::MutexExt;
 
 /// Read buffer per connection.
 const READ_BUFFER: usize = 16 * 1024;
@@ -143,13 +144,7 @@ impl Pool {
     /// Closes every open connection (failing their callers); later calls
     /// dial again.
     pub(crate) fn close_connections(&self) {
-        let peers: Vec<Arc<Peer>> = self
-            .peers
-            .lock()
-            .expect("pool lock poisoned: a thread panicked while holding it")
-            .values()
-            .cloned()
-            .collect();
+        let peers: Vec<Arc<Peer>> = self.peers.lock_or_recover().values().cloned().collect();
         for peer in peers {
             if let Some(conn) = peer.current() {
                 conn.close();
@@ -161,10 +156,7 @@ impl Pool {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let mut peers = self
-            .peers
-            .lock()
-            .expect("pool lock poisoned: a thread panicked while holding it");
+        let mut peers = self.peers.lock_or_recover();
         Ok(peers
             .entry(addr.to_string())
             .or_insert_with(|| Arc::new(Peer::new(addr.to_string())))
@@ -205,8 +197,7 @@ impl Peer {
 
     fn current(&self) -> Option<Arc<Connection>> {
         self.conn
-            .lock()
-            .expect("peer lock poisoned: a thread panicked while holding it")
+            .lock_or_recover()
             .as_ref()
             .filter(|c| c.is_open())
             .cloned()
@@ -248,11 +239,7 @@ impl Peer {
                 *backoff = Backoff::default();
                 socket::tune(&stream, config, &self.addr);
                 let conn = Connection::start(stream, self.addr.clone(), config);
-                *self
-                    .conn
-                    .lock()
-                    .expect("peer lock poisoned: a thread panicked while holding it") =
-                    Some(conn.clone());
+                *self.conn.lock_or_recover() = Some(conn.clone());
                 Ok(conn)
             }
             Err(why) => {
@@ -357,9 +344,7 @@ impl Connection {
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Option<Waiters>> {
-        self.waiters
-            .lock()
-            .expect("connection lock poisoned: a thread panicked while holding it")
+        self.waiters.lock_or_recover()
     }
 
     fn take_waiter(&self, id: u64) -> Option<oneshot::Sender<ResponsePayload>> {

@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 use walrus_core::{Error, NodeId, NodeRequest, NodeResponse, RequestHandler, Result, Transport};
 
 use client::{Pool, Target};
+use walrus_core::locks::RwLockExt;
 
 /// Settings of a [`TcpTransport`]. Every node of a cluster should use the
 /// same `max_message_bytes`.
@@ -165,11 +166,7 @@ impl TcpTransport {
 
     /// Where `node` listens, if known.
     pub fn peer_address(&self, node: NodeId) -> Option<String> {
-        self.peers
-            .read()
-            .expect("peer table poisoned: a thread panicked while holding it")
-            .get(&node)
-            .cloned()
+        self.peers.read_or_recover().get(&node).cloned()
     }
 }
 
@@ -193,9 +190,6 @@ impl Transport for TcpTransport {
     }
 
     fn set_peer_address(&self, node: NodeId, addr: &str) {
-        self.peers
-            .write()
-            .expect("peer table poisoned: a thread panicked while holding it")
-            .insert(node, addr.to_string());
+        self.peers.write_or_recover().insert(node, addr.to_string());
     }
 }

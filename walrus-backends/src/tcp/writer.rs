@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use socket2::SockRef;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{watch, Notify};
+use walrus_core::locks::MutexExt;
 
 /// Queued bytes above which senders wait for the flush task to catch up.
 const MAX_QUEUED_BYTES: usize = 1024 * 1024;
@@ -58,9 +59,7 @@ impl FrameWriter {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("frame writer lock poisoned: a thread panicked while queueing a frame")
+        self.state.lock_or_recover()
     }
 
     /// Sends one whole frame. Returns once the frame is in the socket or

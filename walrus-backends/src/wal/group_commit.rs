@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::segment::Segment;
+use walrus_core::locks::{recover, MutexExt};
 
 #[derive(Default)]
 struct Queue {
@@ -74,7 +75,7 @@ impl Syncer {
         if already && !urgent {
             return;
         }
-        let mut q = self.shared.queue.lock().expect("sync queue lock poisoned");
+        let mut q = self.shared.queue.lock_or_recover();
         if !already {
             q.pending.push(segment.clone());
         }
@@ -93,7 +94,7 @@ impl Syncer {
     /// Stops the syncer after a last round; it then writes the final
     /// checkpoint of every segment in `segments` (a graceful close).
     pub fn close(&self, segments: Vec<Arc<Segment>>) {
-        let mut q = self.shared.queue.lock().expect("sync queue lock poisoned");
+        let mut q = self.shared.queue.lock_or_recover();
         q.closing = segments;
         q.shutdown = true;
         self.shared.wake.notify_one();
@@ -107,11 +108,7 @@ impl Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.shared
-            .queue
-            .lock()
-            .expect("sync queue lock poisoned")
-            .shutdown = true;
+        self.shared.queue.lock_or_recover().shutdown = true;
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -126,7 +123,7 @@ fn run(shared: &Shared, interval: Option<Duration>) {
     let mut last_flush = Duration::ZERO;
     loop {
         let (batch, stop) = {
-            let mut q = shared.queue.lock().expect("sync queue lock poisoned");
+            let mut q = shared.queue.lock_or_recover();
             loop {
                 if q.shutdown || q.urgent {
                     break;
@@ -138,13 +135,9 @@ fn run(shared: &Shared, interval: Option<Duration>) {
                             next_tick = interval.map(|d| now + d);
                             break;
                         }
-                        q = shared
-                            .wake
-                            .wait_timeout(q, tick - now)
-                            .expect("sync queue lock poisoned")
-                            .0;
+                        q = recover(shared.wake.wait_timeout(q, tick - now)).0;
                     }
-                    None => q = shared.wake.wait(q).expect("sync queue lock poisoned"),
+                    None => q = recover(shared.wake.wait(q)),
                 }
             }
             // Appenders released by the previous flush come back a few
@@ -161,11 +154,7 @@ fn run(shared: &Shared, interval: Option<Duration>) {
                     if now >= deadline {
                         break;
                     }
-                    q = shared
-                        .wake
-                        .wait_timeout(q, deadline - now)
-                        .expect("sync queue lock poisoned")
-                        .0;
+                    q = recover(shared.wake.wait_timeout(q, deadline - now)).0;
                 }
                 q.gathering = false;
             }
@@ -175,13 +164,7 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             (std::mem::take(&mut q.pending), q.shutdown)
         };
         let closing = if stop {
-            std::mem::take(
-                &mut shared
-                    .queue
-                    .lock()
-                    .expect("sync queue lock poisoned")
-                    .closing,
-            )
+            std::mem::take(&mut shared.queue.lock_or_recover().closing)
         } else {
             Vec::new()
         };

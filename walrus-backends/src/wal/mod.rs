@@ -114,6 +114,7 @@ use spare::SparePool;
 
 pub use config::{FsyncPolicy, WalConfig};
 use open::{finish_delete, is_part_of, lock_dir, mark_deleting, recover_all};
+use walrus_core::locks::RwLockExt;
 
 /// The memmap2 write-ahead log. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -141,11 +142,7 @@ impl Drop for Inner {
     /// A graceful close: the syncer's last round, then the final
     /// checkpoints (see `segment::CHECKPOINT_EVERY`).
     fn drop(&mut self) {
-        let segments = self
-            .segments
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let segments = self.segments.read_or_recover().values().cloned().collect();
         self.syncer.close(segments);
     }
 }
@@ -275,23 +272,14 @@ impl WalStore {
     }
 
     fn get(&self, key: &SegmentKey) -> Option<Arc<Segment>> {
-        self.inner
-            .segments
-            .read()
-            .expect("segment table lock poisoned")
-            .get(key)
-            .cloned()
+        self.inner.segments.read_or_recover().get(key).cloned()
     }
 
     fn get_or_create(&self, key: &SegmentKey) -> Arc<Segment> {
         if let Some(s) = self.get(key) {
             return s;
         }
-        let mut map = self
-            .inner
-            .segments
-            .write()
-            .expect("segment table lock poisoned");
+        let mut map = self.inner.segments.write_or_recover();
         map.entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Segment::new_empty(
@@ -451,11 +439,7 @@ impl LogStore for WalStore {
         };
         marked?;
         // Marked: the segment is gone for readers now, and after a crash.
-        self.inner
-            .segments
-            .write()
-            .expect("segment table lock poisoned")
-            .remove(segment);
+        self.inner.segments.write_or_recover().remove(segment);
         self.inner.cache.forget(&dir, |name| is_part_of(name, id));
         tokio::task::spawn_blocking(move || finish_delete(&dir, id))
             .await
@@ -466,8 +450,7 @@ impl LogStore for WalStore {
         let segments: Vec<_> = self
             .inner
             .segments
-            .read()
-            .expect("segment table lock poisoned")
+            .read_or_recover()
             .values()
             .cloned()
             .collect();
@@ -485,11 +468,7 @@ impl LogStore for WalStore {
     }
 
     fn health(&self) -> StorageHealth {
-        let map = self
-            .inner
-            .segments
-            .read()
-            .expect("segment table lock poisoned");
+        let map = self.inner.segments.read_or_recover();
         let mut failed_segments: Vec<SegmentKey> = map
             .iter()
             .filter(|(_, s)| s.failure().is_some())
@@ -510,11 +489,7 @@ impl LogStore for WalStore {
     }
 
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {
-        let map = self
-            .inner
-            .segments
-            .read()
-            .expect("segment table lock poisoned");
+        let map = self.inner.segments.read_or_recover();
         let mut out: Vec<_> = map
             .iter()
             .filter_map(|(k, s)| s.info().map(|i| (k.clone(), i)))

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use walrus_core::Result;
 
 use super::segment_file::SegmentFile;
+use walrus_core::locks::MutexExt;
 
 pub(crate) struct ReadCache {
     capacity: usize,
@@ -33,7 +34,7 @@ impl ReadCache {
     /// The map of `path`, opened (outside the cache lock) if not cached.
     pub fn get(&self, path: &Path) -> Result<Arc<SegmentFile>> {
         {
-            let mut lru = self.inner.lock().expect("read cache lock poisoned");
+            let mut lru = self.inner.lock_or_recover();
             lru.tick += 1;
             let tick = lru.tick;
             if let Some((file, used)) = lru.maps.get_mut(path) {
@@ -42,7 +43,7 @@ impl ReadCache {
             }
         }
         let file = Arc::new(SegmentFile::open_ro(path)?);
-        let mut lru = self.inner.lock().expect("read cache lock poisoned");
+        let mut lru = self.inner.lock_or_recover();
         lru.tick += 1;
         let tick = lru.tick;
         lru.maps.insert(path.to_path_buf(), (file.clone(), tick));
@@ -61,7 +62,7 @@ impl ReadCache {
     /// Drops the maps of files under `dir` whose names `doomed` picks (a
     /// segment being deleted): readers that hold one keep it until done.
     pub fn forget(&self, dir: &Path, doomed: impl Fn(&str) -> bool) {
-        let mut lru = self.inner.lock().expect("read cache lock poisoned");
+        let mut lru = self.inner.lock_or_recover();
         lru.maps.retain(|path, _| {
             !(path.parent() == Some(dir)
                 && path
@@ -72,10 +73,6 @@ impl ReadCache {
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .expect("read cache lock poisoned")
-            .maps
-            .len()
+        self.inner.lock_or_recover().maps.len()
     }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::segment::Segment;
+use walrus_core::locks::{recover, MutexExt};
 
 #[derive(Default)]
 struct Queue {
@@ -54,8 +55,7 @@ impl RoomMaker {
         }
         self.shared
             .queue
-            .lock()
-            .expect("room queue lock poisoned")
+            .lock_or_recover()
             .pending
             .push(segment.clone());
         self.shared.wake.notify_one();
@@ -64,11 +64,7 @@ impl RoomMaker {
 
 impl Drop for RoomMaker {
     fn drop(&mut self) {
-        self.shared
-            .queue
-            .lock()
-            .expect("room queue lock poisoned")
-            .shutdown = true;
+        self.shared.queue.lock_or_recover().shutdown = true;
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -82,9 +78,9 @@ fn run(shared: &Shared) {
     let mut failing = false;
     loop {
         let batch = {
-            let mut q = shared.queue.lock().expect("room queue lock poisoned");
+            let mut q = shared.queue.lock_or_recover();
             while q.pending.is_empty() && !q.shutdown {
-                q = shared.wake.wait(q).expect("room queue lock poisoned");
+                q = recover(shared.wake.wait(q));
             }
             if q.shutdown {
                 return;

@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::durable_dir::sync_dir;
+use walrus_core::locks::{recover, MutexExt};
 
 const TMP_NAME: &str = ".spare.tmp";
 const PREFIX: &str = "spare-";
@@ -116,7 +117,7 @@ impl SparePool {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.shared.state.lock().expect("spare pool lock poisoned")
+        self.shared.state.lock_or_recover()
     }
 
     /// A ready zero-filled file of the store's file length, now owned by the
@@ -158,9 +159,9 @@ fn refill(shared: &Shared) {
     let mut failing = false;
     loop {
         let id = {
-            let mut st = shared.state.lock().expect("spare pool lock poisoned");
+            let mut st = shared.state.lock_or_recover();
             while !st.shutdown && st.ready.len() >= shared.target {
-                st = shared.wake.wait(st).expect("spare pool lock poisoned");
+                st = recover(shared.wake.wait(st));
             }
             if st.shutdown {
                 return;
@@ -172,12 +173,7 @@ fn refill(shared: &Shared) {
         match make_spare(shared, &path) {
             Ok(true) => {
                 failing = false;
-                shared
-                    .state
-                    .lock()
-                    .expect("spare pool lock poisoned")
-                    .ready
-                    .push(path);
+                shared.state.lock_or_recover().ready.push(path);
             }
             Ok(false) => return,
             Err(e) => {
@@ -185,11 +181,12 @@ fn refill(shared: &Shared) {
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(dir = %shared.root.display(), error = %e, "cannot prepare a zero-filled WAL file; new files are fallocated meanwhile");
                 }
-                let st = shared.state.lock().expect("spare pool lock poisoned");
-                let (st, _) = shared
-                    .wake
-                    .wait_timeout_while(st, RETRY_AFTER, |s| !s.shutdown)
-                    .expect("spare pool lock poisoned");
+                let st = shared.state.lock_or_recover();
+                let (st, _) = recover(
+                    shared
+                        .wake
+                        .wait_timeout_while(st, RETRY_AFTER, |s| !s.shutdown),
+                );
                 if st.shutdown {
                     return;
                 }
@@ -220,12 +217,7 @@ fn make_spare(shared: &Shared, path: &Path) -> std::io::Result<bool> {
     let mut off = 0u64;
     let mut synced = 0u64;
     while off < shared.file_len {
-        if shared
-            .state
-            .lock()
-            .expect("spare pool lock poisoned")
-            .shutdown
-        {
+        if shared.state.lock_or_recover().shutdown {
             drop(file);
             let _ = std::fs::remove_file(&tmp);
             return Ok(false);

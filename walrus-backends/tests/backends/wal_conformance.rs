@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
+use walrus_core::locks::MutexExt;
 use walrus_core::testing::log_store_conformance::run_all;
 
 fn maker(fsync: FsyncPolicy, segment_file_bytes: u64) -> impl Fn() -> WalStore {
@@ -27,7 +28,7 @@ fn maker_with(
             ..WalConfig::default()
         };
         let store = WalStore::open(dir.path(), config).expect("open WAL");
-        dirs.lock().unwrap().push(dir);
+        dirs.lock_or_recover().push(dir);
         store
     }
 }
@@ -81,7 +82,7 @@ fn maker_without_fallocate(fsync: FsyncPolicy, segment_file_bytes: u64) -> impl 
             store.reserves_with_zeros(),
             "the injected EOPNOTSUPP is detected at open"
         );
-        dirs.lock().unwrap().push(dir);
+        dirs.lock_or_recover().push(dir);
         store
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::metadata::{Location, MetadataCmd};
 use crate::types::{Offset, SegmentKey, TopicName};
 
@@ -58,9 +59,7 @@ struct Inner {
 
 impl Cursors {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("cursor map lock poisoned: a panic while updating a map")
+        self.inner.lock_or_recover()
     }
 
     /// Drops every cursor when leadership moved on (their buffers may be

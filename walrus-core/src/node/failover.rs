@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::locks::MutexExt;
 use crate::metadata::MetadataCmd;
 use crate::types::NodeId;
 
@@ -42,9 +43,7 @@ struct Inner {
 
 impl Failover {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("failover lock poisoned: a panic while updating a map")
+        self.inner.lock_or_recover()
     }
 
     /// Starts a fresh liveness record when our leadership term changes.

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::Node;
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::log_store::Appended;
 use crate::transport::{NodeRequest, NodeResponse};
 use crate::types::{NodeId, SegmentKey};
@@ -59,9 +60,7 @@ enum Turn {
 
 impl Forwards {
     fn lock(&self) -> MutexGuard<'_, HashMap<(NodeId, SegmentKey), Queue>> {
-        self.queues
-            .lock()
-            .expect("forward queue lock poisoned: a panic while queueing a write")
+        self.queues.lock_or_recover()
     }
 
     /// Takes the next combined batch for `slot`, or forgets the slot when

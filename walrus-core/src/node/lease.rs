@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::lease::LeaseProvider;
+use crate::locks::MutexExt;
 use crate::metadata::SegmentStatus;
 use crate::metadata_store::MetadataStore;
 use crate::types::{NodeId, SegmentKey};
@@ -54,9 +55,7 @@ impl QuorumLease {
     }
 
     fn until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.valid_until
-            .lock()
-            .expect("lease lock poisoned: a panic while comparing two instants")
+        self.valid_until.lock_or_recover()
     }
 }
 

@@ -48,6 +48,7 @@ use crate::protocol::{Request, Response};
 use crate::transport::Transport;
 use crate::types::NodeId;
 
+use crate::locks::MutexExt;
 pub use lease::QuorumLease;
 pub use metrics::{NodeMetrics, StorageMetrics};
 
@@ -271,9 +272,7 @@ impl Node {
     }
 
     fn tasks_lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks
-            .lock()
-            .expect("task list lock poisoned: a panic while pushing a handle")
+        self.tasks.lock_or_recover()
     }
 }
 

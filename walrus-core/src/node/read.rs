@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::metadata::{ClusterState, Location, SegmentStatus, TopicState};
 use crate::protocol::Response;
 use crate::transport::{NodeRequest, NodeResponse};
@@ -36,7 +37,7 @@ pub(crate) struct AppendSignals {
 impl AppendSignals {
     fn lock(&self) -> MutexGuard<'_, HashMap<SegmentKey, Arc<Notify>>> {
         // The map holds no invariant a panic could break halfway.
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+        self.waiting.lock_or_recover()
     }
 
     /// Entries were appended to `key`: readers waiting there look again.

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::error::Error;
+use crate::locks::MutexExt;
 use crate::metadata::{CmdResult, MetadataCmd, Retention};
 use crate::types::{SegmentId, SegmentKey, TopicName};
 
@@ -24,8 +25,7 @@ pub(crate) struct LocalDeletions {
 
 impl LocalDeletions {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicName, SegmentId>> {
-        // A map of numbers: a panic elsewhere leaves nothing half-done.
-        self.done.lock().unwrap_or_else(|p| p.into_inner())
+        self.done.lock_or_recover()
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::metadata::{CmdResult, MetadataCmd};
 use crate::transport::NodeRequest;
 use crate::types::{NodeId, SegmentKey};
@@ -20,9 +21,7 @@ pub(crate) struct Rollovers {
 
 impl Rollovers {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<SegmentKey>> {
-        self.in_flight
-            .lock()
-            .expect("rollover lock poisoned: a panic while updating a set")
+        self.in_flight.lock_or_recover()
     }
 
     fn begin(&self, key: &SegmentKey) -> bool {

@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo};
 use crate::metadata_store::{
     ConsensusMembership, ConsensusMetrics, ConsensusRole, ConsensusStatus, ConsensusVote,
@@ -154,9 +155,7 @@ impl FakeMetadataCluster {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("FakeMetadataCluster lock poisoned: a test panicked while holding it")
+        self.inner.lock_or_recover()
     }
 
     /// Adds `node` as a voter (if new) and returns its store handle. The

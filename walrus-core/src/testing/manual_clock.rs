@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, TimeSource};
+use crate::locks::MutexExt;
 
 pub struct ManualClock {
     start: Instant,
@@ -35,20 +36,13 @@ impl ManualClock {
 
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
-        *self
-            .offset
-            .lock()
-            .expect("clock lock poisoned: a panic while adding durations") += d;
+        *self.offset.lock_or_recover() += d;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.start
-            + *self
-                .offset
-                .lock()
-                .expect("clock lock poisoned: a panic while adding durations")
+        self.start + *self.offset.lock_or_recover()
     }
 }
 
@@ -80,19 +74,12 @@ impl SuspendableTime {
     /// The machine was suspended for `d` and has just resumed: no timer
     /// fired and tokio's clock did not move, but `d` has passed.
     pub fn suspend(&self, d: Duration) {
-        *self
-            .slept
-            .lock()
-            .expect("clock lock poisoned: a panic while adding durations") += d;
+        *self.slept.lock_or_recover() += d;
     }
 }
 
 impl TimeSource for SuspendableTime {
     fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-            + *self
-                .slept
-                .lock()
-                .expect("clock lock poisoned: a panic while adding durations")
+        self.start.elapsed() + *self.slept.lock_or_recover()
     }
 }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
 use crate::types::SegmentKey;
 
@@ -146,9 +147,7 @@ impl MemLogStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("MemLogStore lock poisoned: a test panicked while holding it")
+        self.inner.lock_or_recover()
     }
 }
 

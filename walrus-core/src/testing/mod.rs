@@ -2,7 +2,15 @@
 //! cluster harness, and conformance suites that any backend must pass.
 //!
 //! They are public so that users test their own code (and their own
-//! backends) on them:
+//! backends) on them, behind the cargo feature `testing` (off by default,
+//! so that production builds carry no test code; core's own tests, the
+//! backends' and the server's tests and walrus-sim turn it on):
+//!
+//! ```toml
+//! [dev-dependencies]
+//! walrus-core = { version = "0.1", features = ["testing"] }
+//! ```
+//!
 //!
 //! - [`MemLogStore`]: a [`LogStore`](crate::LogStore) in memory.
 //! - [`FakeMetadataCluster`]: one metadata log shared by in-process nodes;
@@ -14,7 +22,7 @@
 //! - [`ManualClock`]: a clock that moves only when the test advances it;
 //!   [`SuspendableTime`]: a time source for a machine that is suspended.
 //! - `log_store_conformance`, `metadata_store_conformance`,
-//!   `transport_conformance`: suites.
+//!   `transport_conformance`, `lease_provider_conformance`: suites.
 //!
 //! Time: the fakes and the node read time through tokio, so a test under
 //! `#[tokio::test(start_paused = true)]` drives leases and failover with
@@ -22,6 +30,7 @@
 
 pub mod cluster;
 pub mod fake_metadata;
+pub mod lease_provider_conformance;
 pub mod log_store_conformance;
 pub mod manual_clock;
 pub mod mem_log_store;

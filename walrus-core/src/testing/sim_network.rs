@@ -31,6 +31,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
 use crate::types::NodeId;
 
@@ -131,9 +132,7 @@ impl SimNetwork {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("SimNetwork lock poisoned: a test panicked while holding it")
+        self.inner.lock_or_recover()
     }
 
     /// Makes `node` reachable: requests to it go to `handler`.

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::locks::MutexExt;
 use crate::metadata::NodeInfo;
 use crate::transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
 use crate::types::{NodeId, SegmentKey, StorageId, TopicName};
@@ -106,10 +107,7 @@ pub struct Recorder {
 impl Recorder {
     /// Every request handled so far, in the order the handler began them.
     pub fn handled(&self) -> Vec<NodeRequest> {
-        self.handled
-            .lock()
-            .expect("recorder lock poisoned: a suite check panicked holding it")
-            .clone()
+        self.handled.lock_or_recover().clone()
     }
 
     fn count(&self, req: &NodeRequest) -> usize {
@@ -120,10 +118,7 @@ impl Recorder {
 #[async_trait]
 impl RequestHandler for Recorder {
     async fn handle(&self, req: NodeRequest) -> Result<NodeResponse> {
-        self.handled
-            .lock()
-            .expect("recorder lock poisoned: a suite check panicked holding it")
-            .push(req.clone());
+        self.handled.lock_or_recover().push(req.clone());
         let NodeRequest::Consensus(body) = &req else {
             return Ok(answer_to(&req));
         };

@@ -111,3 +111,26 @@ async fn given_a_node_with_its_own_lease_provider_when_the_provider_refuses_shou
     assert_eq!(node.handle(put("granted again")).await, Response::Ok);
     node.shutdown().await;
 }
+
+struct SwitchedFactory;
+
+impl walrus_core::testing::lease_provider_conformance::LeaseProviderFactory for SwitchedFactory {
+    fn build(
+        &mut self,
+        node: walrus_core::NodeId,
+        metadata: Arc<dyn walrus_core::MetadataStore>,
+        clock: Arc<dyn walrus_core::Clock>,
+        lease: Duration,
+    ) -> Arc<dyn LeaseProvider> {
+        Arc::new(Switched {
+            inner: QuorumLease::new(node, metadata, clock, lease),
+            allowed: AtomicBool::new(true),
+            renewals: AtomicU64::new(0),
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_switched_provider_that_allows_when_running_the_conformance_suite_should_pass() {
+    walrus_core::testing::lease_provider_conformance::run(SwitchedFactory).await;
+}

@@ -15,6 +15,7 @@ use walrus_core::protocol::Response;
 use super::budget::Budget;
 use super::connection::serve_connection;
 use super::{ClientHandler, ListenerConfig};
+use walrus_core::locks::MutexExt;
 
 /// What the accept loop shares with every connection.
 pub(super) struct Limits {
@@ -98,10 +99,7 @@ pub(super) struct PerIp {
 impl PerIp {
     /// Counts one more connection from `ip`, unless it already has `cap`.
     fn admit(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<IpSlot> {
-        let mut counts = self
-            .counts
-            .lock()
-            .expect("per-ip lock poisoned: a panic while counting");
+        let mut counts = self.counts.lock_or_recover();
         let n = counts.entry(ip).or_insert(0);
         if *n >= cap {
             return None;
@@ -122,7 +120,7 @@ struct IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.table.counts.lock_or_recover();
         if let Some(n) = counts.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

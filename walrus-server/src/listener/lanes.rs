@@ -14,6 +14,7 @@ use walrus_core::TopicName;
 use super::budget::Charge;
 use super::connection::{Pending, Reply};
 use super::ClientHandler;
+use walrus_core::locks::MutexExt;
 
 /// Most PUTs handed to the handler as one batch, and most payload bytes.
 pub(super) const MAX_BATCH_ENTRIES: usize = 256;
@@ -36,8 +37,7 @@ pub(super) struct Lane {
 }
 
 fn lock(lane: &Mutex<Lane>) -> std::sync::MutexGuard<'_, Lane> {
-    lane.lock()
-        .expect("lane lock poisoned: a panic while moving a job in or out of a queue")
+    lane.lock_or_recover()
 }
 
 /// Starts one request; returns its place in the answer queue.
@@ -187,7 +187,7 @@ impl<H: ClientHandler + ?Sized> Drop for LaneGuard<H> {
             return;
         }
         let more = {
-            let mut l = self.lane.lock().unwrap_or_else(|p| p.into_inner());
+            let mut l = self.lane.lock_or_recover();
             l.running = !l.queue.is_empty();
             l.running
         };

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use walrus_core::protocol::MAX_FRAME;
 
 use super::lanes::MAX_BATCH_ENTRIES;
+use walrus_core::locks::MutexExt;
 
 /// Answers PING at once; `PUT t <ms>` after sleeping `ms` and echoes the
 /// payload; records the order PUTs finish in.
@@ -27,7 +28,7 @@ impl ClientHandler for Echo {
                 let text = String::from_utf8_lossy(&payload).into_owned();
                 let ms: u64 = text.split(' ').next().unwrap_or("0").parse().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                self.finished.lock().unwrap().push(text.clone());
+                self.finished.lock_or_recover().push(text.clone());
                 self.active.fetch_sub(1, Ordering::SeqCst);
                 Response::Entry(payload)
             }
@@ -128,7 +129,7 @@ async fn given_pipelined_requests_when_later_ones_finish_first_should_answer_in_
     assert_eq!(read_resp(&mut s).await.unwrap(), "OK 0 fast");
     assert_eq!(read_resp(&mut s).await.unwrap(), "OK PONG");
     // Different topics ran concurrently: the fast one finished first.
-    assert_eq!(*echo.finished.lock().unwrap(), vec!["0 fast", "200 slow"]);
+    assert_eq!(*echo.finished.lock_or_recover(), vec!["0 fast", "200 slow"]);
 }
 
 #[tokio::test]
@@ -144,7 +145,7 @@ async fn given_pipelined_puts_on_one_topic_should_run_them_in_order() {
         read_resp(&mut s).await.unwrap();
     }
     assert_eq!(
-        *echo.finished.lock().unwrap(),
+        *echo.finished.lock_or_recover(),
         vec!["50 #0", "0 #1", "20 #2", "0 #3"]
     );
 }
@@ -169,11 +170,11 @@ impl ClientHandler for Batching {
     }
 
     async fn handle_puts(&self, _topic: TopicName, payloads: Vec<Bytes>) -> Vec<Response> {
-        if self.appends.lock().unwrap().is_empty() {
+        if self.appends.lock_or_recover().is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.appends.lock().unwrap().push(payloads.len());
-        let mut stored = self.stored.lock().unwrap();
+        self.appends.lock_or_recover().push(payloads.len());
+        let mut stored = self.stored.lock_or_recover();
         payloads
             .iter()
             .map(|p| {
@@ -199,8 +200,8 @@ async fn given_puts_pipelined_behind_a_slow_one_should_batch_them_and_keep_their
     for i in 0..sent.len() {
         assert_eq!(read_resp(&mut s).await.unwrap(), format!("OK #{i}"));
     }
-    assert_eq!(*handler.stored.lock().unwrap(), sent);
-    let appends = handler.appends.lock().unwrap().clone();
+    assert_eq!(*handler.stored.lock_or_recover(), sent);
+    let appends = handler.appends.lock_or_recover().clone();
     assert_eq!(appends.iter().sum::<usize>(), sent.len());
     assert!(
         appends.len() < 10,
@@ -230,7 +231,7 @@ async fn given_a_handler_without_batching_should_run_queued_puts_one_by_one_in_o
     }
     assert_eq!(read_resp(&mut s).await.unwrap(), "OK PONG");
     assert_eq!(echo.active.load(Ordering::SeqCst), 0);
-    let finished = echo.finished.lock().unwrap().clone();
+    let finished = echo.finished.lock_or_recover().clone();
     let expected: Vec<String> = (0..20)
         .map(|i| format!("{} #{i}", if i == 0 { 50 } else { 0 }))
         .collect();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use walrus_client::{CliClient, ClientError, ReadOptions};
+use walrus_core::locks::MutexExt;
 use walrus_core::protocol::{Request, Response};
 use walrus_server::listener::{ClientHandler, ClientListener, ListenerConfig};
 
@@ -18,7 +19,7 @@ struct Mini {
 #[async_trait::async_trait]
 impl ClientHandler for Mini {
     async fn handle(&self, req: Request) -> Response {
-        let mut log = self.log.lock().unwrap();
+        let mut log = self.log.lock_or_recover();
         match req {
             Request::Register(_) | Request::RegisterRetaining { .. } | Request::Config { .. } => {
                 Response::Ok
@@ -80,7 +81,7 @@ async fn server_at(addr: &str, config: ListenerConfig) -> (ClientListener, Arc<M
 }
 
 fn stored(mini: &Mini) -> Vec<bytes::Bytes> {
-    mini.log.lock().unwrap().0.clone()
+    mini.log.lock_or_recover().0.clone()
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use super::{part_path, AppendState, Segment, Waiter};
 use crate::durable_dir::{create_dir_durable, sync_dir};
 use crate::wal::index::Pos;
 use crate::wal::segment_file::{SegmentFile, HEADER_LEN, RECORD_HEADER, RESERVE_CHUNK};
+use walrus_core::locks::{MutexExt, RwLockExt};
 
 /// When the current file has less than this left, the next one is created
 /// ahead (at most half a file, for small files).
@@ -283,7 +284,7 @@ impl Segment {
         // Publish to readers' structures, then to the counters.
         let (file, part, off) = cur.expect("at least one entry was written");
         {
-            let mut sh = self.shared.write().expect("segment lock poisoned");
+            let mut sh = self.shared.write_or_recover();
             sh.part_count += created.len() as u32;
             sh.parts.extend(created.iter().cloned());
             for (index, pos) in points {
@@ -346,10 +347,7 @@ impl Segment {
     /// sizes needs right now. Called by the room thread ahead of time, and
     /// by an appender that found no room (`AppendStep::NeedRoom`).
     pub fn make_room(&self, sizes: Option<&[usize]>) -> Result<()> {
-        let _grow = self
-            .grow
-            .lock()
-            .expect("segment grow lock poisoned: a panic while making WAL room");
+        let _grow = self.grow.lock_or_recover();
         let (current, pos, ready, plan, last_append) = {
             let st = self.lock();
             if self.sealed.load(Ordering::Acquire) || st.sealing {

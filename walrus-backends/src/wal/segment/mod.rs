@@ -48,6 +48,7 @@ use super::index::{Pos, SparseIndex};
 use super::reserve::Reserver;
 use super::segment_file::SegmentFile;
 use super::spare::SparePool;
+use walrus_core::locks::{MutexExt, RwLockExt};
 
 pub(crate) use append::AppendStep;
 pub(crate) use seal::{read_seal_file, SealStep};
@@ -263,18 +264,13 @@ impl Segment {
     }
 
     fn lock(&self) -> MutexGuard<'_, AppendState> {
-        self.append.lock().expect("segment append lock poisoned")
+        self.append.lock_or_recover()
     }
 
     pub fn info(&self) -> Option<SegmentInfo> {
         let sealed = self.sealed.load(Ordering::Acquire);
         let count = self.visible.load(Ordering::Acquire);
-        let has_files = self
-            .shared
-            .read()
-            .expect("segment lock poisoned")
-            .part_count
-            > 0;
+        let has_files = self.shared.read_or_recover().part_count > 0;
         (sealed || has_files || count > 0).then_some(SegmentInfo { count, sealed })
     }
 }

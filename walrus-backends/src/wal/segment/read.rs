@@ -10,6 +10,7 @@ use super::{part_path, Segment};
 use crate::wal::index::Pos;
 use crate::wal::read_cache::ReadCache;
 use crate::wal::segment_file::{SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
+use walrus_core::locks::RwLockExt;
 
 impl Segment {
     /// Reads entries `from..` (at most `max_entries`, at most `max_bytes`
@@ -40,7 +41,7 @@ impl Segment {
         }
         let want = (limit - from).min(max_entries as u64) as usize;
         let (parts, (mut i, mut pos)) = {
-            let sh = self.shared.read().expect("segment lock poisoned");
+            let sh = self.shared.read_or_recover();
             let seek = sh.index.seek(from).ok_or_else(|| {
                 Error::Internal(format!("segment {} has entries but no index", self.key))
             })?;

@@ -14,6 +14,7 @@ use crate::wal::index::{Pos, SparseIndex};
 use crate::wal::segment_file::{
     scan_file, zero_tail, FileHeader, ScanEnd, SegmentFile, HEADER_LEN, RECORD_HEADER,
 };
+use walrus_core::locks::RwLockExt;
 
 impl Segment {
     /// Recovers an open segment from its files (`paths[i]` is part `i`):
@@ -245,15 +246,10 @@ impl Segment {
     /// Scans (with `pread`) and verifies a segment found sealed on open,
     /// once. Damage quarantines it: entries before it stay readable.
     pub(super) fn ensure_index(&self) {
-        if self
-            .shared
-            .read()
-            .expect("segment lock poisoned")
-            .index_ready
-        {
+        if self.shared.read_or_recover().index_ready {
             return;
         }
-        let mut sh = self.shared.write().expect("segment lock poisoned");
+        let mut sh = self.shared.write_or_recover();
         if sh.index_ready {
             return;
         }

@@ -7,6 +7,7 @@ use walrus_core::{Error, Result};
 
 use super::{seal_path, Segment};
 use crate::durable_dir::{create_dir_durable, sync_dir};
+use walrus_core::locks::{MutexExt, RwLockExt};
 
 /// What `begin_seal` found.
 pub(crate) enum SealStep {
@@ -45,10 +46,7 @@ impl Segment {
         // No file is created for this segment from now on, and those
         // created ahead go before the seal exists: a sealed segment's
         // files are exactly the ones its count covers.
-        let _grow = self
-            .grow
-            .lock()
-            .expect("segment grow lock poisoned: a panic while making WAL room");
+        let _grow = self.grow.lock_or_recover();
         let unused = std::mem::take(&mut self.lock().ready);
         self.discard(&unused);
         // A segment this node never wrote gets its topic directory here.
@@ -58,11 +56,7 @@ impl Segment {
         self.visible.store(count, Ordering::Release);
         self.sealed.store(true, Ordering::Release);
         st.current = None;
-        self.shared
-            .write()
-            .expect("segment lock poisoned")
-            .parts
-            .clear();
+        self.shared.write_or_recover().parts.clear();
         Ok(())
     }
 }

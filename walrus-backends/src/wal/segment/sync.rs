@@ -12,6 +12,7 @@ use walrus_core::{Error, Result};
 use super::{AppendState, Segment, Waiter};
 use crate::wal::index::Pos;
 use crate::wal::segment_file::{SegmentFile, HEADER_LEN};
+use walrus_core::locks::{MutexExt, RwLockExt};
 
 impl Segment {
     /// True when entry `from` is written but not durable yet: a reader
@@ -70,8 +71,7 @@ impl Segment {
             let first_part = st.synced_pos.map_or(0, |p| p.part) as usize;
             let parts: Vec<_> = self
                 .shared
-                .read()
-                .expect("segment lock poisoned")
+                .read_or_recover()
                 .parts
                 .get(first_part..=target.part as usize)
                 .map(<[_]>::to_vec)
@@ -152,7 +152,7 @@ impl Segment {
             if self.sealed.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let sh = self.shared.read().expect("segment lock poisoned");
+            let sh = self.shared.read_or_recover();
             let Some(file) = sh.parts.get(synced.part as usize).cloned() else {
                 return Ok(());
             };
@@ -169,7 +169,7 @@ impl Segment {
     fn rollback(&self, st: &mut AppendState) {
         let Some(pos) = st.pos else { return };
         let start = st.synced_pos.unwrap_or(Pos::new(0, HEADER_LEN));
-        let mut sh = self.shared.write().expect("segment lock poisoned");
+        let mut sh = self.shared.write_or_recover();
         for part in start.part..=pos.part {
             let Some(f) = sh.parts.get(part as usize) else {
                 break;
@@ -226,9 +226,7 @@ fn flush_parts(
         if part == target.part {
             // The header records the end of the previous sync: durable for
             // sure, so recovery may call anything bad before it corruption.
-            let mut last = last_checkpoint
-                .lock()
-                .expect("segment checkpoint lock poisoned");
+            let mut last = last_checkpoint.lock_or_recover();
             if start as u64 > f.checkpoint() && last.elapsed() >= CHECKPOINT_EVERY {
                 *last = Instant::now();
                 // SAFETY: only the syncer writes headers of open files.

@@ -33,6 +33,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use super::reserve::{disk_full_or_io, Reserver};
 use super::spare::SparePool;
 use crate::durable_dir::sync_dir;
+use walrus_core::locks::MutexExt;
 use walrus_core::{Error, Result};
 
 pub(crate) use format::{
@@ -328,10 +329,7 @@ impl SegmentFile {
         if self.reserved() >= to {
             return Ok(());
         }
-        let _one = self
-            .reserve_lock
-            .lock()
-            .expect("reserve lock poisoned: a panic while reserving WAL space");
+        let _one = self.reserve_lock.lock_or_recover();
         let from = self.reserved();
         if from >= to {
             return Ok(());
@@ -457,10 +455,7 @@ impl SegmentFile {
             self.prepared.store(len, Ordering::Release);
             return Ok(None);
         }
-        let mut fd = self
-            .prepare_fd
-            .lock()
-            .expect("prepare lock poisoned: a panic while preparing a WAL file");
+        let mut fd = self.prepare_fd.lock_or_recover();
         if fd.is_none() {
             *fd = Some(OpenOptions::new().write(true).open(&self.path)?);
         }
@@ -474,10 +469,7 @@ impl SegmentFile {
     /// blocks are converted before the appenders reach them. Closes the
     /// file once all of it is prepared.
     pub fn start_writeback(&self, from: usize, to: usize) -> io::Result<()> {
-        let mut fd = self
-            .prepare_fd
-            .lock()
-            .expect("prepare lock poisoned: a panic while preparing a WAL file");
+        let mut fd = self.prepare_fd.lock_or_recover();
         let result = match fd.as_ref() {
             Some(file) => start_writeback(file, from, to - from),
             None => Ok(()),
@@ -492,10 +484,7 @@ impl SegmentFile {
     /// optimisation).
     pub fn stop_preparing(&self) {
         self.prepared.store(self.len(), Ordering::Release);
-        *self
-            .prepare_fd
-            .lock()
-            .expect("prepare lock poisoned: a panic while preparing a WAL file") = None;
+        *self.prepare_fd.lock_or_recover() = None;
     }
 
     /// Flushes `[from, to)` to disk (msync MS_SYNC): the durability point.
