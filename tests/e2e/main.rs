@@ -9,12 +9,14 @@ mod common;
 mod tmpfs;
 
 mod cluster;
+mod config_and_logs;
 mod disk;
 mod groups;
 mod identity;
 mod limits;
 mod offsets;
 mod partition;
+mod produce;
 mod retention;
 mod single_node;
 mod wal_damage;

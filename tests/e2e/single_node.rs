@@ -296,6 +296,20 @@ async fn given_the_cli_one_off_commands_should_print_answers_and_fail_on_err() {
         })
         .unwrap();
     assert_eq!(code, Some(2), "unreachable node: {err}");
+    // Several addresses: a node that is down is passed over.
+    let out = std::process::Command::new(&cli)
+        .args(["--addr", &format!("127.0.0.1:1,{addr}"), "ping"])
+        .output()
+        .expect("running walrus-cli");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "OK PONG\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     report("e2e single node: CLI", t0.elapsed());
 }
 

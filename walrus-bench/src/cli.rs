@@ -80,6 +80,11 @@ pub struct LoadArgs {
     /// Number of connections.
     #[arg(short, long, default_value_t = 1)]
     pub connections: usize,
+    /// Entries per write: above 1, each write is one PUTB of that many
+    /// entries of --size bytes (all stored together); requests/s then
+    /// counts batches.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Requests in flight per connection (pipeline depth).
     #[arg(short, long, default_value_t = 1)]
     pub depth: usize,
@@ -135,6 +140,7 @@ impl LoadArgs {
                 },
             },
             payload_size: self.size,
+            batch: self.batch,
             connections: self.connections,
             depth: self.depth,
             length: match (self.requests, self.duration) {

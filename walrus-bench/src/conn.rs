@@ -60,6 +60,8 @@ pub struct ConnPlan {
     /// `(i + n) % topics.len()`.
     pub topics: Arc<Vec<String>>,
     pub payload_size: usize,
+    /// Entries per write (above 1: one PUTB each).
+    pub batch: usize,
     pub depth: usize,
     pub nodelay: bool,
     pub limit: Limit,
@@ -107,7 +109,7 @@ struct Frames {
 }
 
 impl Frames {
-    fn new(topics: &[String], payload_size: usize) -> Frames {
+    fn new(topics: &[String], payload_size: usize, batch: usize) -> Frames {
         let payload = vec![b'x'; payload_size];
         let mut frames = Frames {
             put: Vec::new(),
@@ -117,7 +119,16 @@ impl Frames {
         for t in topics {
             let mut body = format!("PUT {t} ").into_bytes();
             frames.put_prefix.push(body.clone());
-            body.extend_from_slice(&payload);
+            if batch > 1 {
+                body = format!("PUTB {t} {batch}\n").into_bytes();
+                for _ in 0..batch {
+                    body.extend_from_slice(format!("{payload_size}\n").as_bytes());
+                    body.extend_from_slice(&payload);
+                    body.push(b'\n');
+                }
+            } else {
+                body.extend_from_slice(&payload);
+            }
             let mut f = BytesMut::new();
             encode_frame(&mut f, &body);
             frames.put.push(f.to_vec());
@@ -181,7 +192,7 @@ impl<'a> Driver<'a> {
         Driver {
             plan,
             stream,
-            frames: Frames::new(&plan.topics, plan.payload_size),
+            frames: Frames::new(&plan.topics, plan.payload_size, plan.batch),
             in_flight: VecDeque::with_capacity(plan.depth),
             sent: 0,
             wbuf: Vec::with_capacity(plan.depth * (plan.payload_size + 64)),
@@ -360,6 +371,11 @@ impl<'a> Driver<'a> {
             let latency = now.saturating_duration_since(req.start);
             let verify = self.plan.codec.as_ref();
             match (req.what, classify(&body)) {
+                // A PUTB's `OK <n> <first>`: all of the batch is stored.
+                (Sent::Put { .. }, Answer::Entry(_)) if self.plan.batch > 1 => {
+                    out.stats
+                        .record_ok(latency, self.plan.payload_size * self.plan.batch);
+                }
                 (Sent::Put { topic, id }, Answer::Ok) => {
                     out.stats.record_ok(latency, self.plan.payload_size);
                     if verify.is_some() {

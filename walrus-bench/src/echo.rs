@@ -5,7 +5,8 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use walrus_core::protocol::MAX_FRAME;
+use tokio_util::codec::Decoder;
+use walrus_core::protocol::FrameCodec;
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
@@ -30,25 +31,19 @@ async fn echo_connection(mut stream: TcpStream) -> std::io::Result<()> {
         }
         let mut closing = false;
         loop {
-            if buf.len() < 4 {
-                break;
+            match FrameCodec::requests().decode(&mut buf) {
+                Ok(Some(_)) => out.extend_from_slice(b"\x02\0\0\0OK"),
+                Ok(None) => break,
+                Err(_) => {
+                    // As the protocol says: answer, then close, since the
+                    // next frame cannot be found.
+                    let msg = b"ERR invalid frame length";
+                    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+                    out.extend_from_slice(msg);
+                    closing = true;
+                    break;
+                }
             }
-            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len == 0 || len > MAX_FRAME {
-                // As the protocol says: answer, then close, since the next
-                // frame cannot be found.
-                let msg = b"ERR invalid frame length";
-                out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-                out.extend_from_slice(msg);
-                closing = true;
-                break;
-            }
-            if buf.len() < 4 + len {
-                buf.reserve(4 + len - buf.len());
-                break;
-            }
-            let _ = buf.split_to(4 + len);
-            out.extend_from_slice(b"\x02\0\0\0OK");
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;

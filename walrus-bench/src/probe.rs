@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio::time::Instant;
 
-use crate::wire::{classify, Answer, SimpleClient};
+use walrus_client::Client;
+
+use crate::wire::{classify, Answer};
 
 /// Where a wait for a write stands when it gives up.
 #[derive(Debug, Clone)]
@@ -34,27 +36,18 @@ pub async fn wait_for_write(
     let mut failed = 0u64;
     let mut last_error = None;
     let mut registered = !register;
-    let mut client: Option<SimpleClient> = None;
+    // Reconnects by itself after a failed attempt.
+    let client = Client::new(addr)
+        .with_timeout(attempt_timeout)
+        .with_connect_timeout(attempt_timeout);
     while Instant::now() < deadline {
-        if client.is_none() {
-            match SimpleClient::connect(addr, attempt_timeout).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    failed += 1;
-                    last_error = Some(format!("{e:#}"));
-                    tokio::time::sleep(every).await;
-                    continue;
-                }
-            }
-        }
-        let c = client.as_mut().expect("connected just above");
         let body = if registered {
             format!("PUT {topic} probe")
         } else {
             format!("REGISTER {topic}")
         };
-        match c.request(body.as_bytes(), attempt_timeout).await {
-            Ok(answer) => match classify(&answer) {
+        match client.send_raw(&body).await {
+            Ok(answer) => match classify(answer.as_bytes()) {
                 Answer::Ok if registered => {
                     return Ok(WaitOutcome {
                         elapsed: start.elapsed(),
@@ -72,16 +65,12 @@ pub async fn wait_for_write(
                 }
                 _ => {
                     failed += 1;
-                    last_error = Some(format!(
-                        "unexpected answer {}",
-                        String::from_utf8_lossy(&answer)
-                    ));
+                    last_error = Some(format!("unexpected answer {answer}"));
                 }
             },
             Err(e) => {
                 failed += 1;
-                last_error = Some(format!("{e:#}"));
-                client = None;
+                last_error = Some(e.to_string());
             }
         }
         tokio::time::sleep(every).await;
@@ -94,6 +83,8 @@ pub async fn wait_for_write(
 
 /// Sends one request and returns the answer's body.
 pub async fn one_request(addr: &str, body: &str, timeout: Duration) -> anyhow::Result<Vec<u8>> {
-    let mut c = SimpleClient::connect(addr, timeout).await?;
-    c.request(body.as_bytes(), timeout).await
+    let client = Client::new(addr)
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout);
+    Ok(client.send_raw(body).await?.into_bytes())
 }

@@ -14,7 +14,7 @@ use crate::conn::{run_connection, ConnPlan, Limit, Workload};
 use crate::payload::PayloadCodec;
 use crate::stats::{process_cpu_time, ConnStats, Report, RunShape};
 use crate::verify::{check, read_topic};
-use crate::wire::{classify, excerpt, Answer, SimpleClient};
+use crate::wire::{classify, excerpt, Answer};
 
 /// How long the run goes on.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +33,9 @@ pub struct RunConfig {
     pub targets: Vec<String>,
     pub workload: Workload,
     pub payload_size: usize,
+    /// Entries per write: 1 sends `PUT`, more send one `PUTB` of that many
+    /// entries (throughput in entries is requests × batch).
+    pub batch: usize,
     pub connections: usize,
     pub depth: usize,
     pub length: Length,
@@ -57,6 +60,7 @@ impl RunConfig {
             targets: vec![target.into()],
             workload: Workload::Put,
             payload_size: 1024,
+            batch: 1,
             connections: 1,
             depth: 1,
             length: Length::Duration(Duration::from_secs(10)),
@@ -92,6 +96,21 @@ impl RunConfig {
             if !(r.is_finite() && r > 0.0) {
                 bail!("--rate must be a positive number of requests per second, got {r}");
             }
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            bail!("--batch must be 1 to 10000 entries, got {}", self.batch);
+        }
+        // A PUTB frame: a header, then `<size>\n<payload>\n` per entry.
+        let frame = 300 + self.batch * (self.payload_size + 8);
+        if self.batch > 1 && frame > 65536 {
+            bail!(
+                "--batch {} of --size {} makes a PUTB of about {frame} bytes; a request is at most 65536",
+                self.batch,
+                self.payload_size
+            );
+        }
+        if self.batch > 1 && self.verify {
+            bail!("--verify checks single PUTs: run it without --batch");
         }
         if self.verify && self.workload == Workload::Get {
             bail!("--verify checks what a run wrote: use it with --workload put or mixed");
@@ -151,6 +170,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             workload: cfg.workload,
             topics: topics.clone(),
             payload_size: cfg.payload_size,
+            batch: cfg.batch,
             depth: cfg.depth,
             nodelay: cfg.nodelay,
             limit,
@@ -241,18 +261,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 /// Sends `REGISTER` for each topic; any answer but `OK` stops the run.
 pub async fn register_topics(addr: &str, topics: &[String]) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
-    let mut client = SimpleClient::connect(addr, timeout).await?;
+    let client = walrus_client::Client::new(addr)
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout);
     for t in topics {
         let body = client
-            .request(format!("REGISTER {t}").as_bytes(), timeout)
+            .send_raw(&format!("REGISTER {t}"))
             .await
             .with_context(|| format!("REGISTER {t} at {addr}"))?;
-        match classify(&body) {
+        let body = body.as_bytes();
+        match classify(body) {
             Answer::Ok => {}
             Answer::Err(e) => bail!("REGISTER {t} at {addr} failed: {e}"),
             _ => bail!(
                 "REGISTER {t} at {addr}: unexpected answer {}",
-                excerpt(&body)
+                excerpt(body)
             ),
         }
     }

@@ -121,6 +121,37 @@ async fn start_mem_log(fault: Fault) -> String {
     .await
 }
 
+#[tokio::test]
+async fn given_a_batch_when_putting_should_send_putbs_of_that_many_entries() {
+    let entries = Arc::new(AtomicU64::new(0));
+    let seen = entries.clone();
+    let addr = start_scripted(move |body| {
+        let text = std::str::from_utf8(body).unwrap();
+        let (header, mut rest) = text.split_once('\n').unwrap();
+        assert_eq!(header, "PUTB bench-0 10");
+        for _ in 0..10 {
+            let (len, after) = rest.split_once('\n').unwrap();
+            let len: usize = len.parse().unwrap();
+            assert_eq!(&after[len..len + 1], "\n");
+            rest = &after[len + 1..];
+        }
+        assert!(rest.is_empty());
+        let first = seen.fetch_add(10, Ordering::Relaxed);
+        (format!("OK 10 {first}").into_bytes(), None)
+    })
+    .await;
+    let mut cfg = count_run(&addr, 20);
+    cfg.batch = 10;
+    cfg.payload_size = 100;
+    let r = run(cfg).await.unwrap();
+    assert_eq!(r.ops, 20);
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    assert_eq!(entries.load(Ordering::Relaxed), 200);
+    let mut too_big = count_run(&addr, 1);
+    too_big.batch = 100;
+    assert!(run(too_big).await.is_err(), "100 × 1 KiB is over a frame");
+}
+
 fn count_run(addr: &str, requests: u64) -> RunConfig {
     let mut cfg = RunConfig::new(addr);
     cfg.length = Length::Requests(requests);

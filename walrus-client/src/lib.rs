@@ -1,16 +1,23 @@
-//! The client library: [`CliClient`].
+//! The Walrus client library: [`Client`] (async, tokio) and
+//! [`blocking::Client`] (the same calls, blocking). It speaks every
+//! command of docs/protocol.md and depends on no storage engine (only
+//! walrus-core's protocol types; a test checks the dependency tree).
 //!
 //! ```no_run
-//! use walrus_client::CliClient; // or distributed_walrus::cli_client::CliClient
+//! use walrus_client::Client; // or distributed_walrus::cli_client::CliClient
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = CliClient::new("127.0.0.1:9091");
+//! // Any node takes any request; the others are there for fail-over.
+//! let client = Client::with_nodes(["127.0.0.1:9091", "127.0.0.1:9092"]);
 //! client.register("logs").await?;
 //! client.put("logs", "hello world").await?;
 //! assert_eq!(client.get("logs").await?.as_deref(), Some("hello world"));
 //! # Ok(()) }
 //! ```
 //!
-//! One connection is kept open and reused. The server closes a connection
+//! One connection is kept open and reused, to one node at a time (see
+//! [`Client::with_nodes`] for fail-over). Requests are pipelined with
+//! [`Client::put_many`] and [`Client::send_many`]. Frames are cut by
+//! walrus-core's [`FrameCodec`], the one decoder of every client side. The server closes a connection
 //! that stays silent between requests (`--idle-connection-timeout-ms`), and
 //! a restart closes them all; so before a call writes on a kept connection
 //! it looks, without waiting, whether the server has closed or reset it,
@@ -22,7 +29,7 @@
 //! a close that lands between the look and the write (a window of
 //! microseconds, against an idle timeout of minutes) still reads as
 //! "outcome unknown". Otherwise a call is never resent on its own, except
-//! by [`CliClient::send_retrying`], which resends only what certainly had
+//! by [`Client::send_retrying`], which resends only what certainly had
 //! no effect.
 //!
 //! Every error says which of three things happened (see the protocol's
@@ -35,13 +42,23 @@
 //! - anything else: failed; sending it again gives the same answer.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use walrus_core::protocol::{encode_frame, MAX_FRAME};
+use tokio_util::codec::{Decoder, Encoder};
+use walrus_core::protocol::{FrameCodec, FrameError};
+
+pub mod blocking;
+
+/// The seed's name for [`Client`] (`distributed_walrus::cli_client::CliClient`).
+pub type CliClient = Client;
+
+mod batch;
+pub use batch::{putb_body, BatchAck, Producer, MAX_BATCH_ENTRIES};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +97,11 @@ pub enum ClientError {
     /// The answer did not have the expected form.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The client cannot run here: the blocking client was called from
+    /// inside an async runtime (use [`Client`] there), or its runtime could
+    /// not be made. Nothing was sent.
+    #[error("{0}")]
+    Runtime(String),
 }
 
 impl ClientError {
@@ -134,6 +156,7 @@ impl ClientError {
             },
             ClientError::TooLarge(n) => ClientError::TooLarge(*n),
             ClientError::Protocol(t) => ClientError::Protocol(t.clone()),
+            ClientError::Runtime(t) => ClientError::Runtime(t.clone()),
         }
     }
 }
@@ -154,6 +177,8 @@ fn changing_verb(request: &[u8]) -> Option<&'static str> {
     let verb = request.split(|b| *b == b' ').next().unwrap_or_default();
     if verb.eq_ignore_ascii_case(b"PUT") {
         Some("PUT")
+    } else if verb.eq_ignore_ascii_case(b"PUTB") {
+        Some("PUTB")
     } else if verb.eq_ignore_ascii_case(b"GET") {
         Some("GET")
     } else {
@@ -200,15 +225,23 @@ impl Default for ReadOptions {
     }
 }
 
-/// First pause between retries of [`CliClient::send_retrying`]; doubles up
+/// First pause between retries of [`Client::send_retrying`]; doubles up
 /// to [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// How long a connection attempt to one address may take before the next
+/// address is tried (default).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Conn {
-    stream: BufReader<TcpStream>,
+    stream: TcpStream,
+    /// Answer bytes read and not yet decoded.
+    rbuf: BytesMut,
+    /// Index of the address this connection went to.
+    node: usize,
 }
 
 impl Conn {
@@ -217,7 +250,7 @@ impl Conn {
     /// answers and requests no longer pair up). Looks without waiting and
     /// without taking anything from the socket.
     fn is_usable(&self) -> bool {
-        if !self.stream.buffer().is_empty() {
+        if !self.rbuf.is_empty() {
             return false;
         }
         let mut byte = 0u8;
@@ -228,7 +261,7 @@ impl Conn {
         // and `byte` is a valid 1-byte buffer for the call's duration.
         let n = unsafe {
             libc::recv(
-                self.stream.get_ref().as_raw_fd(),
+                self.stream.as_raw_fd(),
                 (&mut byte as *mut u8).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -244,20 +277,45 @@ impl Conn {
     }
 }
 
-/// A client of one Walrus node. Cheap to share behind an `Arc`; calls on
-/// one client are serialised on its connection.
-pub struct CliClient {
-    addr: String,
+/// A client of a Walrus cluster, through one node at a time. Cheap to
+/// share behind an `Arc`; calls on one client are serialised on its
+/// connection (see [`Client::put_many`] and [`Client::send_many`] for
+/// pipelining on it).
+pub struct Client {
+    /// Every node may take every request, so any of them will do.
+    addrs: Vec<String>,
+    /// The address the next connection tries first.
+    preferred: AtomicUsize,
     timeout: Duration,
+    connect_timeout: Duration,
     conn: Mutex<Option<Conn>>,
 }
 
-impl CliClient {
+impl Client {
     /// A client of the node at `addr` (`host:port`). Connects on first use.
     pub fn new(addr: impl Into<String>) -> Self {
-        CliClient {
-            addr: addr.into(),
+        Self::with_nodes([addr.into()])
+    }
+
+    /// A client of the cluster whose nodes are at `addrs` (`host:port`
+    /// each; a list without any is treated as the default,
+    /// `127.0.0.1:9091`). Connects on first use, to the first address that
+    /// answers, trying them in order. When a connection cannot be made
+    /// or breaks, the next connection starts with the next address, so a
+    /// node that is down costs one failed call (or nothing, when the
+    /// connection is made afresh), never a stuck client. Fail-over never
+    /// resends a request that may have been carried out: the call that saw
+    /// the break gets its error (see [`ClientError::is_outcome_unknown`]).
+    pub fn with_nodes<A: Into<String>>(addrs: impl IntoIterator<Item = A>) -> Self {
+        let mut addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
+        if addrs.is_empty() {
+            addrs.push("127.0.0.1:9091".into());
+        }
+        Client {
+            addrs,
+            preferred: AtomicUsize::new(0),
             timeout: Duration::from_secs(30),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             conn: Mutex::new(None),
         }
     }
@@ -268,8 +326,22 @@ impl CliClient {
         self
     }
 
+    /// Sets how long a connection attempt to one address may take before
+    /// the next address is tried (default 5 s; never more than the call's
+    /// timeout).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The address the client talks to now (or tries first next).
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.addrs[self.preferred.load(Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// Every address the client may use, in the order it tries them.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
     }
 
     /// `REGISTER <topic>`.
@@ -330,7 +402,7 @@ impl CliClient {
 
     /// `FETCH <group> <topic> …`: a READ from the offset `group` last
     /// committed for `topic` (0 when none). Commits nothing: call
-    /// [`CliClient::commit`] with the batch's `next` once its entries are
+    /// [`Client::commit`] with the batch's `next` once its entries are
     /// processed; until then every FETCH (by this or another member, or
     /// after a crash) returns them again.
     pub async fn fetch(&self, group: &str, topic: &str, options: ReadOptions) -> Result<ReadBatch> {
@@ -350,6 +422,26 @@ impl CliClient {
         )
     }
 
+    /// `SEEK <group> <topic> <offset>`: the same as [`Client::commit`]
+    /// (the word says the intent: move the group back or forward).
+    pub async fn seek(&self, group: &str, topic: &str, offset: u64) -> Result<()> {
+        expect_ok(
+            self.send_raw(&format!("SEEK {group} {topic} {offset}"))
+                .await?,
+        )
+    }
+
+    /// `REPLACE-STORAGE <node> <storage-id>` (operator): accepts that node
+    /// `node` lost its storage; the answer lists the segments closed as
+    /// lost (see the protocol's table and architecture.md, "Storage
+    /// identity").
+    pub async fn replace_storage(&self, node: u64, storage_id: &str) -> Result<serde_json::Value> {
+        expect_json(
+            self.send_raw(&format!("REPLACE-STORAGE {node} {storage_id}"))
+                .await?,
+        )
+    }
+
     /// Sends `head` (a READ or FETCH up to its limits) with `options`, and
     /// parses the `ENTRIES` answer.
     async fn read_like(&self, head: String, options: ReadOptions) -> Result<ReadBatch> {
@@ -358,15 +450,11 @@ impl CliClient {
         if wait_ms > 0 {
             request.push_str(&format!(" WAIT {wait_ms}"));
         }
-        let (mut answers, failed) = self
+        let resp = self
             .exchange(&[request.as_bytes()], self.timeout + options.wait)
-            .await;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        let resp = answers
+            .await
             .pop()
-            .ok_or_else(|| ClientError::Protocol("no answer".into()))?;
+            .ok_or_else(|| ClientError::Protocol("no answer".into()))??;
         if resp.starts_with("ERR ") {
             return Err(server_error(resp));
         }
@@ -407,15 +495,13 @@ impl CliClient {
     /// Sends one request body as it is and returns the answer's text as it
     /// is (an `ERR …` answer is `Ok` here).
     pub async fn send_raw(&self, request: &str) -> Result<String> {
-        let (mut out, failed) = self.exchange(&[request.as_bytes()], self.timeout).await;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        out.pop()
-            .ok_or_else(|| ClientError::Protocol("no answer".into()))
+        self.exchange(&[request.as_bytes()], self.timeout)
+            .await
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no answer".into()))?
     }
 
-    /// Like [`CliClient::send_raw`], but sends the request again (pausing
+    /// Like [`Client::send_raw`], but sends the request again (pausing
     /// 50 ms, doubling up to 1 s) while the answer says it certainly was not
     /// carried out ([`ClientError::is_retryable`]), for up to `patience`.
     /// Never resends after an unknown outcome. Returns the last answer's
@@ -439,7 +525,7 @@ impl CliClient {
         }
     }
 
-    /// `PUT` through [`CliClient::send_retrying`]: `Ok` once stored; an
+    /// `PUT` through [`Client::send_retrying`]: `Ok` once stored; an
     /// error that [`ClientError::is_outcome_unknown`] is returned at once.
     pub async fn put_retrying(
         &self,
@@ -462,52 +548,65 @@ impl CliClient {
         payloads: &[P],
         window: usize,
     ) -> Vec<Result<()>> {
-        let mut outcomes = Vec::with_capacity(payloads.len());
-        for chunk in payloads.chunks(window.max(1)) {
-            let bodies: Vec<String> = chunk
-                .iter()
-                .map(|p| format!("PUT {topic} {}", p.as_ref()))
-                .collect();
-            let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
-            let chunk_end = outcomes.len() + chunk.len();
-            let (answers, failed) = self.exchange(&refs, self.timeout).await;
-            outcomes.extend(answers.into_iter().map(expect_ok));
-            if let Some(e) = failed {
-                // The rest of this chunk shares the failure (when it is a
-                // lost answer, each may or may not be stored); later chunks
-                // were never sent.
-                while outcomes.len() + 1 < chunk_end {
-                    outcomes.push(Err(e.same_again()));
-                }
-                outcomes.push(Err(e));
-                while outcomes.len() < payloads.len() {
+        let requests: Vec<String> = payloads
+            .iter()
+            .map(|p| format!("PUT {topic} {}", p.as_ref()))
+            .collect();
+        self.send_many(&requests, window)
+            .await
+            .into_iter()
+            .map(|answer| expect_ok(answer?))
+            .collect()
+    }
+
+    /// Sends every request body over the one connection, pipelined (up to
+    /// `window` in flight), and returns one outcome per request, in order:
+    /// the answer's text as it is (`ERR …` included), or why there is
+    /// none. Requests on one topic are carried out in the order given.
+    /// When the connection breaks, each request without an answer gets
+    /// the error of its kind: `NoAnswer` (outcome unknown) for a PUT or GET
+    /// that was sent, a safe-to-retry error for the others and for those
+    /// never sent. Nothing is resent.
+    pub async fn send_many<R: AsRef<str>>(
+        &self,
+        requests: &[R],
+        window: usize,
+    ) -> Vec<Result<String>> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(window.max(1)) {
+            let bodies: Vec<&[u8]> = chunk.iter().map(|r| r.as_ref().as_bytes()).collect();
+            let answers = self.exchange(&bodies, self.timeout).await;
+            let failed = answers.iter().any(|a| a.is_err());
+            outcomes.extend(answers);
+            if failed {
+                // Later chunks were never sent.
+                while outcomes.len() < requests.len() {
                     outcomes.push(Err(ClientError::Io {
-                        addr: self.addr.clone(),
+                        addr: self.addr().to_string(),
                         source: std::io::Error::other(
-                            "not sent: the connection failed on an earlier PUT of this call",
+                            "not sent: the connection failed on an earlier request of this call",
                         ),
                     }));
                 }
-                return outcomes;
+                break;
             }
         }
         outcomes
     }
 
     /// Writes all `requests` in one go, then reads one answer per request.
-    /// Returns the answers read, in order, and what stopped the rest (for
-    /// each request without an answer).
-    async fn exchange(
-        &self,
-        requests: &[&[u8]],
-        timeout: Duration,
-    ) -> (Vec<String>, Option<ClientError>) {
+    /// Returns one outcome per request, in order: the answer, or why it
+    /// has none.
+    async fn exchange(&self, requests: &[&[u8]], timeout: Duration) -> Vec<Result<String>> {
         let mut out = BytesMut::new();
+        let mut codec = FrameCodec::requests();
         for r in requests {
-            if r.is_empty() || r.len() > MAX_FRAME {
-                return (Vec::new(), Some(ClientError::TooLarge(r.len())));
+            if codec.encode(r, &mut out).is_err() {
+                return requests
+                    .iter()
+                    .map(|_| Err(ClientError::TooLarge(r.len())))
+                    .collect();
             }
-            encode_frame(&mut out, r);
         }
         let mut guard = self.conn.lock().await;
         // A kept connection the server closed while it sat idle (its idle
@@ -520,31 +619,32 @@ impl CliClient {
             let reused = guard.is_some();
             let conn = match guard.as_mut() {
                 Some(c) => c,
-                None => match self.connect().await {
+                None => match self.connect(timeout).await {
                     Ok(c) => guard.insert(c),
                     // Nothing was sent.
-                    Err(e) => return (Vec::new(), Some(e)),
+                    Err(e) => return requests.iter().map(|_| Err(e.same_again())).collect(),
                 },
             };
+            let node = conn.node;
             let mut answers = Vec::with_capacity(requests.len());
             let mut written = 0;
             let result = tokio::time::timeout(timeout, async {
                 // Counted by hand (not write_all) to know whether any byte
                 // left: a write refused outright sent nothing.
                 while written < out.len() {
-                    match conn.stream.get_mut().write(&out[written..]).await? {
+                    match conn.stream.write(&out[written..]).await? {
                         0 => return Err(std::io::ErrorKind::WriteZero.into()),
                         n => written += n,
                     }
                 }
                 for _ in requests {
-                    answers.push(read_answer(&mut conn.stream).await?);
+                    answers.push(read_answer(conn).await?);
                 }
                 Ok::<_, std::io::Error>(())
             })
             .await;
             let why = match result {
-                Ok(Ok(())) => return (answers, None),
+                Ok(Ok(())) => return answers.into_iter().map(Ok).collect(),
                 Ok(Err(e)) => e,
                 // Answers may still arrive later and would be read by the
                 // next call: the connection goes too.
@@ -554,6 +654,10 @@ impl CliClient {
                 ),
             };
             *guard = None; // broken: reconnect on the next call
+                           // The node may be down: the next connection tries the next one.
+            self.preferred
+                .store((node + 1) % self.addrs.len(), Ordering::Relaxed);
+            let addr = &self.addrs[node];
             if written == 0 {
                 // Not one byte of the requests reached the socket, so the
                 // server cannot have seen them. A kept connection that broke
@@ -563,66 +667,106 @@ impl CliClient {
                     may_resend = false;
                     continue;
                 }
-                return (Vec::new(), Some(self.not_sent(why)));
+                let e = not_sent(addr, why);
+                return requests.iter().map(|_| Err(e.same_again())).collect();
             }
             // Once any of it was written, a request that changes state may
             // have been carried out: only its verb says whether that matters.
-            let unanswered = &requests[answers.len()..];
-            let error = match unanswered.iter().find_map(|r| changing_verb(r)) {
-                Some(verb) => ClientError::NoAnswer {
-                    addr: self.addr.clone(),
-                    verb,
-                    why: why.to_string(),
-                },
-                None => self.not_sent(why),
-            };
-            return (answers, Some(error));
+            let mut outcomes: Vec<Result<String>> = answers.into_iter().map(Ok).collect();
+            for r in &requests[outcomes.len()..] {
+                outcomes.push(Err(match changing_verb(r) {
+                    Some(verb) => ClientError::NoAnswer {
+                        addr: addr.clone(),
+                        verb,
+                        why: why.to_string(),
+                    },
+                    None => not_sent(addr, std::io::Error::new(why.kind(), why.to_string())),
+                }));
+            }
+            return outcomes;
         }
     }
 
-    /// The error for a failure that carried nothing out: a timeout or a
-    /// broken connection, both safe to retry.
-    fn not_sent(&self, why: std::io::Error) -> ClientError {
-        if why.kind() == std::io::ErrorKind::TimedOut {
-            ClientError::Timeout(self.addr.clone())
-        } else {
-            ClientError::Io {
-                addr: self.addr.clone(),
-                source: why,
+    /// Connects to the preferred address, or else to the next ones in
+    /// turn; each attempt may take the connect timeout (and all of them
+    /// together the call's `timeout`).
+    async fn connect(&self, timeout: Duration) -> Result<Conn> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        let mut last_kind = std::io::ErrorKind::Other;
+        for node in (first..first + self.addrs.len()).map(|i| i % self.addrs.len()) {
+            let addr = &self.addrs[node];
+            let attempt = tokio::time::Instant::now() + self.connect_timeout;
+            let result = tokio::time::timeout_at(attempt.min(deadline), TcpStream::connect(addr))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                .and_then(|stream| stream.set_nodelay(true).map(|()| stream));
+            match result {
+                Ok(stream) => {
+                    self.preferred.store(node, Ordering::Relaxed);
+                    return Ok(Conn {
+                        stream,
+                        rbuf: BytesMut::with_capacity(8 * 1024),
+                        node,
+                    });
+                }
+                Err(e) => {
+                    last_kind = e.kind();
+                    failures.push(format!("{addr}: {e}"));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
             }
         }
-    }
-
-    async fn connect(&self) -> Result<Conn> {
-        let io_err = |source| ClientError::Io {
-            addr: self.addr.clone(),
-            source,
-        };
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| ClientError::Timeout(self.addr.clone()))?
-            .map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
-        Ok(Conn {
-            stream: BufReader::new(stream),
+        let addr = self.addrs.join(", ");
+        if failures.len() == 1 && last_kind == std::io::ErrorKind::TimedOut {
+            return Err(ClientError::Timeout(addr));
+        }
+        Err(ClientError::Io {
+            addr,
+            source: std::io::Error::new(last_kind, failures.join("; ")),
         })
     }
 }
 
-async fn read_answer(stream: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    let len = stream.read_u32_le().await? as usize;
-    // Answers carry at most one entry plus a little framing, but STATE and
-    // METRICS JSON can be bigger; refuse only the absurd.
-    if len > 64 * MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("answer of {len} bytes is larger than any valid answer"),
-        ));
+/// The error for a failure that carried nothing out: a timeout or a
+/// broken connection, both safe to retry.
+fn not_sent(addr: &str, why: std::io::Error) -> ClientError {
+    if why.kind() == std::io::ErrorKind::TimedOut {
+        ClientError::Timeout(addr.to_string())
+    } else {
+        ClientError::Io {
+            addr: addr.to_string(),
+            source: why,
+        }
     }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).await?;
-    String::from_utf8(body)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "answer is not UTF-8"))
+}
+
+/// Reads the next answer off `conn`.
+async fn read_answer(conn: &mut Conn) -> std::io::Result<String> {
+    let mut codec = FrameCodec::answers();
+    loop {
+        match codec.decode(&mut conn.rbuf) {
+            Ok(Some(body)) => {
+                return String::from_utf8(body.to_vec()).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "answer is not UTF-8")
+                })
+            }
+            Ok(None) => {}
+            Err(FrameError::InvalidLength(len)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("answer of {len} bytes is larger than any valid answer"),
+                ))
+            }
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
 }
 
 fn server_error(resp: String) -> ClientError {
@@ -655,11 +799,11 @@ mod tests {
     /// A server that answers each request with what `script` says for the
     /// `n`th request it has seen (from 0), or closes the connection without
     /// answering on `None`. Returns its address and the request count.
-    async fn scripted(
+    pub(crate) async fn scripted(
         script: impl Fn(usize, &str) -> Option<String> + Send + Sync + 'static,
     ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use walrus_core::protocol::read_frame;
+        use walrus_core::protocol::{encode_frame, read_frame, MAX_FRAME};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let seen = Arc::new(AtomicUsize::new(0));
@@ -685,7 +829,7 @@ mod tests {
         (addr, seen)
     }
 
-    fn count(seen: &std::sync::atomic::AtomicUsize) -> usize {
+    pub(crate) fn count(seen: &std::sync::atomic::AtomicUsize) -> usize {
         seen.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -693,7 +837,7 @@ mod tests {
     async fn given_a_put_sent_when_the_connection_drops_unanswered_should_be_outcome_unknown_never_retryable(
     ) {
         let (addr, _) = scripted(|_, _| None).await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         let e = c.put("logs", "x").await.unwrap_err();
         assert!(e.is_outcome_unknown(), "{e}");
         assert!(!e.is_retryable(), "a retry could store it twice: {e}");
@@ -711,7 +855,7 @@ mod tests {
             Some("ERR outcome unknown: the write was sent to node 2 and no answer came".into())
         })
         .await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         let e = c
             .put_retrying("logs", "x", Duration::from_secs(5))
             .await
@@ -723,7 +867,7 @@ mod tests {
     #[tokio::test]
     async fn given_a_put_sent_and_unanswered_when_retrying_should_not_resend_it() {
         let (addr, seen) = scripted(|_, _| None).await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         let e = c
             .put_retrying("logs", "x", Duration::from_secs(5))
             .await
@@ -736,7 +880,7 @@ mod tests {
     async fn given_a_pipelined_put_when_the_connection_drops_midway_should_keep_the_answers_it_got()
     {
         let (addr, _) = scripted(|n, _| (n < 2).then(|| "OK".to_string())).await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         let payloads = ["a", "b", "c", "d", "e"];
         let outcomes = c.put_many("logs", &payloads, 4).await;
         assert_eq!(outcomes.len(), 5);
@@ -755,7 +899,7 @@ mod tests {
         // PING is answered, so the PUT goes out on a kept connection; the
         // server reads it and drops the connection.
         let (addr, seen) = scripted(|_, req| (req == "PING").then(|| "OK PONG".to_string())).await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         c.ping().await.unwrap();
         let e = c.put("logs", "x").await.unwrap_err();
         assert!(
@@ -781,18 +925,97 @@ mod tests {
             )
         })
         .await;
-        let c = CliClient::new(addr);
+        let c = Client::new(addr);
         c.put_retrying("logs", "x", Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(count(&seen), 4);
         // An error that is neither comes back at once.
         let (addr, seen) = scripted(|_, _| Some("ERR topic not found".into())).await;
-        let e = CliClient::new(addr)
+        let e = Client::new(addr)
             .put_retrying("logs", "x", Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(!e.is_retryable() && !e.is_outcome_unknown(), "{e}");
         assert_eq!(count(&seen), 1);
+    }
+
+    /// An address nothing listens on (a port bound, then released).
+    pub(crate) async fn dead_addr() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn given_a_first_node_that_is_down_when_calling_should_fail_over_to_the_next() {
+        let dead = dead_addr().await;
+        let (live, seen) = scripted(|_, _| Some("OK PONG".into())).await;
+        let c = Client::with_nodes([dead.clone(), live.clone()]);
+        c.ping().await.unwrap();
+        assert_eq!(c.addr(), live);
+        assert_eq!(count(&seen), 1);
+        // Every node down: a safe-to-retry error that names them all.
+        let (dead2, dead3) = (dead_addr().await, dead_addr().await);
+        let e = Client::with_nodes([dead2.clone(), dead3.clone()])
+            .put("logs", "x")
+            .await
+            .unwrap_err();
+        assert!(e.is_retryable() && !e.is_outcome_unknown(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&dead2) && text.contains(&dead3), "{text}");
+    }
+
+    #[tokio::test]
+    async fn given_a_node_that_breaks_the_connection_should_report_it_then_use_the_next_node() {
+        let (flaky, _) = scripted(|_, _| None).await;
+        let (live, live_seen) = scripted(|_, _| Some("OK".into())).await;
+        let c = Client::with_nodes([flaky.clone(), live.clone()]);
+        // The PUT reached the flaky node: its outcome is unknown, and it is
+        // not sent again to the other node on its own.
+        let e = c.put("logs", "x").await.unwrap_err();
+        assert!(e.is_outcome_unknown(), "{e}");
+        assert!(e.to_string().contains(&flaky), "{e}");
+        assert_eq!(count(&live_seen), 0, "never resent elsewhere");
+        // The next call goes to the next node.
+        c.put("logs", "y").await.unwrap();
+        assert_eq!(c.addr(), live);
+        assert_eq!(count(&live_seen), 1);
+    }
+
+    #[tokio::test]
+    async fn given_mixed_pipelined_requests_when_the_connection_drops_should_class_each_unanswered_one_by_its_verb(
+    ) {
+        let (addr, seen) = scripted(|n, _| (n < 1).then(|| "OK".to_string())).await;
+        let c = Client::new(addr);
+        let requests = ["PUT logs a", "PING", "PUT logs b", "STATE logs"];
+        let outcomes = c.send_many(&requests, 8).await;
+        assert_eq!(outcomes.len(), 4);
+        assert_eq!(outcomes[0].as_deref().unwrap(), "OK");
+        let ping = outcomes[1].as_ref().unwrap_err();
+        assert!(ping.is_retryable() && !ping.is_outcome_unknown(), "{ping}");
+        let put = outcomes[2].as_ref().unwrap_err();
+        assert!(put.is_outcome_unknown() && !put.is_retryable(), "{put}");
+        let state = outcomes[3].as_ref().unwrap_err();
+        assert!(state.is_retryable(), "{state}");
+        assert!(count(&seen) >= 2, "sent pipelined, in one go");
+    }
+
+    #[tokio::test]
+    async fn given_an_answer_frame_longer_than_any_answer_should_be_a_protocol_failure_not_an_allocation(
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(&u32::MAX.to_le_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let e = Client::new(addr).ping().await.unwrap_err();
+        assert!(
+            e.to_string().contains("larger than any valid answer"),
+            "{e}"
+        );
     }
 }

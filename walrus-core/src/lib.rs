@@ -48,5 +48,6 @@ pub use metadata_store::{
 pub use node::{Node, NodeConfig, NodeMetrics, StorageMetrics};
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
 pub use types::{
-    ClusterId, GroupName, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName,
+    ClusterId, GroupName, NodeId, Offset, ProducerId, ProducerSeq, SegmentId, SegmentKey,
+    StorageId, TopicName,
 };

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::metadata::NodeInfo;
-use crate::types::{NodeId, SegmentKey, StorageId, TopicName};
+use crate::types::{NodeId, ProducerSeq, SegmentId, SegmentKey, StorageId, TopicName};
 
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,15 @@ pub enum NodeRequest {
         max_bytes: u32,
         wait_ms: u32,
     },
+    /// Append all of `entries` to a segment the receiver leads, or none
+    /// (a PUTB): never a prefix. With `producer`, a write stored before
+    /// under that producer and sequence is answered as it was then and not
+    /// stored again. Answered with [`NodeResponse::Stored`].
+    AppendWhole {
+        segment: SegmentKey,
+        entries: Vec<Bytes>,
+        producer: Option<ProducerSeq>,
+    },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -92,6 +101,16 @@ pub enum NodeResponse {
     /// The segments closed as lost, each with the entries it keeps.
     StorageReplaced {
         lost: Vec<(SegmentKey, u64)>,
+    },
+    // New variants go last (the envelope encodes a variant by position).
+    /// Where a whole batch is: `n` entries from `first_index` of `segment`
+    /// (for a repeated idempotent write, where it was stored the first
+    /// time, maybe an earlier segment; `first_index` is `None` when that is
+    /// no longer known, after a restart).
+    Stored {
+        segment: SegmentId,
+        first_index: Option<u64>,
+        n: u64,
     },
 }
 

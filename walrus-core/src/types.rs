@@ -128,6 +128,64 @@ impl fmt::Debug for GroupName {
     }
 }
 
+/// A producer's name, chosen by the client (`PUTB … PRODUCER <id> <seq>`).
+/// Same rule as a topic name, so it is as safe to show and store.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProducerId(String);
+
+impl ProducerId {
+    /// Validates `name`; `Err(Error::BadRequest)` saying the rule if it
+    /// breaks it.
+    pub fn new(name: impl Into<String>) -> Result<Self, Error> {
+        match TopicName::new(name) {
+            Ok(valid) => Ok(ProducerId(valid.0)),
+            Err(_) => Err(Error::BadRequest(format!(
+                "invalid producer id: use 1 to {MAX_TOPIC_LEN} letters, digits, '.', '_' or '-' \
+                 (not \".\" or \"..\")"
+            ))),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ProducerId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        ProducerId::new(s)
+    }
+}
+
+impl From<ProducerId> for String {
+    fn from(p: ProducerId) -> String {
+        p.0
+    }
+}
+
+impl fmt::Display for ProducerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ProducerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// An idempotent write's identity: the producer and its sequence number.
+/// A producer numbers its writes to a topic 0, 1, 2, …; each number is
+/// stored at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProducerSeq {
+    pub producer: ProducerId,
+    pub seq: u64,
+}
+
 /// One segment of one topic, shown as `topic:segment` (the seed's lease-key
 /// form). The unit of leadership, sealing and local storage.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -6,11 +6,21 @@
 //!
 //! With no flags at all: node 1, a one-voter cluster, clients on
 //! 127.0.0.1:9091, Raft on 127.0.0.1:9191, data under `./data/node_1`.
+//!
+//! Every flag can also be set in a TOML file (`--config <file>` or
+//! `WALRUS_CONFIG`): one `key = value` line per flag, the key being the
+//! flag without `--` (`node-id = 2`, `fsync = "interval:50"`; `node_id`
+//! works too). Precedence, highest first: the command line, the
+//! environment (the flags that have a `WALRUS_*` variable), the file, the
+//! built-in default. A file value is checked as its flag would be; an
+//! unknown key, a value of the wrong kind, or a file that is not valid
+//! TOML stops the server with an error that names the file and the key.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use walrus_backends::wal::{FsyncPolicy, WalConfig};
 
 use crate::listener::{ListenerConfig, MIN_BYTES_IN_FLIGHT};
@@ -27,6 +37,11 @@ pub const DEFAULT_RAFT_PORT: u16 = 9191;
     about = "A Walrus node: a distributed streaming log (openraft+redb metadata, memmap2 WAL, TCP)"
 )]
 pub struct ServerConfig {
+    /// A TOML file with any of these settings (keys are the flags without
+    /// `--`). Flags and environment variables win over it.
+    #[arg(long, env = "WALRUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// This node's stable id. Node 1 bootstraps a new cluster when started
     /// without --join; other nodes join one.
     #[arg(long, env = "WALRUS_NODE_ID", default_value_t = 1)]
@@ -37,34 +52,40 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
 
     /// Address to bind the inter-node (Raft and forwarding) port on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "WALRUS_RAFT_HOST", default_value = "127.0.0.1")]
     pub raft_host: String,
 
     /// The inter-node port.
-    #[arg(long, default_value_t = DEFAULT_RAFT_PORT)]
+    #[arg(long, env = "WALRUS_RAFT_PORT", default_value_t = DEFAULT_RAFT_PORT)]
     pub raft_port: u16,
 
     /// The host other nodes use to reach this one (default: --raft-host, or
     /// 127.0.0.1 when that is 0.0.0.0).
-    #[arg(long)]
+    #[arg(long, env = "WALRUS_RAFT_ADVERTISE_HOST")]
     pub raft_advertise_host: Option<String>,
 
     /// Address to bind the client port on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "WALRUS_CLIENT_HOST", default_value = "127.0.0.1")]
     pub client_host: String,
 
     /// The client port.
-    #[arg(long, default_value_t = DEFAULT_CLIENT_PORT)]
+    #[arg(long, env = "WALRUS_CLIENT_PORT", default_value_t = DEFAULT_CLIENT_PORT)]
     pub client_port: u16,
 
     /// `host:raft-port` of any member, to join its cluster. Only needed the
     /// first time; a restarted member finds its cluster from its own data.
-    #[arg(long)]
+    #[arg(long, env = "WALRUS_JOIN")]
     pub join: Option<String>,
 
     /// Append logs to this file instead of standard error.
-    #[arg(long)]
+    #[arg(long, env = "WALRUS_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// `text` (for people) or `json` (one JSON object per line, for log
+    /// shippers: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields at the top level).
+    #[arg(long, env = "WALRUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// When an acknowledged PUT is on disk: `always` (before OK, shared
     /// fsyncs), `interval:<ms>` (within that many ms), `never` (left to the OS).
@@ -148,7 +169,88 @@ pub struct ServerConfig {
     pub disable_io_uring: Option<String>,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The command line or environment is wrong, or asks for `--help` or
+    /// `--version` (`clap::Error::exit` prints and exits as is fitting).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// The config file cannot be read, is not TOML, or holds a setting
+    /// that is unknown or invalid.
+    #[error("config file {}: {why}", path.display())]
+    File { path: PathBuf, why: String },
+}
+
 impl ServerConfig {
+    /// The configuration of this process: its arguments and environment,
+    /// and the `--config` file if one is named.
+    pub fn load() -> Result<ServerConfig, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// As [`ServerConfig::load`], with `args` (the program name first) in
+    /// place of the process's arguments; the environment is the process's.
+    pub fn load_from<I, T>(args: I) -> Result<ServerConfig, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Self::command().try_get_matches_from(&args)?;
+        let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Self::from_arg_matches(&first)?);
+        };
+        // The file's values become the flags' defaults: clap then lets the
+        // command line and the environment win, and checks the file's
+        // values with the flags' own parsers.
+        let mut cmd = Self::command();
+        for (key, value) in read_config_file(&path)? {
+            let file_error = |why: String| ConfigError::File {
+                path: path.clone(),
+                why,
+            };
+            let name = key.replace('_', "-");
+            let id = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(name.as_str()) && !a.is_hide_set())
+                .map(|a| a.get_id().clone())
+                .filter(|id| id != "config")
+                .ok_or_else(|| file_error(unknown_key(&cmd, &key)))?;
+            let values = toml_values(&value).ok_or_else(|| {
+                file_error(format!("`{key}` must be a string, number or boolean"))
+            })?;
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == &id)
+                .expect("the id was just found among the arguments")
+                .clone();
+            if values.len() != 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
+                return Err(file_error(format!("`{key}` takes one value, not a list")));
+            }
+            // Checked alone, so that an error is the file's own.
+            let alone = clap::Command::new("walrus-server")
+                .no_binary_name(true)
+                .arg(arg);
+            for v in &values {
+                alone
+                    .clone()
+                    .try_get_matches_from([format!("--{name}={v}")])
+                    .map_err(|e| file_error(format!("`{key} = {value}`: {}", clap_reason(&e))))?;
+            }
+            cmd = cmd.mut_arg(id, |a| a.default_values(values));
+        }
+        let matches = cmd.try_get_matches_from(&args)?;
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+
     /// This node's own directory.
     pub fn node_dir(&self) -> PathBuf {
         self.data_dir.join(format!("node_{}", self.node_id))
@@ -216,6 +318,57 @@ impl ServerConfig {
         c.retention_interval = Duration::from_millis(self.retention_check_ms);
         c
     }
+}
+
+/// The file's `key = value` pairs, in order.
+fn read_config_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        why: format!("cannot read it: {e}"),
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        why: format!("not valid TOML: {e}"),
+    })
+}
+
+/// A setting's value as its flag's text: a scalar, or an array of them
+/// for a flag given several times.
+fn toml_values(value: &toml::Value) -> Option<Vec<String>> {
+    match value {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Integer(i) => Some(vec![i.to_string()]),
+        toml::Value::Float(f) => Some(vec![f.to_string()]),
+        toml::Value::Boolean(b) => Some(vec![b.to_string()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::Array(_) => None,
+                _ => toml_values(v).map(|mut one| one.remove(0)),
+            })
+            .collect(),
+        toml::Value::Datetime(_) | toml::Value::Table(_) => None,
+    }
+}
+
+fn unknown_key(cmd: &clap::Command, key: &str) -> String {
+    let known: Vec<&str> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| a.get_long())
+        .filter(|l| *l != "config" && *l != "help" && *l != "version")
+        .collect();
+    format!(
+        "unknown setting `{key}`; the settings are the server's flags without `--`: {}",
+        known.join(", ")
+    )
+}
+
+/// clap's explanation of a bad value, without its usage lines.
+fn clap_reason(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
 #[cfg(test)]
@@ -295,6 +448,130 @@ mod tests {
         assert!(parse(&["--fsync", "sometimes"]).is_err());
     }
 
+    /// Loads with `args` after a config file holding `toml`.
+    fn load_with_file(toml: &str, args: &[&str]) -> (Result<ServerConfig, ConfigError>, PathBuf) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("walrus.toml");
+        std::fs::write(&path, toml).expect("writing the config file");
+        let path_arg = path.to_str().expect("a UTF-8 temporary path").to_string();
+        let all = ["walrus-server", "--config", &path_arg]
+            .into_iter()
+            .chain(args.iter().copied());
+        (ServerConfig::load_from(all), path)
+    }
+
+    fn file_error(result: Result<ServerConfig, ConfigError>) -> String {
+        match result {
+            Err(e @ ConfigError::File { .. }) => e.to_string(),
+            other => panic!("expected a config file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn given_a_config_file_should_take_every_setting_from_it_in_either_spelling() {
+        let (c, path) = load_with_file(
+            r#"
+            node-id = 2
+            data_dir = "/var/lib/walrus"
+            client-host = "0.0.0.0"
+            client-port = 8002
+            join = "10.0.0.1:7001"
+            fsync = "interval:50"
+            max-connections = 10
+            log-format = "json"
+            "#,
+            &[],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.config.as_deref(), Some(path.as_path()));
+        assert_eq!(c.node_dir(), PathBuf::from("/var/lib/walrus/node_2"));
+        assert_eq!(c.client_bind_addr(), "0.0.0.0:8002");
+        assert_eq!(c.join.as_deref(), Some("10.0.0.1:7001"));
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(50)));
+        assert_eq!(c.listener_config().max_connections, 10);
+        assert_eq!(c.log_format, LogFormat::Json);
+        // What the file does not set keeps its default.
+        assert_eq!(c.raft_bind_addr(), "127.0.0.1:9191");
+    }
+
+    #[test]
+    fn given_a_flag_and_the_same_setting_in_the_file_should_take_the_flag() {
+        let (c, _) = load_with_file(
+            "node-id = 2\nclient-port = 8002\nfsync = \"never\"\n",
+            &["--client-port", "9002", "--fsync=always"],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.client_port, 9002);
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.node_id, 2, "the file still sets what no flag gives");
+    }
+
+    #[test]
+    fn given_a_bad_file_should_name_the_file_and_what_is_wrong() {
+        let (r, path) = load_with_file("node-id = 2\nclinet-port = 8002\n", &[]);
+        let text = file_error(r);
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("unknown setting `clinet-port`"), "{text}");
+        assert!(
+            text.contains("client-port"),
+            "lists the known settings: {text}"
+        );
+
+        let text = file_error(load_with_file("client-port = 70000\n", &[]).0);
+        assert!(text.contains("`client-port = 70000`"), "{text}");
+        assert!(text.contains("70000"), "{text}");
+
+        let text = file_error(load_with_file("fsync = \"sometimes\"\n", &[]).0);
+        assert!(text.contains("`fsync = \"sometimes\"`"), "{text}");
+
+        let text = file_error(load_with_file("node-id = [1, [2]]\n", &[]).0);
+        assert!(
+            text.contains("must be a string, number or boolean"),
+            "{text}"
+        );
+        let text = file_error(load_with_file("node-id = [1, 2]\n", &[]).0);
+        assert!(text.contains("`node-id` takes one value"), "{text}");
+
+        let text = file_error(load_with_file("node-id = \n", &[]).0);
+        assert!(
+            text.contains("not valid TOML") && text.contains("line 1"),
+            "{text}"
+        );
+
+        let text = file_error(load_with_file("config = \"other.toml\"\n", &[]).0);
+        assert!(text.contains("unknown setting `config`"), "{text}");
+
+        let missing = ServerConfig::load_from(["walrus-server", "--config", "/nonexistent/w.toml"]);
+        let text = file_error(missing);
+        assert!(
+            text.contains("/nonexistent/w.toml: cannot read it"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn given_the_example_config_in_deploy_should_load_as_documented() {
+        let (c, _) = load_with_file(include_str!("../../deploy/walrus.toml"), &[]);
+        let c = c.unwrap();
+        assert_eq!(c.node_dir(), PathBuf::from("/var/lib/walrus/node_1"));
+        assert_eq!(c.client_bind_addr(), "0.0.0.0:9091");
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn given_no_config_file_should_parse_flags_as_before() {
+        let c =
+            ServerConfig::load_from(["walrus-server", "--node-id", "4", "--log-format", "json"])
+                .unwrap();
+        assert_eq!(c.node_id, 4);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.config.is_none());
+        assert!(matches!(
+            ServerConfig::load_from(["walrus-server", "--log-format", "xml"]),
+            Err(ConfigError::Args(_))
+        ));
+    }
+
     #[test]
     fn given_retention_and_segment_byte_flags_should_make_them_the_node_config() {
         let c = parse(&[]).unwrap();
@@ -316,5 +593,9 @@ mod tests {
             parse(&["--retention-age", "2"]).is_err(),
             "a unit is needed"
         );
+        assert_eq!(n.max_segment_bytes, u64::MAX, "no byte limit by default");
+        let c = parse(&["--max-segment-bytes", "1048576"]).unwrap();
+        assert_eq!(c.node_config().max_segment_bytes, 1 << 20);
+        assert!(parse(&["--max-segment-bytes", "0"]).is_err());
     }
 }

@@ -219,25 +219,36 @@ pub(crate) async fn simulate(seed: u64, opts: &Options) -> Report {
     for v in &violations {
         run.note(format!("CHECK {v}"));
     }
-    let mut trace = lock(&run.trace);
-    let mut stats = lock(&run.stats).clone();
-    stats.sim_time = start.elapsed();
-    stats.dropped_unsynced = dropped.len() as u64;
-    for cmd in world.metadata.log() {
-        match cmd {
-            MetadataCmd::Roll { count: Some(_), .. } => stats.rollovers += 1,
-            MetadataCmd::Roll { count: None, .. } => stats.failovers += 1,
-            _ => {}
+    let report = {
+        let mut trace = lock(&run.trace);
+        let mut stats = lock(&run.stats).clone();
+        stats.sim_time = start.elapsed();
+        stats.dropped_unsynced = dropped.len() as u64;
+        for cmd in world.metadata.log() {
+            match cmd {
+                MetadataCmd::Roll { count: Some(_), .. } => stats.rollovers += 1,
+                MetadataCmd::Roll { count: None, .. } => stats.failovers += 1,
+                _ => {}
+            }
         }
+        // A block, not drop(): clippy sees a guard dropped by hand as held
+        // across the awaits below.
+        Report {
+            seed,
+            nodes: plan.nodes,
+            trace_hash: trace.hasher.finish(),
+            violations,
+            stats,
+            trace: trace.lines.take().unwrap_or_default(),
+        }
+    };
+    // Nodes and the network hold each other (a node's transport is the
+    // network, the network routes to the node): without stopping them, a
+    // search of a million seeds would keep every run's cluster in memory.
+    for id in world.ids() {
+        world.crash(id).await;
     }
-    Report {
-        seed,
-        nodes: plan.nodes,
-        trace_hash: trace.hasher.finish(),
-        violations,
-        stats,
-        trace: trace.lines.take().unwrap_or_default(),
-    }
+    report
 }
 
 async fn register(run: &Run, name: &'static str) {

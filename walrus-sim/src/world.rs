@@ -68,6 +68,18 @@ impl SimClock {
         }
     }
 
+    /// Ends a freeze before its planned end (the node was woken early):
+    /// the clock runs again from now, behind by the time lost if it was a
+    /// VM pause, caught up if it was a suspend.
+    pub fn resume(&self) {
+        let now = Instant::now();
+        let mut s = lock(&self.state);
+        if let Some((start, end, lost)) = s.paused {
+            s.paused = Some((start, end.min(now), lost));
+        }
+        s.settle(now);
+    }
+
     /// Stops the clock until [`SimClock::start`] (the planted bug).
     pub fn stop(&self) {
         let now = Instant::now();
@@ -676,7 +688,10 @@ impl World {
     pub fn heal_all(&self) {
         for s in lock(&self.slots).values_mut() {
             s.isolated = false;
+            // A woken node's clock runs again too: a node that runs with a
+            // stopped clock is the planted bug, not a suspend.
             *lock(&s.freeze.until) = None;
+            s.clock.resume();
         }
         lock(&self.cuts).clear();
         self.rewire();

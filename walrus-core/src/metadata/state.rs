@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    ClusterId, GroupName, NodeId, Offset, SegmentId, SegmentKey, StorageId, TopicName,
+    ClusterId, GroupName, NodeId, Offset, ProducerId, SegmentId, SegmentKey, StorageId, TopicName,
 };
 
 /// Where a node can be reached.
@@ -129,6 +129,24 @@ pub struct TopicState {
     /// are gone (`first_offset`).
     #[serde(default)]
     pub deleted_through: SegmentId,
+    /// Each producer's last stored write to this topic, as the leaders of
+    /// sealed segments recorded it (`RecordProducers`): what the next
+    /// segment's leader starts from. (Default: none, for snapshots taken
+    /// before producer ids.)
+    #[serde(default)]
+    pub producers: BTreeMap<ProducerId, ProducerEntry>,
+}
+
+/// A producer's last stored write to a topic: its sequence number, its
+/// entry count and where they are: `segment`, from index `first_index`
+/// (`None`, and `n` 0, when a restarted leader knows the write was stored
+/// in `segment` but not where: it found that the write after it was not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerEntry {
+    pub seq: u64,
+    pub n: u64,
+    pub segment: SegmentId,
+    pub first_index: Option<u64>,
 }
 
 /// Where a logical offset lives.
@@ -304,6 +322,17 @@ pub enum MetadataCmd {
         topic: TopicName,
         offset: Offset,
     },
+    // New variants go last: log entries encode a variant by its position.
+    /// The leader of `segment`, once it takes no more appends, records the
+    /// last write of each producer that wrote to it, before the `Roll` or
+    /// `ReportCount` that makes its count final. Merged into the topic's
+    /// table keeping each producer's highest sequence, so a repeat or a
+    /// late record changes nothing. Rejected when the topic does not exist.
+    RecordProducers {
+        topic: TopicName,
+        segment: SegmentId,
+        producers: Vec<(ProducerId, ProducerEntry)>,
+    },
     /// Sets `topic`'s retention (`None`: back to the server default).
     /// Setting the same one again changes nothing. Rejected when the topic
     /// does not exist.
@@ -384,6 +413,7 @@ impl ClusterState {
                         cursor: 0,
                         retention: None,
                         deleted_through: 0,
+                        producers: BTreeMap::new(),
                     },
                 );
                 CmdResult::Applied
@@ -504,6 +534,24 @@ impl ClusterState {
                 match offsets.insert(topic.clone(), *offset) {
                     Some(before) if before == *offset => CmdResult::Unchanged,
                     _ => CmdResult::Applied,
+                }
+            }
+            MetadataCmd::RecordProducers {
+                topic, producers, ..
+            } => {
+                let Some(t) = self.topics.get_mut(topic) else {
+                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
+                };
+                let mut changed = false;
+                for (producer, entry) in producers {
+                    if merge_producer(&mut t.producers, producer, *entry) {
+                        changed = true;
+                    }
+                }
+                if changed {
+                    CmdResult::Applied
+                } else {
+                    CmdResult::Unchanged
                 }
             }
             MetadataCmd::SetRetention { topic, retention } => {
@@ -713,6 +761,30 @@ pub fn storage_mismatch(node: NodeId, recorded: StorageId, found: Option<Storage
          against a running member (readers then skip what was lost), then start it again \
          with --join"
     )
+}
+
+/// Keeps `entry` for `producer` in `table` if it is newer (a higher
+/// sequence) than what is there, or tells where an entry of the same
+/// sequence is. True when the table changed.
+pub fn merge_producer(
+    table: &mut BTreeMap<ProducerId, ProducerEntry>,
+    producer: &ProducerId,
+    entry: ProducerEntry,
+) -> bool {
+    match table.get_mut(producer) {
+        Some(old) if old.seq > entry.seq => false,
+        Some(old) if old.seq == entry.seq => {
+            if old.first_index.is_none() && entry.first_index.is_some() {
+                *old = entry;
+                return true;
+            }
+            false
+        }
+        _ => {
+            table.insert(producer.clone(), entry);
+            true
+        }
+    }
 }
 
 #[cfg(test)]

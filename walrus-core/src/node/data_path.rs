@@ -62,6 +62,11 @@ impl super::Node {
             Request::Put { topic, payload } => {
                 self.put(&topic, payload).await.map(|()| Response::Ok)
             }
+            Request::PutBatch {
+                topic,
+                entries,
+                producer,
+            } => self.put_whole(&topic, entries, producer).await,
             Request::Get(topic) => Ok(match self.get(&topic).await? {
                 Some(entry) => Response::Entry(entry),
                 None => Response::Empty,
@@ -263,24 +268,9 @@ impl super::Node {
                 Err(e @ (Error::NotLeader | Error::SegmentSealed(_))) => e,
                 Err(e) => return (done, Some(e)),
             };
-            let now = Instant::now();
-            if now >= deadline {
-                return (
-                    done,
-                    Some(match err {
-                        Error::SegmentSealed(k) => {
-                            Error::Timeout(format!("the rollover of segment {k}"))
-                        }
-                        e => e,
-                    }),
-                );
+            if let Err(e) = reroute_wait(&mut watch, deadline, &mut pause, err).await {
+                return (done, Some(e));
             }
-            let until = deadline.min(now + pause);
-            if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
-                // The store is gone; do not spin.
-                tokio::time::sleep_until(until).await;
-            }
-            pause = (pause * 2).min(MAX_REROUTE_PAUSE);
         }
         (done, None)
     }
@@ -299,13 +289,31 @@ impl super::Node {
         key: &SegmentKey,
         entries: Vec<Bytes>,
     ) -> Result<Appended> {
+        let appended = self.append_stored(key, &entries, false).await?;
+        let partial = (appended.count - appended.first_index) < entries.len() as u64;
+        self.acknowledge(key, appended.count, partial)?;
+        Ok(appended)
+    }
+
+    /// The lease check and the store's append, without the check before
+    /// acknowledging ([`Node::acknowledge`]): once this returns `Ok` the
+    /// entries are stored and will be read. `whole`: all of `entries` or
+    /// none (a PUTB); a batch the segment has no room for starts the
+    /// rollover and goes whole into the next segment. Otherwise the
+    /// longest prefix that fits is stored (see [`Node::append_local`]).
+    pub(crate) async fn append_stored(
+        &self,
+        key: &SegmentKey,
+        entries: &[Bytes],
+        whole: bool,
+    ) -> Result<Appended> {
         self.await_write_lease(key).await?;
         let limit = crate::log_store::SegmentLimit {
             entries: self.config.max_segment_entries,
             bytes: self.config.max_segment_bytes,
         };
         let mut take = entries.len();
-        if take > 1 {
+        if take > 1 && !whole {
             // The store's count may lag its appends (it counts durable
             // entries): an estimate, corrected below when refused.
             let count = self.log.info(key).await?.map_or(0, |i| i.count);
@@ -319,7 +327,7 @@ impl super::Node {
                     self.appends.appended(key);
                     break a;
                 }
-                Err(Error::SegmentSealed(_)) if take > 1 => take /= 2,
+                Err(Error::SegmentSealed(_)) if take > 1 && !whole => take /= 2,
                 Err(Error::SegmentSealed(k)) => {
                     self.spawn_rollover(k.clone());
                     return Err(Error::SegmentSealed(k));
@@ -358,27 +366,35 @@ impl super::Node {
         if appended.count >= limit.entries {
             self.spawn_rollover(key.clone());
         }
-        if !self.may_acknowledge(key, appended.count) {
-            // The entry is stored and will be read, but we can no longer
-            // vouch for its place among other nodes' acknowledgements. This
-            // must not be `write lease expired` or `unavailable`: those mean
-            // "nothing was written, retry", and a retry would store it twice.
-            if take < entries.len() {
-                // The batch's answer covers all of it. It may hold several
-                // writers' entries (pipelined, or combined on the way here),
-                // so no count in it would mean anything to one client.
-                return Err(Error::OutcomeUnknown(format!(
-                    "the write lease on {key} lapsed while a batch of entries was being \
-                     written; part of it is stored and will be read: read the topic to check \
-                     before sending any of this write again"
-                )));
-            }
+        Ok(appended)
+    }
+
+    /// The lease check before acknowledging entries that are stored, the
+    /// segment holding `count` after them. `partial`: only a prefix of the
+    /// write was stored.
+    pub(crate) fn acknowledge(&self, key: &SegmentKey, count: u64, partial: bool) -> Result<()> {
+        if self.may_acknowledge(key, count) {
+            return Ok(());
+        }
+        // The entry is stored and will be read, but we can no longer
+        // vouch for its place among other nodes' acknowledgements. This
+        // must not be `write lease expired` or `unavailable`: those mean
+        // "nothing was written, retry", and a retry would store it twice.
+        if partial {
+            // The batch's answer covers all of it. It may hold several
+            // writers' entries (pipelined, or combined on the way here),
+            // so no count in it would mean anything to one client.
             return Err(Error::OutcomeUnknown(format!(
-                "the write lease on {key} lapsed while the entry was being written, so it \
-                 was not acknowledged; it is stored and will be read: do not send it again"
+                "the write lease on {key} lapsed while a batch of entries was being \
+                 written; part of it is stored and will be read: read the topic to check \
+                 before sending any of this write again"
             )));
         }
-        Ok(appended)
+        Err(Error::OutcomeUnknown(format!(
+            "the write lease on {key} lapsed while the write was being stored, so it \
+             was not acknowledged; it is stored and will be read: do not send it again \
+             (with a producer id, sending it again is safe: it is not stored twice)"
+        )))
     }
 
     /// The lease check before an append, giving short-lived causes a
@@ -386,7 +402,7 @@ impl super::Node {
     /// round), or our metadata lagging the sender's (it routed by a newer
     /// segment than we know). Each is waited for once, for at most two
     /// renewal periods.
-    async fn await_write_lease(&self, key: &SegmentKey) -> Result<()> {
+    pub(crate) async fn await_write_lease(&self, key: &SegmentKey) -> Result<()> {
         let patience = self.config.lease_renew * 2;
         let (mut waited_lease, mut waited_metadata) = (false, false);
         loop {
@@ -539,4 +555,30 @@ impl super::Node {
             entries: held.entries,
         })
     }
+}
+
+/// After a write was refused with `err` because the metadata is about to
+/// move (a rollover, a new leader): waits for the next metadata change or
+/// the pause (doubled for next time), or, past `deadline`, gives the
+/// error to answer (a rollover that did not come is a retryable timeout).
+pub(super) async fn reroute_wait(
+    watch: &mut tokio::sync::watch::Receiver<std::sync::Arc<crate::ClusterState>>,
+    deadline: Instant,
+    pause: &mut Duration,
+    err: Error,
+) -> Result<()> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(match err {
+            Error::SegmentSealed(k) => Error::Timeout(format!("the rollover of segment {k}")),
+            e => e,
+        });
+    }
+    let until = deadline.min(now + *pause);
+    if let Ok(Err(_)) = tokio::time::timeout_at(until, watch.changed()).await {
+        // The store is gone; do not spin.
+        tokio::time::sleep_until(until).await;
+    }
+    *pause = (*pause * 2).min(MAX_REROUTE_PAUSE);
+    Ok(())
 }

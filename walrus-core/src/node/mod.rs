@@ -8,6 +8,7 @@
 //!   and its renewal.
 //! - `forward`: forwarded appends, combined when many meet on the way to
 //!   one segment leader.
+//! - `produce`: PUTB (whole batches) and idempotent producers.
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
@@ -29,6 +30,7 @@ mod group;
 pub mod lease;
 mod metrics;
 mod peer_requests;
+mod produce;
 mod read;
 mod retention;
 mod rollover;
@@ -128,6 +130,8 @@ pub struct Node {
     failover: failover::Failover,
     cursors: cursor::Cursors,
     forwards: forward::Forwards,
+    /// Producers' last writes, for idempotent PUTBs.
+    producers: produce::Producers,
     /// Wakes long-polling readers of segments this node leads.
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
@@ -186,6 +190,7 @@ impl Node {
             failover: failover::Failover::default(),
             cursors: cursor::Cursors::default(),
             forwards: forward::Forwards::default(),
+            producers: produce::Producers::default(),
             appends: read::AppendSignals::default(),
             stopping: read::Stopping::default(),
             count_refused: Default::default(),

@@ -18,6 +18,11 @@ impl RequestHandler for super::Node {
                     count: a.count,
                 })
             }
+            NodeRequest::AppendWhole {
+                segment,
+                entries,
+                producer,
+            } => self.append_whole(&segment, entries, producer).await,
             NodeRequest::Read {
                 segment,
                 from,

@@ -72,7 +72,13 @@ impl super::Node {
             );
             None
         } else {
-            Some(self.log.seal(key).await?)
+            let count = self.log.seal(key).await?;
+            // Its producers' last writes are final now, and must be in
+            // metadata before its count is (the next leader starts from
+            // them). A quarantined segment stays Pending, which holds
+            // producer writes back until it is reported.
+            self.record_producers(key).await?;
+            Some(count)
         };
         let next_leader = self.next_leader(self.id).await;
         self.metadata
@@ -173,6 +179,7 @@ impl super::Node {
             }
             let result = async {
                 let count = self.log.seal(&key).await?;
+                self.record_producers(&key).await?;
                 self.metadata
                     .propose(MetadataCmd::ReportCount {
                         topic: key.topic.clone(),

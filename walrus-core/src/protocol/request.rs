@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use crate::error::Error;
 use crate::metadata::Retention;
-use crate::types::{GroupName, NodeId, Offset, StorageId, TopicName};
+use crate::types::{GroupName, NodeId, Offset, ProducerId, ProducerSeq, StorageId, TopicName};
 
 /// Entries a READ returns when it names no `max_entries`.
 pub const READ_DEFAULT_MAX_ENTRIES: u32 = 100;
@@ -17,6 +17,11 @@ pub const READ_MAX_BYTES: u32 = 1 << 20;
 /// The longest `WAIT` of a READ, in ms.
 pub const READ_MAX_WAIT_MS: u64 = 60_000;
 
+/// The most entries one PUTB carries (its bytes are bounded by the frame).
+pub const PUTB_MAX_ENTRIES: usize = 10_000;
+
+const PUTB_USAGE: &str =
+    "PUTB <topic> <n> [PRODUCER <id> <seq>]\\n then n times <length>\\n<payload>\\n";
 const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
 const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
 const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
@@ -63,6 +68,15 @@ pub enum Request {
     Put {
         topic: TopicName,
         payload: Bytes,
+    },
+    /// `PUTB <topic> <n> [PRODUCER <id> <seq>]\n` and `n` records
+    /// `<length>\n<payload>\n`: all entries stored together, in order, or
+    /// none. With `producer`, a write stored before under the same
+    /// producer and sequence is not stored again.
+    PutBatch {
+        topic: TopicName,
+        entries: Vec<Bytes>,
+        producer: Option<ProducerSeq>,
     },
     Get(TopicName),
     State(TopicName),
@@ -140,6 +154,7 @@ impl Request {
                     payload: body.slice(start..),
                 })
             }
+            "PUTB" => parse_putb(&body),
             "REGISTER" | "GET" | "STATE" | "OFFSETS" => {
                 let topic = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
                 if topic.is_empty() {
@@ -283,6 +298,100 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
         .ok_or_else(|| format!("invalid age {text:?}: give a number and ms, s, m, h or d"))
+}
+
+/// A PUTB body: the header line, then `n` records `<length>\n<payload>\n`
+/// and nothing after the last one. Payloads are sliced out of `body`, not
+/// copied.
+fn parse_putb(body: &Bytes) -> Result<Request, Error> {
+    let bad = |what: String| Error::BadRequest(format!("{what}: {PUTB_USAGE}"));
+    let header_end = body.iter().position(|&b| b == b'\n');
+    let header = &body[..header_end.unwrap_or(body.len())];
+    let header = std::str::from_utf8(header.strip_suffix(b"\r").unwrap_or(header))
+        .map_err(|_| Error::BadRequest("invalid utf-8".into()))?;
+    let mut words = header.split(' ').skip(1);
+    let topic = match words.next() {
+        None | Some("") => return Err(Error::BadRequest("PUTB requires a topic".into())),
+        Some(t) => TopicName::new(t)?,
+    };
+    let n = match words.next() {
+        None | Some("") => return Err(bad("PUTB requires an entry count".into())),
+        Some(w) => match w.parse::<usize>() {
+            Ok(n) if (1..=PUTB_MAX_ENTRIES).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "the entry count must be 1 to {PUTB_MAX_ENTRIES}, got {w:?}"
+                )))
+            }
+        },
+    };
+    let producer = match words.next() {
+        None => None,
+        Some(w) if w.eq_ignore_ascii_case("PRODUCER") => {
+            let (Some(id), Some(seq)) = (words.next(), words.next()) else {
+                return Err(bad("PRODUCER requires an id and a sequence number".into()));
+            };
+            let producer = ProducerId::new(id)?;
+            let seq = seq
+                .parse::<u64>()
+                .map_err(|_| bad(format!("invalid sequence number {seq:?}")))?;
+            Some(ProducerSeq { producer, seq })
+        }
+        Some(w) => return Err(bad(format!("unexpected {w:?}"))),
+    };
+    if let Some(w) = words.next() {
+        return Err(bad(format!("unexpected {w:?}")));
+    }
+    let Some(header_end) = header_end else {
+        return Err(bad(format!("PUTB announced {n} entries and has none")));
+    };
+    let mut at = header_end + 1;
+    let mut entries = Vec::with_capacity(n.min(body.len() / 4 + 1));
+    for i in 1..=n {
+        let record = |what: &str| bad(format!("entry {i} of {n}: {what}"));
+        let rest = &body[at..];
+        if rest.is_empty() {
+            return Err(bad(format!("PUTB announced {n} entries and has {}", i - 1)));
+        }
+        let Some(line_end) = rest.iter().position(|&b| b == b'\n') else {
+            return Err(record("its length line does not end with \\n"));
+        };
+        let digits = &rest[..line_end];
+        let len = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<usize>().ok())
+            .ok_or_else(|| {
+                record(&format!(
+                    "invalid length {:?}",
+                    String::from_utf8_lossy(&digits[..digits.len().min(20)])
+                ))
+            })?;
+        if len == 0 {
+            return Err(record("an entry is 1 byte or more, like a PUT's payload"));
+        }
+        let start = at + line_end + 1;
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end < body.len())
+            .ok_or_else(|| record(&format!("the body ends before its {len} bytes and \\n")))?;
+        if body[end] != b'\n' {
+            return Err(record(&format!("its {len} bytes are not followed by \\n")));
+        }
+        entries.push(body.slice(start..end));
+        at = end + 1;
+    }
+    if at != body.len() {
+        return Err(bad(format!(
+            "{} bytes follow the last of the {n} entries",
+            body.len() - at
+        )));
+    }
+    Ok(Request::PutBatch {
+        topic,
+        entries,
+        producer,
+    })
 }
 
 /// The arguments of a READ after the verb.
@@ -679,6 +788,108 @@ mod tests {
             .starts_with("unexpected \"SET\""));
     }
 
+    #[test]
+    fn given_a_putb_should_take_each_payload_byte_for_byte() {
+        let body = b"PUTB logs 3\n9\ntwo words\n3\na\nb\n2\n\xc3\xa9\n";
+        assert_eq!(
+            parse(body).unwrap(),
+            Request::PutBatch {
+                topic: t("logs"),
+                entries: vec![
+                    Bytes::from_static(b"two words"),
+                    Bytes::from_static(b"a\nb"),
+                    Bytes::from("\u{e9}"),
+                ],
+                producer: None,
+            }
+        );
+        assert_eq!(
+            parse(b"putb logs 1 producer app-1 42\r\n4\n4 \n\n\n").unwrap(),
+            Request::PutBatch {
+                topic: t("logs"),
+                entries: vec![Bytes::from_static(b"4 \n\n")],
+                producer: Some(ProducerSeq {
+                    producer: ProducerId::new("app-1").unwrap(),
+                    seq: 42
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn given_a_bad_putb_should_say_what_is_wrong_and_show_the_usage() {
+        assert_eq!(parse(b"PUTB").unwrap_err(), "PUTB requires a topic");
+        assert_eq!(
+            parse(b"PUTB a/b 1\n1\nx\n").unwrap_err(),
+            "invalid topic name"
+        );
+        for (body, start) in [
+            (&b"PUTB logs"[..], "PUTB requires an entry count"),
+            (
+                b"PUTB logs 0\n",
+                "the entry count must be 1 to 10000, got \"0\"",
+            ),
+            (b"PUTB logs 10001\n", "the entry count must be 1 to 10000"),
+            (
+                b"PUTB logs x\n",
+                "the entry count must be 1 to 10000, got \"x\"",
+            ),
+            (b"PUTB logs 1", "PUTB announced 1 entries and has none"),
+            (b"PUTB logs 2\n1\nx\n", "PUTB announced 2 entries and has 1"),
+            (
+                b"PUTB logs 1\n1x\nx\n",
+                "entry 1 of 1: invalid length \"1x\"",
+            ),
+            (b"PUTB logs 1\n-1\nx\n", "entry 1 of 1: invalid length"),
+            (b"PUTB logs 1\n\nx\n", "entry 1 of 1: invalid length \"\""),
+            (
+                b"PUTB logs 1\n0\n\n",
+                "entry 1 of 1: an entry is 1 byte or more",
+            ),
+            (
+                b"PUTB logs 1\n5\nx\n",
+                "entry 1 of 1: the body ends before its 5 bytes",
+            ),
+            (
+                b"PUTB logs 1\n1\nx",
+                "entry 1 of 1: the body ends before its 1 bytes",
+            ),
+            (
+                b"PUTB logs 1\n1\nxy\n",
+                "entry 1 of 1: its 1 bytes are not followed by \\n",
+            ),
+            (
+                b"PUTB logs 1\n1",
+                "entry 1 of 1: its length line does not end",
+            ),
+            (
+                b"PUTB logs 1\n1\nx\nmore",
+                "4 bytes follow the last of the 1 entries",
+            ),
+            (
+                b"PUTB logs 1\n99999999999999999999999\nx\n",
+                "entry 1 of 1: invalid length",
+            ),
+            (
+                b"PUTB logs 1 PRODUCER p\n1\nx\n",
+                "PRODUCER requires an id and a sequence",
+            ),
+            (
+                b"PUTB logs 1 PRODUCER p -1\n1\nx\n",
+                "invalid sequence number \"-1\"",
+            ),
+            (b"PUTB logs 1 PRODUCER p 1 x\n1\nx\n", "unexpected \"x\""),
+            (b"PUTB logs 1 FROM p 1\n1\nx\n", "unexpected \"FROM\""),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(e.ends_with(PUTB_USAGE), "{e}");
+        }
+        assert!(parse(b"PUTB logs 1 PRODUCER a/b 1\n1\nx\n")
+            .unwrap_err()
+            .starts_with("invalid producer id"));
+    }
+
     proptest::proptest! {
         #[test]
         fn parsing_random_bytes_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
@@ -687,6 +898,11 @@ mod tests {
 
         #[test]
         fn parsing_random_text_never_panics(body in "(?s)(PUT|GET|REGISTER|STATE|put)?[ a-z./\n]{0,40}") {
+            let _ = Request::parse(Bytes::from(body));
+        }
+
+        #[test]
+        fn parsing_random_putb_bodies_never_panics(body in "(?s)PUTB logs [0-9]{0,3}( PRODUCER [a-z]{0,3} [0-9-]{0,3})?[\n\r0-9a-z ]{0,60}") {
             let _ = Request::parse(Bytes::from(body));
         }
     }

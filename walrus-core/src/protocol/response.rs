@@ -29,6 +29,10 @@ pub enum Response {
         entries: Vec<(Offset, Bytes)>,
         next: Offset,
     },
+    /// A PUTB's answer: `OK <n> <first>`, the number of entries stored and
+    /// the offset of the first, or `OK <n>` while that offset is not known
+    /// yet (an earlier segment's count is pending).
+    Stored { n: u64, first: Option<Offset> },
 }
 
 /// The bytes an entry adds to an `ENTRIES` answer besides its payload, at
@@ -68,6 +72,10 @@ impl Response {
                 }
                 encode_frame(out, &body)
             }
+            Response::Stored { n, first } => match first {
+                Some(first) => encode_frame(out, format!("OK {n} {first}").as_bytes()),
+                None => encode_frame(out, format!("OK {n}").as_bytes()),
+            },
         }
     }
 
@@ -81,6 +89,7 @@ impl Response {
             Response::Json(j) => j.len(),
             Response::Pong => 7,
             Response::Err(e) => 4 + e.len(),
+            Response::Stored { .. } => 43,
             Response::Entries { entries, .. } => {
                 ENTRIES_HEADER
                     + entries

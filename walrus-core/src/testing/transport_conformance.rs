@@ -193,6 +193,14 @@ fn every_request() -> Vec<NodeRequest> {
             max_bytes: 1 << 16,
             wait_ms: 250,
         },
+        NodeRequest::AppendWhole {
+            segment: segment(),
+            entries: vec![Bytes::from_static(b"one\ntwo"), Bytes::from_static(b" ")],
+            producer: Some(crate::types::ProducerSeq {
+                producer: crate::types::ProducerId::new("p-1").expect("a valid producer id"),
+                seq: 9,
+            }),
+        },
     ]
 }
 
@@ -217,6 +225,11 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
             lost: vec![(segment(), 3)],
         },
         NodeRequest::Consensus(body) => NodeResponse::Consensus(body.clone()),
+        NodeRequest::AppendWhole { entries, .. } => NodeResponse::Stored {
+            segment: 3,
+            first_index: Some(7),
+            n: entries.len() as u64,
+        },
         NodeRequest::Join { .. } | NodeRequest::Ping | NodeRequest::ClaimStorage { .. } => {
             NodeResponse::Done
         }

@@ -22,6 +22,7 @@ mod metadata_conformance_fake;
 mod offsets;
 mod outcome;
 mod power_loss;
+mod produce;
 mod races;
 mod retention;
 mod rollover;

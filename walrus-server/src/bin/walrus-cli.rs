@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
-use walrus_client::{CliClient, ClientError, Entry, ReadOptions};
+use walrus_client::{
+    putb_body, Client, ClientError, Entry, Producer, ReadOptions, MAX_BATCH_ENTRIES,
+};
 
 #[derive(Parser)]
 #[command(name = "walrus-cli", version, about = "Talk to a Walrus node")]
 struct Cli {
-    /// The node's client address.
+    /// The node's client address; several, comma-separated
+    /// (`a:9091,b:9091`), to fail over to the next when one is down.
     #[arg(
         long,
         env = "WALRUS_ADDR",
@@ -47,9 +50,28 @@ enum Command {
     /// Create a topic (OK if it exists).
     Register { topic: String },
     /// Append one entry; words after the topic are joined with one space.
+    /// With --file, append each line of a file (or of stdin: `-`) as an
+    /// entry, in batches (PUTB) each stored whole.
     Put {
         topic: String,
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+        /// Append each non-empty line of this file (`-`: stdin) as one
+        /// entry, without its line end, in batches of up to --batch lines.
+        #[arg(long, conflicts_with = "payload")]
+        file: Option<String>,
+        /// Lines per batch with --file (1 to 10000; a batch is also cut
+        /// before it passes 64 KiB).
+        #[arg(long, default_value_t = 1000, requires = "file")]
+        batch: usize,
+        /// Write as this producer (with --file): each batch is stored once,
+        /// however often it is resent, so a batch whose outcome is unknown
+        /// is resent too. Prints the next sequence number on stderr.
+        #[arg(long, requires = "file")]
+        producer: Option<String>,
+        /// The producer's first sequence number (0 for a new producer; the
+        /// number printed by the previous run to go on).
+        #[arg(long, default_value_t = 0, requires = "producer")]
+        seq: u64,
+        #[arg(required_unless_present = "file", num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
         payload: Vec<String>,
     },
     /// Take the next entry from the topic's shared cursor.
@@ -173,7 +195,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = CliClient::new(cli.addr.clone());
+    let client = Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
     let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),
@@ -221,13 +243,30 @@ fn main() -> ExitCode {
             };
             rt.block_on(group_fetch(&client, fetch))
         }
+        Some(Command::Put {
+            topic,
+            file: Some(file),
+            batch,
+            producer,
+            seq,
+            ..
+        }) => {
+            let put = PutFile {
+                topic,
+                file,
+                batch,
+                producer: producer.map(|id| Producer::resume(id, seq)),
+                patience,
+            };
+            rt.block_on(put_file(&client, put))
+        }
         // A health check reports what it finds now; raw sends exactly once.
         Some(Command::Ping) => one_off(&rt, &client, "PING", None),
         Some(Command::Raw { request }) => one_off(&rt, &client, &request.join(" "), None),
         Some(cmd) => {
             let request = match cmd {
                 Command::Register { topic } => format!("REGISTER {topic}"),
-                Command::Put { topic, payload } => format!("PUT {topic} {}", payload.join(" ")),
+                Command::Put { topic, payload, .. } => format!("PUT {topic} {}", payload.join(" ")),
                 Command::Get { topic } => format!("GET {topic}"),
                 Command::State { topic } => format!("STATE {topic}"),
                 Command::Metrics => "METRICS".into(),
@@ -264,7 +303,7 @@ fn main() -> ExitCode {
 /// `retry`, if given), prints the answer and exits with its code.
 fn one_off(
     rt: &tokio::runtime::Runtime,
-    client: &CliClient,
+    client: &Client,
     request: &str,
     retry: Option<Duration>,
 ) -> ExitCode {
@@ -301,7 +340,7 @@ fn exit_code(outcome: &Result<String, ClientError>) -> u8 {
     }
 }
 
-fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
+fn repl(rt: &tokio::runtime::Runtime, client: &Client) -> ExitCode {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -352,7 +391,7 @@ fn repl(rt: &tokio::runtime::Runtime, client: &CliClient) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn tail(client: &CliClient, topic: &str, poll_ms: u64) -> ExitCode {
+async fn tail(client: &Client, topic: &str, poll_ms: u64) -> ExitCode {
     loop {
         let step = tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
@@ -379,6 +418,83 @@ async fn tail(client: &CliClient, topic: &str, poll_ms: u64) -> ExitCode {
     }
 }
 
+struct PutFile {
+    topic: String,
+    file: String,
+    batch: usize,
+    producer: Option<Producer>,
+    patience: Duration,
+}
+
+/// `put --file`: the file's lines as entries, in PUTBs of up to `batch`
+/// lines and 64 KiB. Prints one line per stored batch (`OK <n> <first>`);
+/// stops at the first batch not stored, with the exit code of its error.
+async fn put_file(client: &Client, mut put: PutFile) -> ExitCode {
+    if !(1..=MAX_BATCH_ENTRIES).contains(&put.batch) {
+        eprintln!(
+            "--batch must be 1 to {MAX_BATCH_ENTRIES}, got {}",
+            put.batch
+        );
+        return ExitCode::from(EXIT_ERR);
+    }
+    let text = if put.file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(&put.file)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot read {}: {e} (it must be UTF-8 text)", put.file);
+            return ExitCode::from(EXIT_ERR);
+        }
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let mut code = 0;
+    let mut at = 0;
+    while at < lines.len() {
+        // As many lines as fit one frame, within --batch.
+        let mut end = (at + put.batch).min(lines.len());
+        // 300: room for ` PRODUCER <id> <seq>`.
+        while end > at + 1 && putb_body(&put.topic, &lines[at..end], None).len() + 300 > 65536 {
+            end = at + (end - at) / 2;
+        }
+        let outcome = client
+            .put_batch_retrying(
+                &put.topic,
+                &lines[at..end],
+                put.producer.as_mut(),
+                put.patience,
+            )
+            .await;
+        match outcome {
+            Ok(ack) => match ack.first {
+                Some(first) => println!("OK {} {first}", ack.n),
+                None => println!("OK {}", ack.n),
+            },
+            Err(e) => {
+                eprintln!(
+                    "error: {} ({at} of {} lines were stored before this batch)",
+                    explain(&e, client.addr()),
+                    lines.len()
+                );
+                code = match e {
+                    e if e.is_outcome_unknown() => EXIT_OUTCOME_UNKNOWN,
+                    ClientError::Io { .. } | ClientError::Timeout(_) => EXIT_UNREACHABLE,
+                    _ => EXIT_ERR,
+                };
+                break;
+            }
+        }
+        at = end;
+    }
+    if let Some(p) = &put.producer {
+        eprintln!("producer {} next sequence {}", p.id(), p.next_seq());
+    }
+    ExitCode::from(code)
+}
+
 struct ReadArgs {
     topic: String,
     from: u64,
@@ -393,7 +509,7 @@ struct ReadArgs {
 /// `read`: prints entries from `from` on; without --follow, until the end
 /// as it is now. A READ changes nothing, so every failure that may pass
 /// (a node down, a segment waiting for its count) is simply asked again.
-async fn read_entries(client: &CliClient, args: ReadArgs) -> ExitCode {
+async fn read_entries(client: &Client, args: ReadArgs) -> ExitCode {
     let options = ReadOptions {
         max_entries: args.max,
         wait: args.wait.unwrap_or_default(),
@@ -468,7 +584,7 @@ struct GroupFetch {
 /// `group fetch`: one FETCH, printed like `read`, then (with --commit) a
 /// COMMIT of the next offset. Printed before committed: a crash between
 /// the two prints the entries again next time, never loses them.
-async fn group_fetch(client: &CliClient, args: GroupFetch) -> ExitCode {
+async fn group_fetch(client: &Client, args: GroupFetch) -> ExitCode {
     let batch = match client.fetch(&args.group, &args.topic, args.options).await {
         Ok(batch) => batch,
         Err(e) => {

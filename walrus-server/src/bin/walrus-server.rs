@@ -6,13 +6,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
-use walrus_server::config::ServerConfig;
+use walrus_server::config::{ConfigError, LogFormat, ServerConfig};
 use walrus_server::stack::Stack;
 
 fn main() -> ExitCode {
-    let config = ServerConfig::parse();
+    let config = match ServerConfig::load() {
+        Ok(c) => c,
+        Err(ConfigError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("walrus-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = init_logging(&config) {
         eprintln!("walrus-server: {e:#}");
         return ExitCode::FAILURE;
@@ -45,6 +52,10 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         client = %config.client_bind_addr(),
         raft = %config.raft_bind_addr(),
         join = ?config.join,
+        config = %config
+            .config
+            .as_deref()
+            .map_or_else(|| "none".into(), |p| p.display().to_string()),
         fsync = %config.fsync,
         version = env!("CARGO_PKG_VERSION"),
         max_segment_entries = config.max_segment_entries,
@@ -136,26 +147,36 @@ fn init_logging(config: &ServerConfig) -> anyhow::Result<()> {
     // openraft logs every election step at info; ours are the lifecycle lines.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &config.log_file {
+    let (writer, ansi) = match &config.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("cannot open --log-file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
         None => {
             use std::io::IsTerminal;
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .init()
+            (
+                BoxMakeWriter::new(std::io::stderr),
+                std::io::stderr().is_terminal(),
+            )
         }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match config.log_format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        // One object per line with the event's fields at the top level,
+        // as log shippers (Vector, Fluent Bit, Loki) expect them.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ fn answer_bytes(answer: &Response) -> usize {
         Response::Entry(p) => p.len(),
         Response::Json(j) => j.len(),
         Response::Err(e) => e.len(),
-        Response::Ok | Response::Empty | Response::Pong => 0,
+        Response::Ok | Response::Empty | Response::Pong | Response::Stored { .. } => 0,
         Response::Entries { .. } => answer.encoded_len(),
     }
 }

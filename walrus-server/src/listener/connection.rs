@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use walrus_core::protocol::{Request, Response, MAX_FRAME};
+use walrus_core::protocol::{FrameCodec, Request, Response};
 use walrus_core::TopicName;
 
 use super::budget::{Budget, Charge, ANSWER_RESERVE, REQUEST_OVERHEAD};
@@ -159,10 +159,9 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
         }
         let mut len = [0u8; 4];
         self.mid_frame(reader.read_exact(&mut len)).await?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len == 0 || len > MAX_FRAME {
+        let Ok(len) = FrameCodec::requests().body_len(len) else {
             return Err(Stop::BadLength);
-        }
+        };
         // Waiting here leaves the body in the socket: the budget pushes back
         // on the client instead of the server allocating. What the request
         // is shows only once it is read, so the charge covers the largest

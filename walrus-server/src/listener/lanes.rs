@@ -205,6 +205,7 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
         // A group's COMMIT and then FETCH on one connection run in that
         // order: they share the topic's lane.
         Request::Put { topic, .. }
+        | Request::PutBatch { topic, .. }
         | Request::Read { topic, .. }
         | Request::Fetch { topic, .. }
         | Request::Commit { topic, .. }

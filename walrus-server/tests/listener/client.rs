@@ -29,6 +29,15 @@ impl ClientHandler for Mini {
                 Response::Ok
             }
             Request::Put { .. } => Response::Err("topic not found".into()),
+            Request::PutBatch { entries, .. } => {
+                let first = log.0.len() as u64;
+                let n = entries.len() as u64;
+                log.0.extend(entries);
+                Response::Stored {
+                    n,
+                    first: Some(first),
+                }
+            }
             Request::Get(_) => {
                 let (entries, cursor) = &mut *log;
                 match entries.get(*cursor) {
