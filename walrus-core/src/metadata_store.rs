@@ -142,6 +142,19 @@ pub struct ConsensusMetrics {
 ///    (no merging, no rewriting). `metadata_store_conformance` checks it
 ///    for every command.
 ///
+///    The repeat need not follow directly: other proposers' commands may
+///    commit between the original and its retry. A late repeat of a command
+///    whose original was not rejected changes nothing either (a command
+///    naming a segment that does not exist yet, or reporting the count of
+///    an open one, is rejected rather than ignored, so that it cannot
+///    apply later), except for the two that are last-writer-wins by
+///    nature: `CommitOffset` (a late repeat moves the group back: its
+///    entries are delivered again, never lost) and `UpsertNode` (only a
+///    node proposes its own address, and it does not change it while a
+///    proposal of it is in flight). The property test
+///    `metadata_repeats` (walrus-core's scenarios) checks it on random
+///    command sequences.
+///
 /// Core calls every method here. Messages of the backend's own protocol
 /// (openraft's RPCs, forwarded proposals) are not part of the trait: the
 /// wiring routes `NodeRequest::Consensus` to the backend before the node's

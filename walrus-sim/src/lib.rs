@@ -229,10 +229,10 @@ mod tests {
     }
 
     /// Seeds the long search once failed: 14219 and 43162 (a COMMIT
-    /// refused by a node behind on metadata, fixed in core) and 385870
-    /// (a suspend ended early by "heal all" left the node's clock stopped:
-    /// fixed in the simulator).
-    const ONCE_FAILED: [u64; 3] = [14219, 43162, 385870];
+    /// refused by a node behind on metadata, fixed in core); 385870,
+    /// 542717 and 969693 (a suspend ended early by "heal all" left the
+    /// node's clock stopped: fixed in the simulator).
+    const ONCE_FAILED: [u64; 5] = [14219, 43162, 385870, 542717, 969693];
 
     #[test]
     fn given_seeds_that_once_failed_when_simulated_should_keep_every_guarantee() {

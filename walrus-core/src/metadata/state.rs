@@ -431,6 +431,13 @@ impl ClusterState {
                     .segments
                     .last_mut()
                     .expect("a topic always has at least one segment");
+                if *segment > current.id {
+                    // Nobody can have seen this segment: a late repeat of
+                    // this command must not roll it once it exists.
+                    return CmdResult::Rejected(format!(
+                        "segment {topic}:{segment} does not exist yet"
+                    ));
+                }
                 if current.id != *segment {
                     return CmdResult::Unchanged;
                 }
@@ -464,6 +471,13 @@ impl ClusterState {
                         "segment {topic}:{segment} does not exist"
                     ));
                 };
+                if seg.status == SegmentStatus::Open {
+                    // Counts are reported only for segments failover
+                    // closed: a late repeat must not seal a later failover.
+                    return CmdResult::Rejected(format!(
+                        "segment {topic}:{segment} is open: only a segment closed by failover                          gets its count reported"
+                    ));
+                }
                 if seg.status != SegmentStatus::Pending {
                     return CmdResult::Unchanged;
                 }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod locks;
 mod log_conformance_mem;
 mod metadata_conformance_fake;
+mod metadata_repeats;
 mod offsets;
 mod outcome;
 mod power_loss;
