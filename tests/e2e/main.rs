@@ -18,5 +18,6 @@ mod offsets;
 mod partition;
 mod produce;
 mod prometheus;
+mod retention;
 mod single_node;
 mod wal_damage;

@@ -39,8 +39,8 @@ pub mod types;
 pub use clock::{BootClock, Clock, SystemClock};
 pub use error::{Error, Result};
 pub use lease::LeaseProvider;
-pub use log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
-pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, SegmentStatus};
+pub use log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
+pub use metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, Retention, SegmentStatus};
 pub use metadata_store::{
     ConsensusMembership, ConsensusMetrics, ConsensusRole, ConsensusStatus, ConsensusVote,
     LogPosition, MetadataStore,

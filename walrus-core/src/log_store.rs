@@ -18,6 +18,32 @@ pub struct Appended {
     pub count: u64,
 }
 
+/// How full a segment may get (`WALRUS_MAX_SEGMENT_ENTRIES`,
+/// `WALRUS_MAX_SEGMENT_BYTES`): see contract 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentLimit {
+    /// Entries.
+    pub entries: u64,
+    /// Payload bytes (the entries' own bytes, not the store's framing).
+    pub bytes: u64,
+}
+
+impl SegmentLimit {
+    /// No limit.
+    pub const NONE: SegmentLimit = SegmentLimit {
+        entries: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    /// A limit of `entries` entries and no byte limit.
+    pub const fn entries(entries: u64) -> SegmentLimit {
+        SegmentLimit {
+            entries,
+            bytes: u64::MAX,
+        }
+    }
+}
+
 /// What a store knows of one of its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -62,9 +88,15 @@ pub struct StorageHealth {
 ///    consumer's cursor) can point past what a power cut leaves.
 /// 4. **Exact counts.** `info` gives the exact count, also after a crash or
 ///    restart: entries are numbered `0..count` with no holes.
-/// 5. **Capacity.** `append` with `limit` fails with
+/// 5. **Capacity.** `append_within` with `limit` fails with
 ///    [`Error::SegmentSealed`](crate::Error::SegmentSealed) when the segment is
-///    non-empty and `count + entries.len() > limit`; nothing is written then.
+///    non-empty and `count + entries.len() > limit.entries`, or non-empty
+///    and its payload bytes plus those of `entries` pass `limit.bytes`;
+///    nothing is written then. So a segment never holds more than either
+///    limit, except that an empty segment takes one append whatever its
+///    size. The payload bytes of a segment are counted across restarts
+///    like its entries. (`append` is `append_within` with an entry limit
+///    only.)
 /// 6. **Seal is final.** After `seal` returns `n`, the count stays `n` and
 ///    every later `append` fails with `Error::SegmentSealed`. Sealing is
 ///    idempotent and works on a segment the store has never seen (count 0).
@@ -84,15 +116,41 @@ pub struct StorageHealth {
 ///    sync get an error, and the segment's count (and so its seal) stays at
 ///    what was durable before the failure: entries written after it are
 ///    never served. [`LogStore::health`] reports it for the store's life.
+/// 10. **Delete is whole and final.** [`LogStore::delete`] removes a sealed
+///    segment: once it returns `Ok`, `info` is `None`, `read` is empty,
+///    `segments` does not list it, and that stays so after a crash or
+///    restart (the removal is durable). A crash during the delete leaves
+///    the segment either whole (as sealed) or gone after the store opens
+///    again, never partly served; deleting it again finishes the job.
+///    Deleting a segment the store does not hold is `Ok` (nothing to do); a
+///    segment that is not sealed is refused with
+///    [`Error::BadRequest`](crate::Error::BadRequest) and left whole, so an
+///    open segment is never lost by mistake. Other segments are untouched.
 ///
 /// The conformance suite in `testing::log_store_conformance` (cargo
-/// feature `testing`) checks 1–6 for any implementation.
+/// feature `testing`) checks 1–6 and 10 for any implementation.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
-    /// Appends `entries` to `segment` (creating it on first use). See the
-    /// contract for `limit` (use `u64::MAX` for none).
-    async fn append(&self, segment: &SegmentKey, entries: &[Bytes], limit: u64)
-        -> Result<Appended>;
+    /// Appends `entries` to `segment` (creating it on first use), with an
+    /// entry limit only (`u64::MAX` for none): see contract 5.
+    async fn append(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        limit: u64,
+    ) -> Result<Appended> {
+        self.append_within(segment, entries, SegmentLimit::entries(limit))
+            .await
+    }
+
+    /// Appends `entries` to `segment` (creating it on first use) unless
+    /// that takes it past `limit` (contract 5).
+    async fn append_within(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        limit: SegmentLimit,
+    ) -> Result<Appended>;
 
     /// Reads entries `from..` of `segment`: at most `max_entries`, and no
     /// more than `max_bytes` of payload except that at least one entry is
@@ -112,6 +170,10 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Seals `segment` and returns its final count.
     async fn seal(&self, segment: &SegmentKey) -> Result<u64>;
+
+    /// Deletes the sealed `segment` with its files (retention): see
+    /// contract 10.
+    async fn delete(&self, segment: &SegmentKey) -> Result<()>;
 
     /// Makes everything appended so far durable, whatever the policy
     /// (graceful shutdown).

@@ -105,6 +105,30 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_segment_entries: u64,
 
+    /// Payload bytes per segment before it is sealed and the next one
+    /// opens (whichever limit comes first). None: no byte limit.
+    #[arg(long, env = "WALRUS_MAX_SEGMENT_BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_segment_bytes: Option<u64>,
+
+    /// Default retention, for topics that set none: keep closed segments
+    /// holding at most this many entries (the oldest go, whole). None: no
+    /// limit. Give every node the same defaults.
+    #[arg(long, env = "WALRUS_RETENTION_ENTRIES")]
+    pub retention_entries: Option<u64>,
+
+    /// Default retention by age, for topics that set none: delete closed
+    /// segments closed longer ago than this (`<n>ms|s|m|h|d`, e.g. 7d).
+    #[arg(long, env = "WALRUS_RETENTION_AGE",
+          value_parser = |s: &str| walrus_core::protocol::parse_duration_ms(s))]
+    pub retention_age: Option<u64>,
+
+    /// Period of the retention pass (deleting closed segments past
+    /// retention), in ms.
+    #[arg(long, env = "WALRUS_RETENTION_CHECK_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_check_ms: u64,
+
     /// Period of the backstop rollover check, in ms.
     #[arg(long, env = "WALRUS_MONITOR_CHECK_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -290,7 +314,13 @@ impl ServerConfig {
     pub fn node_config(&self) -> walrus_core::NodeConfig {
         let mut c = walrus_core::NodeConfig::new(self.node_id);
         c.max_segment_entries = self.max_segment_entries;
+        c.max_segment_bytes = self.max_segment_bytes.unwrap_or(u64::MAX);
         c.monitor_interval = Duration::from_millis(self.monitor_check_ms);
+        c.default_retention = walrus_core::Retention {
+            max_entries: self.retention_entries,
+            max_age_ms: self.retention_age,
+        };
+        c.retention_interval = Duration::from_millis(self.retention_check_ms);
         c
     }
 }
@@ -548,5 +578,32 @@ mod tests {
             ServerConfig::load_from(["walrus-server", "--log-format", "xml"]),
             Err(ConfigError::Args(_))
         ));
+    }
+
+    #[test]
+    fn given_retention_and_segment_byte_flags_should_make_them_the_node_config() {
+        let c = parse(&[]).unwrap();
+        assert!(c.node_config().default_retention.keeps_everything());
+        let c = parse(&[
+            "--retention-entries",
+            "5000",
+            "--retention-age",
+            "2h",
+            "--retention-check-ms",
+            "250",
+        ])
+        .unwrap();
+        let n = c.node_config();
+        assert_eq!(n.default_retention.max_entries, Some(5000));
+        assert_eq!(n.default_retention.max_age_ms, Some(2 * 3_600_000));
+        assert_eq!(n.retention_interval, Duration::from_millis(250));
+        assert!(
+            parse(&["--retention-age", "2"]).is_err(),
+            "a unit is needed"
+        );
+        assert_eq!(n.max_segment_bytes, u64::MAX, "no byte limit by default");
+        let c = parse(&["--max-segment-bytes", "1048576"]).unwrap();
+        assert_eq!(c.node_config().max_segment_bytes, 1 << 20);
+        assert!(parse(&["--max-segment-bytes", "0"]).is_err());
     }
 }

@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use walrus_core::locks::MutexExt;
-use walrus_core::log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
+use walrus_core::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
 use walrus_core::metadata_store::{ConsensusStatus, MetadataStore};
 use walrus_core::testing::{sim_info, FakeMetadataCluster, MemLogStore, SimNetwork};
 use walrus_core::{
@@ -192,16 +192,16 @@ fn crashed() -> Error {
 
 #[async_trait]
 impl LogStore for GuardedLog {
-    async fn append(
+    async fn append_within(
         &self,
         segment: &SegmentKey,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<Appended> {
         if !self.guard.pass().await {
             return Err(crashed());
         }
-        self.log.append(segment, entries, limit).await
+        self.log.append_within(segment, entries, limit).await
     }
 
     async fn read(
@@ -229,6 +229,13 @@ impl LogStore for GuardedLog {
             return Err(crashed());
         }
         self.log.seal(segment).await
+    }
+
+    async fn delete(&self, segment: &SegmentKey) -> Result<()> {
+        if !self.guard.pass().await {
+            return Err(crashed());
+        }
+        self.log.delete(segment).await
     }
 
     async fn sync(&self) -> Result<()> {

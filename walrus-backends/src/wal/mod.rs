@@ -6,6 +6,7 @@
 //! ```text
 //! <dir>/<topic>/<segment:020>.<part:06>.wal   fixed-size (sparse) mapped files
 //! <dir>/<topic>/<segment:020>.sealed          final count of a sealed segment
+//! <dir>/<topic>/<segment:020>.deleting        a sealed segment being deleted
 //! <dir>/spare-<n>.zeroed                      zero-filled spare files (opt-in)
 //! ```
 //!
@@ -39,6 +40,15 @@
 //! Sealed segments take their count from the seal file and are verified
 //! (the same way) when first read. [`LogStore::health`] lists quarantined
 //! segments.
+//!
+//! # Deleting (retention)
+//!
+//! [`LogStore::delete`] of a sealed segment first renames its seal file to
+//! `.deleting` (and syncs the directory): from then on the segment is
+//! gone, whatever happens. Then its part files are removed, the directory
+//! synced, the marker removed and the directory synced again. A crash in
+//! between leaves a marker: the next open removes what is left of that
+//! segment before anything else, so it never comes back in part.
 //!
 //! # Durability
 //!
@@ -89,7 +99,9 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use walrus_core::{Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, StorageHealth};
+use walrus_core::{
+    Appended, Error, LogStore, Result, SegmentInfo, SegmentKey, SegmentLimit, StorageHealth,
+};
 
 use crate::durable_dir::create_dir_durable;
 use group_commit::Syncer;
@@ -101,7 +113,7 @@ use segment_file::MIN_FILE_LEN;
 use spare::SparePool;
 
 pub use config::{FsyncPolicy, WalConfig};
-use open::{lock_dir, recover_all};
+use open::{finish_delete, is_part_of, lock_dir, mark_deleting, recover_all};
 use walrus_core::locks::RwLockExt;
 
 /// The memmap2 write-ahead log. Cheap to clone (shared state).
@@ -286,7 +298,7 @@ impl WalStore {
         &self,
         seg: &Arc<Segment>,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<(Appended, Option<tokio::sync::oneshot::Receiver<Result<()>>>)> {
         // Each round makes room for this append; only other appenders
         // taking it first can send it round again.
@@ -325,11 +337,11 @@ impl WalStore {
 
 #[async_trait]
 impl LogStore for WalStore {
-    async fn append(
+    async fn append_within(
         &self,
         segment: &SegmentKey,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<Appended> {
         let seg = self.get_or_create(segment);
         let (appended, rx) = self.append_with_room(&seg, entries, limit).await?;
@@ -406,6 +418,32 @@ impl LogStore for WalStore {
             seg.abort_seal();
         }
         result.map(|()| count)
+    }
+
+    async fn delete(&self, segment: &SegmentKey) -> Result<()> {
+        let Some(seg) = self.get(segment) else {
+            return Ok(());
+        };
+        if !seg.info().is_some_and(|i| i.sealed) {
+            return Err(Error::BadRequest(format!(
+                "segment {segment} is not sealed: only a sealed segment can be deleted"
+            )));
+        }
+        let dir = self.inner.dir.join(segment.topic.as_str());
+        let id = segment.segment;
+        let marked = {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || mark_deleting(&d, id))
+                .await
+                .map_err(|e| Error::Internal(format!("WAL delete task failed: {e}")))?
+        };
+        marked?;
+        // Marked: the segment is gone for readers now, and after a crash.
+        self.inner.segments.write_or_recover().remove(segment);
+        self.inner.cache.forget(&dir, |name| is_part_of(name, id));
+        tokio::task::spawn_blocking(move || finish_delete(&dir, id))
+            .await
+            .map_err(|e| Error::Internal(format!("WAL delete task failed: {e}")))?
     }
 
     async fn sync(&self) -> Result<()> {

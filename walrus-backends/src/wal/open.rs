@@ -8,6 +8,7 @@ use std::sync::Arc;
 use walrus_core::{Error, Result, SegmentKey, TopicName};
 
 use super::segment::{part_path, read_seal_file, seal_path, Segment, SegmentParams};
+use crate::durable_dir::sync_dir;
 
 /// Takes the directory's lock file: two stores appending to the same files
 /// would destroy each other's records.
@@ -28,10 +29,49 @@ pub(super) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+fn deleting_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.deleting"))
+}
+
+fn storage_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Storage(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// The first step of a delete: the seal file becomes the marker, durably.
+pub(super) fn mark_deleting(dir: &Path, segment: u64) -> Result<()> {
+    let seal = seal_path(dir, segment);
+    let marker = deleting_path(dir, segment);
+    std::fs::rename(&seal, &marker).map_err(|e| storage_error("rename", &seal, e))?;
+    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))
+}
+
+/// Removes a marked segment's part files, then its marker, each removal
+/// made durable before the next step: at open and after `mark_deleting`.
+pub(super) fn finish_delete(dir: &Path, segment: u64) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| storage_error("list", dir, e))?;
+    for f in entries {
+        let f = f.map_err(|e| storage_error("list", dir, e))?;
+        let name = f.file_name().to_string_lossy().into_owned();
+        if matches!(classify(&name), FileKind::Part(s, _) if s == segment) {
+            std::fs::remove_file(f.path()).map_err(|e| storage_error("remove", &f.path(), e))?;
+        }
+    }
+    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))?;
+    let marker = deleting_path(dir, segment);
+    std::fs::remove_file(&marker).map_err(|e| storage_error("remove", &marker, e))?;
+    sync_dir(dir).map_err(|e| storage_error("sync directory", dir, e))
+}
+
+/// Whether `name` is a part file of `segment`.
+pub(super) fn is_part_of(name: &str, segment: u64) -> bool {
+    matches!(classify(name), FileKind::Part(s, _) if s == segment)
+}
+
 /// What a file name in a topic directory means.
 enum FileKind {
     Part(u64, u32),
     Sealed(u64),
+    Deleting(u64),
     Temp,
     Other,
 }
@@ -39,6 +79,11 @@ enum FileKind {
 fn classify(name: &str) -> FileKind {
     if name.starts_with('.') && name.ends_with(".tmp") {
         return FileKind::Temp;
+    }
+    if let Some(stem) = name.strip_suffix(".deleting") {
+        if let Ok(id) = stem.parse() {
+            return FileKind::Deleting(id);
+        }
     }
     if let Some(stem) = name.strip_suffix(".sealed") {
         if let Ok(id) = stem.parse() {
@@ -74,6 +119,15 @@ pub(super) fn recover_all(
             tracing::warn!(dir = %path.display(), "ignoring a directory in the WAL that is not a topic");
             continue;
         };
+        // Deletes a crash interrupted are finished first: the segment went
+        // when its marker was made.
+        for f in std::fs::read_dir(&path).map_err(|e| io(&path, e))? {
+            let f = f.map_err(|e| io(&path, e))?;
+            if let FileKind::Deleting(seg) = classify(&f.file_name().to_string_lossy()) {
+                tracing::info!(segment = %SegmentKey::new(topic.clone(), seg), "finishing the deletion of a segment a crash interrupted");
+                finish_delete(&path, seg)?;
+            }
+        }
         let mut parts: HashMap<u64, Vec<(u32, PathBuf)>> = HashMap::new();
         // A seal file that cannot be read quarantines its segment only.
         let mut sealed: HashMap<u64, Result<u64>> = HashMap::new();
@@ -89,6 +143,8 @@ pub(super) fn recover_all(
                 FileKind::Temp => {
                     let _ = std::fs::remove_file(f.path());
                 }
+                // Finished above; a marker made since is not ours to see.
+                FileKind::Deleting(_) => {}
                 FileKind::Other => {
                     tracing::warn!(file = %f.path().display(), "ignoring an unknown file in the WAL")
                 }

@@ -59,6 +59,19 @@ impl ReadCache {
         Ok(file)
     }
 
+    /// Drops the maps of files under `dir` whose names `doomed` picks (a
+    /// segment being deleted): readers that hold one keep it until done.
+    pub fn forget(&self, dir: &Path, doomed: impl Fn(&str) -> bool) {
+        let mut lru = self.inner.lock_or_recover();
+        lru.maps.retain(|path, _| {
+            !(path.parent() == Some(dir)
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(&doomed))
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock_or_recover().maps.len()
     }

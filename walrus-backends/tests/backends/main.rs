@@ -12,6 +12,7 @@ mod tcp_common;
 mod tmpfs;
 mod wal_common {
     pub mod payload;
+    pub mod read;
 }
 
 mod fuzz_envelope;
@@ -28,6 +29,7 @@ mod tcp_throughput;
 mod tcp_transport;
 mod wal_conformance;
 mod wal_crash;
+mod wal_delete;
 mod wal_disk_full;
 mod wal_failed_sync;
 mod wal_power_loss;

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::wal_common::read::read_all;
 use bytes::Bytes;
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
 use walrus_core::{Error, LogStore, SegmentInfo, SegmentKey, TopicName};
@@ -44,20 +45,6 @@ async fn write_and_close(dir: &Path, seg: &SegmentKey, cfg: WalConfig, n: u64, l
 fn part_file(dir: &Path, seg: &SegmentKey, part: u32) -> PathBuf {
     dir.join(seg.topic.as_str())
         .join(format!("{:020}.{part:06}.wal", seg.segment))
-}
-
-async fn read_all(store: &WalStore, seg: &SegmentKey) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    loop {
-        let batch = store
-            .read(seg, out.len() as u64, 500, usize::MAX)
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            return out;
-        }
-        out.extend(batch);
-    }
 }
 
 /// Offsets of the records in a WAL file, from its bytes (for the tests to
@@ -783,4 +770,44 @@ async fn given_blocks_written_ahead_when_many_appenders_cross_files_should_keep_
         let store = WalStore::open(dir.path(), cfg).unwrap();
         check(read_all(&store, &seg).await);
     }
+}
+
+/// Contract 5 across a restart: the byte limit counts the payload bytes
+/// recovered from files (several of them here), not only this run's.
+#[tokio::test]
+async fn given_a_byte_limit_when_the_store_reopens_should_count_the_bytes_written_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seg = key("bytes", 1);
+    // 300 entries of 100 bytes over 8 KiB files: 30,000 payload bytes.
+    write_and_close(
+        tmp.path(),
+        &seg,
+        config(FsyncPolicy::Always, 8192),
+        300,
+        100,
+    )
+    .await;
+    assert!(part_file(tmp.path(), &seg, 2).exists(), "several files");
+    let store = WalStore::open(tmp.path(), config(FsyncPolicy::Always, 8192)).unwrap();
+    let limit = |bytes| walrus_core::SegmentLimit {
+        entries: u64::MAX,
+        bytes,
+    };
+    assert!(matches!(
+        store
+            .append_within(&seg, &[payload(300, 1)], limit(30_000))
+            .await,
+        Err(Error::SegmentSealed(_))
+    ));
+    let a = store
+        .append_within(&seg, &[payload(300, 100)], limit(30_100))
+        .await
+        .unwrap();
+    assert_eq!(a.first_index, 300);
+    assert!(matches!(
+        store
+            .append_within(&seg, &[payload(301, 1)], limit(30_100))
+            .await,
+        Err(Error::SegmentSealed(_))
+    ));
 }

@@ -48,6 +48,67 @@ pub struct SegmentMeta {
     pub id: SegmentId,
     pub leader: NodeId,
     pub status: SegmentStatus,
+    /// When the consensus leader first saw the segment closed (ms since
+    /// the Unix epoch, `StampClosed`): what retention by age counts from.
+    /// `None` until stamped (and in snapshots from before retention).
+    #[serde(default)]
+    pub closed_at_ms: Option<u64>,
+}
+
+/// How much of a topic retention keeps. Each limit that is `Some` deletes
+/// the oldest closed segments, whole, that are past it; `None` keeps
+/// everything as far as that limit goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Keep closed segments holding at most this many entries in all: the
+    /// oldest closed segment is deleted while the closed segments after the
+    /// deleted ones hold more. The open segment is never deleted and not
+    /// counted.
+    pub max_entries: Option<u64>,
+    /// Delete a closed segment once it was closed more than this long ago
+    /// (ms).
+    pub max_age_ms: Option<u64>,
+}
+
+impl Retention {
+    /// True when nothing is ever deleted.
+    pub fn keeps_everything(&self) -> bool {
+        self.max_entries.is_none() && self.max_age_ms.is_none()
+    }
+
+    /// Last segment (by id) of `t` that this retention deletes at `now_ms`:
+    /// a stretch of closed segments from the first retained one on, never
+    /// past a segment whose count is not final. `t.deleted_through` when
+    /// nothing more is due.
+    pub fn deletes_through(&self, t: &TopicState, now_ms: u64) -> SegmentId {
+        let first = t.deleted_through;
+        let closed: Vec<&SegmentMeta> = t
+            .segments
+            .iter()
+            .skip(first as usize)
+            .take_while(|s| s.status.final_count().is_some())
+            .collect();
+        let mut through = first;
+        if let Some(max) = self.max_entries {
+            let mut held: u64 = closed.iter().filter_map(|s| s.status.final_count()).sum();
+            for s in &closed {
+                if held <= max {
+                    break;
+                }
+                held -= s.status.final_count().unwrap_or(0);
+                through = through.max(s.id);
+            }
+        }
+        if let Some(age) = self.max_age_ms {
+            for s in &closed {
+                match s.closed_at_ms {
+                    Some(at) if at.saturating_add(age) <= now_ms => through = through.max(s.id),
+                    _ => break,
+                }
+            }
+        }
+        through
+    }
 }
 
 /// One topic: its segments in order (the last one is the current one) and
@@ -59,6 +120,15 @@ pub struct TopicState {
     /// It may lag the live cursor (persisted in batches): after a crash some
     /// entries are delivered again, none skipped.
     pub cursor: Offset,
+    /// The topic's own retention (`REGISTER … RETAIN`, `CONFIG`); `None`:
+    /// the server default of the node that drives retention.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+    /// Segments `1..=deleted_through` were deleted by retention. They keep
+    /// their counts here, so offsets are never renumbered; their entries
+    /// are gone (`first_offset`).
+    #[serde(default)]
+    pub deleted_through: SegmentId,
     /// Each producer's last stored write to this topic, as the leaders of
     /// sealed segments recorded it (`RecordProducers`): what the next
     /// segment's leader starts from. (Default: none, for snapshots taken
@@ -122,6 +192,16 @@ impl TopicState {
             }
         }
         None
+    }
+
+    /// The first offset a read can start at: the base of the first segment
+    /// retention did not delete (0 while nothing was deleted).
+    pub fn first_offset(&self) -> Offset {
+        self.segments
+            .iter()
+            .take(self.deleted_through as usize)
+            .map(|s| s.status.final_count().unwrap_or(0))
+            .sum()
     }
 
     /// Sum of the sealed counts before the current segment (the reference's
@@ -253,6 +333,28 @@ pub enum MetadataCmd {
         segment: SegmentId,
         producers: Vec<(ProducerId, ProducerEntry)>,
     },
+    /// Sets `topic`'s retention (`None`: back to the server default).
+    /// Setting the same one again changes nothing. Rejected when the topic
+    /// does not exist.
+    SetRetention {
+        topic: TopicName,
+        retention: Option<Retention>,
+    },
+    /// Records `at_ms` as the time every closed segment without one was
+    /// closed (the consensus leader proposes it when it sees such
+    /// segments; retention by age counts from it). Segments stamped
+    /// before keep their time, so a repeat changes nothing.
+    StampClosed { at_ms: u64 },
+    /// Retention deleted segments `..=through` of `topic`: they stay in the
+    /// metadata with their counts (offsets never change), their entries
+    /// are gone and every node deletes their files. Only a stretch of
+    /// closed segments (final counts) may go: rejected when one of them is
+    /// open or pending. A `through` at or below what was deleted changes
+    /// nothing.
+    DeleteSegments {
+        topic: TopicName,
+        through: SegmentId,
+    },
 }
 
 /// What a command did.
@@ -306,8 +408,11 @@ impl ClusterState {
                             id: 1,
                             leader: *leader,
                             status: SegmentStatus::Open,
+                            closed_at_ms: None,
                         }],
                         cursor: 0,
+                        retention: None,
+                        deleted_through: 0,
                         producers: BTreeMap::new(),
                     },
                 );
@@ -345,6 +450,7 @@ impl ClusterState {
                     id,
                     leader: *next_leader,
                     status: SegmentStatus::Open,
+                    closed_at_ms: None,
                 });
                 CmdResult::Applied
             }
@@ -462,7 +568,73 @@ impl ClusterState {
                     CmdResult::Unchanged
                 }
             }
+            MetadataCmd::SetRetention { topic, retention } => {
+                let Some(t) = self.topics.get_mut(topic) else {
+                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
+                };
+                if t.retention == *retention {
+                    return CmdResult::Unchanged;
+                }
+                t.retention = *retention;
+                CmdResult::Applied
+            }
+            MetadataCmd::StampClosed { at_ms } => {
+                let mut changed = false;
+                for t in self.topics.values_mut() {
+                    for s in &mut t.segments {
+                        if s.closed_at_ms.is_none() && s.status.final_count().is_some() {
+                            s.closed_at_ms = Some(*at_ms);
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    CmdResult::Applied
+                } else {
+                    CmdResult::Unchanged
+                }
+            }
+            MetadataCmd::DeleteSegments { topic, through } => {
+                let Some(t) = self.topics.get_mut(topic) else {
+                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
+                };
+                if *through <= t.deleted_through {
+                    return CmdResult::Unchanged;
+                }
+                let stretch = t
+                    .segments
+                    .iter()
+                    .skip(t.deleted_through as usize)
+                    .take((*through - t.deleted_through) as usize);
+                let mut seen = t.deleted_through;
+                for s in stretch {
+                    if s.status.final_count().is_none() {
+                        return CmdResult::Rejected(format!(
+                            "segment {topic}:{} is not closed with a final count, so retention \
+                             cannot delete it",
+                            s.id
+                        ));
+                    }
+                    seen = s.id;
+                }
+                if seen != *through {
+                    return CmdResult::Rejected(format!(
+                        "segment {topic}:{through} does not exist"
+                    ));
+                }
+                t.deleted_through = *through;
+                CmdResult::Applied
+            }
         }
+    }
+
+    /// Closed segments not yet stamped with the time they were closed.
+    pub fn has_unstamped_closed(&self) -> bool {
+        self.topics.values().any(|t| {
+            t.segments
+                .iter()
+                .any(|s| s.closed_at_ms.is_none() && s.status.final_count().is_some())
+        })
     }
 
     /// The offset `group` committed for `topic`, if it ever did.
@@ -582,6 +754,9 @@ impl ClusterState {
             "pending_segments": pending,
             "lost_segments": lost,
             "cursor": t.cursor,
+            "first_offset": t.first_offset(),
+            "deleted_segments": t.deleted_through,
+            "retention": t.retention,
         }))
     }
 }
@@ -641,6 +816,66 @@ mod tests {
             count,
             next_leader: next,
         }
+    }
+
+    #[test]
+    fn given_closed_segments_when_retention_deletes_should_keep_offsets_and_never_pass_a_pending_one(
+    ) {
+        let mut s = ClusterState::default();
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("t"),
+            leader: 1,
+        });
+        s.apply(&roll("t", 1, Some(4), 2));
+        s.apply(&roll("t", 2, Some(4), 3));
+        s.apply(&roll("t", 3, None, 1)); // 3 pending
+        s.apply(&roll("t", 4, Some(4), 2));
+        let delete = |through| MetadataCmd::DeleteSegments {
+            topic: topic("t"),
+            through,
+        };
+        assert!(matches!(s.apply(&delete(3)), CmdResult::Rejected(_)));
+        assert_eq!(s.apply(&delete(2)), CmdResult::Applied);
+        assert_eq!(s.apply(&delete(2)), CmdResult::Unchanged, "idempotent");
+        assert_eq!(s.apply(&delete(1)), CmdResult::Unchanged, "never back");
+        let t = s.topic(&topic("t")).unwrap();
+        assert_eq!(t.first_offset(), 8);
+        assert_eq!(t.base_offset(3), Some(8), "not renumbered");
+        // By entries: only the stretch before the pending segment counts.
+        let keep = |n| Retention {
+            max_entries: Some(n),
+            max_age_ms: None,
+        };
+        assert_eq!(keep(0).deletes_through(t, 0), 2, "blocked by segment 3");
+        // By age: from the stamp, which StampClosed sets once.
+        assert_eq!(
+            s.apply(&MetadataCmd::StampClosed { at_ms: 1_000 }),
+            CmdResult::Applied
+        );
+        assert_eq!(
+            s.apply(&MetadataCmd::StampClosed { at_ms: 5_000 }),
+            CmdResult::Unchanged
+        );
+        s.apply(&MetadataCmd::ReportCount {
+            topic: topic("t"),
+            segment: 3,
+            count: 2,
+            storage: None,
+        });
+        assert!(s.has_unstamped_closed(), "3 closed after the stamp");
+        s.apply(&MetadataCmd::StampClosed { at_ms: 9_000 });
+        let t = s.topic(&topic("t")).unwrap();
+        let age = Retention {
+            max_entries: None,
+            max_age_ms: Some(5_000),
+        };
+        assert_eq!(
+            age.deletes_through(t, 8_000),
+            2,
+            "4 closed at 1000, 3 at 9000"
+        );
+        assert_eq!(age.deletes_through(t, 14_000), 4);
+        assert_eq!(keep(4).deletes_through(t, 0), 3, "2 + 4 entries > 4");
     }
 
     #[test]

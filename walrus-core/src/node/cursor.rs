@@ -186,6 +186,18 @@ impl super::Node {
             });
         }
         let cursor = guard.as_mut().expect("initialised just above");
+        // Retention deleted entries the cursor had not delivered yet: it
+        // goes on at the first retained one, read ahead or not (a deleted
+        // entry is never delivered; the cursor never waits for it).
+        let first = self
+            .metadata
+            .state()
+            .topic(topic)
+            .map_or(0, |t| t.first_offset());
+        if cell.next.load(Ordering::SeqCst) < first {
+            cursor.buffer.clear();
+            cell.next.store(first, Ordering::SeqCst);
+        }
         if cursor.buffer.is_empty() {
             let next = cell.next.load(Ordering::SeqCst);
             cursor.buffer = self.read_ahead(topic, next).await?;

@@ -27,6 +27,38 @@ impl super::Node {
     pub(crate) async fn route(&self, req: Request) -> Result<Response> {
         match req {
             Request::Register(topic) => self.register(topic).await.map(|()| Response::Ok),
+            Request::RegisterRetaining { topic, retain } => {
+                self.register(topic.clone()).await?;
+                self.set_retention(&topic, retain.as_topic_retention())
+                    .await
+                    .map(|()| Response::Ok)
+            }
+            Request::Config {
+                topic,
+                retain: Some(retain),
+            } => {
+                self.known_topic(&topic).await?;
+                self.set_retention(&topic, retain.as_topic_retention())
+                    .await
+                    .map(|()| Response::Ok)
+            }
+            Request::Config {
+                topic,
+                retain: None,
+            } => {
+                self.known_topic(&topic).await?;
+                let state = self.metadata.state();
+                let t = state.topic(&topic).ok_or(Error::TopicNotFound)?;
+                Ok(Response::Json(
+                    serde_json::json!({
+                        "topic": topic.as_str(),
+                        "retention": t.retention,
+                        "in_force": self.effective_retention(t.retention),
+                        "first": t.first_offset(),
+                    })
+                    .to_string(),
+                ))
+            }
             Request::Put { topic, payload } => {
                 self.put(&topic, payload).await.map(|()| Response::Ok)
             }
@@ -149,6 +181,23 @@ impl super::Node {
         }
     }
 
+    /// Sets `topic`'s retention through consensus (idempotent: a retry
+    /// after a lost answer sets the same thing).
+    async fn set_retention(
+        &self,
+        topic: &TopicName,
+        retention: Option<crate::metadata::Retention>,
+    ) -> Result<()> {
+        let cmd = MetadataCmd::SetRetention {
+            topic: topic.clone(),
+            retention,
+        };
+        match self.metadata.propose(cmd).await? {
+            crate::CmdResult::Rejected(why) => Err(Error::BadRequest(why)),
+            _ => Ok(()),
+        }
+    }
+
     /// PUT: one entry, through [`Node::put_batch`].
     async fn put(&self, topic: &TopicName, payload: Bytes) -> Result<()> {
         match self.put_batch(topic, vec![payload]).await {
@@ -259,17 +308,20 @@ impl super::Node {
         whole: bool,
     ) -> Result<Appended> {
         self.await_write_lease(key).await?;
-        let limit = self.config.max_segment_entries;
+        let limit = crate::log_store::SegmentLimit {
+            entries: self.config.max_segment_entries,
+            bytes: self.config.max_segment_bytes,
+        };
         let mut take = entries.len();
         if take > 1 && !whole {
             // The store's count may lag its appends (it counts durable
             // entries): an estimate, corrected below when refused.
             let count = self.log.info(key).await?.map_or(0, |i| i.count);
-            let room = usize::try_from(limit.saturating_sub(count)).unwrap_or(usize::MAX);
+            let room = usize::try_from(limit.entries.saturating_sub(count)).unwrap_or(usize::MAX);
             take = take.min(room.max(1));
         }
         let appended = loop {
-            match self.log.append(key, &entries[..take], limit).await {
+            match self.log.append_within(key, &entries[..take], limit).await {
                 Ok(a) => {
                     // Stored, acknowledged or not: it will be read.
                     self.appends.appended(key);
@@ -308,7 +360,10 @@ impl super::Node {
                 Err(e) => return Err(e),
             }
         };
-        if appended.count >= limit {
+        // Full by entries: roll now. Full by bytes is found by the next
+        // append the store refuses, which rolls then (a byte limit cannot
+        // say whether the next entry fits until it comes).
+        if appended.count >= limit.entries {
             self.spawn_rollover(key.clone());
         }
         Ok(appended)

@@ -54,8 +54,9 @@ impl super::Node {
     }
 
     /// FETCH: a READ from the offset `group` committed for `topic` (0 when
-    /// none). The metadata catches up with the quorum first, so a commit
-    /// acknowledged by any node is seen here.
+    /// none; the first retained offset when retention deleted it). The
+    /// metadata catches up with the quorum first, so a commit acknowledged
+    /// by any node is seen here.
     pub(crate) async fn fetch(
         &self,
         group: &GroupName,
@@ -66,11 +67,13 @@ impl super::Node {
     ) -> Result<Response> {
         self.known_topic(topic).await?;
         self.catch_up().await?;
-        let offset = self
-            .metadata
-            .state()
-            .committed_offset(group, topic)
-            .unwrap_or(0);
+        let state = self.metadata.state();
+        // A committed offset that retention has deleted since reads from
+        // the first retained entry: the answer's first offset shows the
+        // jump. The commit stays as it was until the consumer commits.
+        let first = state.topic(topic).map_or(0, |t| t.first_offset());
+        let offset = state.committed_offset(group, topic).unwrap_or(0).max(first);
+        drop(state);
         self.read_by_offset(topic, offset, max_entries, max_bytes, wait)
             .await
     }

@@ -14,6 +14,8 @@
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
 //! - `read`: reads by offset (READ with long-polling, OFFSETS), which move
 //!   no cursor.
+//! - `retention`: deleting closed segments past a topic's retention, in
+//!   the metadata (the consensus leader) and on every node's disk.
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
 //! - `peer_requests`: the [`RequestHandler`](crate::RequestHandler) that
@@ -30,6 +32,7 @@ mod metrics;
 mod peer_requests;
 mod produce;
 mod read;
+mod retention;
 mod rollover;
 mod storage;
 
@@ -41,6 +44,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, DEFAULT_FAILOVER_MARGIN, DEFAULT_LEASE, DEFAULT_LEASE_RENEW};
 use crate::lease::LeaseProvider;
 use crate::log_store::LogStore;
+use crate::metadata::Retention;
 use crate::metadata_store::MetadataStore;
 use crate::protocol::{Request, Response};
 use crate::transport::Transport;
@@ -56,8 +60,20 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// Entries per segment before rollover (`WALRUS_MAX_SEGMENT_ENTRIES`).
     pub max_segment_entries: u64,
+    /// Payload bytes per segment before rollover
+    /// (`WALRUS_MAX_SEGMENT_BYTES`; `u64::MAX`: none). A segment never
+    /// holds more, except one entry larger than this alone.
+    pub max_segment_bytes: u64,
     /// Backstop rollover check period (`WALRUS_MONITOR_CHECK_MS`).
     pub monitor_interval: Duration,
+    /// Retention of topics that set none (`WALRUS_RETENTION_ENTRIES`,
+    /// `WALRUS_RETENTION_AGE`). Give every node the same: the consensus
+    /// leader's is the one applied.
+    pub default_retention: Retention,
+    /// How often retention runs: the consensus leader deletes what is due,
+    /// every node removes the files of deleted segments
+    /// (`WALRUS_RETENTION_CHECK_MS`).
+    pub retention_interval: Duration,
     /// Write-lease duration.
     pub lease: Duration,
     /// Lease renewal period (the seed's 100 ms).
@@ -82,7 +98,10 @@ impl NodeConfig {
         NodeConfig {
             node_id,
             max_segment_entries: 1_000_000,
+            max_segment_bytes: u64::MAX,
             monitor_interval: Duration::from_millis(1000),
+            default_retention: Retention::default(),
+            retention_interval: Duration::from_millis(1000),
             lease: DEFAULT_LEASE,
             lease_renew: DEFAULT_LEASE_RENEW,
             failover_margin: DEFAULT_FAILOVER_MARGIN,
@@ -117,6 +136,12 @@ pub struct Node {
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
     stopping: read::Stopping,
+    /// Segments retention deleted from the local store, per topic.
+    retention_done: retention::LocalDeletions,
+    /// Wall-clock time (ms since the Unix epoch) at `clock`'s instant: the
+    /// node's wall time advances with its clock from there
+    /// ([`Node::wall_ms`]).
+    wall_origin: (tokio::time::Instant, u64),
     /// A count report of ours was refused (storage mismatch): logged once.
     count_refused: std::sync::atomic::AtomicBool,
     /// A weak handle on ourselves, to spawn work that outlives a request.
@@ -169,6 +194,8 @@ impl Node {
             appends: read::AppendSignals::default(),
             stopping: read::Stopping::default(),
             count_refused: Default::default(),
+            retention_done: Default::default(),
+            wall_origin: (clock.now(), unix_ms()),
             config,
             metadata,
             log,
@@ -186,6 +213,7 @@ impl Node {
             tokio::spawn(monitor_loop(Arc::downgrade(self))),
             tokio::spawn(failover_loop(Arc::downgrade(self))),
             tokio::spawn(cursor_loop(Arc::downgrade(self))),
+            tokio::spawn(retention_loop(Arc::downgrade(self))),
         ];
         self.tasks_lock().extend(loops);
     }
@@ -239,6 +267,15 @@ impl Node {
         &self.metadata
     }
 
+    /// Wall-clock time in ms since the Unix epoch, read once at creation
+    /// and advanced by the node's clock since (so a test's paused clock
+    /// moves it, and a suspend counts).
+    pub(crate) fn wall_ms(&self) -> u64 {
+        let (at, ms) = self.wall_origin;
+        let elapsed = self.clock.now().saturating_duration_since(at);
+        ms.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    }
+
     fn tasks_lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.tasks.lock_or_recover()
     }
@@ -267,7 +304,19 @@ node_loop!(
 );
 node_loop!(failover_loop, |c: &NodeConfig| c.lease_renew, failover_tick);
 node_loop!(
+    retention_loop,
+    |c: &NodeConfig| c.retention_interval,
+    retention_tick
+);
+node_loop!(
     cursor_loop,
     |_: &NodeConfig| cursor::PERSIST_EVERY,
     persist_cursors
 );
+
+/// Now, in ms since the Unix epoch (0 on a clock set before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -158,6 +158,14 @@ fn takes_appends(state: &ClusterState, key: &SegmentKey) -> bool {
     })
 }
 
+/// What a READ below the first retained offset is told.
+pub(crate) fn deleted(topic: &TopicName, offset: Offset, first: Offset) -> Error {
+    Error::BadRequest(format!(
+        "deleted: offset {offset} of {topic} was deleted by retention; the first retained \
+         offset is {first}: read from {first}"
+    ))
+}
+
 impl super::Node {
     /// READ: up to `max_entries` entries (and about `max_bytes`) from
     /// `offset` on, within one segment. With a `wait`, a read at the end
@@ -186,6 +194,10 @@ impl super::Node {
         loop {
             let state = watch.borrow_and_update().clone();
             let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
+            let first = t.first_offset();
+            if offset < first {
+                return Err(deleted(topic, offset, first));
+            }
             let before = shape(t);
             let step = self
                 .read_step(topic, t, offset, max_entries, max_bytes, deadline)
@@ -506,13 +518,14 @@ impl super::Node {
         }
     }
 
-    /// OFFSETS: the first offset (0: nothing is deleted yet) and the end,
+    /// OFFSETS: the first offset (retention deleted everything before it)
+    /// and the end,
     /// one past the last entry a READ can return now.
     pub(crate) async fn topic_offsets(&self, topic: &TopicName) -> Result<(Offset, Offset)> {
         self.known_topic(topic).await?;
         let state = self.metadata.state();
         let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
-        Ok((0, self.topic_end(topic, t).await?))
+        Ok((t.first_offset(), self.topic_end(topic, t).await?))
     }
 
     /// The sum of the final counts up to the first segment without one,
@@ -550,18 +563,17 @@ impl super::Node {
     /// with the reason when the end cannot be known now).
     pub(crate) async fn topic_counts(&self) -> serde_json::Value {
         let state = self.metadata.state();
-        let ends = state
-            .topics
-            .iter()
-            .map(|(name, t)| async move { (name, self.topic_end(name, t).await) });
+        let ends = state.topics.iter().map(|(name, t)| async move {
+            (name, t.first_offset(), self.topic_end(name, t).await)
+        });
         let rows: Vec<serde_json::Value> = futures::future::join_all(ends)
             .await
             .into_iter()
-            .map(|(name, end)| match end {
-                Ok(end) => serde_json::json!({"topic": name.as_str(), "first": 0, "end": end}),
+            .map(|(name, first, end)| match end {
+                Ok(end) => serde_json::json!({"topic": name.as_str(), "first": first, "end": end}),
                 Err(e) => serde_json::json!({
                     "topic": name.as_str(),
-                    "first": 0,
+                    "first": first,
                     "end": null,
                     "error": e.to_string(),
                 }),

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::error::Error;
+use crate::metadata::Retention;
 use crate::types::{GroupName, NodeId, Offset, ProducerId, ProducerSeq, StorageId, TopicName};
 
 /// Entries a READ returns when it names no `max_entries`.
@@ -24,11 +25,45 @@ const PUTB_USAGE: &str =
 const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
 const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
 const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
+const RETAIN_USAGE: &str =
+    "RETAIN entries=<n> age=<n>ms|s|m|h|d (either or both), RETAIN none or RETAIN default";
+
+/// A topic's retention as `RETAIN …` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainSetting {
+    /// `RETAIN default`: the server's default retention.
+    Default,
+    /// The topic's own limits; a limit left out is no limit
+    /// (`RETAIN none`: keep everything).
+    Limits(Retention),
+}
+
+impl RetainSetting {
+    /// The topic's setting in the metadata (`None`: the default).
+    pub fn as_topic_retention(self) -> Option<Retention> {
+        match self {
+            RetainSetting::Default => None,
+            RetainSetting::Limits(r) => Some(r),
+        }
+    }
+}
 
 /// A parsed client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Register(TopicName),
+    /// `REGISTER <topic> RETAIN …`: creates the topic if need be and sets
+    /// its retention.
+    RegisterRetaining {
+        topic: TopicName,
+        retain: RetainSetting,
+    },
+    /// `CONFIG <topic>` (`retain: None`: answers the topic's settings) or
+    /// `CONFIG <topic> RETAIN …` (sets its retention).
+    Config {
+        topic: TopicName,
+        retain: Option<RetainSetting>,
+    },
     /// `payload` is every byte after the space that follows the topic.
     Put {
         topic: TopicName,
@@ -125,6 +160,20 @@ impl Request {
                 if topic.is_empty() {
                     return Err(Error::BadRequest(format!("{verb_upper} requires a topic")));
                 }
+                if verb_upper == "REGISTER" {
+                    if let Some((name, options)) = topic.split_once(' ') {
+                        // Only `RETAIN` opens options: anything else is a
+                        // topic name with a space, refused as it always was.
+                        let (keyword, limits) = options.split_once(' ').unwrap_or((options, ""));
+                        if !keyword.eq_ignore_ascii_case("RETAIN") {
+                            return Err(Error::InvalidTopicName);
+                        }
+                        return Ok(Request::RegisterRetaining {
+                            topic: TopicName::new(name)?,
+                            retain: parse_retain(limits)?,
+                        });
+                    }
+                }
                 let topic = TopicName::new(topic)?;
                 Ok(match verb_upper.as_str() {
                     "REGISTER" => Request::Register(topic),
@@ -133,6 +182,7 @@ impl Request {
                     _ => Request::State(topic),
                 })
             }
+            "CONFIG" => parse_config(rest.unwrap_or("")),
             "METRICS" => Ok(Request::Metrics),
             "PING" => Ok(Request::Ping),
             "TOPICS" => match rest.map(|r| r.trim_end_matches(['\r', '\n'])) {
@@ -164,6 +214,90 @@ impl Request {
             _ => Err(Error::BadRequest(format!("unknown command {verb}"))),
         }
     }
+}
+
+/// The arguments of a CONFIG after the verb.
+fn parse_config(rest: &str) -> Result<Request, Error> {
+    let rest = rest.trim_end_matches(['\r', '\n']);
+    let (topic, options) = match rest.split_once(' ') {
+        Some((t, o)) => (t, Some(o)),
+        None => (rest, None),
+    };
+    if topic.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "CONFIG requires a topic: CONFIG <topic> [{RETAIN_USAGE}]"
+        )));
+    }
+    let topic = TopicName::new(topic)?;
+    let retain = match options {
+        None => None,
+        Some(options) => {
+            let (keyword, limits) = options.split_once(' ').unwrap_or((options, ""));
+            if !keyword.eq_ignore_ascii_case("RETAIN") {
+                return Err(Error::BadRequest(format!(
+                    "unexpected {keyword:?}: CONFIG <topic> [{RETAIN_USAGE}]"
+                )));
+            }
+            Some(parse_retain(limits)?)
+        }
+    };
+    Ok(Request::Config { topic, retain })
+}
+
+/// The limits after `RETAIN`: `default`, `none`, or `entries=<n>` and/or
+/// `age=<duration>`.
+fn parse_retain(limits: &str) -> Result<RetainSetting, Error> {
+    let bad = |what: String| Error::BadRequest(format!("{what}: {RETAIN_USAGE}"));
+    let words: Vec<&str> = limits.split(' ').filter(|w| !w.is_empty()).collect();
+    match words.as_slice() {
+        [] => return Err(bad("RETAIN requires limits".into())),
+        [w] if w.eq_ignore_ascii_case("default") => return Ok(RetainSetting::Default),
+        [w] if w.eq_ignore_ascii_case("none") => {
+            return Ok(RetainSetting::Limits(Retention::default()))
+        }
+        _ => {}
+    }
+    let mut retention = Retention::default();
+    for word in words {
+        let Some((key, value)) = word.split_once('=') else {
+            return Err(bad(format!("unexpected {word:?}")));
+        };
+        if key.eq_ignore_ascii_case("entries") && retention.max_entries.is_none() {
+            retention.max_entries = Some(
+                value
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("invalid entries {value:?}")))?,
+            );
+        } else if key.eq_ignore_ascii_case("age") && retention.max_age_ms.is_none() {
+            retention.max_age_ms = Some(parse_duration_ms(value).map_err(bad)?);
+        } else {
+            return Err(bad(format!("unexpected {word:?}")));
+        }
+    }
+    Ok(RetainSetting::Limits(retention))
+}
+
+/// `<n>ms`, `<n>s`, `<n>m`, `<n>h` or `<n>d`, in ms.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let scale: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "invalid age {text:?}: give a number and ms, s, m, h or d"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("invalid age {text:?}: give a number and ms, s, m, h or d"))
 }
 
 /// A PUTB body: the header line, then `n` records `<length>\n<payload>\n`
@@ -581,6 +715,77 @@ mod tests {
             parse(b"COMMIT billing a/b 1").unwrap_err(),
             "invalid topic name"
         );
+    }
+
+    #[test]
+    fn given_register_with_retain_should_parse_limits_and_keep_plain_register_as_it_was() {
+        assert_eq!(
+            parse(b"REGISTER logs\r\n").unwrap(),
+            Request::Register(t("logs"))
+        );
+        assert_eq!(parse(b"REGISTER logs x").unwrap_err(), "invalid topic name");
+        let limits = |e, a| {
+            RetainSetting::Limits(Retention {
+                max_entries: e,
+                max_age_ms: a,
+            })
+        };
+        assert_eq!(
+            parse(b"register logs retain entries=1000 age=7d\n").unwrap(),
+            Request::RegisterRetaining {
+                topic: t("logs"),
+                retain: limits(Some(1000), Some(7 * 86_400_000)),
+            }
+        );
+        assert_eq!(
+            parse(b"CONFIG logs RETAIN age=90s").unwrap(),
+            Request::Config {
+                topic: t("logs"),
+                retain: Some(limits(None, Some(90_000))),
+            }
+        );
+        assert_eq!(
+            parse(b"CONFIG logs RETAIN none").unwrap(),
+            Request::Config {
+                topic: t("logs"),
+                retain: Some(limits(None, None)),
+            }
+        );
+        assert_eq!(
+            parse(b"CONFIG logs RETAIN default").unwrap(),
+            Request::Config {
+                topic: t("logs"),
+                retain: Some(RetainSetting::Default),
+            }
+        );
+        assert_eq!(
+            parse(b"CONFIG logs").unwrap(),
+            Request::Config {
+                topic: t("logs"),
+                retain: None,
+            }
+        );
+        for (body, start) in [
+            (&b"REGISTER logs RETAIN"[..], "RETAIN requires limits"),
+            (b"REGISTER logs RETAIN entries=x", "invalid entries \"x\""),
+            (b"CONFIG logs RETAIN age=5", "invalid age \"5\""),
+            (b"CONFIG logs RETAIN age=5y", "invalid age \"5y\""),
+            (
+                b"CONFIG logs RETAIN entries=1 entries=2",
+                "unexpected \"entries=2\"",
+            ),
+            (b"CONFIG logs RETAIN bytes=1", "unexpected \"bytes=1\""),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(e.ends_with(RETAIN_USAGE), "{e}");
+        }
+        assert!(parse(b"CONFIG")
+            .unwrap_err()
+            .starts_with("CONFIG requires a topic"));
+        assert!(parse(b"CONFIG logs SET x")
+            .unwrap_err()
+            .starts_with("unexpected \"SET\""));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! A conformance suite for any [`LogStore`]: points 1–6 of its contract.
+//! A conformance suite for any [`LogStore`]: points 1–6 and 10 of its
+//! contract.
 //!
 //! Run everything with [`run_all`], giving it a function that makes a fresh,
 //! empty store each time:
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::log_store::{Appended, LogStore, SegmentInfo};
+use crate::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit};
 use crate::types::{SegmentKey, TopicName};
 
 fn key(topic: &str, segment: u64) -> SegmentKey {
@@ -64,6 +65,137 @@ pub async fn run_all<S: LogStore>(make: impl Fn() -> S) {
     given_several_segments_when_listed_should_report_each_with_its_info(make()).await;
     given_sync_when_called_should_succeed_and_change_nothing(make()).await;
     given_entries_at_the_tail_when_read_should_serve_them_at_once_and_count_them(make()).await;
+    given_a_byte_limit_when_appending_past_it_should_refuse_and_write_nothing(make()).await;
+    given_a_sealed_segment_when_deleted_should_be_gone_and_leave_the_others_whole(make()).await;
+    given_an_open_segment_when_deleted_should_refuse_and_keep_it_whole(make()).await;
+}
+
+/// Contract 5, bytes: a non-empty segment takes nothing that would pass
+/// the byte limit; an empty one takes one append of any size.
+pub async fn given_a_byte_limit_when_appending_past_it_should_refuse_and_write_nothing<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-bytes", 1);
+    let limit = SegmentLimit {
+        entries: u64::MAX,
+        bytes: 10,
+    };
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+    for (i, e) in ["aaaa", "bbbb", "cc"].into_iter().enumerate() {
+        let a = store
+            .append_within(&seg, &[b(e)], limit)
+            .await
+            .expect("within 10 bytes");
+        assert_eq!(a.first_index, i as u64);
+    }
+    for refused in [vec![b("d")], vec![b("e"), b("f")]] {
+        match store.append_within(&seg, &refused, limit).await {
+            Err(Error::SegmentSealed(k)) => assert_eq!(k, seg),
+            other => panic!("an append past 10 bytes should be refused, got {other:?}"),
+        }
+    }
+    store.sync().await.expect("sync");
+    assert_eq!(
+        read_all(&store, &seg).await,
+        vec![b("aaaa"), b("bbbb"), b("cc")]
+    );
+    // A batch is refused whole when it would pass: nothing of it is written.
+    let other = key("conf-bytes", 2);
+    store
+        .append_within(&other, &[b("0123456789abcdef")], limit)
+        .await
+        .expect("an empty segment takes one entry of any size");
+    assert!(matches!(
+        store.append_within(&other, &[b("x")], limit).await,
+        Err(Error::SegmentSealed(_))
+    ));
+    let both = key("conf-bytes", 3);
+    store
+        .append_within(&both, &[b("12345")], limit)
+        .await
+        .expect("append");
+    assert!(matches!(
+        store
+            .append_within(&both, &[b("123"), b("456")], limit)
+            .await,
+        Err(Error::SegmentSealed(_))
+    ));
+    store.sync().await.expect("sync");
+    assert_eq!(read_all(&store, &both).await, vec![b("12345")]);
+}
+
+/// Contract 10: a deleted sealed segment is gone (info, read, segments),
+/// a repeat and an unknown segment are `Ok`, other segments are untouched.
+pub async fn given_a_sealed_segment_when_deleted_should_be_gone_and_leave_the_others_whole<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let old = key("conf-delete", 1);
+    let next = key("conf-delete", 2);
+    let other = key("conf-delete-other", 1);
+    for seg in [&old, &next, &other] {
+        store
+            .append(seg, &entries("d", 3), u64::MAX)
+            .await
+            .expect("append");
+    }
+    store.seal(&old).await.expect("seal");
+    store.sync().await.expect("sync");
+    store
+        .delete(&old)
+        .await
+        .expect("delete of a sealed segment");
+    assert_eq!(store.info(&old).await.expect("info"), None, "deleted");
+    assert!(store
+        .read(&old, 0, 10, usize::MAX)
+        .await
+        .expect("read of a deleted segment")
+        .is_empty());
+    let listed = store.segments().await.expect("segments");
+    assert!(
+        listed.iter().all(|(k, _)| *k != old),
+        "a deleted segment is still listed: {listed:?}"
+    );
+    store
+        .delete(&old)
+        .await
+        .expect("deleting again changes nothing");
+    store
+        .delete(&key("conf-delete", 9))
+        .await
+        .expect("deleting a segment never held changes nothing");
+    for seg in [&next, &other] {
+        assert_eq!(read_all(&store, seg).await, entries("d", 3), "{seg} whole");
+    }
+    // The topic goes on in its later segments.
+    store
+        .append(&next, &entries("e", 1), u64::MAX)
+        .await
+        .expect("append after a delete");
+}
+
+/// Contract 10: an open segment is refused, whole.
+pub async fn given_an_open_segment_when_deleted_should_refuse_and_keep_it_whole<S: LogStore>(
+    store: S,
+) {
+    let seg = key("conf-delete-open", 1);
+    store
+        .append(&seg, &entries("o", 2), u64::MAX)
+        .await
+        .expect("append");
+    match store.delete(&seg).await {
+        Err(Error::BadRequest(_)) => {}
+        other => panic!("deleting an open segment should be refused, got {other:?}"),
+    }
+    store.sync().await.expect("sync");
+    assert_eq!(read_all(&store, &seg).await, entries("o", 2));
+    store
+        .append(&seg, &entries("p", 1), u64::MAX)
+        .await
+        .expect("an open segment takes appends after a refused delete");
 }
 
 /// Contract 3: a read at the tail is served what was appended without

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::locks::MutexExt;
-use crate::log_store::{Appended, LogStore, SegmentInfo, StorageHealth};
+use crate::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
 use crate::types::SegmentKey;
 
 #[derive(Default)]
@@ -153,11 +153,11 @@ impl MemLogStore {
 
 #[async_trait]
 impl LogStore for MemLogStore {
-    async fn append(
+    async fn append_within(
         &self,
         segment: &SegmentKey,
         entries: &[Bytes],
-        limit: u64,
+        limit: SegmentLimit,
     ) -> Result<Appended> {
         let delay = self.lock().append_delay;
         if let Some(delay) = delay {
@@ -169,7 +169,12 @@ impl LogStore for MemLogStore {
         }
         let seg = inner.segments.entry(segment.clone()).or_default();
         let count = seg.entries.len() as u64;
-        if seg.sealed || (count > 0 && count + entries.len() as u64 > limit) {
+        let bytes = |e: &[Bytes]| e.iter().map(|b| b.len() as u64).sum::<u64>();
+        let full = count > 0
+            && (count + entries.len() as u64 > limit.entries
+                || (limit.bytes < u64::MAX
+                    && bytes(&seg.entries).saturating_add(bytes(entries)) > limit.bytes));
+        if seg.sealed || full {
             return Err(Error::SegmentSealed(segment.clone()));
         }
         if let Some(why) = &seg.failed {
@@ -250,6 +255,20 @@ impl LogStore for MemLogStore {
         }
         seg.sealed = true;
         Ok(seg.synced as u64)
+    }
+
+    async fn delete(&self, segment: &SegmentKey) -> Result<()> {
+        let mut inner = self.lock();
+        match inner.segments.get(segment) {
+            None => Ok(()),
+            Some(seg) if !seg.sealed => Err(Error::BadRequest(format!(
+                "segment {segment} is not sealed: only a sealed segment can be deleted"
+            ))),
+            Some(_) => {
+                inner.segments.remove(segment);
+                Ok(())
+            }
+        }
     }
 
     async fn sync(&self) -> Result<()> {

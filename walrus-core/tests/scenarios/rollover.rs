@@ -164,3 +164,58 @@ async fn given_a_roll_that_fails_then_commits_late_when_the_monitor_rolls_again_
     let expected: Vec<Bytes> = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
     assert_eq!(read, expected);
 }
+
+/// Rollover by bytes: a segment is sealed when the next entry would take
+/// it past `max_segment_bytes`, with single PUTs and with a pipelined
+/// batch, whichever limit (entries or bytes) comes first.
+#[tokio::test(start_paused = true)]
+async fn given_a_byte_limit_of_10_when_putting_should_seal_each_segment_before_it_passes_10_bytes()
+{
+    let c = TestCluster::start(3, |id| walrus_core::NodeConfig {
+        max_segment_bytes: 10,
+        ..TestCluster::config(id, 4)
+    })
+    .await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    // 4 + 4 = 8; 4 more would be 12: segment 2. Then "a" x5 entries: the
+    // entry limit (4) comes first. Then one 12-byte entry alone.
+    let singles = [
+        "aaaa",
+        "bbbb",
+        "cccc",
+        "d",
+        "e",
+        "f",
+        "g",
+        "h",
+        "twelve-bytes",
+        "i",
+    ];
+    for p in singles {
+        assert_eq!(c.send(2, &format!("PUT logs {p}")).await, Response::Ok);
+    }
+    let batch: Vec<Bytes> = ["jjjjj", "kkkkk", "lllll"]
+        .into_iter()
+        .map(Bytes::from)
+        .collect();
+    let (stored, err) = c.node(3).put_batch(&topic("logs"), batch).await;
+    assert_eq!((stored, err), (3, None));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let state = c.metadata.committed();
+    let t = state.topic(&topic("logs")).unwrap();
+    let counts: Vec<Option<u64>> = t.segments.iter().map(|s| s.status.final_count()).collect();
+    // [aaaa bbbb] [cccc d e f] [g h] [twelve-bytes] [i jjjjj] [kkkkk lllll] (open)
+    assert_eq!(
+        counts,
+        vec![Some(2), Some(4), Some(2), Some(1), Some(2), None]
+    );
+    let mut all: Vec<Bytes> = singles.iter().map(|p| Bytes::from(*p)).collect();
+    all.extend(["jjjjj", "kkkkk", "lllll"].into_iter().map(Bytes::from));
+    for (i, want) in all.iter().enumerate() {
+        assert_eq!(
+            c.send(1, "GET logs").await,
+            Response::Entry(want.clone()),
+            "#{i}"
+        );
+    }
+}

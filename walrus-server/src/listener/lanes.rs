@@ -208,7 +208,9 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
         | Request::PutBatch { topic, .. }
         | Request::Read { topic, .. }
         | Request::Fetch { topic, .. }
-        | Request::Commit { topic, .. } => Some(topic),
+        | Request::Commit { topic, .. }
+        | Request::RegisterRetaining { topic, .. }
+        | Request::Config { topic, .. } => Some(topic),
         Request::Metrics
         | Request::Ping
         | Request::Topics

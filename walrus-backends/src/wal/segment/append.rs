@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use walrus_core::{Appended, Error, Result};
+use walrus_core::{Appended, Error, Result, SegmentLimit};
 
 use super::{part_path, AppendState, Segment, Waiter};
 use crate::durable_dir::{create_dir_durable, sync_dir};
@@ -177,7 +177,7 @@ impl Segment {
     /// receiver that completes once they are durable (the caller queues the
     /// segment for the syncer). Either way they become visible only once
     /// the syncer has flushed them.
-    pub fn append(&self, entries: &[Bytes], limit: u64) -> Result<AppendStep> {
+    pub fn append(&self, entries: &[Bytes], limit: SegmentLimit) -> Result<AppendStep> {
         let max_payload = SegmentFile::max_payload(self.params.file_len);
         if let Some(big) = entries.iter().find(|e| e.len() > max_payload) {
             return Err(Error::BadRequest(format!(
@@ -200,7 +200,11 @@ impl Segment {
             return Err(Error::Storage(why.clone()));
         }
         let n = entries.len() as u64;
-        if st.count > 0 && st.count.saturating_add(n) > limit {
+        let bytes: u64 = entries.iter().map(|e| e.len() as u64).sum();
+        if st.count > 0
+            && (st.count.saturating_add(n) > limit.entries
+                || st.bytes.saturating_add(bytes) > limit.bytes)
+        {
             return Err(Error::SegmentSealed(self.key.clone()));
         }
         if n == 0 {
@@ -290,6 +294,7 @@ impl Segment {
         st.current = Some(file);
         st.pos = Some(Pos::new(part, off));
         st.count += n;
+        st.bytes += bytes;
         self.written.store(st.count, Ordering::Release);
         let appended = Appended {
             first_index,

@@ -87,6 +87,10 @@ struct Waiter {
 struct AppendState {
     /// Entries written (with group commit, possibly not yet synced).
     count: u64,
+    /// Their payload bytes, for the byte limit of appends. (After a failed
+    /// sync rolls written entries back it is left high: that segment takes
+    /// no appends again.)
+    bytes: u64,
     /// Where the next record goes; `None` before the first file exists.
     pos: Option<Pos>,
     /// The file `pos` is in.
@@ -108,9 +112,15 @@ impl AppendState {
     /// The state of a segment just created or recovered: `count` entries,
     /// all durable, the next record at `pos` in `current` (`None`: no file
     /// open yet, or none to write to), nothing in flight.
-    fn recovered(count: u64, pos: Option<Pos>, current: Option<Arc<SegmentFile>>) -> AppendState {
+    fn recovered(
+        count: u64,
+        bytes: u64,
+        pos: Option<Pos>,
+        current: Option<Arc<SegmentFile>>,
+    ) -> AppendState {
         AppendState {
             count,
+            bytes,
             pos,
             current,
             synced_pos: pos,
@@ -208,7 +218,7 @@ impl Segment {
 
     /// A segment that has no file yet.
     pub fn new_empty(key: SegmentKey, dir: PathBuf, params: SegmentParams) -> Segment {
-        let state = AppendState::recovered(0, None, None);
+        let state = AppendState::recovered(0, 0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count: 0,
@@ -234,7 +244,7 @@ impl Segment {
     ) -> Segment {
         let part_count = present.last().map_or(0, |&last| last + 1);
         let missing = present.len() < part_count as usize || (count > 0 && part_count == 0);
-        let state = AppendState::recovered(count, None, None);
+        let state = AppendState::recovered(count, 0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count,

@@ -31,6 +31,9 @@ impl Segment {
     ) -> Result<Segment> {
         let mut index = SparseIndex::default();
         let mut count = 0u64;
+        // Payload bytes: records are back to back after the header, each
+        // a record header and its payload.
+        let mut bytes = 0u64;
         let mut end = Pos::new(0, HEADER_LEN);
         let mut keep = paths.len();
         let mut written_ends = Vec::with_capacity(paths.len());
@@ -63,6 +66,7 @@ impl Segment {
             }
             let scan = fs.scan;
             count += scan.records;
+            bytes += (scan.end - HEADER_LEN - scan.records as usize * RECORD_HEADER) as u64;
             end = Pos::new(i as u32, scan.end);
             // Written by an earlier run, so backed by blocks.
             written_ends.push(match scan.stop {
@@ -151,7 +155,7 @@ impl Segment {
             }
         }
         let pos = current.as_ref().map(|_| end);
-        let state = AppendState::recovered(count, pos, current);
+        let state = AppendState::recovered(count, bytes, pos, current);
         let shared = Shared {
             part_count: files.len() as u32,
             parts: files,
@@ -180,7 +184,7 @@ impl Segment {
         sealed: bool,
     ) -> Segment {
         tracing::error!(segment = %key, served = count, damage = %why, "WAL segment quarantined: serving its entries up to the damage, refusing reads past it and every append");
-        let state = AppendState::recovered(count, None, None);
+        let state = AppendState::recovered(count, 0, None, None);
         let shared = Shared {
             parts: Vec::new(),
             part_count,
