@@ -32,7 +32,7 @@ use walrus_core::{ConsensusRole, Node, NodeMetrics, TopicName};
 use crate::listener::{ClientHandler, ListenerStats};
 
 /// The `command` label of each request kind, in [`command_index`] order.
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 15] = [
     "register",
     "put",
     "putb",
@@ -47,6 +47,7 @@ const COMMANDS: [&str; 14] = [
     "fetch",
     "commit",
     "replace_storage",
+    "config",
 ];
 const PUT: usize = 1;
 const GET: usize = 3;
@@ -54,7 +55,7 @@ const READ: usize = 9;
 
 fn command_index(req: &Request) -> usize {
     match req {
-        Request::Register(_) => 0,
+        Request::Register(_) | Request::RegisterRetaining { .. } => 0,
         Request::Put { .. } => PUT,
         Request::PutBatch { .. } => 2,
         Request::Get(_) => GET,
@@ -68,6 +69,7 @@ fn command_index(req: &Request) -> usize {
         Request::Fetch { .. } => 11,
         Request::Commit { .. } => 12,
         Request::ReplaceStorage { .. } => 13,
+        Request::Config { .. } => 14,
     }
 }
 
