@@ -273,6 +273,13 @@ async fn register(run: &Run, name: &'static str) {
     }
 }
 
+/// Sends one client request to node `node`, as a client connected to it.
+async fn ask(run: &Run, node: NodeId, req: Request) -> Call<Response> {
+    run.world
+        .on_node(node, move |n| async move { n.handle(req).await })
+        .await
+}
+
 fn pick(rng: &mut StdRng, n: u64) -> NodeId {
     rng.gen_range(1..=n)
 }
@@ -319,19 +326,18 @@ async fn consume(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str, g
     let node = pick(rng, plan.nodes);
     let max_entries = rng.gen_range(1..=8);
     let g = group.name.clone();
-    let answer = run
-        .world
-        .on_node(node, move |n| async move {
-            n.handle(Request::Fetch {
-                group: g,
-                topic: topic(name),
-                max_entries,
-                max_bytes: 1 << 20,
-                wait_ms: 0,
-            })
-            .await
-        })
-        .await;
+    let answer = ask(
+        run,
+        node,
+        Request::Fetch {
+            group: g,
+            topic: topic(name),
+            max_entries,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+        },
+    )
+    .await;
     let (committed, uncertain) = group.offsets.entry(name).or_default();
     let (entries, next) = match answer {
         Call::Done(Response::Entries { entries, next }) => (entries, next),
@@ -377,17 +383,16 @@ async fn consume(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str, g
 
     let node = pick(rng, plan.nodes);
     let g = group.name.clone();
-    let answer = run
-        .world
-        .on_node(node, move |n| async move {
-            n.handle(Request::Commit {
-                group: g,
-                topic: topic(name),
-                offset: next,
-            })
-            .await
-        })
-        .await;
+    let answer = ask(
+        run,
+        node,
+        Request::Commit {
+            group: g,
+            topic: topic(name),
+            offset: next,
+        },
+    )
+    .await;
     let outcome = match answer {
         Call::Done(Response::Ok) => Outcome::Acked,
         // The one "unavailable" that promises nothing either way.
@@ -422,16 +427,15 @@ async fn put(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str, paylo
         let node = pick(rng, plan.nodes);
         let invoked = run.now();
         let p = payload.clone();
-        let answer = run
-            .world
-            .on_node(node, move |n| async move {
-                n.handle(Request::Put {
-                    topic: topic(name),
-                    payload: p,
-                })
-                .await
-            })
-            .await;
+        let answer = ask(
+            run,
+            node,
+            Request::Put {
+                topic: topic(name),
+                payload: p,
+            },
+        )
+        .await;
         let outcome = match answer {
             Call::Done(Response::Ok) => Outcome::Acked,
             Call::Done(Response::Err(e)) => classify(run, &e),
@@ -493,19 +497,18 @@ async fn read_at(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str) {
     let offset = rng.gen_range(0..=(plan.ops as u64 * 2));
     let max_entries = rng.gen_range(1..=8);
     let wait_ms = [0, 0, 300][rng.gen_range(0..3)];
-    let answer = run
-        .world
-        .on_node(node, move |n| async move {
-            n.handle(Request::Read {
-                topic: topic(name),
-                offset,
-                max_entries,
-                max_bytes: 1 << 20,
-                wait_ms,
-            })
-            .await
-        })
-        .await;
+    let answer = ask(
+        run,
+        node,
+        Request::Read {
+            topic: topic(name),
+            offset,
+            max_entries,
+            max_bytes: 1 << 20,
+            wait_ms,
+        },
+    )
+    .await;
     let got = match answer {
         Call::Done(Response::Entries { entries, next }) => {
             let last = entries.last().map_or(offset, |(o, _)| o + 1);
@@ -552,12 +555,7 @@ async fn read_at(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str) {
 
 async fn get(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str) {
     let node = pick(rng, plan.nodes);
-    let answer = run
-        .world
-        .on_node(node, move |n| async move {
-            n.handle(Request::Get(topic(name))).await
-        })
-        .await;
+    let answer = ask(run, node, Request::Get(topic(name))).await;
     let result = read_result(run, answer);
     run.note(format!("GET {name} via {node}: {result:?}"));
     lock(&run.stats).gets += 1;
@@ -633,12 +631,7 @@ async fn drain(run: &Run, name: &'static str) {
     loop {
         let node = ids[i % ids.len()];
         i += 1;
-        let answer = run
-            .world
-            .on_node(node, move |n| async move {
-                n.handle(Request::Get(topic(name))).await
-            })
-            .await;
+        let answer = ask(run, node, Request::Get(topic(name))).await;
         let last = format!("{:?}", answer_text(&answer));
         let result = read_result(run, answer);
         run.note(format!("DRAIN {name} via {node}: {result:?}"));
