@@ -5,6 +5,8 @@
 //! `cargo test --test e2e partition`.
 
 mod common;
+#[path = "../../walrus-backends/tests/backends/pki.rs"]
+mod pki;
 #[path = "../../walrus-backends/tests/backends/tmpfs.rs"]
 mod tmpfs;
 
@@ -20,4 +22,5 @@ mod produce;
 mod prometheus;
 mod retention;
 mod single_node;
+mod tls;
 mod wal_damage;

@@ -1,8 +1,10 @@
 //! The command line of `walrus-bench`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use walrus_client::TlsConfig;
 
 use crate::conn::Workload;
 use crate::run::{Length, RunConfig};
@@ -126,9 +128,29 @@ pub struct LoadArgs {
     /// How long to wait for answers still in flight when the run ends.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Speak TLS (to a server run with --tls-cert), trusting the CA
+    /// certificate(s) of this PEM file.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host
+    /// of each --addr).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 impl LoadArgs {
+    /// The TLS settings of --tls-ca and --tls-server-name, if any.
+    pub fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let tls = TlsConfig::from_ca_file(ca)?;
+        Ok(Some(match &self.tls_server_name {
+            Some(name) => tls.with_server_name(name)?,
+            None => tls,
+        }))
+    }
+
     pub fn to_config(&self) -> RunConfig {
         RunConfig {
             targets: self.addrs.clone(),
@@ -158,6 +180,7 @@ impl LoadArgs {
             progress: !self.quiet && !self.json,
             drain_timeout: self.drain_timeout,
             verify_timeout: Duration::from_secs(300),
+            tls: None,
         }
     }
 }

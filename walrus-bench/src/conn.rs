@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use walrus_client::{Stream, TlsConfig};
 use walrus_core::protocol::encode_frame;
 
 use crate::payload::{entry_id, Decoded, PayloadCodec};
@@ -74,6 +74,8 @@ pub struct ConnPlan {
     pub drain_timeout: Duration,
     /// Shared count of answered requests, for the progress bar.
     pub progress: Arc<AtomicU64>,
+    /// TLS on the connection (`None`: plain TCP).
+    pub tls: Option<TlsConfig>,
 }
 
 /// What a connection brings back.
@@ -144,23 +146,23 @@ impl Frames {
 /// Never fails: connection problems are counted as errors by their text.
 pub async fn run_connection(plan: ConnPlan) -> ConnOutcome {
     let mut out = ConnOutcome::default();
-    let stream =
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&plan.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                out.stats
-                    .record_error(format!("cannot connect to {}: {e}", plan.addr), 1);
-                out.finished = Some(Instant::now());
-                return out;
-            }
-            Err(_) => {
-                out.stats
-                    .record_error(format!("connecting to {} timed out", plan.addr), 1);
-                out.finished = Some(Instant::now());
-                return out;
-            }
-        };
-    if let Err(e) = stream.set_nodelay(plan.nodelay) {
+    let connecting = walrus_client::connect(&plan.addr, plan.tls.as_ref());
+    let stream = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            out.stats
+                .record_error(format!("cannot connect to {}: {e}", plan.addr), 1);
+            out.finished = Some(Instant::now());
+            return out;
+        }
+        Err(_) => {
+            out.stats
+                .record_error(format!("connecting to {} timed out", plan.addr), 1);
+            out.finished = Some(Instant::now());
+            return out;
+        }
+    };
+    if let Err(e) = stream.tcp().set_nodelay(plan.nodelay) {
         out.stats.record_error(format!("set TCP_NODELAY: {e}"), 1);
     }
     let mut driver = Driver::new(&plan, stream);
@@ -171,7 +173,7 @@ pub async fn run_connection(plan: ConnPlan) -> ConnOutcome {
 
 struct Driver<'a> {
     plan: &'a ConnPlan,
-    stream: TcpStream,
+    stream: Stream,
     frames: Frames,
     in_flight: VecDeque<InFlight>,
     sent: u64,
@@ -188,7 +190,7 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    fn new(plan: &'a ConnPlan, stream: TcpStream) -> Self {
+    fn new(plan: &'a ConnPlan, stream: Stream) -> Self {
         Driver {
             plan,
             stream,
@@ -233,7 +235,13 @@ impl<'a> Driver<'a> {
                 self.queue_due_requests(now);
             }
             if !self.wbuf.is_empty() {
-                if let Err(e) = self.stream.write_all(&self.wbuf).await {
+                // TLS holds encrypted bytes until flushed; plain TCP's
+                // flush is a no-op.
+                let written = async {
+                    self.stream.write_all(&self.wbuf).await?;
+                    self.stream.flush().await
+                };
+                if let Err(e) = written.await {
                     self.fail(out, format!("write failed: {e}"));
                     return;
                 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use walrus_client::TlsConfig;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,6 +52,8 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// Upper bound for the `--verify` read-back.
     pub verify_timeout: Duration,
+    /// TLS on every connection (`None`: plain TCP).
+    pub tls: Option<TlsConfig>,
 }
 
 impl RunConfig {
@@ -73,6 +76,7 @@ impl RunConfig {
             progress: false,
             drain_timeout: Duration::from_secs(5),
             verify_timeout: Duration::from_secs(300),
+            tls: None,
         }
     }
 
@@ -126,7 +130,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     cfg.validate()?;
     let topics = Arc::new(cfg.topic_names());
     if cfg.register {
-        register_topics(&cfg.targets[0], &topics).await?;
+        register_topics(&cfg.targets[0], &topics, cfg.tls.as_ref()).await?;
     }
     let codec = if cfg.verify {
         Some(PayloadCodec::new(rand::random(), cfg.payload_size).map_err(anyhow::Error::msg)?)
@@ -178,6 +182,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             codec: codec.clone(),
             drain_timeout: cfg.drain_timeout,
             progress: progress.clone(),
+            tls: cfg.tls.clone(),
         };
         handles.push(tokio::spawn(run_connection(plan)));
     }
@@ -243,6 +248,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         for (i, topic) in topics.iter().enumerate() {
             let found = read_topic(
                 &cfg.targets[0],
+                cfg.tls.as_ref(),
                 topic,
                 &codec,
                 32,
@@ -259,11 +265,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 }
 
 /// Sends `REGISTER` for each topic; any answer but `OK` stops the run.
-pub async fn register_topics(addr: &str, topics: &[String]) -> anyhow::Result<()> {
+pub async fn register_topics(
+    addr: &str,
+    topics: &[String],
+    tls: Option<&TlsConfig>,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
-    let client = walrus_client::Client::new(addr)
+    let mut client = walrus_client::Client::new(addr)
         .with_timeout(timeout)
         .with_connect_timeout(timeout);
+    if let Some(tls) = tls {
+        client = client.with_tls(tls.clone());
+    }
     for t in topics {
         let body = client
             .send_raw(&format!("REGISTER {t}"))

@@ -8,8 +8,8 @@ use anyhow::{anyhow, Context};
 use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use walrus_client::TlsConfig;
 use walrus_core::protocol::encode_frame;
 
 use crate::payload::{split_id, Decoded, PayloadCodec};
@@ -165,6 +165,7 @@ pub fn check(
 /// or when `deadline` passes, it gives up and says why in `stopped`.
 pub async fn read_topic(
     addr: &str,
+    tls: Option<&TlsConfig>,
     topic: &str,
     codec: &PayloadCodec,
     depth: usize,
@@ -172,7 +173,7 @@ pub async fn read_topic(
     errors: &mut BTreeMap<String, u64>,
     stopped: &mut Vec<String>,
 ) -> Vec<Decoded> {
-    match read_topic_inner(addr, topic, codec, depth, deadline, errors).await {
+    match read_topic_inner(addr, tls, topic, codec, depth, deadline, errors).await {
         Ok(found) => found,
         Err((found, e)) => {
             stopped.push(format!("{e:#}"));
@@ -183,6 +184,7 @@ pub async fn read_topic(
 
 async fn read_topic_inner(
     addr: &str,
+    tls: Option<&TlsConfig>,
     topic: &str,
     codec: &PayloadCodec,
     depth: usize,
@@ -191,14 +193,13 @@ async fn read_topic_inner(
 ) -> Result<Vec<Decoded>, (Vec<Decoded>, anyhow::Error)> {
     const MAX_ERRORS_IN_A_ROW: u32 = 200;
     let mut found = Vec::new();
-    let mut stream = match TcpStream::connect(addr)
+    let mut stream = match walrus_client::connect(addr, tls)
         .await
         .with_context(|| format!("read-back cannot connect to {addr}"))
     {
         Ok(s) => s,
         Err(e) => return Err((found, e)),
     };
-    let _ = stream.set_nodelay(true);
     let mut request = BytesMut::new();
     encode_frame(&mut request, format!("GET {topic}").as_bytes());
     let mut out = Vec::new();
@@ -212,7 +213,11 @@ async fn read_topic_inner(
                 out.extend_from_slice(&request);
                 in_flight += 1;
             }
-            if let Err(e) = stream.write_all(&out).await {
+            let written = async {
+                stream.write_all(&out).await?;
+                stream.flush().await
+            };
+            if let Err(e) = written.await {
                 return Err((found, anyhow!("read-back of {topic}: {e}")));
             }
             out.clear();

@@ -47,7 +47,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::codec::{Decoder, Encoder};
 use walrus_core::protocol::{FrameCodec, FrameError};
@@ -58,7 +57,9 @@ pub mod blocking;
 pub type CliClient = Client;
 
 mod batch;
+mod tls;
 pub use batch::{putb_body, BatchAck, Producer, MAX_BATCH_ENTRIES};
+pub use tls::{connect, Stream, TlsConfig};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +238,7 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Answer bytes read and not yet decoded.
     rbuf: BytesMut,
     /// Index of the address this connection went to.
@@ -261,7 +262,7 @@ impl Conn {
         // and `byte` is a valid 1-byte buffer for the call's duration.
         let n = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.stream.tcp().as_raw_fd(),
                 (&mut byte as *mut u8).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -288,6 +289,7 @@ pub struct Client {
     preferred: AtomicUsize,
     timeout: Duration,
     connect_timeout: Duration,
+    tls: Option<TlsConfig>,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -316,6 +318,7 @@ impl Client {
             preferred: AtomicUsize::new(0),
             timeout: Duration::from_secs(30),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
             conn: Mutex::new(None),
         }
     }
@@ -331,6 +334,13 @@ impl Client {
     /// timeout).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Speaks TLS to every node (whose client port runs with
+    /// `--tls-cert`), verifying each against `tls`'s CA; see [`TlsConfig`].
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -637,6 +647,8 @@ impl Client {
                         n => written += n,
                     }
                 }
+                // TLS may hold encrypted bytes until flushed.
+                conn.stream.flush().await?;
                 for _ in requests {
                     answers.push(read_answer(conn).await?);
                 }
@@ -698,10 +710,10 @@ impl Client {
         for node in (first..first + self.addrs.len()).map(|i| i % self.addrs.len()) {
             let addr = &self.addrs[node];
             let attempt = tokio::time::Instant::now() + self.connect_timeout;
-            let result = tokio::time::timeout_at(attempt.min(deadline), TcpStream::connect(addr))
+            let connecting = tls::connect(addr, self.tls.as_ref());
+            let result = tokio::time::timeout_at(attempt.min(deadline), connecting)
                 .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-                .and_then(|stream| stream.set_nodelay(true).map(|()| stream));
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             match result {
                 Ok(stream) => {
                     self.preferred.store(node, Ordering::Relaxed);

@@ -2,7 +2,7 @@
 //! (`--node-id`, `--data-dir`, `--raft-*`, `--client-*`, `--join`,
 //! `--log-file`, `WALRUS_MAX_SEGMENT_ENTRIES`, `WALRUS_MONITOR_CHECK_MS`),
 //! plus ours (`--fsync`, connection caps, timeouts, the in-flight bytes
-//! budget, `--metrics-addr`).
+//! budget, `--metrics-addr`, TLS on either port).
 //!
 //! With no flags at all: node 1, a one-voter cluster, clients on
 //! 127.0.0.1:9091, Raft on 127.0.0.1:9191, data under `./data/node_1`.
@@ -20,10 +20,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use walrus_backends::tcp::tls::NodeTls;
 use walrus_backends::wal::{FsyncPolicy, WalConfig};
 
-use crate::listener::{ListenerConfig, MIN_BYTES_IN_FLIGHT};
+use crate::listener::{ClientTls, ListenerConfig, MIN_BYTES_IN_FLIGHT};
 
 /// The default client port (what `walrus-cli` and the seed's examples use).
 pub const DEFAULT_CLIENT_PORT: u16 = 9091;
@@ -169,6 +171,31 @@ pub struct ServerConfig {
     #[arg(long, env = "WALRUS_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 
+    /// TLS on the client port: the certificate chain it presents (PEM,
+    /// leaf first). Goes with --tls-key. Clients then must speak TLS.
+    #[arg(long, env = "WALRUS_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WALRUS_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS on the inter-node port: the CA certificate (PEM) that
+    /// signs every node's certificate. Nodes accept only peers whose
+    /// certificate it signed; give every node of the cluster this flag.
+    #[arg(long, env = "WALRUS_NODE_TLS_CA", value_name = "PEM")]
+    pub node_tls_ca: Option<PathBuf>,
+
+    /// The certificate chain (PEM) this node shows other nodes, signed by
+    /// --node-tls-ca and naming the host of --raft-advertise-host. Default:
+    /// --tls-cert. Goes with --node-tls-key.
+    #[arg(long, env = "WALRUS_NODE_TLS_CERT", value_name = "PEM")]
+    pub node_tls_cert: Option<PathBuf>,
+
+    /// The private key of --node-tls-cert (PEM). Default: --tls-key.
+    #[arg(long, env = "WALRUS_NODE_TLS_KEY", value_name = "PEM")]
+    pub node_tls_key: Option<PathBuf>,
+
     /// Accepted for compatibility with the reference; ignored.
     #[arg(long, env = "WALRUS_DISABLE_IO_URING", hide = true)]
     pub disable_io_uring: Option<String>,
@@ -303,6 +330,48 @@ impl ServerConfig {
         }
     }
 
+    /// The client port's TLS, loaded from its files (`None`: plain TCP).
+    pub fn client_tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some((cert, key)) = pair("--tls-cert", &self.tls_cert, "--tls-key", &self.tls_key)?
+        else {
+            return Ok(None);
+        };
+        ClientTls::from_files(cert, key)
+            .map(Some)
+            .context("cannot set up TLS on the client port (--tls-cert, --tls-key)")
+    }
+
+    /// The inter-node port's mutual TLS, loaded from its files (`None`:
+    /// plain TCP). The node's own certificate is --node-tls-cert and
+    /// --node-tls-key, or else --tls-cert and --tls-key.
+    pub fn node_tls(&self) -> anyhow::Result<Option<NodeTls>> {
+        let own = pair(
+            "--node-tls-cert",
+            &self.node_tls_cert,
+            "--node-tls-key",
+            &self.node_tls_key,
+        )?;
+        let Some(ca) = &self.node_tls_ca else {
+            if own.is_some() {
+                anyhow::bail!(
+                    "--node-tls-cert and --node-tls-key need --node-tls-ca: nodes verify each \
+                     other's certificate against that CA"
+                );
+            }
+            return Ok(None);
+        };
+        let fallback = pair("--tls-cert", &self.tls_cert, "--tls-key", &self.tls_key)?;
+        let Some((cert, key)) = own.or(fallback) else {
+            anyhow::bail!(
+                "--node-tls-ca needs this node's own certificate: give --node-tls-cert and \
+                 --node-tls-key (or --tls-cert and --tls-key, then used on both ports)"
+            );
+        };
+        NodeTls::from_files(cert, key, ca).map(Some).context(
+            "cannot set up TLS on the inter-node port (--node-tls-ca, --node-tls-cert, --node-tls-key)",
+        )
+    }
+
     pub fn wal_config(&self) -> WalConfig {
         WalConfig {
             fsync: self.fsync,
@@ -322,6 +391,22 @@ impl ServerConfig {
         };
         c.retention_interval = Duration::from_millis(self.retention_check_ms);
         c
+    }
+}
+
+/// Two settings that go together: both or neither.
+fn pair<'a>(
+    a_flag: &str,
+    a: &'a Option<PathBuf>,
+    b_flag: &str,
+    b: &'a Option<PathBuf>,
+) -> anyhow::Result<Option<(&'a Path, &'a Path)>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!(
+            "{a_flag} and {b_flag} go together (a certificate and its private key): give both or neither"
+        ),
     }
 }
 

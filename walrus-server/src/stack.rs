@@ -19,7 +19,7 @@ use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, Stor
 
 use crate::config::ServerConfig;
 use crate::identity;
-use crate::listener::ClientListener;
+use crate::listener::{ClientListener, ListenerConfig};
 use crate::prometheus::{self, Instrumented, RequestStats};
 
 /// A running node with its ports open.
@@ -71,6 +71,14 @@ impl Stack {
         // storage that has (or had) one.
         let storage = existing.unwrap_or_else(StorageId::random);
 
+        // Certificates are read before anything else: a bad file fails
+        // fast, before a port or any data is opened.
+        let client_tls = config.client_tls()?;
+        let transport_config = TcpConfig {
+            tls: config.node_tls()?,
+            ..TcpConfig::default()
+        };
+
         // Bind both ports first: a port in use fails fast, before any data
         // is opened.
         let raft_listener = TcpListener::bind(config.raft_bind_addr())
@@ -98,7 +106,7 @@ impl Stack {
                 )
             })?;
 
-        let transport = TcpTransport::new(TcpConfig::default());
+        let transport = TcpTransport::new(transport_config);
 
         let mut raft_config = RaftConfig::new(
             config.node_id,
@@ -132,7 +140,7 @@ impl Stack {
         // Raft's own messages go to the store, everything else to the node.
         let handler: Arc<dyn RequestHandler> = RaftRouter::new(raft.clone(), node.clone());
         let raft_server = transport.serve(raft_listener, handler);
-        tracing::info!(node = config.node_id, addr = %config.raft_bind_addr(), "inter-node port open");
+        tracing::info!(node = config.node_id, addr = %config.raft_bind_addr(), tls = config.node_tls_ca.is_some(), "inter-node port open");
 
         if let Err(e) = raft.bootstrap_or_join(config.join.clone()).await {
             transport.shutdown();
@@ -148,7 +156,11 @@ impl Stack {
         node.start();
         let requests = Arc::new(RequestStats::default());
         let handler = Arc::new(Instrumented::new(node.clone(), requests.clone()));
-        let clients = ClientListener::start(client_listener, handler, config.listener_config())
+        let listener_config = ListenerConfig {
+            tls: client_tls,
+            ..config.listener_config()
+        };
+        let clients = ClientListener::start(client_listener, handler, listener_config)
             .context("cannot start the client listener")?;
         let metrics_server = match metrics_listener {
             None => None,
@@ -164,7 +176,7 @@ impl Stack {
                 Some(task)
             }
         };
-        tracing::info!(node = config.node_id, addr = %clients.local_addr(), "client port open; node ready");
+        tracing::info!(node = config.node_id, addr = %clients.local_addr(), tls = config.tls_cert.is_some(), "client port open; node ready");
         Ok(Stack {
             node,
             raft,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -234,11 +234,34 @@ impl Peer {
                 config.connect_timeout.as_millis()
             )),
         };
-        match dialled {
-            Ok(stream) => {
-                *backoff = Backoff::default();
+        let dialled = match (dialled, &config.tls) {
+            (Ok(stream), None) => {
                 socket::tune(&stream, config, &self.addr);
-                let conn = Connection::start(stream, self.addr.clone(), config);
+                let (read, write) = stream.into_split();
+                Ok(Connection::start(
+                    read,
+                    FrameWriter::new(write),
+                    self.addr.clone(),
+                    config,
+                ))
+            }
+            (Ok(stream), Some(tls)) => {
+                socket::tune(&stream, config, &self.addr);
+                match tls
+                    .connect(stream, &self.addr, config.connect_timeout)
+                    .await
+                {
+                    Ok((read, writer)) => {
+                        Ok(Connection::start(read, writer, self.addr.clone(), config))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            (Err(why), _) => Err(why),
+        };
+        match dialled {
+            Ok(conn) => {
+                *backoff = Backoff::default();
                 *self.conn.lock_or_recover() = Some(conn.clone());
                 Ok(conn)
             }
@@ -284,12 +307,19 @@ struct Connection {
 }
 
 impl Connection {
-    fn start(stream: TcpStream, addr: String, config: &TcpConfig) -> Arc<Connection> {
-        let (read, write) = stream.into_split();
+    fn start<R>(
+        read: R,
+        writer: Arc<FrameWriter>,
+        addr: String,
+        config: &TcpConfig,
+    ) -> Arc<Connection>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
         let (stop, _) = watch::channel(false);
         let conn = Arc::new(Connection {
             addr,
-            writer: FrameWriter::new(write),
+            writer,
             waiters: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
             stop,

@@ -8,6 +8,7 @@
 //!   when they need not wait, in a task of their own when they must).
 //! - `writer`: one connection's frames into its socket, straight from the
 //!   sender when the connection is idle, batched when it is busy.
+//! - [`tls`]: mutual TLS between nodes ([`TcpConfig::tls`]), off by default.
 //!
 //! ```no_run
 //! # async fn demo(handler: std::sync::Arc<dyn walrus_core::RequestHandler>) -> anyhow::Result<()> {
@@ -27,6 +28,7 @@ pub mod envelope;
 mod client;
 mod server;
 mod socket;
+pub mod tls;
 mod writer;
 
 use std::collections::HashMap;
@@ -74,6 +76,10 @@ pub struct TcpConfig {
     /// Connections a server accepts at once; further ones are closed at
     /// once, so a flood of connections cannot exhaust the node.
     pub max_connections: usize,
+    /// Mutual TLS on every connection, both ways (`None`: plain TCP). The
+    /// handshake, on either side, must finish within `connect_timeout`.
+    /// Every node of a cluster must use the same setting.
+    pub tls: Option<tls::NodeTls>,
 }
 
 impl Default for TcpConfig {
@@ -88,6 +94,7 @@ impl Default for TcpConfig {
             reconnect_backoff_max: Duration::from_secs(1),
             keepalive: Some(Duration::from_secs(1)),
             max_connections: 1024,
+            tls: None,
         }
     }
 }

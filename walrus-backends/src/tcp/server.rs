@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use walrus_core::{Error, NodeRequest, RequestHandler};
@@ -94,8 +94,35 @@ async fn serve_connection(
     isolated: Arc<AtomicBool>,
 ) {
     socket::tune(&stream, &config, &peer);
-    let (read, write) = stream.into_split();
-    let writer = FrameWriter::new(write);
+    match &config.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            let writer = FrameWriter::new(write);
+            serve_frames(read, writer, peer, handler, config, stop, isolated).await;
+        }
+        Some(tls) => match tls.accept(stream, config.stall_timeout).await {
+            Ok((read, writer)) => {
+                serve_frames(read, writer, peer, handler, config, stop, isolated).await;
+            }
+            Err(e) => tracing::warn!(
+                %peer,
+                "refused a node connection: {e}; a peer needs a certificate signed by this \
+                 cluster's CA (--node-tls-ca)"
+            ),
+        },
+    }
+}
+
+/// Answers the frames of one connection until it ends.
+async fn serve_frames<R: AsyncRead + Unpin>(
+    read: R,
+    writer: Arc<FrameWriter>,
+    peer: SocketAddr,
+    handler: Arc<dyn RequestHandler>,
+    config: TcpConfig,
+    stop: watch::Receiver<bool>,
+    isolated: Arc<AtomicBool>,
+) {
     // At least one, or the connection could never make progress.
     let max_in_flight = config.max_in_flight_per_connection.max(1);
     let in_flight = Arc::new(Semaphore::new(max_in_flight));

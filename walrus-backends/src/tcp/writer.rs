@@ -12,12 +12,19 @@
 //! across an await: that is what keeps frames whole and in order, and the
 //! kernel serialises writers of one socket anyway. A sender waits only when
 //! the queue is full (backpressure from a peer that does not read).
+//!
+//! Over TLS the bytes must go through the stream's encryption, which only
+//! one owner at a time may drive: a writer task of the connection owns the
+//! stream, and every frame goes through the queue to it. Batching is the
+//! same; the direct write (and so the idle case's saved task switch) is
+//! what plain TCP has over TLS.
 
 use std::io::{self, ErrorKind};
 use std::net::Shutdown;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use socket2::SockRef;
+use socket2::{SockRef, Socket};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{watch, Notify};
 use walrus_core::locks::MutexExt;
@@ -34,10 +41,24 @@ pub(crate) struct Closed;
 
 /// The write side of one connection, shared by every task that sends on it.
 pub(crate) struct FrameWriter {
-    socket: OwnedWriteHalf,
+    output: Output,
     state: Mutex<State>,
     /// Wakes senders waiting for queue space.
     drained: Notify,
+}
+
+/// Where the frames go.
+enum Output {
+    /// Plain TCP: the sender writes straight into the socket when it can.
+    Socket(OwnedWriteHalf),
+    /// An encrypting stream, owned by the connection's writer task.
+    Stream {
+        /// Wakes the writer task: frames are queued, or the writer closed.
+        work: Notify,
+        /// The TCP socket under the stream (a duplicate descriptor), to
+        /// end the connection in both directions on close.
+        socket: Socket,
+    },
 }
 
 #[derive(Default)]
@@ -52,10 +73,29 @@ struct State {
 impl FrameWriter {
     pub(crate) fn new(socket: OwnedWriteHalf) -> Arc<FrameWriter> {
         Arc::new(FrameWriter {
-            socket,
+            output: Output::Socket(socket),
             state: Mutex::new(State::default()),
             drained: Notify::new(),
         })
+    }
+
+    /// A writer into `stream` (TLS over `socket`, a duplicate descriptor
+    /// of the TCP socket under it): a task of its own writes the queued
+    /// frames until the writer is closed.
+    pub(crate) fn with_stream<W>(stream: W, socket: Socket) -> Arc<FrameWriter>
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let writer = Arc::new(FrameWriter {
+            output: Output::Stream {
+                work: Notify::new(),
+                socket,
+            },
+            state: Mutex::new(State::default()),
+            drained: Notify::new(),
+        });
+        tokio::spawn(writer.clone().pump(stream));
+        writer
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -76,7 +116,17 @@ impl FrameWriter {
                     return Err(Closed);
                 }
                 if !state.flushing {
-                    let written = match self.socket.try_write(frame) {
+                    let socket = match &self.output {
+                        Output::Socket(socket) => socket,
+                        Output::Stream { work, .. } => {
+                            state.queue.extend_from_slice(frame);
+                            state.flushing = true;
+                            drop(state);
+                            work.notify_one();
+                            return Ok(());
+                        }
+                    };
+                    let written = match socket.try_write(frame) {
                         Ok(n) if n == frame.len() => return Ok(()),
                         Ok(n) => n,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
@@ -137,11 +187,53 @@ impl FrameWriter {
         }
     }
 
+    /// The writer task of a stream: writes out what is queued whenever
+    /// there is some, until the writer closes.
+    async fn pump<W: AsyncWrite + Unpin>(self: Arc<Self>, mut stream: W) {
+        let Output::Stream { work, .. } = &self.output else {
+            unreachable!("only a stream writer has a writer task");
+        };
+        let mut batch = Vec::new();
+        loop {
+            work.notified().await;
+            loop {
+                {
+                    let mut state = self.lock();
+                    if state.closed {
+                        return;
+                    }
+                    if state.queue.is_empty() {
+                        state.flushing = false;
+                        break;
+                    }
+                    batch.clear();
+                    std::mem::swap(&mut batch, &mut state.queue);
+                }
+                self.drained.notify_waiters();
+                let written = async {
+                    stream.write_all(&batch).await?;
+                    stream.flush().await
+                };
+                if let Err(e) = written.await {
+                    tracing::debug!("write to node connection failed: {e}");
+                    self.close();
+                    return;
+                }
+                if batch.capacity() > 4 * MAX_WRITE_BYTES {
+                    batch = Vec::new();
+                }
+            }
+        }
+    }
+
     async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        let Output::Socket(socket) = &self.output else {
+            unreachable!("only a socket writer flushes from a task per burst");
+        };
         while !bytes.is_empty() {
-            self.socket.writable().await?;
+            socket.writable().await?;
             let chunk = &bytes[..bytes.len().min(MAX_WRITE_BYTES)];
-            match self.socket.try_write(chunk) {
+            match socket.try_write(chunk) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
@@ -162,7 +254,13 @@ impl FrameWriter {
         state.queue = Vec::new();
         drop(state);
         // Fails only if the socket is already gone, which is what we want.
-        let _ = SockRef::from(self.socket.as_ref()).shutdown(Shutdown::Both);
+        let _ = match &self.output {
+            Output::Socket(socket) => SockRef::from(socket.as_ref()).shutdown(Shutdown::Both),
+            Output::Stream { work, socket } => {
+                work.notify_one(); // the writer task ends
+                socket.shutdown(Shutdown::Both)
+            }
+        };
         self.drained.notify_waiters();
     }
 

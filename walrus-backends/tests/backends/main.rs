@@ -7,6 +7,7 @@
 
 #[path = "../../../walrus-core/tests/scenarios/fuzz_common/mod.rs"]
 mod fuzz_common;
+mod pki;
 mod raft_common;
 mod tcp_common;
 mod tmpfs;
@@ -26,6 +27,7 @@ mod raft_storage_suite;
 mod tcp_conformance;
 mod tcp_hostile;
 mod tcp_throughput;
+mod tcp_tls;
 mod tcp_transport;
 mod wal_conformance;
 mod wal_crash;

@@ -12,7 +12,7 @@ use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_core::testing::transport_conformance::{run, TransportFactory};
 use walrus_core::{NodeId, RequestHandler, Transport};
 
-fn config() -> TcpConfig {
+pub(crate) fn config() -> TcpConfig {
     TcpConfig {
         connect_timeout: Duration::from_millis(300),
         request_timeout: Duration::from_secs(1),
@@ -21,8 +21,8 @@ fn config() -> TcpConfig {
     }
 }
 
-#[derive(Default)]
-struct TcpFactory {
+pub(crate) struct TcpFactory {
+    config: TcpConfig,
     /// Each node's current transport (a crashed node's is shut down, and
     /// replaced when it starts again).
     transports: HashMap<NodeId, Arc<TcpTransport>>,
@@ -30,6 +30,15 @@ struct TcpFactory {
 }
 
 impl TcpFactory {
+    /// Every node's transport with `config`.
+    pub(crate) fn new(config: TcpConfig) -> TcpFactory {
+        TcpFactory {
+            config,
+            transports: HashMap::new(),
+            addresses: HashMap::new(),
+        }
+    }
+
     fn announce(&self, node: NodeId) {
         if let Some(addr) = self.addresses.get(&node) {
             for t in self.transports.values() {
@@ -54,7 +63,7 @@ impl TransportFactory for TcpFactory {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("bound").to_string();
-        let transport = TcpTransport::new(config());
+        let transport = TcpTransport::new(self.config.clone());
         transport.serve(listener, handler);
         for (id, a) in &self.addresses {
             transport.set_peer_address(*id, a);
@@ -68,7 +77,7 @@ impl TransportFactory for TcpFactory {
         let transport = self
             .transports
             .entry(node)
-            .or_insert_with(|| TcpTransport::new(config()))
+            .or_insert_with(|| TcpTransport::new(self.config.clone()))
             .clone();
         for (id, a) in &self.addresses {
             transport.set_peer_address(*id, a);
@@ -89,11 +98,11 @@ impl TransportFactory for TcpFactory {
     }
 
     fn answer_timeout(&self) -> Duration {
-        config().request_timeout
+        self.config.request_timeout
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_tcp_transport_when_running_the_transport_suite_should_pass() {
-    run(TcpFactory::default()).await;
+    run(TcpFactory::new(config())).await;
 }

@@ -22,7 +22,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
             let json = cli.load.json;
-            let report = run::run(cli.load.to_config()).await?;
+            let mut config = cli.load.to_config();
+            config.tls = cli.load.tls()?;
+            let report = run::run(config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
 use walrus_client::{
-    putb_body, Client, ClientError, Entry, Producer, ReadOptions, MAX_BATCH_ENTRIES,
+    putb_body, Client, ClientError, Entry, Producer, ReadOptions, TlsConfig, MAX_BATCH_ENTRIES,
 };
 
 #[derive(Parser)]
@@ -35,6 +35,22 @@ struct Cli {
     /// Never resends after an unknown outcome.
     #[arg(long, env = "WALRUS_RETRY_MS", default_value_t = 3000, global = true)]
     retry_ms: u64,
+
+    /// Speak TLS to the node (which runs with --tls-cert), trusting the CA
+    /// certificate(s) of this PEM file.
+    #[arg(long, env = "WALRUS_TLS_CA", value_name = "PEM", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// The name the node's certificate must carry (default: the host of
+    /// --addr). Needs --tls-ca.
+    #[arg(
+        long,
+        env = "WALRUS_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "tls_ca",
+        global = true
+    )]
+    tls_server_name: Option<String>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -183,6 +199,16 @@ enum NodeCommand {
     },
 }
 
+/// The TLS settings of --tls-ca and --tls-server-name, if any.
+fn tls(ca: Option<&std::path::Path>, name: Option<&str>) -> std::io::Result<Option<TlsConfig>> {
+    let Some(ca) = ca else { return Ok(None) };
+    let tls = TlsConfig::from_ca_file(ca)?;
+    match name {
+        Some(name) => tls.with_server_name(name).map(Some),
+        None => Ok(Some(tls)),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -196,6 +222,14 @@ fn main() -> ExitCode {
         }
     };
     let client = Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
+    let client = match tls(cli.tls_ca.as_deref(), cli.tls_server_name.as_deref()) {
+        Ok(None) => client,
+        Ok(Some(tls)) => client.with_tls(tls),
+        Err(e) => {
+            eprintln!("walrus-cli: {e}");
+            return ExitCode::from(EXIT_ERR);
+        }
+    };
     let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),

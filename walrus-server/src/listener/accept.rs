@@ -2,12 +2,12 @@
 //! client address; one over a cap is answered `ERR` and closed.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use walrus_core::protocol::Response;
@@ -59,7 +59,7 @@ pub(super) async fn accept_loop<H: ClientHandler + ?Sized>(
                 peer.ip(),
                 config.max_connections_per_ip
             );
-            tokio::spawn(refuse(stream, text, config.idle_timeout));
+            tokio::spawn(refuse(stream, peer, text, config.clone()));
             continue;
         };
         match limits.connections.clone().try_acquire_owned() {
@@ -71,7 +71,23 @@ pub(super) async fn accept_loop<H: ClientHandler + ?Sized>(
                 let stats = limits.stats.clone();
                 stats.opened();
                 tokio::spawn(async move {
-                    serve_connection(stream, handler, config, budget, stats.clone(), stop).await;
+                    let served = stats.clone();
+                    match config.tls.clone() {
+                        None => {
+                            let (read, write) = stream.into_split();
+                            serve_connection(read, write, handler, config, budget, served, stop)
+                                .await;
+                        }
+                        Some(tls) => {
+                            if let Some(s) = tls.accept(stream, peer, config.idle_timeout).await {
+                                let (read, write) = tokio::io::split(s);
+                                serve_connection(
+                                    read, write, handler, config, budget, served, stop,
+                                )
+                                .await;
+                            }
+                        }
+                    }
                     stats.closed();
                     tracing::debug!(%peer, "client connection closed");
                     drop((permit, slot));
@@ -81,13 +97,27 @@ pub(super) async fn accept_loop<H: ClientHandler + ?Sized>(
                 drop(slot);
                 let text =
                     "too many connections: the server is at its connection limit, retry later";
-                tokio::spawn(refuse(stream, text.into(), config.idle_timeout));
+                tokio::spawn(refuse(stream, peer, text.into(), config.clone()));
             }
         }
     }
 }
 
-async fn refuse(mut stream: TcpStream, text: String, timeout: Duration) {
+/// Answers `ERR <text>` and closes: over TLS once the handshake is done,
+/// so that the client can read why.
+async fn refuse(stream: TcpStream, peer: SocketAddr, text: String, config: ListenerConfig) {
+    let timeout = config.idle_timeout;
+    match config.tls {
+        None => refuse_on(stream, text, timeout).await,
+        Some(tls) => {
+            if let Some(s) = tls.accept(stream, peer, timeout).await {
+                refuse_on(s, text, timeout).await;
+            }
+        }
+    }
+}
+
+async fn refuse_on<S: AsyncWrite + Unpin>(mut stream: S, text: String, timeout: Duration) {
     let mut out = BytesMut::new();
     Response::Err(text).encode(&mut out);
     let _ = tokio::time::timeout(timeout, stream.write_all(&out)).await;

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 use walrus_core::protocol::{FrameCodec, Request, Response};
 use walrus_core::TopicName;
@@ -47,15 +45,21 @@ impl Reply {
     }
 }
 
-pub(super) async fn serve_connection<H: ClientHandler + ?Sized>(
-    stream: TcpStream,
+/// Serves one connection, given as its reading and writing halves: a TCP
+/// socket's, or an encrypted stream's (TLS).
+pub(super) async fn serve_connection<H, R, W>(
+    read: R,
+    write: W,
     handler: Arc<H>,
     config: ListenerConfig,
     budget: Budget,
     stats: Arc<ListenerStats>,
     stop: watch::Receiver<bool>,
-) {
-    let (read, write) = stream.into_split();
+) where
+    H: ClientHandler + ?Sized,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
     let unanswered = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn(write_loop(
@@ -96,7 +100,7 @@ struct Reader<H: ?Sized> {
 }
 
 impl<H: ClientHandler + ?Sized> Reader<H> {
-    async fn run(self, read: OwnedReadHalf, mut stop: watch::Receiver<bool>) {
+    async fn run<R: AsyncRead + Unpin>(self, read: R, mut stop: watch::Receiver<bool>) {
         let mut reader = BufReader::with_capacity(64 * 1024, read);
         let mut lanes: HashMap<TopicName, Arc<Mutex<Lane>>> = HashMap::new();
         loop {
@@ -141,9 +145,9 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
     /// frames a connection may idle up to the idle-connection timeout (any
     /// time while it has requests in flight); once a frame has begun, each
     /// part must arrive within the idle timeout.
-    async fn next_frame(
+    async fn next_frame<R: AsyncRead + Unpin>(
         &self,
-        reader: &mut BufReader<OwnedReadHalf>,
+        reader: &mut BufReader<R>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(Bytes, Charge), Stop> {
         loop {
@@ -226,8 +230,8 @@ fn dropped() -> Response {
     Response::Err("internal error: the request was dropped before it was answered".into())
 }
 
-async fn write_loop(
-    mut write: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
     mut rx: mpsc::Receiver<Pending>,
     timeout: Duration,
     unanswered: Arc<AtomicUsize>,
@@ -265,7 +269,13 @@ async fn write_loop(
             answer.encode(&mut out);
             charges.push(charge);
         }
-        match tokio::time::timeout(timeout, write.write_all(&out)).await {
+        // A TLS stream may keep encrypted bytes until flushed; a socket's
+        // flush is a no-op.
+        let written = async {
+            write.write_all(&out).await?;
+            write.flush().await
+        };
+        match tokio::time::timeout(timeout, written).await {
             Ok(Ok(())) => {
                 stats.wrote(out.len());
                 out.clear();

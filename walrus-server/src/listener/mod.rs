@@ -35,6 +35,7 @@
 //! - `lanes`: per-topic order within a connection, and PUT batches.
 //! - `budget`: the global budget of bytes in flight.
 //! - `stats`: bytes and connections counted for `/metrics`.
+//! - `tls`: TLS on the port ([`ListenerConfig::tls`]), off by default.
 
 mod accept;
 mod budget;
@@ -43,6 +44,7 @@ mod lanes;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +62,7 @@ use accept::{accept_loop, Limits};
 use budget::Budget;
 pub use budget::MIN_BYTES_IN_FLIGHT;
 pub use stats::ListenerStats;
+pub use tls::ClientTls;
 
 /// What answers client requests. The server gives the listener a `Node`;
 /// tests and custom builds may give anything else.
@@ -131,6 +134,9 @@ pub struct ListenerConfig {
     pub max_bytes_in_flight: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// TLS on every connection (`None`: plain TCP). The handshake must
+    /// finish within `idle_timeout`.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ListenerConfig {
@@ -143,6 +149,7 @@ impl Default for ListenerConfig {
             max_in_flight: 1024,
             max_bytes_in_flight: 64 << 20,
             drain_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
