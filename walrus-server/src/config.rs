@@ -600,6 +600,59 @@ mod tests {
     }
 
     #[test]
+    fn given_tls_settings_in_the_file_should_pair_them_and_fall_back_to_the_client_certificate() {
+        fn err<T>(r: anyhow::Result<T>) -> String {
+            format!("{:#}", r.err().expect("an error"))
+        }
+        let c = parse(&[]).unwrap();
+        assert!(c.client_tls().unwrap().is_none() && c.node_tls().unwrap().is_none());
+
+        let (c, _) = load_with_file(
+            "tls-cert = \"/nonexistent/server.pem\"\ntls_key = \"/nonexistent/server.key\"\n\
+             node-tls-ca = \"/nonexistent/ca.pem\"\n",
+            &[],
+        );
+        let c = c.unwrap();
+        assert_eq!(
+            c.tls_cert.as_deref(),
+            Some(Path::new("/nonexistent/server.pem"))
+        );
+        assert_eq!(
+            c.tls_key.as_deref(),
+            Some(Path::new("/nonexistent/server.key"))
+        );
+        let e = err(c.client_tls());
+        assert!(
+            e.contains("cannot read the certificate file /nonexistent/server.pem"),
+            "{e}"
+        );
+        // The node port reads the CA, then (no --node-tls-cert) the client
+        // port's certificate.
+        let e = err(c.node_tls());
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+
+        let e = err(parse(&["--tls-cert", "c.pem"]).unwrap().client_tls());
+        assert!(e.contains("--tls-cert and --tls-key go together"), "{e}");
+        let e = err(
+            parse(&["--node-tls-cert", "c.pem", "--node-tls-key", "k.pem"])
+                .unwrap()
+                .node_tls(),
+        );
+        assert!(e.contains("need --node-tls-ca"), "{e}");
+        let e = err(parse(&["--node-tls-ca", "ca.pem"]).unwrap().node_tls());
+        assert!(e.contains("needs this node's own certificate"), "{e}");
+        let e = err(
+            parse(&["--node-tls-ca", "ca.pem", "--node-tls-key", "k.pem"])
+                .unwrap()
+                .node_tls(),
+        );
+        assert!(
+            e.contains("--node-tls-cert and --node-tls-key go together"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn given_a_bad_file_should_name_the_file_and_what_is_wrong() {
         let (r, path) = load_with_file("node-id = 2\nclinet-port = 8002\n", &[]);
         let text = file_error(r);
