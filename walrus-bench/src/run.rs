@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::conn::{run_connection, ConnPlan, Limit, Workload};
 use crate::payload::PayloadCodec;
 use crate::stats::{process_cpu_time, ConnStats, Report, RunShape};
-use crate::verify::{check, read_topic};
+use crate::verify::{check, read_topic, Endpoint};
 use crate::wire::{classify, excerpt, Answer};
 
 /// How long the run goes on.
@@ -246,9 +246,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let mut read_errors = BTreeMap::new();
         let mut stopped = Vec::new();
         for (i, topic) in topics.iter().enumerate() {
+            let server = Endpoint {
+                addr: &cfg.targets[0],
+                tls: cfg.tls.as_ref(),
+            };
             let found = read_topic(
-                &cfg.targets[0],
-                cfg.tls.as_ref(),
+                server,
                 topic,
                 &codec,
                 32,

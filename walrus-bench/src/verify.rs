@@ -159,13 +159,19 @@ pub fn check(
     r
 }
 
+/// Where a read-back goes: the address, and TLS if the server speaks it.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub addr: &'a str,
+    pub tls: Option<&'a TlsConfig>,
+}
+
 /// Reads `topic` through GET until `EMPTY`, `depth` GETs in flight.
 ///
 /// Error answers are counted in `errors` and retried; after many in a row,
 /// or when `deadline` passes, it gives up and says why in `stopped`.
 pub async fn read_topic(
-    addr: &str,
-    tls: Option<&TlsConfig>,
+    server: Endpoint<'_>,
     topic: &str,
     codec: &PayloadCodec,
     depth: usize,
@@ -173,7 +179,17 @@ pub async fn read_topic(
     errors: &mut BTreeMap<String, u64>,
     stopped: &mut Vec<String>,
 ) -> Vec<Decoded> {
-    match read_topic_inner(addr, tls, topic, codec, depth, deadline, errors).await {
+    match read_topic_inner(
+        server.addr,
+        server.tls,
+        topic,
+        codec,
+        depth,
+        deadline,
+        errors,
+    )
+    .await
+    {
         Ok(found) => found,
         Err((found, e)) => {
             stopped.push(format!("{e:#}"));

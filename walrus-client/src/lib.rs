@@ -14,6 +14,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! TLS: [`Client::with_tls`] with a [`TlsConfig`] (the CA that signed the
+//! server's certificate), for a server run with `--tls-cert`.
+//!
 //! One connection is kept open and reused, to one node at a time (see
 //! [`Client::with_nodes`] for fail-over). Requests are pipelined with
 //! [`Client::put_many`] and [`Client::send_many`]. Frames are cut by
