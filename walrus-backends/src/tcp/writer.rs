@@ -34,6 +34,14 @@ const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 /// Largest write the flush task hands the kernel at once.
 const MAX_WRITE_BYTES: usize = 256 * 1024;
 
+/// What a flusher finds in the queue.
+enum Queued {
+    Closed,
+    Empty,
+    /// Bytes to write, now in the flusher's buffer.
+    Batch,
+}
+
 /// The connection was closed (by either side, or by a failed write); the
 /// frame was not sent.
 #[derive(Debug)]
@@ -156,27 +164,7 @@ impl FrameWriter {
     /// to direct sends.
     async fn flush(self: Arc<Self>) {
         let mut batch = Vec::new();
-        loop {
-            {
-                let mut state = self.lock();
-                if state.closed {
-                    return;
-                }
-                if state.queue.is_empty() {
-                    state.flushing = false;
-                    if batch.capacity() > 4 * MAX_WRITE_BYTES {
-                        // One burst must not pin its memory for the
-                        // connection's life.
-                        batch = Vec::new();
-                    }
-                    // Hand the spare buffer back so the next burst reuses it.
-                    batch.clear();
-                    state.queue = batch;
-                    return;
-                }
-                batch.clear();
-                std::mem::swap(&mut batch, &mut state.queue);
-            }
+        while let Queued::Batch = self.take_queued(&mut batch) {
             self.drained.notify_waiters();
             if let Err(e) = self.write_all(&batch).await {
                 tracing::debug!("write to node connection failed: {e}");
@@ -197,17 +185,10 @@ impl FrameWriter {
         loop {
             work.notified().await;
             loop {
-                {
-                    let mut state = self.lock();
-                    if state.closed {
-                        return;
-                    }
-                    if state.queue.is_empty() {
-                        state.flushing = false;
-                        break;
-                    }
-                    batch.clear();
-                    std::mem::swap(&mut batch, &mut state.queue);
+                match self.take_queued(&mut batch) {
+                    Queued::Closed => return,
+                    Queued::Empty => break,
+                    Queued::Batch => {}
                 }
                 self.drained.notify_waiters();
                 let written = async {
@@ -217,13 +198,34 @@ impl FrameWriter {
                 if let Err(e) = written.await {
                     tracing::debug!("write to node connection failed: {e}");
                     self.close();
+                    self.drained.notify_waiters();
                     return;
-                }
-                if batch.capacity() > 4 * MAX_WRITE_BYTES {
-                    batch = Vec::new();
                 }
             }
         }
+    }
+
+    /// Moves the queued bytes into `batch` for the flusher to write. With
+    /// none queued, the flusher is done: direct sends may go again
+    /// (`flushing` off), and `batch` goes back as the queue's buffer, so
+    /// the next burst reuses it.
+    fn take_queued(&self, batch: &mut Vec<u8>) -> Queued {
+        let mut state = self.lock();
+        if state.closed {
+            return Queued::Closed;
+        }
+        batch.clear();
+        if state.queue.is_empty() {
+            state.flushing = false;
+            if batch.capacity() > 4 * MAX_WRITE_BYTES {
+                // One burst must not pin its memory for the connection's life.
+                *batch = Vec::new();
+            }
+            std::mem::swap(batch, &mut state.queue);
+            return Queued::Empty;
+        }
+        std::mem::swap(batch, &mut state.queue);
+        Queued::Batch
     }
 
     async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
