@@ -91,6 +91,11 @@ pub struct NodeConfig {
     /// the cluster can refuse a report read from a wiped or replaced disk.
     /// `None` for a node without one (in-memory test stacks).
     pub storage: Option<crate::types::StorageId>,
+    /// Copies of each segment (its leader included) for topics registered
+    /// here without `RF` (`--replication-factor`). 1 until failover of
+    /// replicated segments works (docs/architecture.md, "Replication");
+    /// then `min(3, voters)`.
+    pub replication_factor: u32,
 }
 
 impl NodeConfig {
@@ -111,6 +116,7 @@ impl NodeConfig {
             // nothing.
             forward_timeout: DEFAULT_LEASE * 2 + DEFAULT_FAILOVER_MARGIN,
             storage: None,
+            replication_factor: 1,
         }
     }
 }
