@@ -316,6 +316,7 @@ impl super::Node {
     ) -> Result<Appended> {
         let appended = self.append_stored(key, &entries, false).await?;
         let partial = (appended.count - appended.first_index) < entries.len() as u64;
+        self.await_quorum(key, appended.count).await?;
         self.acknowledge(key, appended.count, partial)?;
         Ok(appended)
     }
@@ -350,6 +351,7 @@ impl super::Node {
                 Ok(a) => {
                     // Stored, acknowledged or not: it will be read.
                     self.appends.appended(key);
+                    self.replicate(key, a.first_index, &entries[..take]);
                     break a;
                 }
                 Err(Error::SegmentSealed(_)) if take > 1 && !whole => take /= 2,

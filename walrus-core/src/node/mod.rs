@@ -9,6 +9,8 @@
 //! - `forward`: forwarded appends, combined when many meet on the way to
 //!   one segment leader.
 //! - `produce`: PUTB (whole batches) and idempotent producers.
+//! - `replicate`: quorum acknowledgement, streaming a replicated
+//!   segment's appends from its leader to its followers.
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
@@ -32,6 +34,7 @@ mod metrics;
 mod peer_requests;
 mod produce;
 mod read;
+mod replicate;
 mod retention;
 mod rollover;
 mod storage;
@@ -138,6 +141,8 @@ pub struct Node {
     forwards: forward::Forwards,
     /// Producers' last writes, for idempotent PUTBs.
     producers: produce::Producers,
+    /// Copies of the replicated segments this node leads.
+    replication: replicate::Replication,
     /// Wakes long-polling readers of segments this node leads.
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
@@ -198,6 +203,7 @@ impl Node {
             forwards: forward::Forwards::default(),
             producers: produce::Producers::default(),
             appends: read::AppendSignals::default(),
+            replication: replicate::Replication::default(),
             stopping: read::Stopping::default(),
             count_refused: Default::default(),
             retention_done: Default::default(),

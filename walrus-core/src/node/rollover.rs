@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::locks::MutexExt;
@@ -73,6 +73,7 @@ impl super::Node {
             None
         } else {
             let count = self.log.seal(key).await?;
+            self.seal_copies(key, count);
             // Its producers' last writes are final now, and must be in
             // metadata before its count is (the next leader starts from
             // them). A quarantined segment stays Pending, which holds
@@ -193,7 +194,14 @@ impl super::Node {
     /// goes on in a new segment, maybe on another node).
     pub(crate) async fn monitor_tick(&self) {
         let state = self.metadata.state();
-
+        // Segments rolled away whose copies are done (their senders
+        // ended) need no entry any more.
+        self.replication.retain(|key, copies| {
+            state
+                .topic(&key.topic)
+                .is_some_and(|t| t.current().id == key.segment)
+                || copies.is_some_and(|c| Arc::strong_count(c) > 1)
+        });
         let health = self.log.health();
         for (topic, t) in &state.topics {
             let current = t.current();

@@ -2,11 +2,15 @@
 //! live voters, and, for a segment with followers, acknowledgement only
 //! once a majority of its replicas holds an entry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use walrus_core::protocol::Response;
-use walrus_core::testing::TestCluster;
-use walrus_core::TopicName;
+use walrus_core::testing::{MemLogStore, SimNetwork, TestCluster};
+use walrus_core::{LogStore, SegmentInfo, SegmentKey, TopicName};
 
 fn topic(s: &str) -> TopicName {
     TopicName::new(s).unwrap()
@@ -106,5 +110,215 @@ async fn given_the_default_factor_when_registering_plainly_should_keep_one_copy_
         three.retention,
         Some(Default::default()),
         "RETAIN none kept"
+    );
+}
+
+/// How many replicas of the segment holding `payload` (found on its
+/// leader) hold it at the same index, and that segment's quorum.
+async fn copies_of(c: &TestCluster, name: &str, payload: &str) -> Option<(usize, usize)> {
+    let state = c.metadata.committed();
+    let t = state.topic(&topic(name))?;
+    for seg in &t.segments {
+        let key = SegmentKey::new(topic(name), seg.id);
+        let on_leader = c.logs[&seg.leader]
+            .read(&key, 0, usize::MAX, usize::MAX)
+            .await
+            .ok()?;
+        let Some(index) = on_leader
+            .iter()
+            .position(|e| e.as_ref() == payload.as_bytes())
+        else {
+            continue;
+        };
+        let mut held = 0;
+        for r in seg.replicas() {
+            let entries = c.logs[&r]
+                .read(&key, index as u64, 1, usize::MAX)
+                .await
+                .unwrap_or_default();
+            if entries
+                .first()
+                .is_some_and(|e| e.as_ref() == payload.as_bytes())
+            {
+                held += 1;
+            }
+        }
+        return Some((held, seg.quorum()));
+    }
+    None
+}
+
+/// Entries of segment `segment` of `name` in node `node`'s store.
+async fn held(c: &TestCluster, node: u64, name: &str, segment: u64) -> Vec<Bytes> {
+    let key = SegmentKey::new(topic(name), segment);
+    c.logs[&node]
+        .read(&key, 0, usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_rf_3_when_puts_are_acknowledged_should_each_be_on_a_majority_already() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 8)).await;
+    assert_eq!(c.send(1, "REGISTER logs RF 3").await, Response::Ok);
+    for i in 0..30 {
+        let payload = format!("m{i}");
+        let via = i % 3 + 1;
+        assert_eq!(
+            c.send(via, &format!("PUT logs {payload}")).await,
+            Response::Ok
+        );
+        let (held, quorum) = copies_of(&c, "logs", &payload).await.expect("stored");
+        assert!(
+            held >= quorum,
+            "{payload} acknowledged on {held} of its replicas"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_rf_3_and_a_dead_follower_when_writing_should_acknowledge_on_the_other_two() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs RF 3").await, Response::Ok);
+    c.crash(3).await;
+    for i in 0..20 {
+        let payload = format!("m{i}");
+        assert_eq!(
+            c.send(1, &format!("PUT logs {payload}")).await,
+            Response::Ok
+        );
+        assert_eq!(copies_of(&c, "logs", &payload).await, Some((2, 2)));
+    }
+    let state = c.metadata.committed();
+    assert_eq!(
+        state.topic(&topic("logs")).unwrap().segments.len(),
+        1,
+        "no write waited for node 3 until its segment was given up"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_follower_cut_off_for_a_while_when_healed_should_catch_up() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs RF 3").await, Response::Ok);
+    c.net.partition(1, 3);
+    for i in 0..10 {
+        assert_eq!(c.send(1, &format!("PUT logs m{i}")).await, Response::Ok);
+    }
+    assert!(held(&c, 3, "logs", 1).await.is_empty(), "cut off");
+    c.net.heal();
+    assert_eq!(c.send(1, "PUT logs m10").await, Response::Ok);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = held(&c, 1, "logs", 1).await;
+    assert_eq!(leader.len(), 11);
+    assert_eq!(held(&c, 3, "logs", 1).await, leader);
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_follower_back_with_an_empty_disk_when_writes_go_on_should_be_refilled_from_the_leader(
+) {
+    let mut c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs RF 3").await, Response::Ok);
+    for i in 0..10 {
+        assert_eq!(c.send(1, &format!("PUT logs m{i}")).await, Response::Ok);
+    }
+    c.crash(3).await;
+    c.logs.insert(3, Arc::new(MemLogStore::new()));
+    c.restart(3);
+    assert_eq!(c.send(1, "PUT logs m10").await, Response::Ok);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = held(&c, 1, "logs", 1).await;
+    assert_eq!(leader.len(), 11);
+    assert_eq!(
+        held(&c, 3, "logs", 1).await,
+        leader,
+        "the gap before m10 was sent again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_rf_3_when_a_segment_rolls_should_seal_every_copy_at_its_count() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 5)).await;
+    assert_eq!(c.send(1, "REGISTER logs RF 3").await, Response::Ok);
+    for i in 0..7 {
+        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let key = SegmentKey::new(topic("logs"), 1);
+    for node in 1..=3 {
+        let info = c.logs[&node].info(&key).await.unwrap();
+        assert_eq!(
+            info,
+            Some(SegmentInfo {
+                count: 5,
+                sealed: true
+            }),
+            "node {node}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_rf_1_when_writing_through_another_node_should_copy_nothing() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+    for i in 0..10 {
+        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(held(&c, 1, "logs", 1).await.len(), 10);
+    for node in [2, 3] {
+        assert!(c.logs[&node].segments().await.unwrap().is_empty());
+    }
+}
+
+/// Seeds of the randomized run: each a 3-node cluster with its own
+/// message loss, delays, writers and (maybe) a crash.
+const SEEDS: u64 = 200;
+
+#[tokio::test(start_paused = true)]
+async fn given_seeded_faults_and_crashes_when_puts_are_acknowledged_should_each_be_on_a_majority() {
+    let mut violations = Vec::new();
+    let mut acknowledged = 0;
+    for seed in 0..SEEDS {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let net = SimNetwork::new(seed);
+        net.set_delay(Duration::ZERO, Duration::from_millis(rng.gen_range(0..6)));
+        net.set_drop_rate([0.0, 0.01, 0.05][rng.gen_range(0..3)]);
+        let c = TestCluster::start_with(3, net, |id| TestCluster::config(id, 6)).await;
+        let mut registered = false;
+        for _ in 0..20 {
+            if c.send(1, "REGISTER logs RF 3").await == Response::Ok {
+                registered = true;
+                break;
+            }
+        }
+        assert!(registered, "seed {seed}: REGISTER kept failing");
+        let crash_at = rng.gen_range(0..60);
+        let victim = rng.gen_range(2..=3);
+        let mut live: Vec<u64> = vec![1, 2, 3];
+        for i in 0..40 {
+            if i == crash_at {
+                c.crash(victim).await;
+                live.retain(|n| *n != victim);
+            }
+            let via = live[rng.gen_range(0..live.len())];
+            let payload = format!("s{seed}-{i}");
+            if c.send(via, &format!("PUT logs {payload}")).await != Response::Ok {
+                continue;
+            }
+            acknowledged += 1;
+            match copies_of(&c, "logs", &payload).await {
+                Some((held, quorum)) if held >= quorum => {}
+                other => violations.push(format!("seed {seed}: {payload}: {other:?}")),
+            }
+        }
+        c.shutdown().await;
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+    // Most writes get through the faults: the check is not vacuous.
+    assert!(
+        acknowledged > SEEDS * 30,
+        "only {acknowledged} acknowledged"
     );
 }
