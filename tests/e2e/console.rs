@@ -41,30 +41,37 @@ try:
     driver.get(url)
     wait = WebDriverWait(driver, 30)
 
-    def nodes():
-        rows = driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
-        return [{"id": r.get_attribute("data-node"),
-                 "role": r.find_element(By.CSS_SELECTOR, ".role").text,
-                 "health": r.find_element(By.CSS_SELECTOR, ".health").text} for r in rows]
-
-    def topic_end():
-        rows = driver.find_elements(By.CSS_SELECTOR, '#topics tbody tr[data-topic="%s"]' % topic)
-        return rows[0].find_element(By.CSS_SELECTOR, ".end").text if rows else None
-
-    def newest():
-        cells = driver.find_elements(By.CSS_SELECTOR, "#tail tbody tr td.entry")
-        return cells[0].text if cells else None
+    # One script call reads the whole page at one moment: the page rebuilds
+    # its rows every poll, so element handles kept between calls go stale.
+    SNAPSHOT = """
+      function text(sel, root) { var e = (root || document).querySelector(sel); return e ? e.textContent : null; }
+      var topicRow = document.querySelector('#topics tbody tr[data-topic="' + arguments[0] + '"]');
+      return {
+        nodes: Array.prototype.map.call(document.querySelectorAll('#nodes tbody tr'), function (r) {
+          return {id: r.getAttribute('data-node'), role: text('.role', r), health: text('.health', r)};
+        }),
+        end: topicRow ? text('.end', topicRow) : null,
+        segments: topicRow ? Array.prototype.map.call(topicRow.querySelectorAll('.seg'), function (s) { return s.textContent; }) : [],
+        newest: text('#tail tbody tr td.entry'),
+        leader: text('#leader'),
+        term: text('#term'),
+        rate: text('[data-rate="requests"] b'),
+        tail_images: document.querySelectorAll('#tail img').length,
+        title: document.title
+      };
+    """
 
     def page_state():
-        return {"nodes": nodes(), "end": topic_end(), "newest": newest(),
-                "leader": driver.find_element(By.ID, "leader").text,
-                "term": driver.find_element(By.ID, "term").text,
-                "segments": [s.text for s in driver.find_elements(
-                    By.CSS_SELECTOR, '#topics tr[data-topic="%s"] .seg' % topic)],
-                "rate": driver.find_element(
-                    By.CSS_SELECTOR, '[data-rate="requests"] b').text,
-                "tail_images": len(driver.find_elements(By.CSS_SELECTOR, "#tail img")),
-                "title": driver.title}
+        return driver.execute_script(SNAPSHOT, topic)
+
+    def nodes():
+        return page_state()["nodes"]
+
+    def topic_end():
+        return page_state()["end"]
+
+    def newest():
+        return page_state()["newest"]
 
     wait.until(lambda d: len(nodes()) == 3
                and all(n["health"].startswith("up") for n in nodes())

@@ -68,7 +68,7 @@ pub fn serve(
     Ok((addr, task))
 }
 
-/// An answer: status line, content type, extra headers, body.
+/// An answer: status, content type and body (the headers are fixed).
 pub(crate) struct Reply {
     status: &'static str,
     content_type: &'static str,

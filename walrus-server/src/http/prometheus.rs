@@ -158,7 +158,7 @@ impl RequestStats {
         rows
     }
 
-    /// `(command label, requests)` for every command, for the console.
+    /// `(command label, requests, errors)` for every command, for the console.
     pub fn requests_by_command(&self) -> Vec<(&'static str, u64, u64)> {
         COMMANDS
             .iter()
