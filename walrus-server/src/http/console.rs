@@ -135,7 +135,13 @@ pub(super) async fn cluster(sources: &Sources) -> Reply {
                         SegmentStatus::Pending => ("pending", None),
                         SegmentStatus::Lost { count } => ("lost", Some(count)),
                     };
-                    json!({"id": s.id, "leader": s.leader, "status": status, "count": count})
+                    json!({
+                        "id": s.id,
+                        "leader": s.leader,
+                        "followers": s.followers,
+                        "status": status,
+                        "count": count,
+                    })
                 })
                 .collect();
             json!({

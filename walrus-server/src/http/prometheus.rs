@@ -437,8 +437,8 @@ impl Collector for Scrape {
         gauge(
             &mut encoder,
             "walrus_segments_under_replicated",
-            "Segments with fewer copies than the cluster keeps. Always 0 for now: a segment \
-             lives on its leader only, since Walrus does not replicate segments yet.",
+            "Segments with fewer up-to-date copies than their replica set. Always 0 for now: \
+             follower progress of replicated segments is not tracked here yet.",
             0,
         )?;
         if let Some(wal) = &self.wal {
