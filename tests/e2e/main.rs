@@ -10,6 +10,7 @@ mod tmpfs;
 
 mod cluster;
 mod config_and_logs;
+mod consumers;
 mod disk;
 mod groups;
 mod identity;
