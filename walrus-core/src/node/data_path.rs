@@ -188,7 +188,7 @@ impl super::Node {
         topic: &TopicName,
         retention: Option<crate::metadata::Retention>,
     ) -> Result<()> {
-        let cmd = MetadataCmd::SetRetention {
+        let cmd = MetadataCmd::SetTopicRetention {
             topic: topic.clone(),
             retention,
         };
