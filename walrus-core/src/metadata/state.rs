@@ -1100,7 +1100,10 @@ mod tests {
             segment,
             bytes,
         };
-        assert!(matches!(s.apply(&bytes(1, 100)), CmdResult::Rejected(_)), "open");
+        assert!(
+            matches!(s.apply(&bytes(1, 100)), CmdResult::Rejected(_)),
+            "open"
+        );
         for segment in 1..=4 {
             s.apply(&roll("t", segment, Some(10), 1));
         }
@@ -1114,7 +1117,10 @@ mod tests {
             assert_eq!(s.apply(&bytes(segment, 100)), CmdResult::Applied);
         }
         assert_eq!(s.apply(&bytes(2, 999)), CmdResult::Unchanged, "first stays");
-        assert!(matches!(s.apply(&bytes(9, 1)), CmdResult::Rejected(_)), "no segment 9");
+        assert!(
+            matches!(s.apply(&bytes(9, 1)), CmdResult::Rejected(_)),
+            "no segment 9"
+        );
         assert!(matches!(
             s.apply(&MetadataCmd::RecordSegmentBytes {
                 topic: topic("nope"),

@@ -306,7 +306,10 @@ async fn given_idempotent_writes_when_retention_deletes_their_segments_should_ke
     // Producer p writes e0..e7: segment 1 on node 1, 2 on node 2, each
     // leader journaling p's writes in segment 0 of its store.
     for i in 0..8u64 {
-        let body = format!("PUTB logs 1 PRODUCER p {i}\n{}\ne{i}\n", format!("e{i}").len());
+        let body = format!(
+            "PUTB logs 1 PRODUCER p {i}\n{}\ne{i}\n",
+            format!("e{i}").len()
+        );
         assert!(
             matches!(c.send(1, &body).await, Response::Stored { n: 1, .. }),
             "write {i}"
@@ -316,7 +319,10 @@ async fn given_idempotent_writes_when_retention_deletes_their_segments_should_ke
     for id in [1, 2] {
         assert!(c.logs[&id].info(&journal).await.unwrap().is_some());
     }
-    assert_eq!(c.send(2, "CONFIG logs RETAIN entries=0").await, Response::Ok);
+    assert_eq!(
+        c.send(2, "CONFIG logs RETAIN entries=0").await,
+        Response::Ok
+    );
     wait_first(&c, "logs", 8).await;
     wait_deleted_everywhere(&c, "logs", 2).await;
     for id in [1, 2] {
@@ -328,7 +334,13 @@ async fn given_idempotent_writes_when_retention_deletes_their_segments_should_ke
     }
     // p goes on, and a retry of its last write is still known.
     let body = "PUTB logs 1 PRODUCER p 8\n2\ne8\n";
-    assert!(matches!(c.send(3, body).await, Response::Stored { n: 1, .. }));
-    assert!(matches!(c.send(1, body).await, Response::Stored { n: 1, .. }));
+    assert!(matches!(
+        c.send(3, body).await,
+        Response::Stored { n: 1, .. }
+    ));
+    assert!(matches!(
+        c.send(1, body).await,
+        Response::Stored { n: 1, .. }
+    ));
     assert_eq!(c.send(2, "READ logs 8").await, entries(8, 9));
 }
