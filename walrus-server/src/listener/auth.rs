@@ -208,7 +208,7 @@ impl Session {
         let (write, topic) = needs(&req);
         if write && grant.access == Access::Read {
             return Verdict::Answer(denied(format!(
-                "this token is read-only and {} writes; use a token with `write` scope",
+                "this token is read-only and {} writes; use a token with write scope",
                 verb(&req)
             )));
         }
