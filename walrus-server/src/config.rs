@@ -614,6 +614,46 @@ mod tests {
     }
 
     #[test]
+    fn given_credential_files_in_the_config_file_should_load_them_and_never_show_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tokens = dir.path().join("tokens");
+        let secret = dir.path().join("secret");
+        std::fs::write(&tokens, "tok-0123456789abcdef write\n").unwrap();
+        std::fs::write(&secret, "sec-0123456789abcdef\n").unwrap();
+        let (c, _) = load_with_file(
+            &format!("auth-token-file = {tokens:?}\ncluster-secret-file = {secret:?}\n"),
+            &[],
+        );
+        let c = c.unwrap();
+        assert!(c.auth_tokens().unwrap().is_some());
+        assert!(c
+            .cluster_secret()
+            .unwrap()
+            .is_some_and(|s| s.matches(b"sec-0123456789abcdef")));
+        let shown = format!(
+            "{c:?} {:?} {:?}",
+            c.auth_tokens().unwrap(),
+            c.cluster_secret().unwrap()
+        );
+        assert!(
+            !shown.contains("0123456789abcdef"),
+            "a secret in Debug: {shown}"
+        );
+        assert!(parse(&[]).unwrap().cluster_secret().unwrap().is_none());
+
+        std::fs::write(&secret, "short\n").unwrap();
+        let err = c.cluster_secret().unwrap_err().to_string();
+        assert!(err.contains("shorter than 16"), "{err}");
+        assert!(
+            !err.contains("short\n") && !err.contains(": short"),
+            "{err}"
+        );
+        std::fs::write(&tokens, "tok-0123456789abcdef admin\n").unwrap();
+        let err = c.auth_tokens().unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains("tok-"), "{err}");
+    }
+
+    #[test]
     fn given_no_config_file_should_parse_flags_as_before() {
         let c =
             ServerConfig::load_from(["walrus-server", "--node-id", "4", "--log-format", "json"])

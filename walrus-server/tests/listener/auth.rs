@@ -117,19 +117,24 @@ async fn answers(client: &Client, requests: &[String]) -> Vec<String> {
     out
 }
 
+/// Asserts that no answer to `requests` is an `ERR`.
+async fn assert_all_run(client: &Client, requests: &[String]) {
+    for (req, answer) in requests.iter().zip(answers(client, requests).await) {
+        assert!(!answer.starts_with("ERR"), "{req:?}: {answer}");
+    }
+}
+
+async fn assert_answers_start_with(client: &Client, requests: &[String], prefix: &str) {
+    for (req, answer) in requests.iter().zip(answers(client, requests).await) {
+        assert!(answer.starts_with(prefix), "{req:?}: {answer}");
+    }
+}
+
 #[tokio::test]
 async fn given_auth_when_no_token_is_sent_should_refuse_every_command_and_do_nothing() {
     let (l, rec) = serve(Some(tokens())).await;
     let c = Client::new(l.local_addr().to_string());
-    for (req, answer) in every_command()
-        .iter()
-        .zip(answers(&c, &every_command()).await)
-    {
-        assert!(
-            answer.starts_with("ERR authentication required"),
-            "{req:?}: {answer}"
-        );
-    }
+    assert_answers_start_with(&c, &every_command(), "ERR authentication required").await;
     assert_eq!(rec.count(), 0, "nothing reached the handler");
 }
 
@@ -149,15 +154,7 @@ async fn given_auth_when_a_wrong_token_is_sent_should_fail_it_and_refuse_every_c
         );
         assert!(!answer.contains(ADMIN), "{answer}");
     }
-    for (req, answer) in every_command()
-        .iter()
-        .zip(answers(&c, &every_command()).await)
-    {
-        assert!(
-            answer.starts_with("ERR authentication required"),
-            "{req:?}: {answer}"
-        );
-    }
+    assert_answers_start_with(&c, &every_command(), "ERR authentication required").await;
     // A failed AUTH after a good one takes the rights away again.
     assert_eq!(c.send_raw(&format!("AUTH {ADMIN}")).await.unwrap(), "OK");
     assert_eq!(c.send_raw("PING").await.unwrap(), "OK PONG");
@@ -195,18 +192,16 @@ async fn given_a_read_only_token_should_refuse_every_write_and_run_every_read() 
     let c = Client::new(l.local_addr().to_string()).with_auth(READER);
     let mut refused = writes("a.x");
     refused.push(format!("REPLACE-STORAGE 2 {STORAGE}"));
-    for (req, answer) in refused.iter().zip(answers(&c, &refused).await) {
-        assert!(
-            answer.starts_with("ERR permission denied: this token is read-only"),
-            "{req:?}: {answer}"
-        );
-    }
+    assert_answers_start_with(
+        &c,
+        &refused,
+        "ERR permission denied: this token is read-only",
+    )
+    .await;
     assert_eq!(rec.count(), 0, "no write reached the handler");
     let mut allowed = topic_reads("a.x");
     allowed.extend(global_reads());
-    for (req, answer) in allowed.iter().zip(answers(&c, &allowed).await) {
-        assert!(!answer.starts_with("ERR"), "{req:?}: {answer}");
-    }
+    assert_all_run(&c, &allowed).await;
     assert_eq!(rec.count(), allowed.len());
 }
 
@@ -216,14 +211,12 @@ async fn given_a_prefix_limited_token_should_refuse_other_topics_and_filter_topi
     let c = Client::new(l.local_addr().to_string()).with_auth(TENANT);
     let mut outside = writes("b.y");
     outside.extend(topic_reads("b.y"));
-    for (req, answer) in outside.iter().zip(answers(&c, &outside).await) {
-        assert!(
-            answer.starts_with(
-                "ERR permission denied: this token is limited to topics starting with \"a.\""
-            ),
-            "{req:?}: {answer}"
-        );
-    }
+    assert_answers_start_with(
+        &c,
+        &outside,
+        "ERR permission denied: this token is limited to topics starting with \"a.\"",
+    )
+    .await;
     let admin_only = c
         .send_raw(&format!("REPLACE-STORAGE 2 {STORAGE}"))
         .await
@@ -237,9 +230,7 @@ async fn given_a_prefix_limited_token_should_refuse_other_topics_and_filter_topi
     let mut inside = writes("a.x");
     inside.extend(topic_reads("a.x"));
     inside.extend(["METRICS".to_string(), "PING".to_string()]);
-    for (req, answer) in inside.iter().zip(answers(&c, &inside).await) {
-        assert!(!answer.starts_with("ERR"), "{req:?}: {answer}");
-    }
+    assert_all_run(&c, &inside).await;
     assert_eq!(rec.count(), inside.len());
     assert_eq!(c.send_raw("TOPICS").await.unwrap(), r#"["a.x"]"#);
     let counts = c.send_raw("TOPICS COUNTS").await.unwrap();
