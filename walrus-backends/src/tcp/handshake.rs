@@ -240,11 +240,11 @@ mod tests {
 
     #[tokio::test]
     async fn given_different_secrets_should_refuse_on_both_sides_without_naming_them() {
-        let (d, s) = run(&Secret::new("secret-one"), &Secret::new("secret-two")).await;
+        let (d, s) = run(&Secret::new("alpha-one"), &Secret::new("alpha-two")).await;
         let (d, s) = (d.unwrap_err(), s.unwrap_err());
         assert!(d.contains("does not know this cluster's secret"), "{d}");
         assert!(s.contains("closed the connection"), "{s}");
-        assert!(!format!("{d}{s}").contains("secret-"), "{d} {s}");
+        assert!(!format!("{d}{s}").contains("alpha-"), "{d} {s}");
     }
 
     #[tokio::test]
