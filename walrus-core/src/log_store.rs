@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::SegmentKey;
 
 /// The result of a successful append.
@@ -126,9 +126,44 @@ pub struct StorageHealth {
 ///    segment that is not sealed is refused with
 ///    [`Error::BadRequest`](crate::Error::BadRequest) and left whole, so an
 ///    open segment is never lost by mistake. Other segments are untouched.
+/// 11. **Append at an index (replication).** [`LogStore::append_at`]
+///    stores entries at the indexes the segment's leader gave them, so
+///    that every replica of a segment holds the same entry at the same
+///    index. A segment index has exactly one writer ever (its leader), so
+///    an entry already held at an index equals the one sent there again:
+///    the overlap is skipped, only the new tail is written. A gap (`first`
+///    past the count) is refused with
+///    [`Error::BadRequest`](crate::Error::BadRequest) and writes nothing.
+///    Otherwise it behaves as `append` (1, 2, 7, 9; no limit, 5): durable
+///    before return, all or nothing, refused on a sealed segment with
+///    `Error::SegmentSealed` (whatever `first` is) unless every entry it
+///    carries is held already: a retransmit that crosses the seal is `Ok`.
+/// 12. **Seal at a count (failover).** [`LogStore::seal_at`] seals a
+///    segment with exactly `count` entries: entries `count..` (an
+///    unacknowledged tail this replica holds beyond what a majority
+///    holds) are cut, never served or counted again, also after a crash
+///    or restart: the cut and the seal are one durable step, done before
+///    it returns. It never invents entries: holding fewer than `count`
+///    (written, synced or not) is refused with `Error::BadRequest` and
+///    changes nothing. Sealing again at the same count is `Ok` (also after
+///    a restart, and after a plain `seal` that ended at that count); a
+///    sealed segment asked for another count is refused with
+///    `Error::BadRequest`. A segment never seen takes `count == 0`. A
+///    quarantined segment is refused as `seal` refuses it (8).
+///
+/// # Invariants (what replication builds on)
+///
+/// - An index holds at most one entry for the segment's life: `append`,
+///   `append_at` and a restart never change an entry once it was counted.
+/// - After `seal_at(s, n)` returns, `info(s)` is `{ count: n, sealed }`
+///   and `read(s, i, ..)` is empty for every `i >= n`, forever (until
+///   `delete`).
+/// - `append_at(s, first, e)` returning `Ok` means entries
+///   `0..first + e.len()` are held (durable per the policy), in order.
 ///
 /// The conformance suite in `testing::log_store_conformance` (cargo
-/// feature `testing`) checks 1–6 and 10 for any implementation.
+/// feature `testing`) checks 1–6 and 10–12 for any implementation
+/// (12 across a restart for a store that can be reopened).
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// Appends `entries` to `segment` (creating it on first use), with an
@@ -171,6 +206,34 @@ pub trait LogStore: Send + Sync + 'static {
     /// Seals `segment` and returns its final count.
     async fn seal(&self, segment: &SegmentKey) -> Result<u64>;
 
+    /// Follower append (replication, contract 11): stores `entries` at
+    /// indexes `first..first + entries.len()` of `segment`, creating it on
+    /// first use. `first < count`: the overlapping entries are already
+    /// there (equal: one writer per index) and are skipped; the rest is
+    /// appended. `first > count`: refused with `Error::BadRequest` naming
+    /// the gap; nothing written. Durable before return as `append`
+    /// (contract 1), all or nothing (2), no segment limit; refused on a
+    /// sealed segment with `Error::SegmentSealed` unless every entry is
+    /// already present (then `Ok`: a retransmit after the seal is
+    /// harmless). Returns `first_index: first` and the count after it.
+    async fn append_at(
+        &self,
+        segment: &SegmentKey,
+        first: u64,
+        entries: &[Bytes],
+    ) -> Result<Appended>;
+
+    /// Seals `segment` with exactly `count` entries (failover closes a
+    /// replicated segment at the count a majority holds; contract 12):
+    /// entries at `count..` are cut and never served again, also after a
+    /// crash or restart (the cut is durable before return). Holding fewer
+    /// than `count`: refused with `Error::BadRequest` (missing entries
+    /// `held..count`: copy them first), nothing changes. Idempotent:
+    /// sealing again at the same count is `Ok`; a sealed segment asked to
+    /// seal at a different count is refused with `Error::BadRequest`.
+    /// Works on a segment never seen when `count == 0`. Returns `count`.
+    async fn seal_at(&self, segment: &SegmentKey, count: u64) -> Result<u64>;
+
     /// Deletes the sealed `segment` with its files (retention): see
     /// contract 10.
     async fn delete(&self, segment: &SegmentKey) -> Result<()>;
@@ -186,5 +249,32 @@ pub trait LogStore: Send + Sync + 'static {
     /// store that cannot detect any reports none.
     fn health(&self) -> StorageHealth {
         StorageHealth::default()
+    }
+}
+
+/// The refusals of contracts 11 and 12, worded alike by every store.
+pub mod replica_errors {
+    use super::Error;
+    use crate::types::SegmentKey;
+
+    /// `append_at` past the count.
+    pub fn gap(segment: &SegmentKey, first: u64, count: u64) -> Error {
+        Error::BadRequest(format!(
+            "segment {segment} holds {count} entries: cannot store entries from index {first} (entries {count}..{first} are missing); send them first"
+        ))
+    }
+
+    /// `seal_at` past what the store holds.
+    pub fn missing(segment: &SegmentKey, held: u64, count: u64) -> Error {
+        Error::BadRequest(format!(
+            "cannot seal segment {segment} at {count} entries: it holds {held}, missing entries {held}..{count}: copy them first"
+        ))
+    }
+
+    /// `seal_at` of a segment sealed at another count.
+    pub fn sealed_elsewhere(segment: &SegmentKey, sealed: u64, count: u64) -> Error {
+        Error::BadRequest(format!(
+            "cannot seal segment {segment} at {count} entries: it is sealed at {sealed} already, and a seal is final"
+        ))
     }
 }

@@ -231,6 +231,25 @@ impl LogStore for GuardedLog {
         self.log.seal(segment).await
     }
 
+    async fn append_at(
+        &self,
+        segment: &SegmentKey,
+        first: u64,
+        entries: &[Bytes],
+    ) -> Result<Appended> {
+        if !self.guard.pass().await {
+            return Err(crashed());
+        }
+        self.log.append_at(segment, first, entries).await
+    }
+
+    async fn seal_at(&self, segment: &SegmentKey, count: u64) -> Result<u64> {
+        if !self.guard.pass().await {
+            return Err(crashed());
+        }
+        self.log.seal_at(segment, count).await
+    }
+
     async fn delete(&self, segment: &SegmentKey) -> Result<()> {
         if !self.guard.pass().await {
             return Err(crashed());

@@ -38,7 +38,11 @@
 //! never sealed (its true count is unknown), and its files are left as
 //! found for an operator to restore; every other segment opens normally.
 //! Sealed segments take their count from the seal file and are verified
-//! (the same way) when first read. [`LogStore::health`] lists quarantined
+//! (the same way) when first read. Records past that count (a tail cut by
+//! `seal_at`, or left by a failed sync) stay in the files and are never
+//! served: the seal file is the cut, written (temporary name, sync,
+//! rename, directory sync) only after everything below it is durable, so
+//! a crash leaves either the whole open segment or the cut one. [`LogStore::health`] lists quarantined
 //! segments.
 //!
 //! # Deleting (retention)
@@ -291,6 +295,29 @@ impl WalStore {
             .clone()
     }
 
+    /// Appends with `step` (`Segment::append` or `Segment::append_at` of
+    /// `entries`) and waits as the fsync policy says.
+    async fn append_with(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        step: impl Fn(&Segment) -> Result<AppendStep> + Send + Sync,
+    ) -> Result<Appended> {
+        let seg = self.get_or_create(segment);
+        let (appended, rx) = self.append_with_room(&seg, entries, step).await?;
+        match (rx, self.inner.config.fsync) {
+            (Some(rx), _) => {
+                self.inner.syncer.enqueue(&seg, true);
+                Self::wait(rx).await?;
+            }
+            (None, FsyncPolicy::Interval(_)) if !entries.is_empty() => {
+                self.inner.syncer.enqueue(&seg, false)
+            }
+            _ => {}
+        }
+        Ok(appended)
+    }
+
     /// Appends, making room first when the segment has none: on a blocking
     /// thread, so that neither this async worker nor the segment's lock
     /// waits for the disk. Normally the room thread made it already.
@@ -298,12 +325,12 @@ impl WalStore {
         &self,
         seg: &Arc<Segment>,
         entries: &[Bytes],
-        limit: SegmentLimit,
+        step: impl Fn(&Segment) -> Result<AppendStep> + Send + Sync,
     ) -> Result<(Appended, Option<tokio::sync::oneshot::Receiver<Result<()>>>)> {
         // Each round makes room for this append; only other appenders
         // taking it first can send it round again.
         for _ in 0..64 {
-            match seg.append(entries, limit)? {
+            match step(seg)? {
                 AppendStep::Done {
                     appended,
                     durable,
@@ -330,6 +357,35 @@ impl WalStore {
         )))
     }
 
+    /// `seal` (`at: None`) and `seal_at`: refuse appends, make everything
+    /// written durable, then write the seal file with the final count (one
+    /// rename: the seal, and a `seal_at` cut, are whole or absent after a
+    /// crash).
+    async fn seal_to(&self, segment: &SegmentKey, at: Option<u64>) -> Result<u64> {
+        let seg = self.get_or_create(segment);
+        let count = match seg.begin_seal(at) {
+            SealStep::Done(n) => return Ok(n),
+            SealStep::Refused(e) => return Err(e),
+            SealStep::SyncTo(n) => n,
+        };
+        if let Some(rx) = seg.sync_waiter() {
+            self.inner.syncer.enqueue(&seg, true);
+            if let Err(e) = Self::wait(rx).await {
+                seg.abort_seal();
+                return Err(e);
+            }
+        }
+        let s = seg.clone();
+        let result = tokio::task::spawn_blocking(move || s.finish_seal(count))
+            .await
+            .map_err(|e| Error::Internal(format!("WAL seal task failed: {e}")))
+            .and_then(|r| r);
+        if result.is_err() {
+            seg.abort_seal();
+        }
+        result.map(|()| count)
+    }
+
     async fn wait(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Result<()> {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
@@ -343,19 +399,18 @@ impl LogStore for WalStore {
         entries: &[Bytes],
         limit: SegmentLimit,
     ) -> Result<Appended> {
-        let seg = self.get_or_create(segment);
-        let (appended, rx) = self.append_with_room(&seg, entries, limit).await?;
-        match (rx, self.inner.config.fsync) {
-            (Some(rx), _) => {
-                self.inner.syncer.enqueue(&seg, true);
-                Self::wait(rx).await?;
-            }
-            (None, FsyncPolicy::Interval(_)) if !entries.is_empty() => {
-                self.inner.syncer.enqueue(&seg, false)
-            }
-            _ => {}
-        }
-        Ok(appended)
+        self.append_with(segment, entries, |seg| seg.append(entries, limit))
+            .await
+    }
+
+    async fn append_at(
+        &self,
+        segment: &SegmentKey,
+        first: u64,
+        entries: &[Bytes],
+    ) -> Result<Appended> {
+        self.append_with(segment, entries, |seg| seg.append_at(first, entries))
+            .await
     }
 
     async fn read(
@@ -396,28 +451,11 @@ impl LogStore for WalStore {
     }
 
     async fn seal(&self, segment: &SegmentKey) -> Result<u64> {
-        let seg = self.get_or_create(segment);
-        let count = match seg.begin_seal() {
-            SealStep::Done(n) => return Ok(n),
-            SealStep::Refused(e) => return Err(e),
-            SealStep::SyncTo(n) => n,
-        };
-        if let Some(rx) = seg.sync_waiter() {
-            self.inner.syncer.enqueue(&seg, true);
-            if let Err(e) = Self::wait(rx).await {
-                seg.abort_seal();
-                return Err(e);
-            }
-        }
-        let s = seg.clone();
-        let result = tokio::task::spawn_blocking(move || s.finish_seal(count))
-            .await
-            .map_err(|e| Error::Internal(format!("WAL seal task failed: {e}")))
-            .and_then(|r| r);
-        if result.is_err() {
-            seg.abort_seal();
-        }
-        result.map(|()| count)
+        self.seal_to(segment, None).await
+    }
+
+    async fn seal_at(&self, segment: &SegmentKey, count: u64) -> Result<u64> {
+        self.seal_to(segment, Some(count)).await
     }
 
     async fn delete(&self, segment: &SegmentKey) -> Result<()> {

@@ -37,4 +37,5 @@ mod wal_power_loss;
 mod wal_proptest;
 mod wal_quarantine;
 mod wal_recovery;
+mod wal_seal_at;
 mod wal_space;

@@ -6,7 +6,18 @@ use std::time::Duration;
 
 use walrus_backends::wal::{FsyncPolicy, WalConfig, WalStore};
 use walrus_core::locks::MutexExt;
-use walrus_core::testing::log_store_conformance::run_all;
+use walrus_core::testing::log_store_conformance::run_all_with_restart;
+
+/// A graceful restart: the store closes, and opens again on its files.
+fn reopen(store: WalStore) -> WalStore {
+    let (dir, config) = (store.dir().to_path_buf(), store.config().clone());
+    drop(store);
+    WalStore::open(dir, config).expect("reopen WAL")
+}
+
+async fn run_all(make: impl Fn() -> WalStore) {
+    run_all_with_restart(make, reopen).await;
+}
 
 fn maker(fsync: FsyncPolicy, segment_file_bytes: u64) -> impl Fn() -> WalStore {
     maker_with(fsync, segment_file_bytes, 1)

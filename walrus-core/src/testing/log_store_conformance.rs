@@ -1,4 +1,4 @@
-//! A conformance suite for any [`LogStore`]: points 1–6 and 10 of its
+//! A conformance suite for any [`LogStore`]: points 1–6 and 10–12 of its
 //! contract.
 //!
 //! Run everything with [`run_all`], giving it a function that makes a fresh,
@@ -50,8 +50,17 @@ async fn read_all<S: LogStore>(store: &S, seg: &SegmentKey) -> Vec<Bytes> {
     }
 }
 
-/// Runs every scenario, each on a fresh store from `make`.
+/// Runs every scenario, each on a fresh store from `make`. A store whose
+/// data outlives it (on disk) should run [`run_all_with_restart`] instead.
 pub async fn run_all<S: LogStore>(make: impl Fn() -> S) {
+    run_all_with_restart(make, |store| store).await;
+}
+
+/// Runs every scenario, each on a fresh store from `make`; the scenarios
+/// about durability across a restart call `restart` with a store to close
+/// it (gracefully) and open it again on the same data. A store without
+/// durable data passes the same store back.
+pub async fn run_all_with_restart<S: LogStore>(make: impl Fn() -> S, restart: impl Fn(S) -> S) {
     given_appends_when_read_back_should_return_entries_in_order_with_contiguous_indexes(make())
         .await;
     given_empty_and_binary_payloads_when_read_should_return_them_byte_for_byte(make()).await;
@@ -68,6 +77,363 @@ pub async fn run_all<S: LogStore>(make: impl Fn() -> S) {
     given_a_byte_limit_when_appending_past_it_should_refuse_and_write_nothing(make()).await;
     given_a_sealed_segment_when_deleted_should_be_gone_and_leave_the_others_whole(make()).await;
     given_an_open_segment_when_deleted_should_refuse_and_keep_it_whole(make()).await;
+    given_a_gap_when_appending_at_should_refuse_and_write_nothing(make()).await;
+    given_held_entries_when_appending_at_an_overlap_should_skip_them_and_append_the_rest(make())
+        .await;
+    given_concurrent_retransmits_when_appending_at_should_store_each_index_once(make()).await;
+    given_a_sealed_segment_when_entries_are_retransmitted_should_accept_held_ones_only(make())
+        .await;
+    given_a_longer_tail_when_sealed_at_a_lower_count_should_never_serve_the_cut_entries(make())
+        .await;
+    given_a_sealed_segment_when_sealed_at_again_should_accept_its_count_only(make()).await;
+    given_fewer_entries_when_sealed_at_a_higher_count_should_refuse_and_change_nothing(make())
+        .await;
+    given_a_cut_tail_when_the_store_restarts_should_stay_cut_and_sealed(make(), &restart).await;
+}
+
+/// Contract 11: a gap is refused and writes nothing, not even the segment.
+pub async fn given_a_gap_when_appending_at_should_refuse_and_write_nothing<S: LogStore>(store: S) {
+    let seg = key("conf-at-gap", 1);
+    match store.append_at(&seg, 1, &entries("g", 2)).await {
+        Err(Error::BadRequest(why)) => assert!(
+            why.contains("0..1"),
+            "the refusal should name the missing entries 0..1: {why}"
+        ),
+        other => panic!("entries from 1 on an empty segment leave a gap, got {other:?}"),
+    }
+    assert_eq!(
+        store.info(&seg).await.expect("info"),
+        None,
+        "nothing written"
+    );
+    store
+        .append_at(&seg, 0, &entries("g", 2))
+        .await
+        .expect("append_at from 0");
+    for first in [3, 10, u64::MAX] {
+        assert!(
+            matches!(
+                store.append_at(&seg, first, &entries("h", 1)).await,
+                Err(Error::BadRequest(_))
+            ),
+            "first {first} is past the count 2"
+        );
+    }
+    store.sync().await.expect("sync");
+    assert_eq!(read_all(&store, &seg).await, entries("g", 2));
+}
+
+/// Contract 11: entries already held are skipped (a retransmit), the rest
+/// is appended; `append` and `append_at` continue each other.
+pub async fn given_held_entries_when_appending_at_an_overlap_should_skip_them_and_append_the_rest<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-at-overlap", 1);
+    let all = entries("o", 8);
+    assert_eq!(
+        store.append_at(&seg, 0, &all[0..3]).await.expect("0..3"),
+        Appended {
+            first_index: 0,
+            count: 3
+        }
+    );
+    assert_eq!(
+        store.append_at(&seg, 1, &all[1..5]).await.expect("1..5"),
+        Appended {
+            first_index: 1,
+            count: 5
+        },
+        "1..3 skipped, 3..5 appended"
+    );
+    assert_eq!(
+        store.append_at(&seg, 2, &all[2..4]).await.expect("2..4"),
+        Appended {
+            first_index: 2,
+            count: 5
+        },
+        "everything held: nothing written"
+    );
+    store
+        .append_at(&seg, 5, &[])
+        .await
+        .expect("an empty append_at at the count is harmless");
+    let a = store
+        .append(&seg, &all[5..6], u64::MAX)
+        .await
+        .expect("append");
+    assert_eq!(a.first_index, 5, "append goes on after append_at");
+    store
+        .append_at(&seg, 6, &all[6..8])
+        .await
+        .expect("append_at goes on after append");
+    assert_eq!(read_all(&store, &seg).await, all);
+    assert_eq!(
+        store.info(&seg).await.expect("info"),
+        Some(SegmentInfo {
+            count: 8,
+            sealed: false
+        })
+    );
+}
+
+/// Contract 11 under concurrency: retransmits racing each other store
+/// every index once (the overlap check and the write are one step).
+pub async fn given_concurrent_retransmits_when_appending_at_should_store_each_index_once<
+    S: LogStore,
+>(
+    store: S,
+) {
+    const TASKS: usize = 4;
+    let store = Arc::new(store);
+    let seg = key("conf-at-concurrent", 1);
+    let all = entries("c", 120);
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let (store, seg, all) = (store.clone(), seg.clone(), all.clone());
+        handles.push(tokio::spawn(async move {
+            // Each task sends the whole sequence in its own batch size, so
+            // it never leaves a gap of its own; the others overlap it.
+            let step = 2 + t;
+            for first in (0..all.len()).step_by(step) {
+                let end = (first + step).min(all.len());
+                let a = store
+                    .append_at(&seg, first as u64, &all[first..end])
+                    .await
+                    .expect("append_at");
+                assert!(a.count >= end as u64, "count {} < {end}", a.count);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("retransmitting task panicked");
+    }
+    assert_eq!(read_all(&*store, &seg).await, all);
+}
+
+/// Contract 11: after the seal, a retransmit of held entries is `Ok`, one
+/// carrying anything new is `SegmentSealed`.
+pub async fn given_a_sealed_segment_when_entries_are_retransmitted_should_accept_held_ones_only<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-at-sealed", 1);
+    let all = entries("r", 4);
+    store.append_at(&seg, 0, &all[0..3]).await.expect("0..3");
+    assert_eq!(store.seal(&seg).await.expect("seal"), 3);
+    let again = store
+        .append_at(&seg, 1, &all[1..3])
+        .await
+        .expect("a retransmit of held entries after the seal");
+    assert_eq!(again.count, 3);
+    for (first, batch) in [(2, &all[2..4]), (3, &all[3..4])] {
+        match store.append_at(&seg, first, batch).await {
+            Err(Error::SegmentSealed(k)) => assert_eq!(k, seg),
+            other => panic!("entries past the seal should be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(read_all(&store, &seg).await, all[0..3]);
+}
+
+/// Contract 12: a tail past the sealed count is cut: never read, counted,
+/// listed, or appended to; held entries stay.
+pub async fn given_a_longer_tail_when_sealed_at_a_lower_count_should_never_serve_the_cut_entries<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-seal-at", 1);
+    let all = entries("t", 5);
+    // No sync first: under a relaxed policy the tail may not be durable
+    // yet, and the cut must not care.
+    store.append(&seg, &all, u64::MAX).await.expect("append");
+    assert_eq!(store.seal_at(&seg, 3).await.expect("seal_at 3"), 3);
+    assert_cut(&store, &seg, &all[0..3]).await;
+    match store.append(&seg, &entries("late", 1), u64::MAX).await {
+        Err(Error::SegmentSealed(_)) => {}
+        other => panic!("an append after seal_at should be refused, got {other:?}"),
+    }
+    assert!(matches!(
+        store.append_at(&seg, 3, &all[3..4]).await,
+        Err(Error::SegmentSealed(_))
+    ));
+    assert_eq!(
+        store
+            .append_at(&seg, 1, &all[1..3])
+            .await
+            .expect("a retransmit of held entries")
+            .count,
+        3,
+        "the count after the cut"
+    );
+    assert_eq!(store.seal(&seg).await.expect("seal"), 3);
+    // At the full count nothing is cut; at 0 everything is.
+    let whole = key("conf-seal-at", 2);
+    store.append(&whole, &all, u64::MAX).await.expect("append");
+    assert_eq!(store.seal_at(&whole, 5).await.expect("seal_at 5"), 5);
+    assert_cut(&store, &whole, &all).await;
+    let none = key("conf-seal-at", 3);
+    store.append(&none, &all, u64::MAX).await.expect("append");
+    assert_eq!(store.seal_at(&none, 0).await.expect("seal_at 0"), 0);
+    assert_cut(&store, &none, &[]).await;
+    store
+        .delete(&seg)
+        .await
+        .expect("a segment sealed by seal_at can be deleted");
+    assert_eq!(store.info(&seg).await.expect("info"), None);
+}
+
+/// What a segment sealed at `held.len()` shows: exactly `held`.
+async fn assert_cut<S: LogStore>(store: &S, seg: &SegmentKey, held: &[Bytes]) {
+    let n = held.len() as u64;
+    assert_eq!(
+        store.info(seg).await.expect("info"),
+        Some(SegmentInfo {
+            count: n,
+            sealed: true
+        }),
+        "{seg} sealed at {n}"
+    );
+    assert_eq!(read_all(store, seg).await, held, "{seg} serves 0..{n}");
+    for from in [n, n + 1, n + 5] {
+        assert!(
+            store
+                .read(seg, from, 10, usize::MAX)
+                .await
+                .expect("read past the cut")
+                .is_empty(),
+            "{seg}: entry {from} is past the cut"
+        );
+    }
+    let listed = store.segments().await.expect("segments");
+    assert!(
+        listed.contains(&(
+            seg.clone(),
+            SegmentInfo {
+                count: n,
+                sealed: true
+            }
+        )),
+        "{seg} listed at {n}: {listed:?}"
+    );
+}
+
+/// Contract 12: sealing at the sealed count again is `Ok`, at any other
+/// count it is refused; a segment never seen takes count 0 only.
+pub async fn given_a_sealed_segment_when_sealed_at_again_should_accept_its_count_only<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-seal-at-again", 1);
+    store
+        .append(&seg, &entries("a", 4), u64::MAX)
+        .await
+        .expect("append");
+    assert_eq!(store.seal_at(&seg, 3).await.expect("seal_at"), 3);
+    assert_eq!(store.seal_at(&seg, 3).await.expect("again"), 3);
+    for other in [0, 2, 4, 9] {
+        match store.seal_at(&seg, other).await {
+            Err(Error::BadRequest(_)) => {}
+            got => panic!("sealed at 3, seal_at {other} should be refused, got {got:?}"),
+        }
+    }
+    // A plain seal that ended at the count counts as that seal.
+    let plain = key("conf-seal-at-again", 2);
+    store
+        .append(&plain, &entries("p", 2), u64::MAX)
+        .await
+        .expect("append");
+    assert_eq!(store.seal(&plain).await.expect("seal"), 2);
+    assert_eq!(store.seal_at(&plain, 2).await.expect("seal_at 2"), 2);
+    assert!(matches!(
+        store.seal_at(&plain, 1).await,
+        Err(Error::BadRequest(_))
+    ));
+    let unknown = key("conf-seal-at-again", 3);
+    assert!(matches!(
+        store.seal_at(&unknown, 1).await,
+        Err(Error::BadRequest(_))
+    ));
+    assert_eq!(
+        store.info(&unknown).await.expect("info"),
+        None,
+        "a refused seal_at leaves an unknown segment unknown"
+    );
+    assert_eq!(store.seal_at(&unknown, 0).await.expect("seal_at 0"), 0);
+    assert_cut(&store, &unknown, &[]).await;
+    assert_cut(&store, &seg, &entries("a", 3)).await;
+}
+
+/// Contract 12: `seal_at` never invents entries: holding fewer is refused
+/// and the segment stays open and whole.
+pub async fn given_fewer_entries_when_sealed_at_a_higher_count_should_refuse_and_change_nothing<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-seal-at-short", 1);
+    store
+        .append(&seg, &entries("s", 2), u64::MAX)
+        .await
+        .expect("append");
+    match store.seal_at(&seg, 3).await {
+        Err(Error::BadRequest(why)) => assert!(
+            why.contains("2..3"),
+            "the refusal should name the missing entries 2..3: {why}"
+        ),
+        other => panic!("seal_at 3 of 2 entries should be refused, got {other:?}"),
+    }
+    store
+        .append_at(&seg, 2, &entries("s", 3)[2..])
+        .await
+        .expect("the segment stays open");
+    assert_eq!(store.seal_at(&seg, 3).await.expect("seal_at 3"), 3);
+    assert_cut(&store, &seg, &entries("s", 3)).await;
+}
+
+/// Contract 12 across a restart: a cut tail stays cut, the seal stays at
+/// its count; a tail held through a restart can be cut after it.
+pub async fn given_a_cut_tail_when_the_store_restarts_should_stay_cut_and_sealed<S: LogStore>(
+    store: S,
+    restart: impl Fn(S) -> S,
+) {
+    let cut_before = key("conf-seal-at-restart", 1);
+    let cut_after = key("conf-seal-at-restart", 2);
+    let all = entries("x", 5);
+    for seg in [&cut_before, &cut_after] {
+        store.append(seg, &all, u64::MAX).await.expect("append");
+    }
+    assert_eq!(store.seal_at(&cut_before, 3).await.expect("seal_at"), 3);
+    store.sync().await.expect("sync");
+    let store = restart(store);
+    assert_cut(&store, &cut_before, &all[0..3]).await;
+    assert_eq!(
+        store
+            .seal_at(&cut_before, 3)
+            .await
+            .expect("again after a restart"),
+        3
+    );
+    assert!(matches!(
+        store.seal_at(&cut_before, 5).await,
+        Err(Error::BadRequest(_))
+    ));
+    assert_eq!(store.seal_at(&cut_after, 2).await.expect("seal_at"), 2);
+    let store = restart(store);
+    assert_cut(&store, &cut_before, &all[0..3]).await;
+    assert_cut(&store, &cut_after, &all[0..2]).await;
+    let again = store
+        .append_at(&cut_after, 0, &all[0..2])
+        .await
+        .expect("a retransmit of held entries after a restart");
+    assert_eq!(again.count, 2);
+    assert!(matches!(
+        store.append_at(&cut_after, 0, &all[0..3]).await,
+        Err(Error::SegmentSealed(_))
+    ));
 }
 
 /// Contract 5, bytes: a non-empty segment takes nothing that would pass

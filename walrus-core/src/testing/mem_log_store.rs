@@ -23,7 +23,9 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::locks::MutexExt;
-use crate::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth};
+use crate::log_store::{
+    replica_errors, Appended, LogStore, SegmentInfo, SegmentLimit, StorageHealth,
+};
 use crate::types::SegmentKey;
 
 #[derive(Default)]
@@ -257,6 +259,113 @@ impl LogStore for MemLogStore {
         Ok(seg.synced as u64)
     }
 
+    async fn append_at(
+        &self,
+        segment: &SegmentKey,
+        first: u64,
+        entries: &[Bytes],
+    ) -> Result<Appended> {
+        let delay = self.lock().append_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let mut inner = self.lock();
+        if let Some(reason) = &inner.fail_appends {
+            return Err(Error::Storage(reason.clone()));
+        }
+        let end = first.saturating_add(entries.len() as u64);
+        let (count, sealed) = inner
+            .segments
+            .get(segment)
+            .map_or((0, false), |s| (s.entries.len() as u64, s.sealed));
+        if sealed {
+            return if end <= count {
+                Ok(Appended {
+                    first_index: first,
+                    count,
+                })
+            } else {
+                Err(Error::SegmentSealed(segment.clone()))
+            };
+        }
+        if first > count {
+            return Err(replica_errors::gap(segment, first, count));
+        }
+        // Checked before the segment is created: a refused append leaves
+        // an unknown segment unknown.
+        let seg = inner.segments.entry(segment.clone()).or_default();
+        if let Some(why) = &seg.failed {
+            return Err(Error::Storage(why.clone()));
+        }
+        if let Some((_, why)) = &seg.damage {
+            return Err(Error::Corrupt(format!(
+                "segment {segment} is quarantined and takes no appends: {why}"
+            )));
+        }
+        // The fake checks what the WAL takes on trust (one writer per
+        // index), so that a replication bug shows in core's tests.
+        let skip = (count - first) as usize;
+        for (i, (held, sent)) in seg.entries[first as usize..]
+            .iter()
+            .zip(entries)
+            .enumerate()
+        {
+            if held != sent {
+                return Err(Error::Internal(format!(
+                    "append_at of segment {segment}: entry {} differs from the one held at that index; an index has one writer, its leader, so two leaders wrote this segment",
+                    first + i as u64
+                )));
+            }
+        }
+        let new = entries.get(skip..).unwrap_or_default();
+        seg.entries.extend(new.iter().cloned());
+        let appended = Appended {
+            first_index: first,
+            count: seg.entries.len() as u64,
+        };
+        if !inner.relaxed {
+            let seg = inner.segments.get_mut(segment).expect("inserted above");
+            seg.synced = seg.entries.len();
+        }
+        if !new.is_empty() {
+            inner.history.push((Instant::now(), segment.clone(), count));
+        }
+        Ok(appended)
+    }
+
+    async fn seal_at(&self, segment: &SegmentKey, count: u64) -> Result<u64> {
+        let mut inner = self.lock();
+        let Some(seg) = inner.segments.get_mut(segment) else {
+            if count > 0 {
+                return Err(replica_errors::missing(segment, 0, count));
+            }
+            let seg = inner.segments.entry(segment.clone()).or_default();
+            seg.sealed = true;
+            return Ok(0);
+        };
+        if let Some((_, why)) = seg.damage.as_ref().filter(|_| !seg.sealed) {
+            return Err(Error::Corrupt(format!(
+                "cannot seal a quarantined segment (its count past the damage is unknown): {why}"
+            )));
+        }
+        if seg.sealed {
+            let sealed = seg.synced as u64;
+            return if sealed == count {
+                Ok(count)
+            } else {
+                Err(replica_errors::sealed_elsewhere(segment, sealed, count))
+            };
+        }
+        let held = seg.entries.len() as u64;
+        if held < count {
+            return Err(replica_errors::missing(segment, held, count));
+        }
+        seg.entries.truncate(count as usize);
+        seg.synced = seg.entries.len();
+        seg.sealed = true;
+        Ok(count)
+    }
+
     async fn delete(&self, segment: &SegmentKey) -> Result<()> {
         let mut inner = self.lock();
         match inner.segments.get(segment) {
@@ -374,6 +483,25 @@ mod tests {
         assert_eq!(
             store.read(&key(1), 0, 10, usize::MAX).await.unwrap(),
             vec![a]
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_different_entry_at_a_held_index_when_appending_at_should_report_two_writers() {
+        let store = MemLogStore::new();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        store
+            .append_at(&key(1), 0, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        match store.append_at(&key(1), 0, &[b, a.clone()]).await {
+            Err(Error::Internal(why)) => assert!(why.contains("entry 0"), "{why}"),
+            other => panic!("a second writer of index 0 should be reported, got {other:?}"),
+        }
+        assert_eq!(
+            store.read(&key(1), 0, 10, usize::MAX).await.unwrap(),
+            vec![a],
+            "nothing written"
         );
     }
 

@@ -4,10 +4,11 @@
 //! thread or, when an append finds none, on a blocking thread.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use walrus_core::log_store::replica_errors;
 use walrus_core::{Appended, Error, Result, SegmentLimit};
 
 use super::{part_path, AppendState, Segment, Waiter};
@@ -178,27 +179,12 @@ impl Segment {
     /// segment for the syncer). Either way they become visible only once
     /// the syncer has flushed them.
     pub fn append(&self, entries: &[Bytes], limit: SegmentLimit) -> Result<AppendStep> {
-        let max_payload = SegmentFile::max_payload(self.params.file_len);
-        if let Some(big) = entries.iter().find(|e| e.len() > max_payload) {
-            return Err(Error::BadRequest(format!(
-                "entry of {} bytes is larger than the WAL's limit of {max_payload} bytes per entry (segment_file_bytes {})",
-                big.len(),
-                self.params.file_len
-            )));
-        }
-        let mut st = self.lock();
-        if self.sealed.load(Ordering::Acquire) || st.sealing {
+        self.check_sizes(entries)?;
+        let st = self.lock();
+        if self.sealed.load(Ordering::Acquire) || st.sealing.is_some() {
             return Err(Error::SegmentSealed(self.key.clone()));
         }
-        if let Some(d) = self.damage.get() {
-            return Err(Error::Corrupt(format!(
-                "segment {} is quarantined and takes no appends: {}",
-                self.key, d.why
-            )));
-        }
-        if let Some(why) = self.failure.get() {
-            return Err(Error::Storage(why.clone()));
-        }
+        self.check_writable()?;
         let n = entries.len() as u64;
         let bytes: u64 = entries.iter().map(|e| e.len() as u64).sum();
         if st.count > 0
@@ -218,7 +204,106 @@ impl Segment {
                 wants_room: false,
             });
         }
+        self.write(st, entries)
+    }
 
+    /// Stores `entries` at indexes `first..` (contract 11): the part the
+    /// segment holds already is skipped, the rest written as `append`
+    /// writes it. The check and the write are under one lock, so racing
+    /// retransmits store each index once.
+    pub fn append_at(&self, first: u64, entries: &[Bytes]) -> Result<AppendStep> {
+        self.check_sizes(entries)?;
+        let st = self.lock();
+        let end = first.saturating_add(entries.len() as u64);
+        let sealed_at = if self.sealed.load(Ordering::Acquire) {
+            Some(self.visible.load(Ordering::Acquire))
+        } else {
+            st.sealing
+        };
+        if let Some(sealed_at) = sealed_at {
+            // A retransmit that crosses the seal is harmless; anything new
+            // is not: the count is final.
+            return if end <= sealed_at {
+                Ok(self.held(st, first, end))
+            } else {
+                Err(Error::SegmentSealed(self.key.clone()))
+            };
+        }
+        if first > st.count {
+            return Err(replica_errors::gap(&self.key, first, st.count));
+        }
+        self.check_writable()?;
+        let skip = (st.count - first) as usize;
+        if skip >= entries.len() {
+            return Ok(self.held(st, first, end));
+        }
+        Ok(match self.write(st, &entries[skip..])? {
+            AppendStep::Done {
+                appended,
+                durable,
+                wants_room,
+            } => AppendStep::Done {
+                appended: Appended {
+                    first_index: first,
+                    count: appended.count,
+                },
+                durable,
+                wants_room,
+            },
+            AppendStep::NeedRoom => AppendStep::NeedRoom,
+        })
+    }
+
+    fn check_sizes(&self, entries: &[Bytes]) -> Result<()> {
+        let max_payload = SegmentFile::max_payload(self.params.file_len);
+        match entries.iter().find(|e| e.len() > max_payload) {
+            Some(big) => Err(Error::BadRequest(format!(
+                "entry of {} bytes is larger than the WAL's limit of {max_payload} bytes per entry (segment_file_bytes {})",
+                big.len(),
+                self.params.file_len
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses appends to a quarantined or failed segment.
+    fn check_writable(&self) -> Result<()> {
+        if let Some(d) = self.damage.get() {
+            return Err(Error::Corrupt(format!(
+                "segment {} is quarantined and takes no appends: {}",
+                self.key, d.why
+            )));
+        }
+        if let Some(why) = self.failure.get() {
+            return Err(Error::Storage(why.clone()));
+        }
+        Ok(())
+    }
+
+    /// The answer to an append that writes nothing: entries `first..end`
+    /// are held already. With group commit it waits, like the append that
+    /// wrote them, until they are durable.
+    fn held(&self, mut st: MutexGuard<'_, AppendState>, first: u64, end: u64) -> AppendStep {
+        let durable = (self.params.group_commit && st.synced_count < end).then(|| {
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push(Waiter { target: end, tx });
+            rx
+        });
+        AppendStep::Done {
+            appended: Appended {
+                first_index: first,
+                count: st.count,
+            },
+            durable,
+            wants_room: false,
+        }
+    }
+
+    /// Writes non-empty `entries` at the end of the segment (the caller
+    /// checked that it takes them).
+    fn write(&self, mut st: MutexGuard<'_, AppendState>, entries: &[Bytes]) -> Result<AppendStep> {
+        let n = entries.len() as u64;
+        let bytes: u64 = entries.iter().map(|e| e.len() as u64).sum();
         // Plan: which files this append writes and how far, so that it
         // writes only into reserved bytes of files that exist. Anything
         // missing is made by `make_room`, without this lock.
@@ -350,7 +435,7 @@ impl Segment {
         let _grow = self.grow.lock_or_recover();
         let (current, pos, ready, plan, last_append) = {
             let st = self.lock();
-            if self.sealed.load(Ordering::Acquire) || st.sealing {
+            if self.sealed.load(Ordering::Acquire) || st.sealing.is_some() {
                 return match sizes {
                     Some(_) => Err(Error::SegmentSealed(self.key.clone())),
                     None => Ok(()),
@@ -432,7 +517,7 @@ impl Segment {
         // meanwhile and dropped the ready files: these are numbered for the
         // old position.
         let expected = st.pos.map_or(0, |p| p.part + 1) + st.ready.len() as u32;
-        if expected != first_part || st.sealing || self.sealed.load(Ordering::Acquire) {
+        if expected != first_part || st.sealing.is_some() || self.sealed.load(Ordering::Acquire) {
             drop(st);
             self.discard(&created);
             return Ok(());

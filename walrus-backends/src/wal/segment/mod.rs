@@ -98,8 +98,9 @@ struct AppendState {
     /// Durable end and count as far as the syncer (or recovery) knows.
     synced_pos: Option<Pos>,
     synced_count: u64,
-    /// A seal is in progress: appends are refused.
-    sealing: bool,
+    /// A seal to this count is in progress: appends are refused (a
+    /// retransmit of entries below it is answered as held).
+    sealing: Option<u64>,
     /// Files created ahead for the parts after `pos.part` (in order), not
     /// written yet: the next appends that cross a file boundary take them.
     ready: Vec<Arc<SegmentFile>>,
@@ -125,7 +126,7 @@ impl AppendState {
             current,
             synced_pos: pos,
             synced_count: count,
-            sealing: false,
+            sealing: None,
             ready: Vec::new(),
             last_append: 0,
             waiters: Vec::new(),

@@ -307,8 +307,8 @@ impl Segment {
         }
         if count > sealed_count {
             // Records a failed sync left behind on disk (the rollback's
-            // zeros may not have reached it either): the seal is the
-            // authority, they are never served.
+            // zeros may not have reached it either), or a tail `seal_at`
+            // cut: the seal is the authority, they are never served.
             tracing::warn!(segment = %self.key, sealed_count, found = count, "ignoring WAL records past the sealed count");
         } else if count < sealed_count && damage.is_none() {
             // Only when no file at all is left (the loop catches a short

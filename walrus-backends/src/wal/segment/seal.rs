@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use walrus_core::log_store::replica_errors;
 use walrus_core::{Error, Result};
 
 use super::{seal_path, Segment};
@@ -13,15 +14,18 @@ use walrus_core::locks::{MutexExt, RwLockExt};
 pub(crate) enum SealStep {
     /// Already sealed with this count.
     Done(u64),
-    /// Appends are now refused; once `count` entries are durable the seal
-    /// can be written.
+    /// Appends are now refused; once everything written is durable the
+    /// seal file can be written with this count.
     SyncTo(u64),
     /// Quarantined: its true count is unknown, so it is never sealed.
     Refused(Error),
 }
 
 impl Segment {
-    pub fn begin_seal(&self) -> SealStep {
+    /// Starts a seal: at whatever count the segment has (`at: None`,
+    /// `seal`), or at exactly `at` (`seal_at`, contract 12: a longer tail
+    /// is cut when the seal file is written).
+    pub fn begin_seal(&self, at: Option<u64>) -> SealStep {
         let mut st = self.lock();
         if let Some(d) = self.damage.get().filter(|d| !d.count_known) {
             return SealStep::Refused(Error::Corrupt(format!(
@@ -30,14 +34,35 @@ impl Segment {
             )));
         }
         if self.sealed.load(Ordering::Acquire) {
-            return SealStep::Done(self.visible.load(Ordering::Acquire));
+            let sealed = self.visible.load(Ordering::Acquire);
+            return match at {
+                Some(count) if count != sealed => {
+                    SealStep::Refused(replica_errors::sealed_elsewhere(&self.key, sealed, count))
+                }
+                _ => SealStep::Done(sealed),
+            };
         }
-        st.sealing = true;
-        SealStep::SyncTo(st.count)
+        let target = at.unwrap_or(st.count);
+        match st.sealing {
+            // Two seals at different counts racing: the seal file would
+            // end up with whichever renamed last.
+            Some(other) if other != target => {
+                return SealStep::Refused(Error::Unavailable(format!(
+                    "segment {} is being sealed at {other} entries by another call; retry to see its outcome",
+                    self.key
+                )))
+            }
+            _ => {}
+        }
+        if st.count < target {
+            return SealStep::Refused(replica_errors::missing(&self.key, st.count, target));
+        }
+        st.sealing = Some(target);
+        SealStep::SyncTo(target)
     }
 
     pub fn abort_seal(&self) {
-        self.lock().sealing = false;
+        self.lock().sealing = None;
     }
 
     /// Writes the seal file (blocking I/O) and releases the file maps: from
@@ -53,6 +78,13 @@ impl Segment {
         create_dir_durable(&self.dir)?;
         write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;
         let mut st = self.lock();
+        if count < st.count {
+            // The cut (`seal_at`): the records past `count` stay in the
+            // files, but the seal file is the authority, here and after a
+            // restart (`ensure_index` ignores them).
+            st.count = count;
+            self.written.store(count, Ordering::Release);
+        }
         self.visible.store(count, Ordering::Release);
         self.sealed.store(true, Ordering::Release);
         st.current = None;
