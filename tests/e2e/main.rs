@@ -11,6 +11,7 @@ mod tmpfs;
 mod auth;
 mod cluster;
 mod config_and_logs;
+mod console;
 mod disk;
 mod groups;
 mod identity;
