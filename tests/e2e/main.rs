@@ -12,6 +12,7 @@ mod auth;
 mod cluster;
 mod config_and_logs;
 mod console;
+mod consumers;
 mod disk;
 mod groups;
 mod identity;
