@@ -10,6 +10,7 @@ mod pki;
 #[path = "../../walrus-backends/tests/backends/tmpfs.rs"]
 mod tmpfs;
 
+mod auth;
 mod cluster;
 mod config_and_logs;
 mod console;

@@ -150,6 +150,12 @@ pub struct LoadArgs {
     /// of each --addr).
     #[arg(long, value_name = "NAME", requires = "tls_ca")]
     pub tls_server_name: Option<String>,
+    /// Send `AUTH <token>` first on every connection (a server run with
+    /// `--auth-token-file`). Also read from WALRUS_TOKEN, which keeps it
+    /// off the process list.
+    #[arg(long, env = "WALRUS_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| Ok::<_, String>(walrus_core::Secret::new(s.trim())))]
+    pub token: Option<walrus_core::Secret>,
     /// read, fetch: entries the fill step writes (with PUTB) before the
     /// measure step reads them.
     #[arg(long, default_value_t = 100_000)]
@@ -249,6 +255,7 @@ impl LoadArgs {
             drain_timeout: self.drain_timeout,
             verify_timeout: Duration::from_secs(300),
             tls: None,
+            token: self.token.clone(),
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct ConnPlan {
     pub progress: Arc<AtomicU64>,
     /// TLS on the connection (`None`: plain TCP).
     pub tls: Option<TlsConfig>,
+    /// Sent as `AUTH <token>` before the first request.
+    pub token: Option<walrus_core::Secret>,
 }
 
 /// What a connection brings back.
@@ -164,6 +166,14 @@ pub async fn run_connection(plan: ConnPlan) -> ConnOutcome {
     };
     if let Err(e) = stream.tcp().set_nodelay(plan.nodelay) {
         out.stats.record_error(format!("set TCP_NODELAY: {e}"), 1);
+    }
+    let mut stream = stream;
+    if let Some(token) = &plan.token {
+        if let Err(e) = crate::wire::authenticate(&mut stream, token).await {
+            out.stats.record_error(format!("{}: {e}", plan.addr), 1);
+            out.finished = Some(Instant::now());
+            return out;
+        }
     }
     let mut driver = Driver::new(&plan, stream);
     driver.run(&mut out).await;

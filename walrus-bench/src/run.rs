@@ -54,6 +54,9 @@ pub struct RunConfig {
     pub verify_timeout: Duration,
     /// TLS on every connection (`None`: plain TCP).
     pub tls: Option<TlsConfig>,
+    /// Every connection (load, set-up, read-back) sends `AUTH <token>`
+    /// first: for a server run with `--auth-token-file`.
+    pub token: Option<walrus_core::Secret>,
 }
 
 impl RunConfig {
@@ -77,6 +80,7 @@ impl RunConfig {
             drain_timeout: Duration::from_secs(5),
             verify_timeout: Duration::from_secs(300),
             tls: None,
+            token: None,
         }
     }
 
@@ -130,7 +134,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     cfg.validate()?;
     let topics = Arc::new(cfg.topic_names());
     if cfg.register {
-        register_topics(&cfg.targets[0], &topics, cfg.tls.as_ref()).await?;
+        register_topics(
+            &cfg.targets[0],
+            &topics,
+            cfg.tls.as_ref(),
+            cfg.token.as_ref(),
+        )
+        .await?;
     }
     let codec = if cfg.verify {
         Some(PayloadCodec::new(rand::random(), cfg.payload_size).map_err(anyhow::Error::msg)?)
@@ -183,6 +193,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             drain_timeout: cfg.drain_timeout,
             progress: progress.clone(),
             tls: cfg.tls.clone(),
+            token: cfg.token.clone(),
         };
         handles.push(tokio::spawn(run_connection(plan)));
     }
@@ -249,6 +260,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             let server = Endpoint {
                 addr: &cfg.targets[0],
                 tls: cfg.tls.as_ref(),
+                token: cfg.token.as_ref(),
             };
             let found = read_topic(
                 server,
@@ -272,6 +284,7 @@ pub async fn register_topics(
     addr: &str,
     topics: &[String],
     tls: Option<&TlsConfig>,
+    token: Option<&walrus_core::Secret>,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
     let mut client = walrus_client::Client::new(addr)
@@ -279,6 +292,9 @@ pub async fn register_topics(
         .with_connect_timeout(timeout);
     if let Some(tls) = tls {
         client = client.with_tls(tls.clone());
+    }
+    if let Some(token) = token {
+        client = client.with_auth(token.expose());
     }
     for t in topics {
         let body = client

@@ -159,11 +159,13 @@ pub fn check(
     r
 }
 
-/// Where a read-back goes: the address, and TLS if the server speaks it.
+/// Where a read-back goes: the address, TLS if the server speaks it, and
+/// the token it authenticates with.
 #[derive(Clone, Copy)]
 pub struct Endpoint<'a> {
     pub addr: &'a str,
     pub tls: Option<&'a TlsConfig>,
+    pub token: Option<&'a walrus_core::Secret>,
 }
 
 /// Reads `topic` through GET until `EMPTY`, `depth` GETs in flight.
@@ -179,17 +181,7 @@ pub async fn read_topic(
     errors: &mut BTreeMap<String, u64>,
     stopped: &mut Vec<String>,
 ) -> Vec<Decoded> {
-    match read_topic_inner(
-        server.addr,
-        server.tls,
-        topic,
-        codec,
-        depth,
-        deadline,
-        errors,
-    )
-    .await
-    {
+    match read_topic_inner(server, topic, codec, depth, deadline, errors).await {
         Ok(found) => found,
         Err((found, e)) => {
             stopped.push(format!("{e:#}"));
@@ -199,8 +191,7 @@ pub async fn read_topic(
 }
 
 async fn read_topic_inner(
-    addr: &str,
-    tls: Option<&TlsConfig>,
+    server: Endpoint<'_>,
     topic: &str,
     codec: &PayloadCodec,
     depth: usize,
@@ -208,14 +199,20 @@ async fn read_topic_inner(
     errors: &mut BTreeMap<String, u64>,
 ) -> Result<Vec<Decoded>, (Vec<Decoded>, anyhow::Error)> {
     const MAX_ERRORS_IN_A_ROW: u32 = 200;
+    let addr = server.addr;
     let mut found = Vec::new();
-    let mut stream = match walrus_client::connect(addr, tls)
+    let mut stream = match walrus_client::connect(addr, server.tls)
         .await
         .with_context(|| format!("read-back cannot connect to {addr}"))
     {
         Ok(s) => s,
         Err(e) => return Err((found, e)),
     };
+    if let Some(token) = server.token {
+        if let Err(e) = crate::wire::authenticate(&mut stream, token).await {
+            return Err((found, anyhow::anyhow!("read-back at {addr}: {e}")));
+        }
+    }
     let mut request = BytesMut::new();
     encode_frame(&mut request, format!("GET {topic}").as_bytes());
     let mut out = Vec::new();

@@ -81,11 +81,14 @@ impl Stack {
         // storage that has (or had) one.
         let storage = existing.unwrap_or_else(StorageId::random);
 
-        // Certificates are read before anything else: a bad file fails
-        // fast, before a port or any data is opened.
+        // Certificates and credentials are read before anything else: a
+        // bad file fails fast, before a port or any data is opened (and not
+        // after the node joined its cluster).
         let client_tls = config.client_tls()?;
+        let auth_tokens = config.auth_tokens()?;
         let transport_config = TcpConfig {
             tls: config.node_tls()?,
+            cluster_secret: config.cluster_secret()?,
             ..TcpConfig::default()
         };
 
@@ -168,6 +171,7 @@ impl Stack {
         let handler = Arc::new(Instrumented::new(node.clone(), requests.clone()));
         let listener_config = ListenerConfig {
             tls: client_tls,
+            auth: auth_tokens,
             ..config.listener_config()
         };
         let clients = ClientListener::start(client_listener, handler, listener_config)

@@ -6,6 +6,8 @@
 //!   reconnect with back-off).
 //! - `server`: the receiving side (accept loop; requests answered inline
 //!   when they need not wait, in a task of their own when they must).
+//! - [`handshake`]: proof of the cluster secret when a connection opens
+//!   (only with [`TcpConfig::cluster_secret`]).
 //! - `writer`: one connection's frames into its socket, straight from the
 //!   sender when the connection is idle, batched when it is busy.
 //! - [`tls`]: mutual TLS between nodes ([`TcpConfig::tls`]), off by default.
@@ -24,6 +26,7 @@
 //! ```
 
 pub mod envelope;
+pub mod handshake;
 
 mod client;
 mod server;
@@ -80,6 +83,11 @@ pub struct TcpConfig {
     /// handshake, on either side, must finish within `connect_timeout`.
     /// Every node of a cluster must use the same setting.
     pub tls: Option<tls::NodeTls>,
+    /// The cluster's shared secret (`--cluster-secret-file`). With it,
+    /// every connection, in and out, starts with the [`handshake`] and a
+    /// peer that fails it is never served or used. `None`: plain frames,
+    /// as before. Every node of a cluster must have the same setting.
+    pub cluster_secret: Option<walrus_core::Secret>,
 }
 
 impl Default for TcpConfig {
@@ -95,6 +103,7 @@ impl Default for TcpConfig {
             keepalive: Some(Duration::from_secs(1)),
             max_connections: 1024,
             tls: None,
+            cluster_secret: None,
         }
     }
 }

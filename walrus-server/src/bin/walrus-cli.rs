@@ -53,8 +53,28 @@ struct Cli {
     )]
     tls_server_name: Option<String>,
 
+    /// A file holding the token to send as `AUTH <token>` on every
+    /// connection (for a server run with `--auth-token-file`). The
+    /// WALRUS_TOKEN environment variable gives the token itself instead;
+    /// this flag wins over it. There is no flag taking the token itself:
+    /// other users can read a process's command line.
+    #[arg(long, env = "WALRUS_TOKEN_FILE", value_name = "FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The token to authenticate with, if any: `--token-file`, else
+/// `WALRUS_TOKEN`.
+fn token(cli: &Cli) -> Result<Option<walrus_core::Secret>, String> {
+    if let Some(path) = &cli.token_file {
+        return walrus_core::Secret::read_file(path, "token").map(Some);
+    }
+    match std::env::var("WALRUS_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(walrus_core::Secret::new(t.trim()))),
+        _ => Ok(None),
+    }
 }
 
 /// Exit codes of one-off commands.
@@ -68,9 +88,10 @@ enum Command {
     /// retention (on an existing topic too).
     Register {
         topic: String,
-        /// The topic's retention: `entries=<n>` and/or
-        /// `age=<n>ms|s|m|h|d`, `none` (keep everything) or `default` (the
-        /// server's). A limit left out is no limit.
+        /// The topic's retention: any of `entries=<n>`,
+        /// `bytes=<n>[KiB|MiB|GiB|TiB]` and `age=<n>ms|s|m|h|d`, or `none`
+        /// (keep everything) or `default` (the server's). A limit left out
+        /// is no limit.
         #[arg(long, num_args = 1.., value_name = "LIMIT")]
         retain: Option<Vec<String>>,
     },
@@ -253,15 +274,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
-    let client = match tls(cli.tls_ca.as_deref(), cli.tls_server_name.as_deref()) {
-        Ok(None) => client,
-        Ok(Some(tls)) => client.with_tls(tls),
+    let mut client =
+        Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
+    match tls(cli.tls_ca.as_deref(), cli.tls_server_name.as_deref()) {
+        Ok(None) => {}
+        Ok(Some(tls)) => client = client.with_tls(tls),
         Err(e) => {
             eprintln!("walrus-cli: {e}");
             return ExitCode::from(EXIT_ERR);
         }
-    };
+    }
+    match token(&cli) {
+        Ok(Some(token)) => client = client.with_auth(token.expose()),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_ERR);
+        }
+    }
     let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),

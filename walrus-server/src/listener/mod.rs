@@ -36,8 +36,10 @@
 //! - `budget`: the global budget of bytes in flight.
 //! - `stats`: bytes and connections counted for `/metrics`.
 //! - `tls`: TLS on the port ([`ListenerConfig::tls`]), off by default.
+//! - [`auth`]: client tokens (`--auth-token-file`) and `AUTH`.
 
 mod accept;
+pub mod auth;
 mod budget;
 mod connection;
 mod lanes;
@@ -137,6 +139,9 @@ pub struct ListenerConfig {
     /// TLS on every connection (`None`: plain TCP). The handshake must
     /// finish within `idle_timeout`.
     pub tls: Option<ClientTls>,
+    /// The tokens clients must present with `AUTH` before anything else
+    /// (`None`: no authentication, as without `--auth-token-file`).
+    pub auth: Option<Arc<auth::Tokens>>,
 }
 
 impl Default for ListenerConfig {
@@ -150,6 +155,7 @@ impl Default for ListenerConfig {
             max_bytes_in_flight: 64 << 20,
             drain_timeout: Duration::from_secs(10),
             tls: None,
+            auth: None,
         }
     }
 }
