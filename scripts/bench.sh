@@ -11,6 +11,7 @@
 #   BENCH_DURATION   length of each load run (default 5s)
 #   BENCH_OUT        where the markdown goes (default docs/performance.md)
 #   BENCH_SKIP       space-separated sections to skip: echo redis walrus failover consumers
+#                    security
 #   BENCH_NO_BUILD=1 use the binaries already in $CARGO_TARGET_DIR/release
 #   BENCH_PORT_BASE  first port used (default 27000)
 #   BENCH_SERVER_BIN walrus-server binary to measure (default: the release build)
@@ -271,6 +272,8 @@ client_addr() { echo "127.0.0.1:$((PORT_BASE + 10 + $1))"; }
 raft_port() { echo $((PORT_BASE + 30 + $1)); }
 
 # start_cluster NODES FSYNC TAG: starts the nodes at once; NODE_PIDS[id]
+# Flags every node of the next start_cluster gets besides the usual ones.
+EXTRA_SERVER_ARGS=()
 start_cluster() {
     local n=$1 fsync=$2 tag=$3 id
     local dir=$WORK/$tag
@@ -285,7 +288,7 @@ start_cluster() {
             "$SERVER_BIN" --node-id "$id" --data-dir "$dir" \
             --raft-host 127.0.0.1 --raft-port "$(raft_port "$id")" \
             --client-host 127.0.0.1 --client-port "$(client_addr "$id" | cut -d: -f2)" \
-            --fsync "$fsync" "${join[@]}" --log-file "$dir/node_$id.log" &
+            --fsync "$fsync" "${join[@]}" --log-file "$dir/node_$id.log" "${EXTRA_SERVER_ARGS[@]}" &
         NODE_PIDS[$id]=$!
         STARTED_PIDS+=("$!")
         SERVER_PIDS+=("$!")
@@ -479,6 +482,60 @@ consumers() {
 
 if [[ $HAVE_SERVER == 1 ]] && ! skipped consumers; then
     consumers
+fi
+# The cost of TLS and of AUTH on the client port (issue 12): one node,
+# --fsync interval:200, so that the CPU bounds a run (under `always` the
+# disk does, and hides the crypto's cost); 1 KiB PUT at 16 conn x depth 1
+# and 16 x 32, with plain TCP, AUTH, TLS, and TLS + AUTH, one after the
+# other on fresh nodes. The certificates are made here with openssl: an
+# RSA-2048 CA and a server certificate for 127.0.0.1.
+security() {
+    local dir=$WORK/security
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=walrus-bench-ca \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+        printf 'subjectAltName=IP:127.0.0.1\n' >san.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile san.ext -out server.pem
+    ) >/dev/null 2>&1 || {
+        log "security: cannot make test certificates with openssl: section skipped"
+        return 0
+    }
+    echo "bench-token write" >"$dir/tokens"
+    local mode conns depth addr
+    addr=$(client_addr 1)
+    for mode in plain auth tls tls+auth; do
+        CURRENT_SECTION=security
+        EXTRA_SERVER_ARGS=()
+        local client=()
+        if [[ $mode == *auth* ]]; then
+            EXTRA_SERVER_ARGS+=(--auth-token-file "$dir/tokens")
+            client+=(--token bench-token)
+        fi
+        if [[ $mode == *tls* ]]; then
+            EXTRA_SERVER_ARGS+=(--tls-cert "$dir/server.pem" --tls-key "$dir/server.key")
+            client+=(--tls-ca "$dir/ca.pem")
+        fi
+        start_cluster 1 interval:200 "security-${mode/+/-}"
+        wait_port "$addr" 30 || true
+        # The first REGISTER, with the same client settings as the runs.
+        RUN_DUR=1s bench_run security-warmup "$mode" -a "$addr" -s 1024 -c 1 -d 1 --register \
+            --topic-prefix "warm-${mode/+/-}" "${client[@]}"
+        for conns_depth in "16 1" "16 32"; do
+            read -r conns depth <<<"$conns_depth"
+            bench_run security "PUT 1 KiB, $mode, $conns conn x depth $depth" -a "$addr" -s 1024 \
+                -c "$conns" -d "$depth" --register --topic-prefix "sec-${mode/+/-}-$depth" "${client[@]}"
+        done
+        stop_cluster
+        EXTRA_SERVER_ARGS=()
+    done
+}
+
+if [[ $HAVE_SERVER == 1 ]] && ! skipped security; then
+    security
 fi
 if [[ $HAVE_SERVER == 1 ]] && ! skipped failover; then
     failover interval:200

@@ -254,6 +254,22 @@ def main():
         o.append(table(consumers, baseline=baseline_of if base_results else None))
         o.append("")
 
+    security = [r for r in results if r.get("section") == "security"]
+    if security:
+        o.append("## TLS and authentication on the client port\n")
+        o.append("1 node, `--fsync interval:200` (so that the CPU, not the disk, bounds a run and "
+                 "the cost of the crypto shows), 1 KiB PUT, a fresh node per mode: plain TCP, "
+                 "`--auth-token-file` with `AUTH` on each connection, TLS 1.3 (rustls, RSA-2048 "
+                 "certificate made by openssl), and both. Ratio: against plain TCP of the same "
+                 "connections and depth in this sitting.\n")
+
+        def plain_base(r):
+            shape = r["label"].rsplit(", ", 1)[-1]
+            return rate(find(results, "security", f"PUT 1 KiB, plain, {shape}"))
+
+        o.append(table(security, plain_base, "of plain", baseline_of if base_results else None))
+        o.append("")
+
     walrus_rows = [r for r in results if r.get("section", "").startswith("walrus-") and r.get("servers")]
     if walrus_rows:
         heavy = max(walrus_rows, key=lambda r: sum(x["cpu_pct"] for x in r["servers"]))
