@@ -70,13 +70,23 @@ impl Syncer {
     }
 
     /// Queues `segment` for the next flush; `urgent` wakes the syncer now.
+    ///
+    /// `segment.queued` means "in `pending`, or in the batch the syncer is
+    /// working through and not flushed yet" (the syncer clears it before it
+    /// snapshots the segment). So it is set only under the queue lock, in
+    /// the same step as the push: set before taking the lock, an urgent
+    /// enqueuer could see it, skip the push and wake the syncer for a round
+    /// without the segment, and the push that followed would wake nobody.
+    /// Every appender and reader of that segment then waited for a flush
+    /// that never came.
     pub fn enqueue(&self, segment: &Arc<Segment>, urgent: bool) {
-        let already = segment.queued.swap(true, Ordering::SeqCst);
-        if already && !urgent {
+        if !urgent && segment.queued.load(Ordering::SeqCst) {
+            // Queued and not flushed yet: the flush that comes covers
+            // everything written before this call.
             return;
         }
         let mut q = self.shared.queue.lock_or_recover();
-        if !already {
+        if !segment.queued.swap(true, Ordering::SeqCst) {
             q.pending.push(segment.clone());
         }
         if urgent {
@@ -186,5 +196,59 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use walrus_core::locks::MutexExt;
+    use walrus_core::{SegmentKey, TopicName};
+
+    use crate::wal::{FsyncPolicy, WalConfig, WalStore};
+
+    /// The lost wake-up behind a rare hang of the conformance suite: a
+    /// reader's enqueue flagged the segment queued, then waited for the
+    /// queue lock; an appender's urgent enqueue saw the flag, skipped the
+    /// push and woke the syncer, which flushed a round without the segment;
+    /// the reader's push then woke nobody. With the queue lock held here,
+    /// an enqueue must not be able to flag the segment without it being in
+    /// the queue.
+    #[test]
+    fn given_the_queue_lock_held_when_a_segment_is_enqueued_should_not_flag_it_before_it_is_queued()
+    {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = WalConfig {
+            fsync: FsyncPolicy::Always,
+            ..WalConfig::default()
+        };
+        let store = WalStore::open(dir.path(), config).expect("open WAL");
+        let key = SegmentKey::new(TopicName::new("wakeup").expect("valid topic"), 1);
+        let seg = store.get_or_create(&key);
+        let syncer = &store.inner.syncer;
+        let q = syncer.shared.queue.lock_or_recover();
+        std::thread::scope(|s| {
+            s.spawn(|| syncer.enqueue(&seg, false));
+            // Long enough for the enqueuer to reach the lock; it cannot
+            // pass it while this test holds it.
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                let flagged = seg.queued.load(Ordering::SeqCst);
+                let in_queue = q.pending.iter().any(|p| Arc::ptr_eq(p, &seg));
+                assert!(
+                    !flagged || in_queue,
+                    "the segment is flagged queued but is not in the queue: an urgent enqueue now would wake the syncer for a round without it"
+                );
+                std::thread::yield_now();
+            }
+            drop(q);
+        });
+        assert!(
+            seg.queued.load(Ordering::SeqCst),
+            "queued once the lock was free"
+        );
     }
 }
