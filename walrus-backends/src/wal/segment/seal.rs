@@ -45,7 +45,8 @@ impl Segment {
                 _ => SealStep::Done(sealed),
             };
         }
-        let target = at.unwrap_or(st.count);
+        // A plain seal during a seal in progress joins it, at its count.
+        let target = at.or(st.sealing).unwrap_or(st.count);
         match st.sealing {
             // Two seals at different counts racing: the seal file would
             // end up with whichever renamed last.
