@@ -75,6 +75,17 @@ pub enum NodeRequest {
         entries: Vec<Bytes>,
         producer: Option<ProducerSeq>,
     },
+    /// From the leader of a replicated segment to one of its followers:
+    /// entries `first..` of `segment`, to store at those indexes (what the
+    /// receiver holds already is skipped). `seal: Some(n)`: the leader
+    /// sealed the segment at `n`; the receiver seals its copy there once
+    /// it holds `n` entries. Answered with [`NodeResponse::Replicated`].
+    Replicate {
+        segment: SegmentKey,
+        first: u64,
+        entries: Vec<Bytes>,
+        seal: Option<u64>,
+    },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -111,6 +122,13 @@ pub enum NodeResponse {
         segment: SegmentId,
         first_index: Option<u64>,
         n: u64,
+    },
+    /// The receiver of a `Replicate` holds entries `0..count` of the
+    /// segment (durable under its fsync policy). Below the request's
+    /// `first` when it missed earlier entries: the leader sends again from
+    /// `count`.
+    Replicated {
+        count: u64,
     },
 }
 

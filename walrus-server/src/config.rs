@@ -134,6 +134,15 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub monitor_check_ms: u64,
 
+    /// Copies of each segment, its leader included, for topics registered
+    /// on this node without `RF`. Stays 1 by default until failover of
+    /// replicated segments lands (then `min(3, voters)`): until then a
+    /// replicated segment whose leader dies waits for it like an
+    /// unreplicated one.
+    #[arg(long, env = "WALRUS_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub replication_factor: u32,
+
     /// Client connections served at once; more are refused with an ERR.
     #[arg(long, env = "WALRUS_MAX_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -321,6 +330,7 @@ impl ServerConfig {
             max_age_ms: self.retention_age,
         };
         c.retention_interval = Duration::from_millis(self.retention_check_ms);
+        c.replication_factor = self.replication_factor;
         c
     }
 }
@@ -578,6 +588,14 @@ mod tests {
             ServerConfig::load_from(["walrus-server", "--log-format", "xml"]),
             Err(ConfigError::Args(_))
         ));
+    }
+
+    #[test]
+    fn given_a_replication_factor_flag_should_make_it_the_node_default() {
+        assert_eq!(parse(&[]).unwrap().node_config().replication_factor, 1);
+        let c = parse(&["--replication-factor", "3"]).unwrap();
+        assert_eq!(c.node_config().replication_factor, 3);
+        assert!(parse(&["--replication-factor", "0"]).is_err());
     }
 
     #[test]

@@ -33,6 +33,22 @@ pub enum SegmentStatus {
     Lost { count: u64 },
 }
 
+impl SegmentMeta {
+    /// The replica set: the leader first, then the followers.
+    pub fn replicas(&self) -> Vec<NodeId> {
+        std::iter::once(self.leader)
+            .chain(self.followers.iter().copied())
+            .collect()
+    }
+
+    /// How many replicas (the leader included) must hold an entry before
+    /// it is acknowledged: a majority of the replica set.
+    pub fn quorum(&self) -> usize {
+        let replicas = self.followers.len() + 1;
+        replicas / 2 + 1
+    }
+}
+
 impl SegmentStatus {
     /// The entries the segment occupies in the topic's offsets, once final.
     pub fn final_count(&self) -> Option<u64> {
@@ -47,6 +63,13 @@ impl SegmentStatus {
 pub struct SegmentMeta {
     pub id: SegmentId,
     pub leader: NodeId,
+    /// The nodes that keep copies of the segment besides its leader
+    /// (`rf - 1` of them when enough voters were live at its opening). The
+    /// leader acknowledges an entry once a majority of `leader + followers`
+    /// holds it. Empty for an unreplicated segment (and in snapshots from
+    /// before replication), which keeps those snapshots byte for byte.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<NodeId>,
     pub status: SegmentStatus,
     /// When the consensus leader first saw the segment closed (ms since
     /// the Unix epoch, `StampClosed`): what retention by age counts from.
@@ -135,6 +158,17 @@ pub struct TopicState {
     /// before producer ids.)
     #[serde(default)]
     pub producers: BTreeMap<ProducerId, ProducerEntry>,
+    /// How many copies of each segment the topic asks for (its leader
+    /// included), fixed when it was created: `REGISTER … RF <n>` or the
+    /// registering node's `replication_factor`. A segment gets fewer when
+    /// fewer voters are live at its opening. (Default 1: snapshots from
+    /// before replication.)
+    #[serde(default = "one")]
+    pub rf: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A producer's last stored write to a topic: its sequence number, its
@@ -355,6 +389,41 @@ pub enum MetadataCmd {
         topic: TopicName,
         through: SegmentId,
     },
+    /// `CreateTopic` for a topic with replication factor `rf`: segment 1
+    /// is kept on `replicas`, its leader first. Idempotent like
+    /// `CreateTopic` (an existing topic keeps its `rf` and segments).
+    /// Rejected when `replicas` is empty, names a node twice, or `rf` is 0.
+    CreateReplicatedTopic {
+        topic: TopicName,
+        rf: u32,
+        replicas: Vec<NodeId>,
+    },
+    /// `Roll` opening the next segment on `replicas`, its leader first;
+    /// the same rules otherwise (stale or repeated rolls change nothing).
+    /// Rejected when `replicas` is empty or names a node twice.
+    RollReplicated {
+        topic: TopicName,
+        segment: SegmentId,
+        count: Option<u64>,
+        replicas: Vec<NodeId>,
+    },
+}
+
+/// Why a replica set cannot be used, if it cannot: it needs a leader and no
+/// node twice (a node holds one copy of a segment).
+fn invalid_replicas(replicas: &[NodeId]) -> Option<String> {
+    if replicas.is_empty() {
+        return Some("a replica set needs at least its leader".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in replicas {
+        if !seen.insert(*r) {
+            return Some(format!(
+                "replica set {replicas:?} names node {r} twice: a node holds one copy of a segment"
+            ));
+        }
+    }
+    None
 }
 
 /// What a command did.
@@ -397,62 +466,36 @@ impl ClusterState {
     pub fn apply(&mut self, cmd: &MetadataCmd) -> CmdResult {
         self.version += 1;
         match cmd {
-            MetadataCmd::CreateTopic { topic, leader } => {
-                if self.topics.contains_key(topic) {
-                    return CmdResult::Unchanged;
+            MetadataCmd::CreateTopic { topic, leader } => self.create_topic(topic, 1, *leader, &[]),
+            MetadataCmd::CreateReplicatedTopic {
+                topic,
+                rf,
+                replicas,
+            } => {
+                if let Some(why) = invalid_replicas(replicas) {
+                    return CmdResult::Rejected(why);
                 }
-                self.topics.insert(
-                    topic.clone(),
-                    TopicState {
-                        segments: vec![SegmentMeta {
-                            id: 1,
-                            leader: *leader,
-                            status: SegmentStatus::Open,
-                            closed_at_ms: None,
-                        }],
-                        cursor: 0,
-                        retention: None,
-                        deleted_through: 0,
-                        producers: BTreeMap::new(),
-                    },
-                );
-                CmdResult::Applied
+                if *rf == 0 {
+                    return CmdResult::Rejected("a replication factor is at least 1".into());
+                }
+                self.create_topic(topic, *rf, replicas[0], &replicas[1..])
             }
             MetadataCmd::Roll {
                 topic,
                 segment,
                 count,
                 next_leader,
+            } => self.roll(topic, *segment, *count, *next_leader, &[]),
+            MetadataCmd::RollReplicated {
+                topic,
+                segment,
+                count,
+                replicas,
             } => {
-                let Some(t) = self.topics.get_mut(topic) else {
-                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
-                };
-                let current = t
-                    .segments
-                    .last_mut()
-                    .expect("a topic always has at least one segment");
-                if *segment > current.id {
-                    // Nobody can have seen this segment: a late repeat of
-                    // this command must not roll it once it exists.
-                    return CmdResult::Rejected(format!(
-                        "segment {topic}:{segment} does not exist yet"
-                    ));
+                if let Some(why) = invalid_replicas(replicas) {
+                    return CmdResult::Rejected(why);
                 }
-                if current.id != *segment {
-                    return CmdResult::Unchanged;
-                }
-                current.status = match count {
-                    Some(n) => SegmentStatus::Sealed { count: *n },
-                    None => SegmentStatus::Pending,
-                };
-                let id = segment + 1;
-                t.segments.push(SegmentMeta {
-                    id,
-                    leader: *next_leader,
-                    status: SegmentStatus::Open,
-                    closed_at_ms: None,
-                });
-                CmdResult::Applied
+                self.roll(topic, *segment, *count, replicas[0], &replicas[1..])
             }
             MetadataCmd::ReportCount {
                 topic,
@@ -628,6 +671,73 @@ impl ClusterState {
         }
     }
 
+    fn create_topic(
+        &mut self,
+        topic: &TopicName,
+        rf: u32,
+        leader: NodeId,
+        followers: &[NodeId],
+    ) -> CmdResult {
+        if self.topics.contains_key(topic) {
+            return CmdResult::Unchanged;
+        }
+        self.topics.insert(
+            topic.clone(),
+            TopicState {
+                segments: vec![SegmentMeta {
+                    id: 1,
+                    leader,
+                    followers: followers.to_vec(),
+                    status: SegmentStatus::Open,
+                    closed_at_ms: None,
+                }],
+                cursor: 0,
+                retention: None,
+                deleted_through: 0,
+                producers: BTreeMap::new(),
+                rf,
+            },
+        );
+        CmdResult::Applied
+    }
+
+    fn roll(
+        &mut self,
+        topic: &TopicName,
+        segment: SegmentId,
+        count: Option<u64>,
+        leader: NodeId,
+        followers: &[NodeId],
+    ) -> CmdResult {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return CmdResult::Rejected(format!("topic {topic} does not exist"));
+        };
+        let current = t
+            .segments
+            .last_mut()
+            .expect("a topic always has at least one segment");
+        if segment > current.id {
+            // Nobody can have seen this segment: a late repeat of
+            // this command must not roll it once it exists.
+            return CmdResult::Rejected(format!("segment {topic}:{segment} does not exist yet"));
+        }
+        if current.id != segment {
+            return CmdResult::Unchanged;
+        }
+        current.status = match count {
+            Some(n) => SegmentStatus::Sealed { count: n },
+            None => SegmentStatus::Pending,
+        };
+        t.segments.push(SegmentMeta {
+            id: segment + 1,
+            leader,
+            followers: followers.to_vec(),
+            status: SegmentStatus::Open,
+            closed_at_ms: None,
+        });
+        CmdResult::Applied
+    }
+
     /// Closed segments not yet stamped with the time they were closed.
     pub fn has_unstamped_closed(&self) -> bool {
         self.topics.values().any(|t| {
@@ -721,16 +831,19 @@ impl ClusterState {
 
     /// The STATE JSON of `topic`: the reference's fields
     /// (`current_segment`, `leader_node`, `last_sealed_entry_offset`,
-    /// `sealed_segments`, `segment_leaders`) plus `pending_segments` and
-    /// `cursor` of ours.
+    /// `sealed_segments`, `segment_leaders`) plus `pending_segments`,
+    /// `cursor`, `replication_factor`, `segment_replicas` (each segment's
+    /// replica set, leader first) and more of ours.
     pub fn topic_json(&self, topic: &TopicName) -> Option<serde_json::Value> {
         let t = self.topics.get(topic)?;
         let mut sealed = serde_json::Map::new();
         let mut leaders = serde_json::Map::new();
+        let mut replicas = serde_json::Map::new();
         let mut pending = Vec::new();
         let mut lost = Vec::new();
         for s in &t.segments {
             leaders.insert(s.id.to_string(), s.leader.into());
+            replicas.insert(s.id.to_string(), s.replicas().into());
             match s.status {
                 // A lost segment's count holds offsets like a sealed one's.
                 SegmentStatus::Sealed { count } | SegmentStatus::Lost { count } => {
@@ -757,6 +870,8 @@ impl ClusterState {
             "first_offset": t.first_offset(),
             "deleted_segments": t.deleted_through,
             "retention": t.retention,
+            "replication_factor": t.rf,
+            "segment_replicas": replicas,
         }))
     }
 }
@@ -1098,6 +1213,109 @@ mod tests {
             CmdResult::Unchanged
         );
         assert_eq!(s.cluster, Some(a));
+    }
+
+    fn roll_on(
+        t: &str,
+        segment: SegmentId,
+        count: Option<u64>,
+        replicas: &[NodeId],
+    ) -> MetadataCmd {
+        MetadataCmd::RollReplicated {
+            topic: topic(t),
+            segment,
+            count,
+            replicas: replicas.to_vec(),
+        }
+    }
+
+    #[test]
+    fn given_replicated_commands_when_applied_should_keep_each_segments_replica_set() {
+        let mut s = ClusterState::default();
+        let create = MetadataCmd::CreateReplicatedTopic {
+            topic: topic("t"),
+            rf: 3,
+            replicas: vec![2, 3, 1],
+        };
+        assert_eq!(s.apply(&create), CmdResult::Applied);
+        assert_eq!(s.apply(&create), CmdResult::Unchanged, "idempotent");
+        assert_eq!(
+            s.apply(&roll_on("t", 1, Some(4), &[3, 1, 2])),
+            CmdResult::Applied
+        );
+        assert_eq!(
+            s.apply(&roll_on("t", 1, Some(4), &[3, 1, 2])),
+            CmdResult::Unchanged,
+            "a repeated roll changes nothing"
+        );
+        assert!(matches!(
+            s.apply(&roll_on("t", 5, None, &[1])),
+            CmdResult::Rejected(_)
+        ));
+        // An old-style roll opens an unreplicated segment.
+        assert_eq!(s.apply(&roll("t", 2, None, 1)), CmdResult::Applied);
+        let t = s.topic(&topic("t")).unwrap();
+        assert_eq!(t.rf, 3);
+        assert_eq!(t.segments[0].replicas(), vec![2, 3, 1]);
+        assert_eq!(t.segments[0].quorum(), 2);
+        assert_eq!(t.segments[1].leader, 3);
+        assert_eq!(t.segments[1].followers, vec![1, 2]);
+        assert_eq!(t.segments[2].replicas(), vec![1]);
+        assert_eq!(t.segments[2].quorum(), 1);
+        let j = s.topic_json(&topic("t")).unwrap();
+        assert_eq!(j["replication_factor"], 3);
+        assert_eq!(j["segment_replicas"]["2"], serde_json::json!([3, 1, 2]));
+        assert_eq!(j["segment_leaders"]["2"], 3, "the reference field stays");
+    }
+
+    #[test]
+    fn given_a_bad_replica_set_should_reject_it_and_change_nothing() {
+        let mut s = ClusterState::default();
+        for replicas in [vec![], vec![1, 2, 1]] {
+            let create = MetadataCmd::CreateReplicatedTopic {
+                topic: topic("t"),
+                rf: 3,
+                replicas: replicas.clone(),
+            };
+            assert!(matches!(s.apply(&create), CmdResult::Rejected(_)));
+        }
+        let zero = MetadataCmd::CreateReplicatedTopic {
+            topic: topic("t"),
+            rf: 0,
+            replicas: vec![1],
+        };
+        assert!(matches!(s.apply(&zero), CmdResult::Rejected(_)));
+        assert!(s.topics.is_empty());
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("t"),
+            leader: 1,
+        });
+        assert!(matches!(
+            s.apply(&roll_on("t", 1, Some(1), &[2, 2])),
+            CmdResult::Rejected(_)
+        ));
+        assert_eq!(s.topic(&topic("t")).unwrap().segments.len(), 1);
+    }
+
+    #[test]
+    fn given_a_snapshot_from_before_replication_should_load_as_rf_1_and_write_the_same_json() {
+        let mut s = ClusterState::default();
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("t"),
+            leader: 2,
+        });
+        let mut json = serde_json::to_value(&s).unwrap();
+        assert!(
+            json["topics"]["t"]["segments"][0]
+                .get("followers")
+                .is_none(),
+            "unreplicated segments write no new field"
+        );
+        json["topics"]["t"].as_object_mut().unwrap().remove("rf");
+        let old: ClusterState = serde_json::from_value(json).unwrap();
+        let t = old.topic(&topic("t")).unwrap();
+        assert_eq!(t.rf, 1);
+        assert_eq!(t.current().replicas(), vec![2]);
     }
 
     #[test]

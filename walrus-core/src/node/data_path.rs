@@ -26,12 +26,18 @@ pub(crate) struct SegmentRead {
 impl super::Node {
     pub(crate) async fn route(&self, req: Request) -> Result<Response> {
         match req {
-            Request::Register(topic) => self.register(topic).await.map(|()| Response::Ok),
-            Request::RegisterRetaining { topic, retain } => {
-                self.register(topic.clone()).await?;
-                self.set_retention(&topic, retain.as_topic_retention())
-                    .await
-                    .map(|()| Response::Ok)
+            Request::Register(topic) => {
+                self.register_with(topic, None).await.map(|()| Response::Ok)
+            }
+            Request::RegisterRetaining { topic, retain, rf } => {
+                self.register_with(topic.clone(), rf).await?;
+                match retain {
+                    Some(retain) => self
+                        .set_retention(&topic, retain.as_topic_retention())
+                        .await
+                        .map(|()| Response::Ok),
+                    None => Ok(Response::Ok),
+                }
             }
             Request::Config {
                 topic,
@@ -163,20 +169,39 @@ impl super::Node {
     }
 
     /// REGISTER: the first segment is led by this node if it votes, else
-    /// by the lowest voter.
-    async fn register(&self, topic: TopicName) -> Result<()> {
+    /// by the lowest voter, and copied to the `rf - 1` live voters after
+    /// it (`rf`: the request's, else this node's default). A topic that
+    /// exists keeps its own factor: asking for another one is an error.
+    async fn register_with(&self, topic: TopicName, rf: Option<u32>) -> Result<()> {
         let status = self.metadata.status();
         let leader = if status.voters.is_empty() || status.voters.contains(&self.id) {
             self.id
         } else {
             *status.voters.first().expect("voters is not empty here")
         };
-        match self
-            .metadata
-            .propose(MetadataCmd::CreateTopic { topic, leader })
-            .await?
-        {
-            crate::CmdResult::Rejected(why) => Err(Error::BadRequest(why)),
+        let factor = rf.unwrap_or(self.config.replication_factor).max(1);
+        let cmd = if factor == 1 {
+            MetadataCmd::CreateTopic {
+                topic: topic.clone(),
+                leader,
+            }
+        } else {
+            MetadataCmd::CreateReplicatedTopic {
+                topic: topic.clone(),
+                rf: factor,
+                replicas: self.replicas_led_by(leader, factor).await,
+            }
+        };
+        if let crate::CmdResult::Rejected(why) = self.metadata.propose(cmd).await? {
+            return Err(Error::BadRequest(why));
+        }
+        let state = self.metadata.state();
+        match (rf, state.topic(&topic)) {
+            (Some(asked), Some(t)) if t.rf != asked => Err(Error::BadRequest(format!(
+                "topic {topic} exists with replication factor {}, fixed when it was created; \
+                 REGISTER it without RF, or register a new topic with RF {asked}",
+                t.rf
+            ))),
             _ => Ok(()),
         }
     }
@@ -291,6 +316,7 @@ impl super::Node {
     ) -> Result<Appended> {
         let appended = self.append_stored(key, &entries, false).await?;
         let partial = (appended.count - appended.first_index) < entries.len() as u64;
+        self.await_quorum(key, appended.count).await?;
         self.acknowledge(key, appended.count, partial)?;
         Ok(appended)
     }
@@ -325,6 +351,7 @@ impl super::Node {
                 Ok(a) => {
                     // Stored, acknowledged or not: it will be read.
                     self.appends.appended(key);
+                    self.replicate(key, a.first_index, &entries[..take]);
                     break a;
                 }
                 Err(Error::SegmentSealed(_)) if take > 1 && !whole => take /= 2,

@@ -158,20 +158,27 @@ impl super::Node {
         let state = self.metadata.state();
         let leaders: HashSet<NodeId> = state.topics.values().map(|t| t.current().leader).collect();
         self.failover.unfence_unless(|n| leaders.contains(&n));
-        let mut chosen: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut chosen: HashMap<(NodeId, u32), MetadataCmd> = HashMap::new();
         for (topic, t) in &state.topics {
             let current = t.current();
             if current.leader == self.id || self.failover.is_live(current.leader, now, threshold) {
                 continue;
             }
-            // One choice per silent node per pass: each choice may ping.
-            let next = match chosen.get(&current.leader) {
-                Some(n) => *n,
+            let key = crate::types::SegmentKey::new(topic.clone(), current.id);
+            // One choice per silent node and factor per pass: each choice
+            // may ping.
+            let cmd = match chosen.get(&(current.leader, t.rf)) {
+                Some(choice) => retarget(choice, &key),
                 None => {
-                    let n = self.next_leader(current.leader).await;
-                    chosen.insert(current.leader, n);
-                    n
+                    let cmd = self.roll_cmd(&key, None, t.rf).await;
+                    chosen.insert((current.leader, t.rf), cmd.clone());
+                    cmd
                 }
+            };
+            let next = match &cmd {
+                MetadataCmd::Roll { next_leader, .. } => *next_leader,
+                MetadataCmd::RollReplicated { replicas, .. } => replicas[0],
+                _ => unreachable!("roll_cmd makes rolls"),
             };
             if next == current.leader {
                 continue;
@@ -191,12 +198,6 @@ impl super::Node {
                 current.leader,
                 current.id + 1
             );
-            let cmd = MetadataCmd::Roll {
-                topic: topic.clone(),
-                segment: current.id,
-                count: None,
-                next_leader: next,
-            };
             if let Err(e) = self.metadata.propose(cmd).await {
                 tracing::warn!(
                     node = self.id,
@@ -205,6 +206,30 @@ impl super::Node {
                 );
             }
         }
+    }
+}
+
+/// `choice` (a pending roll made for another segment of the same silent
+/// leader) applied to `key`.
+fn retarget(choice: &MetadataCmd, key: &crate::types::SegmentKey) -> MetadataCmd {
+    match choice.clone() {
+        MetadataCmd::Roll {
+            count, next_leader, ..
+        } => MetadataCmd::Roll {
+            topic: key.topic.clone(),
+            segment: key.segment,
+            count,
+            next_leader,
+        },
+        MetadataCmd::RollReplicated {
+            count, replicas, ..
+        } => MetadataCmd::RollReplicated {
+            topic: key.topic.clone(),
+            segment: key.segment,
+            count,
+            replicas,
+        },
+        other => other,
     }
 }
 

@@ -9,6 +9,8 @@
 //! - `forward`: forwarded appends, combined when many meet on the way to
 //!   one segment leader.
 //! - `produce`: PUTB (whole batches) and idempotent producers.
+//! - `replicate`: quorum acknowledgement, streaming a replicated
+//!   segment's appends from its leader to its followers.
 //! - `rollover`: sealing full segments and opening the next one.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
@@ -32,6 +34,7 @@ mod metrics;
 mod peer_requests;
 mod produce;
 mod read;
+mod replicate;
 mod retention;
 mod rollover;
 mod storage;
@@ -91,6 +94,11 @@ pub struct NodeConfig {
     /// the cluster can refuse a report read from a wiped or replaced disk.
     /// `None` for a node without one (in-memory test stacks).
     pub storage: Option<crate::types::StorageId>,
+    /// Copies of each segment (its leader included) for topics registered
+    /// here without `RF` (`--replication-factor`). 1 until failover of
+    /// replicated segments works (docs/architecture.md, "Replication");
+    /// then `min(3, voters)`.
+    pub replication_factor: u32,
 }
 
 impl NodeConfig {
@@ -111,6 +119,7 @@ impl NodeConfig {
             // nothing.
             forward_timeout: DEFAULT_LEASE * 2 + DEFAULT_FAILOVER_MARGIN,
             storage: None,
+            replication_factor: 1,
         }
     }
 }
@@ -132,6 +141,8 @@ pub struct Node {
     forwards: forward::Forwards,
     /// Producers' last writes, for idempotent PUTBs.
     producers: produce::Producers,
+    /// Copies of the replicated segments this node leads.
+    replication: replicate::Replication,
     /// Wakes long-polling readers of segments this node leads.
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
@@ -192,6 +203,7 @@ impl Node {
             forwards: forward::Forwards::default(),
             producers: produce::Producers::default(),
             appends: read::AppendSignals::default(),
+            replication: replicate::Replication::default(),
             stopping: read::Stopping::default(),
             count_refused: Default::default(),
             retention_done: Default::default(),

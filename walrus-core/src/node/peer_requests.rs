@@ -90,6 +90,12 @@ impl RequestHandler for super::Node {
                 self.on_claim_storage(node, storage, fresh).await?;
                 Ok(NodeResponse::Done)
             }
+            NodeRequest::Replicate {
+                segment,
+                first,
+                entries,
+                seal,
+            } => self.on_replicate(&segment, first, &entries, seal).await,
             NodeRequest::ReplaceStorage { node, storage } => Ok(NodeResponse::StorageReplaced {
                 lost: self.replace_storage_here(node, storage).await?,
             }),

@@ -244,6 +244,7 @@ impl Node {
         let n = entries.len() as u64;
         let Some(ProducerSeq { producer, seq }) = producer else {
             let a = self.append_stored(key, &entries, true).await?;
+            self.await_quorum(key, a.count).await?;
             self.acknowledge(key, a.count, false)?;
             return Ok(NodeResponse::Stored {
                 segment: key.segment,
@@ -324,6 +325,7 @@ impl Node {
                     segment: key.segment,
                     first_index: Some(a.first_index),
                 });
+                self.await_quorum(key, a.count).await?;
                 self.acknowledge(key, a.count, false)?;
                 Ok(NodeResponse::Stored {
                     segment: key.segment,

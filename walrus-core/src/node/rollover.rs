@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::locks::MutexExt;
@@ -73,6 +73,7 @@ impl super::Node {
             None
         } else {
             let count = self.log.seal(key).await?;
+            self.seal_copies(key, count);
             // Its producers' last writes are final now, and must be in
             // metadata before its count is (the next leader starts from
             // them). A quarantined segment stays Pending, which holds
@@ -80,16 +81,82 @@ impl super::Node {
             self.record_producers(key).await?;
             Some(count)
         };
-        let next_leader = self.next_leader(self.id).await;
-        self.metadata
-            .propose(MetadataCmd::Roll {
+        let cmd = self.roll_cmd(key, count, topic.rf).await;
+        self.metadata.propose(cmd).await?;
+        Ok(())
+    }
+
+    /// The command that closes `key` (with `count`, or pending) and opens
+    /// the next segment on the next live voter after `key`'s leader, with
+    /// `rf - 1` copies on the live voters after that one. An unreplicated
+    /// topic rolls as it always did.
+    pub(crate) async fn roll_cmd(
+        &self,
+        key: &SegmentKey,
+        count: Option<u64>,
+        rf: u32,
+    ) -> MetadataCmd {
+        let state = self.metadata.state();
+        let current = state
+            .topic(&key.topic)
+            .and_then(|t| t.segment(key.segment))
+            .map_or(self.id, |s| s.leader);
+        let next_leader = self.next_leader(current).await;
+        if rf <= 1 {
+            return MetadataCmd::Roll {
                 topic: key.topic.clone(),
                 segment: key.segment,
                 count,
                 next_leader,
-            })
-            .await?;
-        Ok(())
+            };
+        }
+        MetadataCmd::RollReplicated {
+            topic: key.topic.clone(),
+            segment: key.segment,
+            count,
+            replicas: self.replicas_led_by(next_leader, rf).await,
+        }
+    }
+
+    /// `leader` and up to `rf - 1` followers: the voters after it in id
+    /// order that look alive, so that as leaders go round-robin the copies
+    /// go round with them and every node holds about as many. Fewer when
+    /// fewer voters are live: the segment is under-replicated, never
+    /// waiting on a dead node.
+    pub(crate) async fn replicas_led_by(&self, leader: NodeId, rf: u32) -> Vec<NodeId> {
+        let status = self.metadata.status();
+        let voters: Vec<NodeId> = status.voters.iter().copied().collect();
+        let ring = voters
+            .iter()
+            .filter(|v| **v > leader)
+            .chain(voters.iter().filter(|v| **v < leader));
+        let mut replicas = vec![leader];
+        for &candidate in ring {
+            if replicas.len() >= rf as usize {
+                break;
+            }
+            if self.looks_alive(candidate, &status).await {
+                replicas.push(candidate);
+            }
+        }
+        replicas
+    }
+
+    /// This node; or a node the consensus leader heard from lately (when
+    /// we lead) that answers a ping.
+    async fn looks_alive(&self, candidate: NodeId, status: &crate::ConsensusStatus) -> bool {
+        if candidate == self.id {
+            return true;
+        }
+        let threshold = self.failover_threshold();
+        if status.is_leader()
+            && !self
+                .failover
+                .is_live(candidate, self.clock.now(), threshold)
+        {
+            return false;
+        }
+        self.ping(candidate).await.is_ok()
     }
 
     /// The voter after `current` in id order that looks alive: the
@@ -102,16 +169,8 @@ impl super::Node {
             .iter()
             .filter(|v| **v > current)
             .chain(voters.iter().filter(|v| **v <= current));
-        let now = self.clock.now();
-        let threshold = self.failover_threshold();
         for &candidate in ring {
-            if candidate == self.id {
-                return candidate;
-            }
-            if status.is_leader() && !self.failover.is_live(candidate, now, threshold) {
-                continue;
-            }
-            if self.ping(candidate).await.is_ok() {
+            if self.looks_alive(candidate, &status).await {
                 return candidate;
             }
         }
@@ -135,6 +194,14 @@ impl super::Node {
     /// goes on in a new segment, maybe on another node).
     pub(crate) async fn monitor_tick(&self) {
         let state = self.metadata.state();
+        // Segments rolled away whose copies are done (their senders
+        // ended) need no entry any more.
+        self.replication.retain(|key, copies| {
+            state
+                .topic(&key.topic)
+                .is_some_and(|t| t.current().id == key.segment)
+                || copies.is_some_and(|c| Arc::strong_count(c) > 1)
+        });
         let health = self.log.health();
         for (topic, t) in &state.topics {
             let current = t.current();

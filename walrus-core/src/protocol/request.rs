@@ -25,6 +25,7 @@ const PUTB_USAGE: &str =
 const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
 const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
 const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
+const REGISTER_USAGE: &str = "REGISTER <topic> [RETAIN <limits>] [RF <n>]";
 const RETAIN_USAGE: &str =
     "RETAIN entries=<n> age=<n>ms|s|m|h|d (either or both), RETAIN none or RETAIN default";
 
@@ -52,11 +53,14 @@ impl RetainSetting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Register(TopicName),
-    /// `REGISTER <topic> RETAIN …`: creates the topic if need be and sets
-    /// its retention.
+    /// `REGISTER <topic>` with options: `RETAIN …` creates the topic if
+    /// need be and sets its retention; `RF <n>` gives a new topic `n`
+    /// copies of each segment (an existing topic keeps its own). At least
+    /// one of them is given.
     RegisterRetaining {
         topic: TopicName,
-        retain: RetainSetting,
+        retain: Option<RetainSetting>,
+        rf: Option<u32>,
     },
     /// `CONFIG <topic>` (`retain: None`: answers the topic's settings) or
     /// `CONFIG <topic> RETAIN …` (sets its retention).
@@ -162,16 +166,7 @@ impl Request {
                 }
                 if verb_upper == "REGISTER" {
                     if let Some((name, options)) = topic.split_once(' ') {
-                        // Only `RETAIN` opens options: anything else is a
-                        // topic name with a space, refused as it always was.
-                        let (keyword, limits) = options.split_once(' ').unwrap_or((options, ""));
-                        if !keyword.eq_ignore_ascii_case("RETAIN") {
-                            return Err(Error::InvalidTopicName);
-                        }
-                        return Ok(Request::RegisterRetaining {
-                            topic: TopicName::new(name)?,
-                            retain: parse_retain(limits)?,
-                        });
+                        return parse_register_options(name, options);
                     }
                 }
                 let topic = TopicName::new(topic)?;
@@ -242,6 +237,51 @@ fn parse_config(rest: &str) -> Result<Request, Error> {
         }
     };
     Ok(Request::Config { topic, retain })
+}
+
+/// `REGISTER <topic> [RETAIN <limits>] [RF <n>]`, in either order, once
+/// each, after the topic name.
+fn parse_register_options(name: &str, options: &str) -> Result<Request, Error> {
+    let words: Vec<&str> = options.split(' ').collect();
+    let is = |w: &str, keyword: &str| w.eq_ignore_ascii_case(keyword);
+    // Only `RETAIN` and `RF` open options: anything else is a topic name
+    // with a space, refused as it always was.
+    if !is(words[0], "RETAIN") && !is(words[0], "RF") {
+        return Err(Error::InvalidTopicName);
+    }
+    let bad = |what: String| Error::BadRequest(format!("{what}: {REGISTER_USAGE}"));
+    let (mut retain, mut rf) = (None, None);
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        if is(word, "RF") && rf.is_none() {
+            let n = words.get(i + 1).copied().unwrap_or("");
+            rf = match n.parse::<u32>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(bad(format!(
+                        "invalid RF {n:?} (a count of copies, 1 or more)"
+                    )))
+                }
+            };
+            i += 2;
+        } else if is(word, "RETAIN") && retain.is_none() {
+            let end = (i + 1..words.len())
+                .find(|j| is(words[*j], "RF") || is(words[*j], "RETAIN"))
+                .unwrap_or(words.len());
+            retain = Some(parse_retain(&words[i + 1..end].join(" "))?);
+            i = end;
+        } else if word.is_empty() {
+            i += 1;
+        } else {
+            return Err(bad(format!("unexpected {word:?}")));
+        }
+    }
+    Ok(Request::RegisterRetaining {
+        topic: TopicName::new(name)?,
+        retain,
+        rf,
+    })
 }
 
 /// The limits after `RETAIN`: `default`, `none`, or `entries=<n>` and/or
@@ -718,6 +758,43 @@ mod tests {
     }
 
     #[test]
+    fn given_register_with_rf_should_parse_it_alone_or_with_retain_in_either_order() {
+        let with = |retain, rf| Request::RegisterRetaining {
+            topic: t("logs"),
+            retain,
+            rf,
+        };
+        let none = RetainSetting::Limits(Retention::default());
+        assert_eq!(
+            parse(b"REGISTER logs RF 3\r\n").unwrap(),
+            with(None, Some(3))
+        );
+        assert_eq!(
+            parse(b"register logs rf 2 retain none").unwrap(),
+            with(Some(none), Some(2))
+        );
+        assert_eq!(
+            parse(b"REGISTER logs RETAIN none RF 1").unwrap(),
+            with(Some(none), Some(1))
+        );
+        for (body, start) in [
+            (&b"REGISTER logs RF"[..], "invalid RF \"\""),
+            (b"REGISTER logs RF 0", "invalid RF \"0\""),
+            (b"REGISTER logs RF x", "invalid RF \"x\""),
+            (b"REGISTER logs RF 2 RF 3", "unexpected \"RF\""),
+            (b"REGISTER logs RF 2 x", "unexpected \"x\""),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(e.ends_with(REGISTER_USAGE), "{e}");
+        }
+        assert_eq!(
+            parse(b"REGISTER logs x RF 2").unwrap_err(),
+            "invalid topic name"
+        );
+    }
+
+    #[test]
     fn given_register_with_retain_should_parse_limits_and_keep_plain_register_as_it_was() {
         assert_eq!(
             parse(b"REGISTER logs\r\n").unwrap(),
@@ -734,7 +811,8 @@ mod tests {
             parse(b"register logs retain entries=1000 age=7d\n").unwrap(),
             Request::RegisterRetaining {
                 topic: t("logs"),
-                retain: limits(Some(1000), Some(7 * 86_400_000)),
+                retain: Some(limits(Some(1000), Some(7 * 86_400_000))),
+                rf: None,
             }
         );
         assert_eq!(

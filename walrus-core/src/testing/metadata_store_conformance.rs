@@ -58,6 +58,7 @@ pub async fn run<F: MetadataStoreFactory>(mut factory: F) {
     metrics_agree_with_status(&stores).await;
     every_command_applied_twice_is_applied_once(&stores).await;
     add_node_is_idempotent_for_a_member(&stores).await;
+    replica_sets_are_kept_on_every_node(&stores).await;
 
     let before = committed_topics(&stores).await;
     drop(stores);
@@ -514,6 +515,59 @@ async fn every_command_applied_twice_is_applied_once(stores: &[Arc<dyn MetadataS
     );
 }
 
+/// The replica sets of `conf-rf`, the topic
+/// [`replica_sets_are_kept_on_every_node`] creates: segment 1, then 2.
+const RF_REPLICAS: [[NodeId; 3]; 2] = [[1, 98, 97], [98, 97, 1]];
+
+/// Replicated topics and rolls commit on every node with their replica
+/// sets (and, checked after the restart, survive it); a repeat changes
+/// nothing.
+async fn replica_sets_are_kept_on_every_node(stores: &[Arc<dyn MetadataStore>]) {
+    let s = &stores[0];
+    let t = topic("conf-rf");
+    let create = MetadataCmd::CreateReplicatedTopic {
+        topic: t.clone(),
+        rf: 3,
+        replicas: RF_REPLICAS[0].to_vec(),
+    };
+    let roll = MetadataCmd::RollReplicated {
+        topic: t.clone(),
+        segment: 1,
+        count: Some(2),
+        replicas: RF_REPLICAS[1].to_vec(),
+    };
+    for cmd in [create, roll] {
+        let first = propose(s, cmd.clone()).await;
+        assert!(
+            matches!(first, CmdResult::Applied | CmdResult::Unchanged),
+            "{cmd:?} answered {first:?}"
+        );
+        assert_eq!(
+            propose(s, cmd.clone()).await,
+            CmdResult::Unchanged,
+            "{cmd:?} applied a second time changed the state again"
+        );
+    }
+    for store in stores {
+        wait_state(store, "the replica sets of conf-rf", |st| {
+            has_rf_replicas(st, &t)
+        })
+        .await;
+    }
+}
+
+fn has_rf_replicas(st: &crate::ClusterState, t: &TopicName) -> bool {
+    st.topic(t).is_some_and(|topic| {
+        topic.rf == 3
+            && topic.segments.len() == 2
+            && topic
+                .segments
+                .iter()
+                .zip(RF_REPLICAS)
+                .all(|(seg, replicas)| seg.replicas() == replicas)
+    })
+}
+
 async fn add_node_is_idempotent_for_a_member(stores: &[Arc<dyn MetadataStore>]) {
     let s = stores.last().expect("at least one node");
     let node = s.status().node;
@@ -564,7 +618,7 @@ async fn committed_commands_survive_a_restart(
     );
     for s in stores {
         wait_state(s, "every topic committed before the restart", |st| {
-            before.iter().all(|t| st.topic(t).is_some())
+            before.iter().all(|t| st.topic(t).is_some()) && has_rf_replicas(st, &topic("conf-rf"))
         })
         .await;
     }

@@ -83,7 +83,10 @@ impl Inner {
     fn duplicates(&mut self, req: &NodeRequest) -> bool {
         let harmless = matches!(
             req,
-            NodeRequest::Read { .. } | NodeRequest::Ping | NodeRequest::RenewLease { .. }
+            NodeRequest::Read { .. }
+                | NodeRequest::Ping
+                | NodeRequest::RenewLease { .. }
+                | NodeRequest::Replicate { .. }
         );
         harmless && self.duplicate_rate > 0.0 && self.rng.gen_bool(self.duplicate_rate)
     }
@@ -220,7 +223,8 @@ impl SimNetwork {
         self.lock().answer_loss_rate = rate.clamp(0.0, 1.0);
     }
 
-    /// Each read, ping or lease renewal is delivered a second time with
+    /// Each read, ping, lease renewal or replication (stored at fixed
+    /// indexes, so a second copy stores nothing) is delivered a second time with
     /// probability `rate`, a random delay after the first, its answer
     /// thrown away. The [`Transport`] contract (4, at most once) rules
     /// duplicates out for a real transport, so requests that change state

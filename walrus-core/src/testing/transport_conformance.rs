@@ -201,6 +201,12 @@ fn every_request() -> Vec<NodeRequest> {
                 seq: 9,
             }),
         },
+        NodeRequest::Replicate {
+            segment: segment(),
+            first: 5,
+            entries: vec![Bytes::from_static(b"copy"), Bytes::from_static(b"\n")],
+            seal: Some(7),
+        },
     ]
 }
 
@@ -229,6 +235,9 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
             segment: 3,
             first_index: Some(7),
             n: entries.len() as u64,
+        },
+        NodeRequest::Replicate { first, entries, .. } => NodeResponse::Replicated {
+            count: first + entries.len() as u64,
         },
         NodeRequest::Join { .. } | NodeRequest::Ping | NodeRequest::ClaimStorage { .. } => {
             NodeResponse::Done

@@ -25,6 +25,7 @@ mod outcome;
 mod power_loss;
 mod produce;
 mod races;
+mod replication;
 mod retention;
 mod rollover;
 mod routing;

@@ -49,7 +49,7 @@ fn command() -> impl Strategy<Value = MetadataCmd> {
             node,
             storage: StorageId::from_u128(s)
         }),
-        (node, 1u128..=3, t.clone(), 0u64..6).prop_map(|(node, s, t, offset)| {
+        (node.clone(), 1u128..=3, t.clone(), 0u64..6).prop_map(|(node, s, t, offset)| {
             MetadataCmd::ReplaceStorage {
                 node,
                 storage: StorageId::from_u128(s),
@@ -60,7 +60,7 @@ fn command() -> impl Strategy<Value = MetadataCmd> {
             id: ClusterId::from_u128(id)
         }),
         (
-            t,
+            t.clone(),
             1u64..=4,
             0u8..2,
             0u64..4,
@@ -82,6 +82,30 @@ fn command() -> impl Strategy<Value = MetadataCmd> {
                     )],
                 }
             }),
+        (
+            t.clone(),
+            1u32..=3,
+            prop::collection::vec(node.clone(), 0..4)
+        )
+            .prop_map(|(t, rf, replicas)| MetadataCmd::CreateReplicatedTopic {
+                topic: topic(t),
+                rf,
+                replicas
+            }),
+        (
+            t.clone(),
+            1u64..=4,
+            prop::option::of(0u64..6),
+            prop::collection::vec(node.clone(), 0..4)
+        )
+            .prop_map(
+                |(t, segment, count, replicas)| MetadataCmd::RollReplicated {
+                    topic: topic(t),
+                    segment,
+                    count,
+                    replicas
+                }
+            ),
         Just(MetadataCmd::Noop),
     ]
 }

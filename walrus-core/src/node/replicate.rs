@@ -1,0 +1,462 @@
+//! Quorum acknowledgement: the leader of a replicated segment streams its
+//! appends to the segment's followers and acknowledges an entry once a
+//! majority of the replica set, itself included, holds it.
+//!
+//! Per follower one sender task and one queue. An append on the leader
+//! puts its entries in every follower's queue (by index) as soon as its own
+//! store took them; the sender sends everything queued from the follower's
+//! count in one [`NodeRequest::Replicate`], so while one request is in
+//! flight the next batch gathers behind it: one round trip carries as many
+//! writers' entries as arrived meanwhile, never one entry at a time. The
+//! follower answers its count; a follower that missed entries (a lost
+//! request, a restart) answers a count below what was sent, and the sender
+//! sends again from there, reading from the leader's own store what its
+//! queue no longer holds. A follower that does not answer is retried with
+//! a backoff, and does not hold anyone up while a majority answers.
+//!
+//! An unreplicated segment (no followers) is remembered as such once, and
+//! its appends then take the path they always took.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+
+use super::Node;
+use crate::error::{Error, Result};
+use crate::locks::MutexExt;
+use crate::transport::{NodeRequest, NodeResponse};
+use crate::types::{NodeId, SegmentKey};
+
+/// A `Replicate` request stops growing past this many entries or bytes
+/// (the first batch always goes whole).
+const MAX_REPLICATE_ENTRIES: usize = 4096;
+const MAX_REPLICATE_BYTES: usize = 4 << 20;
+/// A follower's queue holds at most this many bytes: past it the queue is
+/// dropped and the follower is caught up from the leader's store, so a
+/// dead follower costs no memory.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Backoff between attempts to reach a follower that failed to answer.
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+
+/// The replicated segments this node leads, and the unreplicated ones it
+/// has seen (`None`: nothing to do for them).
+#[derive(Default)]
+pub(crate) struct Replication {
+    segments: Mutex<HashMap<SegmentKey, Option<Arc<Copies>>>>,
+}
+
+/// One replicated segment on its leader.
+pub(crate) struct Copies {
+    key: SegmentKey,
+    /// Replicas that must hold an entry before it is acknowledged, the
+    /// leader included.
+    quorum: usize,
+    /// Each follower's count as it last answered (the order of
+    /// `followers`).
+    acked: watch::Sender<Vec<u64>>,
+    followers: Vec<Arc<Link>>,
+}
+
+/// The leader's side of one follower.
+struct Link {
+    node: NodeId,
+    state: Mutex<LinkState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Entries to send, by the index of the first of each batch.
+    queue: BTreeMap<u64, Vec<Bytes>>,
+    queued_bytes: usize,
+    /// The leader's count as far as appends were queued (the end of the
+    /// last batch), also once the queue was dropped.
+    end: u64,
+    /// Where the next request starts: the follower's count as far as we
+    /// know.
+    next: u64,
+    /// The segment was sealed on the leader at this count: the follower
+    /// seals its copy there once it holds all of it.
+    seal: Option<u64>,
+}
+
+impl Replication {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentKey, Option<Arc<Copies>>>> {
+        self.segments.lock_or_recover()
+    }
+
+    /// The copies of `key`, if it is known here; `Some(None)` for a known
+    /// unreplicated segment.
+    fn get(&self, key: &SegmentKey) -> Option<Option<Arc<Copies>>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Forgets the segments `keep` says are done with.
+    pub(crate) fn retain(&self, keep: impl Fn(&SegmentKey, Option<&Arc<Copies>>) -> bool) {
+        self.lock().retain(|k, c| keep(k, c.as_ref()));
+    }
+}
+
+impl Copies {
+    /// True when `count` entries are on a quorum (with the leader's own).
+    fn has_quorum(&self, acked: &[u64], count: u64) -> bool {
+        1 + acked.iter().filter(|c| **c >= count).count() >= self.quorum
+    }
+}
+
+impl Link {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock_or_recover()
+    }
+
+    /// Queues entries `first..first + entries.len()`.
+    fn push(&self, first: u64, entries: &[Bytes]) {
+        let mut st = self.lock();
+        let end = first + entries.len() as u64;
+        st.end = st.end.max(end);
+        if end > st.next {
+            let bytes: usize = entries.iter().map(Bytes::len).sum();
+            if st.queued_bytes + bytes > MAX_QUEUED_BYTES {
+                // Far behind: the follower catches up from the store.
+                st.queue.clear();
+                st.queued_bytes = 0;
+            } else {
+                st.queue.insert(first, entries.to_vec());
+                st.queued_bytes += bytes;
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// What to send next: `Some((first, entries from the queue))`, or
+    /// `Some((first, empty))` when entries `first..upto` must be read from
+    /// the store first (the queue lost them), with `upto`; `None` when the
+    /// follower has everything queued.
+    fn next_batch(&self) -> Option<(u64, Vec<Bytes>, u64)> {
+        let mut st = self.lock();
+        let next = st.next;
+        // Drop what the follower holds already.
+        while let Some((&first, batch)) = st.queue.first_key_value() {
+            if first + batch.len() as u64 > next {
+                break;
+            }
+            let bytes: usize = batch.iter().map(Bytes::len).sum();
+            st.queued_bytes -= bytes;
+            st.queue.pop_first();
+        }
+        if st.end <= next {
+            return None;
+        }
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut bytes = 0;
+        let mut at = next;
+        for (&first, batch) in st.queue.range(..) {
+            if first > at {
+                break;
+            }
+            let skip = (at - first) as usize;
+            for e in &batch[skip..] {
+                if !out.is_empty()
+                    && (out.len() >= MAX_REPLICATE_ENTRIES || bytes + e.len() > MAX_REPLICATE_BYTES)
+                {
+                    return Some((next, out, at));
+                }
+                bytes += e.len();
+                out.push(e.clone());
+                at += 1;
+            }
+        }
+        if out.is_empty() {
+            // A hole before the queue (dropped, or an append whose caller
+            // went away before queueing it): read it from the store.
+            let upto = st
+                .queue
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(st.end)
+                .max(next + 1);
+            return Some((next, out, upto.min(st.end)));
+        }
+        Some((next, out, at))
+    }
+}
+
+impl Node {
+    /// After entries `first..` of `key` went into this node's store: queues
+    /// them for the segment's followers, if it has any.
+    pub(crate) fn replicate(&self, key: &SegmentKey, first: u64, entries: &[Bytes]) {
+        let copies = match self.replication.get(key) {
+            Some(None) => return,
+            Some(Some(c)) => c,
+            None => match self.start_copies(key) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        for link in &copies.followers {
+            link.push(first, entries);
+        }
+    }
+
+    /// Registers `key`, starting a sender per follower when it has some.
+    fn start_copies(&self, key: &SegmentKey) -> Option<Arc<Copies>> {
+        let state = self.metadata.state();
+        let seg = state.topic(&key.topic)?.segment(key.segment)?;
+        let mut segments = self.replication.lock();
+        if let Some(known) = segments.get(key) {
+            return known.clone();
+        }
+        if seg.leader != self.id || seg.followers.is_empty() {
+            segments.insert(key.clone(), None);
+            return None;
+        }
+        let followers: Vec<Arc<Link>> = seg
+            .followers
+            .iter()
+            .map(|node| {
+                Arc::new(Link {
+                    node: *node,
+                    state: Mutex::new(LinkState::default()),
+                    wake: Notify::new(),
+                })
+            })
+            .collect();
+        let copies = Arc::new(Copies {
+            key: key.clone(),
+            quorum: seg.quorum(),
+            acked: watch::channel(vec![0; followers.len()]).0,
+            followers,
+        });
+        segments.insert(key.clone(), Some(copies.clone()));
+        drop(segments);
+        let mut tasks = self.tasks_lock();
+        tasks.retain(|t| !t.is_finished());
+        for (i, link) in copies.followers.iter().enumerate() {
+            tasks.push(tokio::spawn(send_loop(
+                self.me.clone(),
+                copies.clone(),
+                link.clone(),
+                i,
+            )));
+        }
+        Some(copies)
+    }
+
+    /// Waits until entries `..count` of `key` are on a quorum of its
+    /// replicas (at once for an unreplicated segment). When no quorum
+    /// answers in a lease's time, the entries are stored here but cannot
+    /// be vouched for: the answer is "outcome unknown", and the segment is
+    /// rolled so that the topic goes on with live replicas.
+    pub(crate) async fn await_quorum(&self, key: &SegmentKey, count: u64) -> Result<()> {
+        let Some(Some(copies)) = self.replication.get(key) else {
+            return Ok(());
+        };
+        let mut acked = copies.acked.subscribe();
+        let reached = tokio::time::timeout(
+            self.config.lease,
+            acked.wait_for(|a| copies.has_quorum(a, count)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => {
+                self.spawn_rollover(key.clone());
+                let held = 1 + copies
+                    .acked
+                    .borrow()
+                    .iter()
+                    .filter(|c| **c >= count)
+                    .count();
+                Err(Error::OutcomeUnknown(format!(
+                    "only {held} of the {} replicas of {key} confirmed the write within {:?} \
+                     ({} needed); it is stored on its leader, node {}, and may be read: read \
+                     the topic to check before sending it again",
+                    copies.followers.len() + 1,
+                    self.config.lease,
+                    copies.quorum,
+                    self.id
+                )))
+            }
+        }
+    }
+
+    /// `key` was sealed here at `count`: each follower seals its copy
+    /// there once it holds all of it.
+    pub(crate) fn seal_copies(&self, key: &SegmentKey, count: u64) {
+        if let Some(Some(copies)) = self.replication.get(key) {
+            for link in &copies.followers {
+                let mut st = link.lock();
+                st.seal = Some(count);
+                st.end = st.end.max(count);
+                drop(st);
+                link.wake.notify_one();
+            }
+        }
+    }
+
+    /// A follower's side of [`NodeRequest::Replicate`]: stores the entries
+    /// at their indexes (what it holds already is skipped), seals at
+    /// `seal` once it holds that many, and answers its count. A gap (it
+    /// missed earlier entries) stores nothing and answers the count it
+    /// holds, from which the leader sends again.
+    pub(crate) async fn on_replicate(
+        &self,
+        segment: &SegmentKey,
+        first: u64,
+        entries: &[Bytes],
+        seal: Option<u64>,
+    ) -> Result<NodeResponse> {
+        let held = self.log.info(segment).await?.map_or(0, |i| i.count);
+        if first > held {
+            return Ok(NodeResponse::Replicated { count: held });
+        }
+        let mut count = held;
+        if first + entries.len() as u64 > held {
+            count = match self.log.append_at(segment, first, entries).await {
+                Ok(a) => a.count,
+                // A gap after all (raced with a restart of the store):
+                // answer what is held, the leader goes on from there.
+                Err(Error::BadRequest(_)) => self.log.info(segment).await?.map_or(0, |i| i.count),
+                Err(e) => return Err(e),
+            };
+        }
+        if let Some(n) = seal {
+            if count >= n {
+                count = self.log.seal_at(segment, n).await?;
+            }
+        }
+        Ok(NodeResponse::Replicated { count })
+    }
+
+    /// Entries `from..upto` of `key` from this node's store (a follower
+    /// that the queue no longer covers).
+    async fn read_for_copy(&self, key: &SegmentKey, from: u64, upto: u64) -> Result<Vec<Bytes>> {
+        let want = usize::try_from(upto.saturating_sub(from))
+            .unwrap_or(usize::MAX)
+            .min(MAX_REPLICATE_ENTRIES);
+        self.log.read(key, from, want, MAX_REPLICATE_BYTES).await
+    }
+}
+
+/// Sends `link`'s queue to its follower until the segment is sealed on it,
+/// or nobody needs it any more (the node stopped, the segment is closed
+/// without a seal here: a failover).
+async fn send_loop(node: Weak<Node>, copies: Arc<Copies>, link: Arc<Link>, index: usize) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let (first, mut entries, upto) = match link.next_batch() {
+            Some(batch) => batch,
+            None => {
+                let seal = {
+                    let st = link.lock();
+                    st.seal.filter(|count| st.next >= *count)
+                };
+                if let Some(count) = seal {
+                    let sealed = n
+                        .send_copy(&copies, &link, index, count, Vec::new(), Some(count))
+                        .await;
+                    if sealed.is_ok() || n.copies_abandoned(&copies.key) {
+                        return;
+                    }
+                    let pause = backoff.min(n.config.lease_renew);
+                    drop(n);
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                    continue;
+                }
+                if n.copies_abandoned(&copies.key) {
+                    return;
+                }
+                let patience = n.config.lease_renew;
+                drop(n);
+                let _ = tokio::time::timeout(patience, link.wake.notified()).await;
+                continue;
+            }
+        };
+        if entries.is_empty() && upto > first {
+            match n.read_for_copy(&copies.key, first, upto).await {
+                Ok(read) => entries = read,
+                Err(e) => tracing::warn!(
+                    node = n.id,
+                    "cannot read {} from {first} to copy it to node {}: {e}",
+                    copies.key,
+                    link.node
+                ),
+            }
+            if entries.is_empty() {
+                drop(n);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+                continue;
+            }
+        }
+        let seal = link.lock().seal;
+        match n
+            .send_copy(&copies, &link, index, first, entries, seal)
+            .await
+        {
+            Ok(()) => backoff = FIRST_BACKOFF,
+            Err(_) => {
+                let pause = backoff.min(n.config.lease_renew);
+                drop(n);
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+impl Node {
+    /// One `Replicate` to `link`'s follower; its answer moves the link on.
+    async fn send_copy(
+        &self,
+        copies: &Copies,
+        link: &Link,
+        index: usize,
+        first: u64,
+        entries: Vec<Bytes>,
+        seal: Option<u64>,
+    ) -> Result<()> {
+        let request = NodeRequest::Replicate {
+            segment: copies.key.clone(),
+            first,
+            entries,
+            seal,
+        };
+        match self.transport.call(link.node, request).await? {
+            NodeResponse::Replicated { count } => {
+                link.lock().next = count;
+                copies.acked.send_modify(|acked| acked[index] = count);
+                Ok(())
+            }
+            other => Err(Error::Internal(format!(
+                "node {} answered a Replicate of {} with {other:?}",
+                link.node, copies.key
+            ))),
+        }
+    }
+
+    /// True when `key` no longer needs copying from here: it is not ours,
+    /// or it was closed by a failover (its count is settled elsewhere).
+    fn copies_abandoned(&self, key: &SegmentKey) -> bool {
+        let state = self.metadata.state();
+        state
+            .topic(&key.topic)
+            .and_then(|t| t.segment(key.segment))
+            .is_none_or(|s| {
+                s.leader != self.id
+                    || !matches!(
+                        s.status,
+                        crate::metadata::SegmentStatus::Open
+                            | crate::metadata::SegmentStatus::Sealed { .. }
+                    )
+            })
+    }
+}
