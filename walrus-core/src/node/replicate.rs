@@ -158,8 +158,8 @@ impl Link {
             if first > at {
                 break;
             }
-            let skip = (at - first) as usize;
-            for e in &batch[skip..] {
+            let skip = usize::try_from(at - first).unwrap_or(usize::MAX);
+            for e in batch.get(skip..).unwrap_or_default() {
                 if !out.is_empty()
                     && (out.len() >= MAX_REPLICATE_ENTRIES || bytes + e.len() > MAX_REPLICATE_BYTES)
                 {
@@ -458,5 +458,58 @@ impl Node {
                             | crate::metadata::SegmentStatus::Sealed { .. }
                     )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            node: 2,
+            state: Mutex::new(LinkState::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn entries(names: &[&'static str]) -> Vec<Bytes> {
+        names
+            .iter()
+            .map(|n| Bytes::from_static(n.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn given_appends_queued_while_a_request_is_out_should_send_them_in_one_batch() {
+        let l = link();
+        // Two writers' appends finished out of order.
+        l.push(2, &entries(&["c", "d"]));
+        l.push(0, &entries(&["a", "b"]));
+        l.push(4, &entries(&["e"]));
+        assert_eq!(
+            l.next_batch(),
+            Some((0, entries(&["a", "b", "c", "d", "e"]), 5))
+        );
+        l.lock().next = 3;
+        assert_eq!(l.next_batch(), Some((3, entries(&["d", "e"]), 5)));
+        l.lock().next = 5;
+        assert_eq!(l.next_batch(), None, "the follower holds everything");
+        assert_eq!(l.lock().queued_bytes, 0, "what it holds is dropped");
+    }
+
+    #[test]
+    fn given_a_follower_behind_the_queue_should_ask_for_a_read_of_the_gap() {
+        let l = link();
+        l.push(0, &entries(&["a", "b"]));
+        l.push(2, &entries(&["c"]));
+        l.lock().next = 3;
+        l.next_batch();
+        // The follower lost its disk: it answers 0, the queue starts at 3.
+        l.push(3, &entries(&["d"]));
+        l.lock().next = 0;
+        assert_eq!(l.next_batch(), Some((0, Vec::new(), 3)), "read 0..3");
+        l.lock().next = 3;
+        assert_eq!(l.next_batch(), Some((3, entries(&["d"]), 4)));
     }
 }

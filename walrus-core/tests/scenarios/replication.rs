@@ -322,3 +322,20 @@ async fn given_seeded_faults_and_crashes_when_puts_are_acknowledged_should_each_
         "only {acknowledged} acknowledged"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_many_concurrent_puts_when_replicating_should_carry_them_in_few_requests() {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(1, "REGISTER logs RF 3").await, Response::Ok);
+    assert_eq!(c.send(1, "PUT logs warm-up").await, Response::Ok);
+    c.net
+        .set_delay(Duration::from_millis(5), Duration::from_millis(5));
+    let lines: Vec<String> = (0..64).map(|i| format!("PUT logs m{i}")).collect();
+    let before = c.net.calls();
+    let answers = futures::future::join_all(lines.iter().map(|line| c.send(1, line))).await;
+    let calls = c.net.calls() - before;
+    assert!(answers.iter().all(|a| *a == Response::Ok), "{answers:?}");
+    // One entry per round trip would be 128 requests (64 to each
+    // follower); batches behind the one in flight make a handful.
+    assert!(calls <= 12, "{calls} calls for 64 PUTs");
+}
