@@ -109,7 +109,7 @@ async fn given_a_flood_of_large_pipelined_puts_to_a_stopped_leader_should_keep_t
             ("WALRUS_MONITOR_CHECK_MS".into(), "100".into()),
             ("WALRUS_MAX_BYTES_IN_FLIGHT".into(), BUDGET.to_string()),
         ],
-        netns: None,
+        ..ClusterOptions::default()
     };
     let cluster = Cluster::start(2, opts).await;
     // Registered through node 2: node 2 leads the topic's segment.

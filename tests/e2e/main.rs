@@ -10,6 +10,7 @@ mod tmpfs;
 
 mod cluster;
 mod config_and_logs;
+mod console;
 mod disk;
 mod groups;
 mod identity;

@@ -152,8 +152,48 @@ async fn given_metrics_addr_when_a_put_is_stored_should_expose_it_to_a_prometheu
     assert_eq!(value(&after, "walrus_segments_pending{}"), 0.0);
     assert!(after.contains_key("walrus_client_connections{}"));
 
-    let (status, _) = http(&metrics, "GET / HTTP/1.1").await;
+    // The WAL's syncer: the PUT (fsync always) waited for one flush.
+    let grew = |key: &str| value(&after, key) - value(&before, key);
+    assert_eq!(
+        after["walrus_wal_sync_duration_seconds_count{}"].0,
+        "histogram"
+    );
+    assert!(grew("walrus_wal_sync_duration_seconds_count{}") >= 1.0);
+    assert!(grew("walrus_wal_sync_duration_seconds_sum{}") > 0.0);
+    assert!(grew("walrus_wal_flushes_total{}") >= 1.0);
+    assert_eq!(after["walrus_wal_group_commit_size_count{}"].0, "histogram");
+    assert!(grew("walrus_wal_group_commit_size_count{}") >= 1.0);
+    assert!(grew("walrus_wal_group_commit_size_sum{}") >= 1.0);
+    // Per topic: the PUT's 9 payload bytes; none before it.
+    let bytes = r#"walrus_topic_put_bytes_total{topic="metered"}"#;
+    assert!(!before.contains_key(bytes), "no bytes before the first PUT");
+    assert_eq!(after[bytes], ("counter".to_string(), 9.0));
+    assert_eq!(value(&after, "walrus_segments_under_replicated{}"), 0.0);
+    assert!(value(&after, "process_resident_memory_bytes{}") > 0.0);
+    assert!(value(&after, "walrus_process_anonymous_memory_bytes{}") > 0.0);
+    assert!(
+        value(&after, "walrus_process_anonymous_memory_bytes{}")
+            <= value(&after, "process_resident_memory_bytes{}")
+    );
+
+    let (status, rest) = http(&metrics, "GET / HTTP/1.1").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "the console");
+    assert!(rest.contains("Content-Type: text/html"), "{rest}");
+    let (status, _) = http(&metrics, "GET /nothing-here HTTP/1.1").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = http(&metrics, "GET /api/topic/bad*name/tail HTTP/1.1").await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    let (status, _) = http(&metrics, "GET /api/topic/absent/tail HTTP/1.1").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, rest) = http(&metrics, "GET /api/topic/metered/tail?n=5 HTTP/1.1").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (_, body) = rest.split_once("\r\n\r\n").expect("headers, then the body");
+    let tail: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(tail["entries"][0]["text"], "one entry", "{tail}");
+    assert_eq!(tail["entries"][0]["offset"], 0, "{tail}");
+    let long = format!("GET /metrics HTTP/1.1\r\nX-Padding: {}", "x".repeat(20_000));
+    let (status, _) = http(&metrics, &long).await;
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
     let (status, _) = http(&metrics, "POST /metrics HTTP/1.1").await;
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
 }

@@ -9,11 +9,12 @@
 //! - [`stack`]: wires the reference backends into a running node.
 //! - [`identity`]: the node's storage identity file.
 //! - [`metrics`]: the METRICS answer, rendered from core's `NodeMetrics`.
-//! - [`prometheus`]: `--metrics-addr`, `GET /metrics` for Prometheus.
+//! - [`http`]: `--metrics-addr`: `GET /metrics` for Prometheus and the web
+//!   console at `/`.
 
 pub mod config;
+pub mod http;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
-pub mod prometheus;
 pub mod stack;

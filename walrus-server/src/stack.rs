@@ -14,13 +14,13 @@ use tokio::net::TcpListener;
 use walrus_backends::durable_dir::create_dir_durable;
 use walrus_backends::raft::{RaftConfig, RaftMetadataStore, RaftRouter};
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
-use walrus_backends::wal::WalStore;
+use walrus_backends::wal::{WalStats, WalStore};
 use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, StorageId};
 
 use crate::config::ServerConfig;
+use crate::http::{self, Instrumented, RequestStats};
 use crate::identity;
 use crate::listener::ClientListener;
-use crate::prometheus::{self, Instrumented, RequestStats};
 
 /// A running node with its ports open.
 pub struct Stack {
@@ -42,7 +42,8 @@ impl Stack {
         check_data_is_whole(&dir, config.node_id)?;
         let wal = WalStore::open(dir.join("wal"), config.wal_config())
             .with_context(|| format!("cannot open the write-ahead log in {}", dir.display()))?;
-        Self::start_with_log(config, Arc::new(wal)).await
+        let stats = wal.stats();
+        Self::start_inner(config, Arc::new(wal), Some(stats)).await
     }
 
     /// Like [`Stack::start`], with `log` in place of the memmap2 WAL: the
@@ -50,6 +51,15 @@ impl Stack {
     pub async fn start_with_log(
         config: &ServerConfig,
         log: Arc<dyn LogStore>,
+    ) -> anyhow::Result<Stack> {
+        Self::start_inner(config, log, None).await
+    }
+
+    /// `wal`: the WAL's flush figures for `/metrics`, when `log` is the WAL.
+    async fn start_inner(
+        config: &ServerConfig,
+        log: Arc<dyn LogStore>,
+        wal: Option<Arc<WalStats>>,
     ) -> anyhow::Result<Stack> {
         let dir = config.node_dir();
         create_node_dir(&dir).await?;
@@ -153,14 +163,16 @@ impl Stack {
         let metrics_server = match metrics_listener {
             None => None,
             Some(l) => {
-                let sources = prometheus::Sources {
+                let sources = http::Sources {
                     node: node.clone(),
                     requests,
                     listener: clients.stats(),
+                    wal,
+                    transport: transport.clone(),
                 };
                 let (addr, task) =
-                    prometheus::serve(l, sources).context("cannot start the metrics endpoint")?;
-                tracing::info!(node = config.node_id, %addr, "metrics endpoint open: GET /metrics");
+                    http::serve(l, sources).context("cannot start the metrics endpoint")?;
+                tracing::info!(node = config.node_id, %addr, "metrics endpoint open: GET /metrics, console at /");
                 Some(task)
             }
         };

@@ -263,6 +263,8 @@ pub struct Cluster {
 
 pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
+    /// Added to `env` for one node only (a port of its own, say).
+    pub node_env: HashMap<u64, Vec<(String, String)>>,
     /// Per node: (netns, raft host, client host), for partition tests.
     pub netns: Option<HashMap<u64, (String, String, String)>>,
 }
@@ -271,6 +273,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             env: vec![("WALRUS_MONITOR_CHECK_MS".into(), "100".into())],
+            node_env: HashMap::new(),
             netns: None,
         }
     }
@@ -342,7 +345,12 @@ impl Cluster {
             client_port,
             join,
             data_dir: self.dir.path().to_path_buf(),
-            env: opts.env.clone(),
+            env: opts
+                .env
+                .iter()
+                .chain(opts.node_env.get(&id).into_iter().flatten())
+                .cloned()
+                .collect(),
             netns,
         }
     }

@@ -10,12 +10,13 @@
 //! flushed on its timer; with `never` they are flushed only on request
 //! (`sync`, `seal`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::segment::Segment;
+use super::stats::WalStats;
 use walrus_core::locks::{recover, MutexExt};
 
 #[derive(Default)]
@@ -41,8 +42,8 @@ const MAX_GATHER: Duration = Duration::from_millis(1);
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
-    /// Segment flushes done (one per segment per group).
-    flushes: AtomicU64,
+    /// Flushes, their latency and group sizes (shared with the store).
+    stats: Arc<WalStats>,
 }
 
 pub(crate) struct Syncer {
@@ -53,11 +54,11 @@ pub(crate) struct Syncer {
 impl Syncer {
     /// Starts the syncer thread; `interval` flushes queued segments
     /// periodically even when nobody asks.
-    pub fn start(interval: Option<Duration>) -> std::io::Result<Syncer> {
+    pub fn start(interval: Option<Duration>, stats: Arc<WalStats>) -> std::io::Result<Syncer> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            flushes: AtomicU64::new(0),
+            stats,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -108,11 +109,6 @@ impl Syncer {
         q.closing = segments;
         q.shutdown = true;
         self.shared.wake.notify_one();
-    }
-
-    /// Segment flushes done so far.
-    pub fn flushes(&self) -> u64 {
-        self.shared.flushes.load(Ordering::Relaxed)
     }
 }
 
@@ -183,7 +179,7 @@ fn run(shared: &Shared, interval: Option<Duration>) {
             // Cleared before the snapshot: an append after this point
             // queues the segment again and gets the next round.
             segment.queued.store(false, Ordering::SeqCst);
-            segment.sync_round(&shared.flushes);
+            segment.sync_round(&shared.stats);
             // Its appenders are answered; prepare the blocks they go on to.
             segment.prepare_ahead();
         }

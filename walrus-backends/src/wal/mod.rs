@@ -94,6 +94,7 @@ mod room;
 mod segment;
 mod segment_file;
 mod spare;
+mod stats;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -118,6 +119,7 @@ use spare::SparePool;
 
 pub use config::{FsyncPolicy, WalConfig};
 use open::{finish_delete, is_part_of, lock_dir, mark_deleting, recover_all};
+pub use stats::{WalStats, WalStatsSnapshot};
 use walrus_core::locks::RwLockExt;
 
 /// The memmap2 write-ahead log. Cheap to clone (shared state).
@@ -138,6 +140,8 @@ struct Inner {
     room: RoomMaker,
     /// Appends that found no room made ahead and waited for it.
     room_waits: AtomicU64,
+    /// The syncer's flush latency and group sizes.
+    stats: Arc<WalStats>,
     // Declared last: dropped after everything above (it joins its thread).
     syncer: Syncer,
 }
@@ -198,7 +202,8 @@ impl WalStore {
             FsyncPolicy::Interval(d) => Some(d),
             _ => None,
         };
-        let syncer = Syncer::start(interval)
+        let stats = Arc::new(WalStats::default());
+        let syncer = Syncer::start(interval, stats.clone())
             .map_err(|e| Error::Storage(format!("cannot start the WAL sync thread: {e}")))?;
         let room = RoomMaker::start()
             .map_err(|e| Error::Storage(format!("cannot start the WAL room thread: {e}")))?;
@@ -212,6 +217,7 @@ impl WalStore {
                 _lock: lock,
                 room,
                 room_waits: AtomicU64::new(0),
+                stats,
                 syncer,
             }),
         })
@@ -272,7 +278,13 @@ impl WalStore {
     /// Flushes (msync) done by the syncer so far, one per segment per group
     /// commit: fewer than appends when appends share them.
     pub fn flush_count(&self) -> u64 {
-        self.inner.syncer.flushes()
+        self.inner.stats.flushes()
+    }
+
+    /// The syncer's figures (flush latency, group commit sizes), live: read
+    /// [`WalStats::snapshot`] whenever a scrape asks. Holds no lock.
+    pub fn stats(&self) -> Arc<WalStats> {
+        self.inner.stats.clone()
     }
 
     fn get(&self, key: &SegmentKey) -> Option<Arc<Segment>> {

@@ -415,6 +415,20 @@ async fn given_concurrent_appenders_with_fsync_always_when_appending_should_shar
         flushes < 640 / 2,
         "640 concurrent appends took {flushes} flushes: no group commit"
     );
+    let stats = store.stats().snapshot();
+    assert_eq!(stats.flushes, flushes);
+    assert_eq!(stats.sync_seconds.count, flushes, "every flush is timed");
+    assert!(stats.sync_seconds.sum > 0.0);
+    assert_eq!(
+        stats.group_size.sum, 640.0,
+        "each append waited for exactly one flush"
+    );
+    assert!(
+        stats.group_size.count <= flushes
+            && stats.group_size.sum / stats.group_size.count as f64 > 2.0,
+        "groups of {:?}",
+        stats.group_size
+    );
 }
 
 /// Writes entries of 1000 bytes into 8 KiB files until the segment has

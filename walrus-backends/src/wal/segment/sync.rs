@@ -2,7 +2,7 @@
 //! readers and answers the appenders waiting for it; the first failed
 //! sync fails the segment for good and rolls back its unsynced tail.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use walrus_core::{Error, Result};
 use super::{AppendState, Segment, Waiter};
 use crate::wal::index::Pos;
 use crate::wal::segment_file::{SegmentFile, HEADER_LEN};
+use crate::wal::stats::WalStats;
 use walrus_core::locks::{MutexExt, RwLockExt};
 
 impl Segment {
@@ -43,9 +44,9 @@ impl Segment {
 
     /// Called by the syncer only: makes everything written so far durable
     /// and completes the waiters it covers. Holds the append lock only to
-    /// snapshot and to publish, never during the flush. Counts each flush
-    /// in `flushes` before any waiter hears of it.
-    pub fn sync_round(&self, flushes: &AtomicU64) {
+    /// snapshot and to publish, never during the flush. Records each flush
+    /// in `stats` before any waiter hears of it.
+    pub fn sync_round(&self, stats: &WalStats) {
         let (from, target, target_count, parts) = {
             let mut st = self.lock();
             if self.failure.get().is_some() {
@@ -78,6 +79,7 @@ impl Segment {
                 .unwrap_or_default();
             (st.synced_pos, target, st.count, parts)
         };
+        let started = Instant::now();
         let result = if self.params.health.take_injected() {
             Err(Error::Storage(format!(
                 "sync of segment {} failed: injected failure (as EIO)",
@@ -86,7 +88,7 @@ impl Segment {
         } else {
             flush_parts(from, target, &parts, &self.last_checkpoint)
         };
-        flushes.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
         let mut st = self.lock();
         match result {
             Ok(()) => {
@@ -95,9 +97,11 @@ impl Segment {
                 self.visible.store(target_count, Ordering::Release);
                 let done = take_waiters(&mut st.waiters, target_count);
                 drop(st);
+                stats.record_flush(took, done.len());
                 complete(done, Ok(()));
             }
             Err(e) => {
+                stats.record_flush(took, 0);
                 let synced = st.synced_count;
                 let lost = st.count - synced;
                 let why = format!(
