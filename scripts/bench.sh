@@ -10,7 +10,7 @@
 # Environment:
 #   BENCH_DURATION   length of each load run (default 5s)
 #   BENCH_OUT        where the markdown goes (default docs/performance.md)
-#   BENCH_SKIP       space-separated sections to skip: echo redis walrus failover
+#   BENCH_SKIP       space-separated sections to skip: echo redis walrus failover consumers
 #   BENCH_NO_BUILD=1 use the binaries already in $CARGO_TARGET_DIR/release
 #   BENCH_PORT_BASE  first port used (default 27000)
 #   BENCH_SERVER_BIN walrus-server binary to measure (default: the release build)
@@ -440,6 +440,45 @@ if [[ $HAVE_SERVER == 1 ]] && ! skipped walrus; then
     done
 else
     log "walrus-server not available: cluster figures skipped"
+fi
+# The consumer side (issue 11) on a 3-node cluster, --fsync always: READ by
+# offset, a group's FETCH + COMMIT loop, the delay from PUT to a
+# long-polling reader under PUT load, and PUTB. Each consumer run fills its
+# topic itself, then reads and checks every entry (exit 2 and "check":
+# FAILED when an entry is missing, repeated, damaged or out of order).
+consumers() {
+    local tag=consumers-3n-always
+    CURRENT_SECTION=$tag
+    fsync_probe "before $tag"
+    start_cluster 3 always "$tag"
+    wait_ready 3 "$tag"
+    local reg leader
+    reg=$(client_addr 1)
+    register_topic "$reg" rd-0 || true
+    leader=$(segment_leader "$reg" rd-0)
+    bench_run consumers "READ 1 KiB x 1,000 per request, 1 conn, from the segment leader (node $leader)" \
+        -a "$(client_addr "$leader")" -w read -s 1024 --fill 200000 --read-batch 1000 --topic-prefix rd
+    register_topic "$reg" fe-0 || true
+    leader=$(segment_leader "$reg" fe-0)
+    bench_run consumers "FETCH + COMMIT 1 KiB x 100 per request, 1 conn, via the segment leader (node $leader)" \
+        -a "$(client_addr "$leader")" -w fetch -s 1024 --fill 200000 --read-batch 100 --topic-prefix fe
+    register_topic "$reg" tl-0 || true
+    leader=$(segment_leader "$reg" tl-0)
+    bench_run consumers "tail latency: PUT 1 KiB, 16 conn x depth 1, 1 READ WAIT reader (node $leader)" \
+        -a "$(client_addr "$leader")" -w tail-latency -s 1024 -c 16 -d 1 --readers 1 --topic-prefix tl
+    register_topic "$reg" tf-0 || true
+    leader=$(segment_leader "$reg" tf-0)
+    bench_run consumers "tail latency: PUT 1 KiB, 16 conn x depth 1, 1 FETCH WAIT reader (node $leader)" \
+        -a "$(client_addr "$leader")" -w tail-latency -s 1024 -c 16 -d 1 --readers 1 --tail-fetch --topic-prefix tf
+    register_topic "$reg" pb-0 || true
+    leader=$(segment_leader "$reg" pb-0)
+    bench_run consumers "PUTB 100 x 100 B, 16 conn x depth 1, to the segment leader (node $leader)" \
+        -a "$(client_addr "$leader")" -s 100 --batch 100 -c 16 -d 1 --topic-prefix pb
+    stop_cluster
+}
+
+if [[ $HAVE_SERVER == 1 ]] && ! skipped consumers; then
+    consumers
 fi
 if [[ $HAVE_SERVER == 1 ]] && ! skipped failover; then
     failover interval:200

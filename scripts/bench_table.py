@@ -49,6 +49,10 @@ def server_cols(r):
 def errors_col(r):
     n = r.get("errors_total", 0)
     empty = f", {r['empty']:,} EMPTY" if r.get("empty") else ""
+    c = r.get("check")
+    if c is not None:
+        # The consumer runs' own check of every entry they read.
+        empty += ", check " + ("OK" if c.get("ok") else "FAILED: " + "; ".join(c.get("problems", [])[:2]))
     if not n:
         v = r.get("verify")
         if v is not None:
@@ -235,6 +239,21 @@ def main():
                            baseline_of if base_results else None))
             o.append("")
 
+    consumers = [r for r in results if r.get("section") == "consumers"]
+    if consumers:
+        o.append("## Consumers\n")
+        o.append("3 nodes, `--fsync always`, one fresh topic per run. `read` and `fetch` first fill "
+                 "their topic (PUTB on one connection, pipelined; the fill rate is in the raw "
+                 "results), then read it from start to end, pass after pass, for the run length: "
+                 "ops/s are entries read, MiB/s their payload, latency per READ (or per COMMIT + "
+                 "FETCH, sent together). `tail-latency`: 16 connections PUT while a reader "
+                 "long-polls; ops/s are entries delivered, and the latency columns are the delay "
+                 "from each PUT's send to its delivery to the reader (one clock: same machine). "
+                 "PUTB: ops/s are batches of 100 entries. Every consumer run checks each entry "
+                 "it reads (offset, payload, order, none missing).\n")
+        o.append(table(consumers, baseline=baseline_of if base_results else None))
+        o.append("")
+
     walrus_rows = [r for r in results if r.get("section", "").startswith("walrus-") and r.get("servers")]
     if walrus_rows:
         heavy = max(walrus_rows, key=lambda r: sum(x["cpu_pct"] for x in r["servers"]))
@@ -334,6 +353,17 @@ def main():
     if anon:
         checks.append(("server anonymous memory < 200 MiB in every run", f"{max(anon):.0f} MiB",
                        "200 MiB", "met" if max(anon) < 200 else "**missed**"))
+    read_run = find(results, "consumers", "READ 1 KiB")
+    check("READ 1 KiB × 1,000, 1 conn ≥ 500 MiB/s",
+          None if read_run is None else read_run.get("mib_per_sec"), 500)
+    put1 = put(sal, "1 KiB", "leader", one)
+    check("READ entries/s ≥ 5 × PUT 1 KiB, 1 conn (always, to leader)", rate(read_run),
+          None if put1 is None else 5 * put1)
+    check("FETCH + COMMIT, batches of 100 ≥ 100,000 entries/s",
+          rate(find(results, "consumers", "FETCH + COMMIT")), 100000)
+    putb = rate(find(results, "consumers", "PUTB 100 x 100 B"))
+    check("PUTB 100 × 100 B, 16 conns, always ≥ 1,000,000 entries/s",
+          None if putb is None else 100 * putb, 1000000)
     verified = [r for r in results if r.get("verify")]
     if verified:
         o.append("## Verification\n")
@@ -352,7 +382,7 @@ def main():
         o.append("")
 
     if any(c[1] != "not measured" for c in checks):
-        o.append("## Targets of issue 6 (3 nodes, 1 KiB, to the segment leader unless said)\n")
+        o.append("## Targets of issues 6 and 11 (3 nodes, 1 KiB, to the segment leader unless said)\n")
         o.append("| target | measured | needed | |")
         o.append("|---|---|---|---|")
         for c in checks:
@@ -366,6 +396,9 @@ def main():
     o.append("walrus-bench -a 127.0.0.1:9091 -w get -c 16 -t 10s                          # GET")
     o.append("walrus-bench -a 127.0.0.1:9091 --register -r 20000 -c 16 -t 30s             # fixed rate, no coordinated omission")
     o.append("walrus-bench -a 127.0.0.1:9091 --register --verify -c 4 -d 8 -n 100000      # check every acknowledged write")
+    o.append("walrus-bench -a 127.0.0.1:9091 -w read --fill 200000 --read-batch 1000      # READ by offset (fills the topic first)")
+    o.append("walrus-bench -a 127.0.0.1:9091 -w fetch --fill 200000 --read-batch 100      # a group's FETCH + COMMIT loop")
+    o.append("walrus-bench -a 127.0.0.1:9091 -w tail-latency -c 16 --readers 1            # PUT to long-poll delivery, p50/p99")
     o.append("walrus-bench --help                                                          # everything else (--json, --no-nodelay, --topics, mixed)")
     o.append("```")
     o.append("")

@@ -11,6 +11,7 @@ mod tmpfs;
 mod cluster;
 mod config_and_logs;
 mod console;
+mod consumers;
 mod disk;
 mod groups;
 mod identity;

@@ -253,19 +253,7 @@ async fn given_the_cli_one_off_commands_should_print_answers_and_fail_on_err() {
     let cluster = Cluster::start(1, ClusterOptions::default()).await;
     let addr = cluster.nodes[&1].spec.client_addr();
     let cli = server_binary().with_file_name("walrus-cli");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&cli)
-            .arg("--addr")
-            .arg(&addr)
-            .args(args)
-            .output()
-            .expect("running walrus-cli");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| run_cli(&addr, args);
     assert_eq!(
         run(&["register", "logs"]),
         (Some(0), "OK\n".into(), String::new())

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::conn::Workload;
+use crate::consume::{default_read_batch, ConsumeConfig, Mode};
 use crate::run::{Length, RunConfig};
 
 #[derive(Debug, Parser)]
@@ -12,7 +13,9 @@ use crate::run::{Length, RunConfig};
     name = "walrus-bench",
     version,
     about = "Load generator for Walrus: PUT/GET/mixed load with pipelining, HDR latency \
-             percentiles (no coordinated omission with --rate) and --verify",
+             percentiles (no coordinated omission with --rate) and --verify; consumer \
+             workloads (-w read, fetch, tail-latency) that fill a topic, measure and check \
+             every entry they read",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -57,6 +60,17 @@ pub enum WorkloadArg {
     Put,
     Get,
     Mixed,
+    /// Fill `<prefix>-0` with --fill entries, then READ them from --addr in
+    /// batches of --read-batch, pass after pass, for --duration.
+    Read,
+    /// Fill `<prefix>-0`, then consume it as a new consumer group: FETCH
+    /// --read-batch entries and COMMIT them (pipelined with the next FETCH).
+    Fetch,
+    /// --connections writers PUT to `<prefix>-0` for --duration while
+    /// --readers long-poll it (READ … WAIT, or FETCH … WAIT with
+    /// --tail-fetch); reports the delay from each PUT's send to its
+    /// delivery.
+    TailLatency,
 }
 
 #[derive(Debug, Args)]
@@ -126,14 +140,68 @@ pub struct LoadArgs {
     /// How long to wait for answers still in flight when the run ends.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// read, fetch: entries the fill step writes (with PUTB) before the
+    /// measure step reads them.
+    #[arg(long, default_value_t = 100_000)]
+    pub fill: u64,
+    /// read, fetch, tail-latency: entries asked for per READ or FETCH
+    /// (default: 1000; 100 for fetch).
+    #[arg(long)]
+    pub read_batch: Option<u32>,
+    /// tail-latency: long-polling readers, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub readers: usize,
+    /// tail-latency: the readers FETCH and COMMIT as consumer groups
+    /// instead of READing.
+    #[arg(long)]
+    pub tail_fetch: bool,
+    /// tail-latency: the WAIT of each long-polling read, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Load(RunConfig),
+    Consume(ConsumeConfig),
 }
 
 impl LoadArgs {
+    pub fn plan(&self) -> Plan {
+        let mode = match self.workload {
+            WorkloadArg::Put | WorkloadArg::Get | WorkloadArg::Mixed => {
+                return Plan::Load(self.to_config())
+            }
+            WorkloadArg::Read => Mode::Read,
+            WorkloadArg::Fetch => Mode::Fetch,
+            WorkloadArg::TailLatency => Mode::TailLatency,
+        };
+        let mut c = ConsumeConfig::new(mode, self.addrs[0].clone());
+        c.targets = self.addrs.clone();
+        c.topic_prefix = self.topic_prefix.clone();
+        c.payload_size = self.size;
+        c.fill = self.fill;
+        c.read_batch = self.read_batch.unwrap_or(default_read_batch(mode));
+        c.duration = self.duration.unwrap_or(Duration::from_secs(10));
+        c.connections = self.connections;
+        c.depth = self.depth;
+        c.readers = self.readers;
+        c.tail_fetch = self.tail_fetch;
+        c.wait = Duration::from_millis(self.wait_ms);
+        Plan::Consume(c)
+    }
+
+    /// The load run (`put`, `get` and `mixed`; the consumer workloads are
+    /// in [`LoadArgs::plan`]).
     pub fn to_config(&self) -> RunConfig {
         RunConfig {
             targets: self.addrs.clone(),
             workload: match self.workload {
-                WorkloadArg::Put => Workload::Put,
+                WorkloadArg::Put
+                | WorkloadArg::Read
+                | WorkloadArg::Fetch
+                | WorkloadArg::TailLatency => Workload::Put,
                 WorkloadArg::Get => Workload::Get,
                 WorkloadArg::Mixed => Workload::Mixed {
                     get_percent: self.get_percent,
@@ -237,6 +305,49 @@ mod tests {
             cli.load.to_config().length,
             Length::Duration(d) if d == Duration::from_secs(10)
         ));
+    }
+
+    #[test]
+    fn given_consumer_workloads_when_parsed_should_plan_them_with_their_batch_sizes() {
+        let plan = |args: &[&str]| {
+            let mut all = vec!["walrus-bench"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).unwrap().load.plan() {
+                Plan::Consume(c) => c,
+                Plan::Load(_) => panic!("{args:?} is a consumer workload"),
+            }
+        };
+        let read = plan(&["-w", "read", "--fill", "5000", "-t", "2s"]);
+        assert_eq!(
+            (read.mode, read.fill, read.read_batch),
+            (Mode::Read, 5000, 1000)
+        );
+        assert_eq!(read.duration, Duration::from_secs(2));
+        assert_eq!(plan(&["-w", "fetch"]).read_batch, 100);
+        let tail = plan(&[
+            "-w",
+            "tail-latency",
+            "-c",
+            "16",
+            "--readers",
+            "2",
+            "--tail-fetch",
+            "--wait-ms",
+            "500",
+            "--read-batch",
+            "10",
+        ]);
+        assert_eq!(
+            (tail.mode, tail.connections, tail.readers),
+            (Mode::TailLatency, 16, 2)
+        );
+        assert!(tail.tail_fetch);
+        assert_eq!(
+            (tail.wait, tail.read_batch),
+            (Duration::from_millis(500), 10)
+        );
+        let load = Cli::try_parse_from(["walrus-bench", "-w", "get"]).unwrap();
+        assert!(matches!(load.load.plan(), Plan::Load(_)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`run`]: one load run (workloads, connections, pipeline depth, rate).
 //! - [`conn`]: one connection's send/receive loop.
+//! - [`consume`]: the consumer workloads (read, fetch, tail-latency).
 //! - [`stats`]: counters, the HDR latency histogram and the [`stats::Report`].
 //! - [`payload`]: payloads with unique ids for `--verify`.
 //! - [`verify`]: reading everything back and checking it.
@@ -14,6 +15,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod consume;
 pub mod echo;
 pub mod payload;
 pub mod probe;

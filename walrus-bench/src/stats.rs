@@ -210,36 +210,49 @@ impl Report {
             s.push_str(&format!(" ({} EMPTY)", self.empty));
         }
         s.push('\n');
-        let l = &self.latency_ms;
-        s.push_str(&format!(
-            "  latency ms{}: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
-            if shape.rate.is_some() {
-                " (held-back requests from their intended time)"
-            } else {
-                ""
-            },
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            l.mean
-        ));
-        if let Some(cpu) = self.client_cpu_pct {
-            s.push_str(&format!("  client CPU: {cpu:.0}% of one core\n"));
-        }
-        if self.errors_total == 0 {
-            s.push_str("  errors: none\n");
+        let latency = if shape.rate.is_some() {
+            "latency ms (held-back requests from their intended time)"
         } else {
-            s.push_str(&format!("  errors: {}\n", self.errors_total));
-            for (text, n) in &self.errors {
-                s.push_str(&format!("    {n:>10}  {text}\n"));
-            }
-        }
+            "latency ms"
+        };
+        push_summary(
+            &mut s,
+            latency,
+            &self.latency_ms,
+            self.client_cpu_pct,
+            &self.errors,
+        );
         if let Some(v) = &self.verify {
             s.push_str(&v.to_text());
         }
         s
+    }
+}
+
+/// The lines of a text report after its rates: latency percentiles under
+/// `latency`, the client's CPU, the errors by text.
+pub fn push_summary(
+    s: &mut String,
+    latency: &str,
+    l: &Percentiles,
+    client_cpu_pct: Option<f64>,
+    errors: &BTreeMap<String, u64>,
+) {
+    s.push_str(&format!(
+        "  {latency}: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+    ));
+    if let Some(cpu) = client_cpu_pct {
+        s.push_str(&format!("  client CPU: {cpu:.0}% of one core\n"));
+    }
+    let total: u64 = errors.values().sum();
+    if total == 0 {
+        s.push_str("  errors: none\n");
+    } else {
+        s.push_str(&format!("  errors: {total}\n"));
+        for (text, n) in errors {
+            s.push_str(&format!("    {n:>10}  {text}\n"));
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! The load generator against in-process servers: walrus-echo, a scripted
 //! server that answers what a test tells it, and a tiny in-memory log that
 //! speaks REGISTER/PUT/GET (so `--verify` can be checked end to end,
-//! including against a server that loses or duplicates writes).
+//! including against a server that loses or duplicates writes), and a
+//! log with offsets for the consumer workloads, correct or broken in the
+//! ways their checks must catch.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +14,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use walrus_bench::conn::Workload;
+use walrus_bench::consume::{run as consume, ConsumeConfig, Mode};
 use walrus_bench::run::{run, Length, RunConfig};
 use walrus_bench::wire::take_frame;
 use walrus_core::locks::MutexExt;
@@ -376,4 +379,203 @@ async fn given_a_stalled_server_when_running_at_a_rate_should_record_every_delay
     let open = slow_count(Some(200.0)).await;
     assert!(closed <= 2, "closed loop saw {closed} slow requests");
     assert!(open >= 20, "rate-driven run saw only {open} slow requests");
+}
+
+// --- the consumer workloads (read, fetch, tail-latency) ---------------------
+
+/// How the in-memory log with offsets misbehaves, if at all.
+#[derive(Clone, Copy, PartialEq)]
+enum ReadFault {
+    None,
+    /// A READ or FETCH that reaches this offset leaves its entry out (the
+    /// offsets stay consecutive: the next entry is served in its place).
+    SkipEntryAt(u64),
+    /// COMMIT answers OK and stores nothing.
+    IgnoreCommit,
+    /// Every `n`-th PUT is answered OK and not stored.
+    DropPutEvery(u64),
+}
+
+/// REGISTER / PUT / PUTB / OFFSETS / READ / FETCH / COMMIT on one in-memory
+/// log per topic, with walrus-core's own parser and encoder. A READ with
+/// WAIT at the end answers empty after a short pause (no real long-poll).
+async fn start_offset_log(fault: ReadFault) -> String {
+    use walrus_core::protocol::{Request, Response};
+    type Logs = HashMap<String, Vec<bytes::Bytes>>;
+    let logs: Arc<Mutex<Logs>> = Arc::default();
+    let groups: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let puts = Arc::new(AtomicU64::new(0));
+    start_scripted(move |body| {
+        let mut logs = logs.lock_or_recover();
+        let read = |logs: &Logs, topic: &str, from: u64, max: u32, wait_ms: u64| {
+            let log = &logs[topic];
+            let mut entries = Vec::new();
+            let mut at = from as usize;
+            while at < log.len() && entries.len() < max as usize {
+                let skip = matches!(fault, ReadFault::SkipEntryAt(s) if s == at as u64);
+                let src = if skip { at + 1 } else { at };
+                if src >= log.len() {
+                    break;
+                }
+                entries.push((at as u64, log[src].clone()));
+                at += 1;
+            }
+            let pause = (entries.is_empty() && wait_ms > 0).then_some(Duration::from_millis(5));
+            let next = from + entries.len() as u64;
+            (Response::Entries { entries, next }, pause)
+        };
+        let (resp, pause) = match Request::parse(bytes::Bytes::copy_from_slice(body)) {
+            Err(e) => (Response::Err(e.to_string()), None),
+            Ok(Request::Register(t)) => {
+                logs.entry(t.as_str().to_string()).or_default();
+                (Response::Ok, None)
+            }
+            Ok(Request::Put { topic, payload }) => {
+                let n = puts.fetch_add(1, Ordering::Relaxed) + 1;
+                if !matches!(fault, ReadFault::DropPutEvery(k) if n.is_multiple_of(k)) {
+                    logs.get_mut(topic.as_str()).unwrap().push(payload);
+                }
+                (Response::Ok, None)
+            }
+            Ok(Request::PutBatch { topic, entries, .. }) => {
+                let log = logs.get_mut(topic.as_str()).unwrap();
+                let first = log.len() as u64;
+                let n = entries.len() as u64;
+                log.extend(entries);
+                (
+                    Response::Stored {
+                        n,
+                        first: Some(first),
+                    },
+                    None,
+                )
+            }
+            Ok(Request::Offsets(t)) => (
+                Response::Json(format!(
+                    "{{\"first\":0,\"end\":{}}}",
+                    logs[t.as_str()].len()
+                )),
+                None,
+            ),
+            Ok(Request::Read {
+                topic,
+                offset,
+                max_entries,
+                wait_ms,
+                ..
+            }) => read(&logs, topic.as_str(), offset, max_entries, wait_ms),
+            Ok(Request::Fetch {
+                group,
+                topic,
+                max_entries,
+                wait_ms,
+                ..
+            }) => {
+                let key = format!("{} {}", group.as_str(), topic.as_str());
+                let from = groups.lock_or_recover().get(&key).copied().unwrap_or(0);
+                read(&logs, topic.as_str(), from, max_entries, wait_ms)
+            }
+            Ok(Request::Commit {
+                group,
+                topic,
+                offset,
+            }) => {
+                if fault != ReadFault::IgnoreCommit {
+                    let key = format!("{} {}", group.as_str(), topic.as_str());
+                    groups.lock_or_recover().insert(key, offset);
+                }
+                (Response::Ok, None)
+            }
+            Ok(other) => (Response::Err(format!("not here: {other:?}")), None),
+        };
+        let mut framed = BytesMut::new();
+        resp.encode(&mut framed);
+        (framed[4..].to_vec(), pause)
+    })
+    .await
+}
+
+fn consume_run(mode: Mode, addr: &str) -> ConsumeConfig {
+    let mut cfg = ConsumeConfig::new(mode, addr);
+    cfg.payload_size = 100;
+    cfg.fill = 3000;
+    cfg.duration = Duration::from_millis(200);
+    cfg.timeout = Duration::from_secs(10);
+    cfg.wait = Duration::from_millis(100);
+    cfg
+}
+
+#[tokio::test]
+async fn given_a_correct_log_when_reading_should_check_every_entry_of_every_pass() {
+    let addr = start_offset_log(ReadFault::None).await;
+    let mut cfg = consume_run(Mode::Read, &addr);
+    cfg.read_batch = 1000;
+    let r = consume(cfg).await.unwrap();
+    assert!(r.is_clean(), "{}", r.to_text());
+    assert!(r.check.passes >= 1 && r.ops >= 3000);
+    assert_eq!(r.check.entries_checked, r.ops);
+    assert_eq!(r.fill.unwrap().entries, 3000);
+}
+
+#[tokio::test]
+async fn given_a_log_that_skips_an_entry_when_reading_should_fail_the_check() {
+    let addr = start_offset_log(ReadFault::SkipEntryAt(1234)).await;
+    let r = consume(consume_run(Mode::Read, &addr)).await.unwrap();
+    assert!(!r.check.ok, "{}", r.to_text());
+    assert!(
+        r.check.problems[0].contains("offset 1234 holds entry 1235"),
+        "{:?}",
+        r.check.problems
+    );
+}
+
+#[tokio::test]
+async fn given_a_correct_log_when_fetching_as_a_group_should_commit_and_check_every_entry() {
+    let addr = start_offset_log(ReadFault::None).await;
+    let r = consume(consume_run(Mode::Fetch, &addr)).await.unwrap();
+    assert!(r.is_clean(), "{}", r.to_text());
+    assert_eq!(r.read_batch, 100);
+    assert!(r.check.passes >= 1);
+    assert!(r.requests >= 30, "3000 entries in batches of 100");
+}
+
+#[tokio::test]
+async fn given_a_log_that_ignores_commits_when_fetching_should_fail_the_check() {
+    let addr = start_offset_log(ReadFault::IgnoreCommit).await;
+    let r = consume(consume_run(Mode::Fetch, &addr)).await.unwrap();
+    assert!(!r.check.ok, "{}", r.to_text());
+    assert!(
+        r.check.problems[0].contains("asked for entries from offset 100, got 100 entries at 0"),
+        "{:?}",
+        r.check.problems
+    );
+}
+
+#[tokio::test]
+async fn given_a_correct_log_when_tailing_under_put_load_should_deliver_every_put_to_every_reader()
+{
+    for tail_fetch in [false, true] {
+        let addr = start_offset_log(ReadFault::None).await;
+        let mut cfg = consume_run(Mode::TailLatency, &addr);
+        cfg.connections = 3;
+        cfg.depth = 4;
+        cfg.readers = 2;
+        cfg.tail_fetch = tail_fetch;
+        let r = consume(cfg).await.unwrap();
+        assert!(r.is_clean(), "{}", r.to_text());
+        let puts = r.puts.unwrap();
+        assert!(puts > 0);
+        assert_eq!(r.ops, 2 * puts, "each reader gets every PUT");
+        assert!(r.latency_ms.max > 0.0);
+    }
+}
+
+#[tokio::test]
+async fn given_a_log_that_loses_acknowledged_puts_when_tailing_should_report_them_missing() {
+    let addr = start_offset_log(ReadFault::DropPutEvery(10)).await;
+    let mut cfg = consume_run(Mode::TailLatency, &addr);
+    cfg.connections = 2;
+    let r = consume(cfg).await.unwrap();
+    assert!(!r.check.ok, "{}", r.to_text());
+    assert_eq!(r.check.missing, r.puts.unwrap() / 10);
 }

@@ -23,7 +23,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{BatchAck, ClientError, Producer, ReadBatch, ReadOptions, Result};
+use crate::{
+    BatchAck, ClientError, Producer, ReadBatch, ReadOptions, Result, RetainSetting, TopicConfig,
+};
 
 /// A blocking client of a Walrus cluster. Calls on one client are
 /// serialised (it takes `&self`; share it between threads behind an `Arc`).
@@ -134,6 +136,21 @@ impl Client {
     /// `PING`.
     pub fn ping(&self) -> Result<()> {
         self.block(self.inner.ping())
+    }
+
+    /// `REGISTER <topic> RETAIN …`; see [`crate::Client::register_retaining`].
+    pub fn register_retaining(&self, topic: &str, retain: RetainSetting) -> Result<()> {
+        self.block(self.inner.register_retaining(topic, retain))
+    }
+
+    /// `CONFIG <topic> RETAIN …`; see [`crate::Client::set_retention`].
+    pub fn set_retention(&self, topic: &str, retain: RetainSetting) -> Result<()> {
+        self.block(self.inner.set_retention(topic, retain))
+    }
+
+    /// `CONFIG <topic>`; see [`crate::Client::config`].
+    pub fn config(&self, topic: &str) -> Result<TopicConfig> {
+        self.block(self.inner.config(topic))
     }
 
     /// `REPLACE-STORAGE <node> <storage-id>` (operator).

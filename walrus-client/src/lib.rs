@@ -50,7 +50,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::codec::{Decoder, Encoder};
+pub use walrus_core::protocol::RetainSetting;
 use walrus_core::protocol::{FrameCodec, FrameError};
+pub use walrus_core::Retention;
 
 pub mod blocking;
 
@@ -200,6 +202,18 @@ pub struct Entry {
 pub struct ReadBatch {
     pub entries: Vec<Entry>,
     pub next: u64,
+}
+
+/// A topic's retention, as `CONFIG <topic>` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// The topic's own retention; `None`: the server default.
+    pub retention: Option<Retention>,
+    /// The retention in force on the node that answered (its default
+    /// filled in).
+    pub in_force: Retention,
+    /// The first retained offset.
+    pub first: u64,
 }
 
 /// How much a READ returns and how long it waits for a first entry.
@@ -440,6 +454,43 @@ impl Client {
             self.send_raw(&format!("REPLACE-STORAGE {node} {storage_id}"))
                 .await?,
         )
+    }
+
+    /// `REGISTER <topic> RETAIN …`: creates the topic if need be and sets
+    /// its retention (on an existing topic, it is [`Client::set_retention`]).
+    /// Idempotent.
+    pub async fn register_retaining(&self, topic: &str, retain: RetainSetting) -> Result<()> {
+        expect_ok(
+            self.send_raw(&format!("REGISTER {topic} RETAIN {}", retain.to_words()))
+                .await?,
+        )
+    }
+
+    /// `CONFIG <topic> RETAIN …`: sets the topic's retention (its whole
+    /// retention: a limit left out is no limit). Idempotent.
+    pub async fn set_retention(&self, topic: &str, retain: RetainSetting) -> Result<()> {
+        expect_ok(
+            self.send_raw(&format!("CONFIG {topic} RETAIN {}", retain.to_words()))
+                .await?,
+        )
+    }
+
+    /// `CONFIG <topic>`: the topic's retention settings and first offset.
+    pub async fn config(&self, topic: &str) -> Result<TopicConfig> {
+        let v = expect_json(self.send_raw(&format!("CONFIG {topic}")).await?)?;
+        let retention = |key: &str| serde_json::from_value::<Option<Retention>>(v[key].clone());
+        match (
+            retention("retention"),
+            retention("in_force"),
+            v["first"].as_u64(),
+        ) {
+            (Ok(retention), Ok(Some(in_force)), Some(first)) => Ok(TopicConfig {
+                retention,
+                in_force,
+                first,
+            }),
+            _ => Err(ClientError::Protocol(v.to_string())),
+        }
     }
 
     /// Sends `head` (a READ or FETCH up to its limits) with `options`, and

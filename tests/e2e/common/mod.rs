@@ -678,6 +678,21 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Prints a measured figure in a form that is easy to grep from test output.
+/// Runs `walrus-cli --addr <addr> <args>` to its end: (exit code, stdout,
+/// stderr).
+pub fn run_cli(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(server_binary().with_file_name("walrus-cli"))
+        .args(["--addr", addr])
+        .args(args)
+        .output()
+        .expect("running walrus-cli");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn report(what: &str, d: Duration) {
     println!("MEASURE {what}: {:.3} s", d.as_secs_f64());
 }

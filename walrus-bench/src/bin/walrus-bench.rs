@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use walrus_bench::cli::{Cli, Command};
-use walrus_bench::{probe, run};
+use walrus_bench::cli::{Cli, Command, Plan};
+use walrus_bench::{consume, probe, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -22,7 +22,25 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
             let json = cli.load.json;
-            let report = run::run(cli.load.to_config()).await?;
+            let cfg = match cli.load.plan() {
+                Plan::Load(cfg) => cfg,
+                Plan::Consume(cfg) => {
+                    let report = consume::run(cfg).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                    // A reader that got wrong entries makes the figure
+                    // worthless: fail the script, as a failed --verify does.
+                    return Ok(if report.check.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    });
+                }
+            };
+            let report = run::run(cfg).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

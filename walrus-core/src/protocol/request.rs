@@ -47,6 +47,30 @@ impl RetainSetting {
             RetainSetting::Limits(r) => Some(r),
         }
     }
+
+    /// Parses the limits after `RETAIN` as the server does (`default`,
+    /// `none`, or the limits); the error is the text the server answers.
+    pub fn parse(limits: &str) -> Result<RetainSetting, String> {
+        parse_retain(limits).map_err(|e| e.to_string())
+    }
+
+    /// The words after `RETAIN` that give this setting:
+    /// `RetainSetting::parse(&s.to_words()) == Ok(s)`.
+    pub fn to_words(&self) -> String {
+        let r = match self {
+            RetainSetting::Default => return "default".into(),
+            RetainSetting::Limits(r) if r.keeps_everything() => return "none".into(),
+            RetainSetting::Limits(r) => r,
+        };
+        let mut words = Vec::new();
+        if let Some(n) = r.max_entries {
+            words.push(format!("entries={n}"));
+        }
+        if let Some(ms) = r.max_age_ms {
+            words.push(format!("age={ms}ms"));
+        }
+        words.join(" ")
+    }
 }
 
 /// A parsed client request.
@@ -861,6 +885,18 @@ mod tests {
         assert!(parse(b"CONFIG")
             .unwrap_err()
             .starts_with("CONFIG requires a topic"));
+        for setting in [
+            RetainSetting::Default,
+            limits(None, None),
+            limits(Some(5), None),
+            limits(None, Some(90_000)),
+            limits(Some(1000), Some(7 * 86_400_000)),
+        ] {
+            assert_eq!(RetainSetting::parse(&setting.to_words()), Ok(setting));
+        }
+        assert!(RetainSetting::parse("entries=x")
+            .unwrap_err()
+            .starts_with("invalid entries"));
         assert!(parse(b"CONFIG logs SET x")
             .unwrap_err()
             .starts_with("unexpected \"SET\""));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rustyline::error::ReadlineError;
 use walrus_client::{
-    putb_body, Client, ClientError, Entry, Producer, ReadOptions, MAX_BATCH_ENTRIES,
+    putb_body, Client, ClientError, Entry, Producer, ReadOptions, RetainSetting, MAX_BATCH_ENTRIES,
 };
 
 #[derive(Parser)]
@@ -47,8 +47,24 @@ const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a topic (OK if it exists).
-    Register { topic: String },
+    /// Create a topic (OK if it exists). With --retain, also set its
+    /// retention (on an existing topic too).
+    Register {
+        topic: String,
+        /// The topic's retention: `entries=<n>` and/or
+        /// `age=<n>ms|s|m|h|d`, `none` (keep everything) or `default` (the
+        /// server's). A limit left out is no limit.
+        #[arg(long, num_args = 1.., value_name = "LIMIT")]
+        retain: Option<Vec<String>>,
+    },
+    /// Show a topic's retention (its own, the one in force, its first
+    /// offset) as JSON; with --retain, set it.
+    Config {
+        topic: String,
+        /// As for `register --retain`: the topic's whole retention.
+        #[arg(long, num_args = 1.., value_name = "LIMIT")]
+        retain: Option<Vec<String>>,
+    },
     /// Append one entry; words after the topic are joined with one space.
     /// With --file, append each line of a file (or of stdin: `-`) as an
     /// entry, in batches (PUTB) each stored whole.
@@ -97,7 +113,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         max: u32,
         /// Keep reading and wait for new entries (long-polling, no busy
-        /// loop), like `tail -f`. Stops on Ctrl-C.
+        /// loop), like `tail -f`. Stops on Ctrl-C, or when no node answers
+        /// for --retry-ms (exit 2, after printing the next offset).
         #[arg(long, short = 'f')]
         follow: bool,
         /// How long each request of --follow waits at the end, in ms.
@@ -111,12 +128,26 @@ enum Command {
     Offsets { topic: String },
     /// Check that the node answers.
     Ping,
-    /// Follow the topic: print entries as they arrive (consumes the shared
-    /// cursor, like GET). Stops on Ctrl-C.
+    /// With -f: print the last --lines entries, then each new entry as it
+    /// is written (READ … WAIT long-polling: no cursor moves, nothing
+    /// polls). Without -f: take entries from the shared cursor as they
+    /// arrive (like GET, asking again every --poll-ms at the end). Stops on
+    /// Ctrl-C; with -f also when no node answers for --retry-ms (exit 2,
+    /// after printing the offset to go on from).
     Tail {
         topic: String,
-        /// How long to wait after reaching the end before asking again, in ms.
-        #[arg(long, default_value_t = 200)]
+        /// Follow by offset with long-polling reads.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// With -f: how many of the last entries to print first.
+        #[arg(long, short = 'n', default_value_t = 10, requires = "follow")]
+        lines: u64,
+        /// With -f: how long each read waits at the end, in ms.
+        #[arg(long, default_value_t = 30_000, requires = "follow")]
+        wait_ms: u64,
+        /// Without -f: how long to wait after reaching the end before
+        /// asking again, in ms.
+        #[arg(long, default_value_t = 200, conflicts_with = "follow")]
         poll_ms: u64,
     },
     /// Consumer groups: each reads a topic from its own committed offset.
@@ -199,7 +230,28 @@ fn main() -> ExitCode {
     let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),
-        Some(Command::Tail { topic, poll_ms }) => rt.block_on(tail(&client, &topic, poll_ms)),
+        Some(Command::Tail {
+            topic,
+            follow: true,
+            lines,
+            wait_ms,
+            ..
+        }) => rt.block_on(async {
+            let from = match tail_start(&client, &topic, lines, patience).await {
+                Ok(from) => from,
+                Err(code) => return code,
+            };
+            let read = ReadArgs {
+                topic,
+                from,
+                max: 1000,
+                wait: Some(Duration::from_millis(wait_ms)),
+                offsets: false,
+                patience,
+            };
+            read_entries(&client, read).await
+        }),
+        Some(Command::Tail { topic, poll_ms, .. }) => rt.block_on(tail(&client, &topic, poll_ms)),
         Some(Command::Read {
             topic,
             from,
@@ -265,7 +317,28 @@ fn main() -> ExitCode {
         Some(Command::Raw { request }) => one_off(&rt, &client, &request.join(" "), None),
         Some(cmd) => {
             let request = match cmd {
-                Command::Register { topic } => format!("REGISTER {topic}"),
+                Command::Register {
+                    topic,
+                    retain: None,
+                } => format!("REGISTER {topic}"),
+                Command::Register {
+                    topic,
+                    retain: Some(limits),
+                } => match retain_words(&limits) {
+                    Ok(words) => format!("REGISTER {topic} RETAIN {words}"),
+                    Err(code) => return code,
+                },
+                Command::Config {
+                    topic,
+                    retain: None,
+                } => format!("CONFIG {topic}"),
+                Command::Config {
+                    topic,
+                    retain: Some(limits),
+                } => match retain_words(&limits) {
+                    Ok(words) => format!("CONFIG {topic} RETAIN {words}"),
+                    Err(code) => return code,
+                },
                 Command::Put { topic, payload, .. } => format!("PUT {topic} {}", payload.join(" ")),
                 Command::Get { topic } => format!("GET {topic}"),
                 Command::State { topic } => format!("STATE {topic}"),
@@ -295,6 +368,45 @@ fn main() -> ExitCode {
                 }
             };
             one_off(&rt, &client, &request, Some(patience))
+        }
+    }
+}
+
+/// The words after `RETAIN` for the `--retain` values, checked here with
+/// the server's own parser so that a typo is refused before anything is
+/// sent.
+fn retain_words(limits: &[String]) -> Result<String, ExitCode> {
+    RetainSetting::parse(&limits.join(" "))
+        .map(|setting| setting.to_words())
+        .map_err(|e| {
+            eprintln!("--retain: {e}");
+            ExitCode::from(EXIT_ERR)
+        })
+}
+
+/// `tail -f`: the offset of the last `lines` entries (the first retained
+/// one at most), resending while no node answers, for up to `patience`.
+async fn tail_start(
+    client: &Client,
+    topic: &str,
+    lines: u64,
+    patience: Duration,
+) -> Result<u64, ExitCode> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match client.offsets(topic).await {
+            Ok((first, end)) => return Ok(end.saturating_sub(lines).max(first)),
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                eprintln!("ERR {}", explain(&e, client.addr()));
+                return Err(ExitCode::from(if e.is_retryable() {
+                    EXIT_UNREACHABLE
+                } else {
+                    EXIT_ERR
+                }));
+            }
         }
     }
 }
@@ -354,7 +466,7 @@ fn repl(rt: &tokio::runtime::Runtime, client: &Client) -> ExitCode {
         let _ = editor.load_history(h);
     }
     println!(
-        "Walrus shell on {}. Commands: REGISTER, PUT, GET, READ, OFFSETS, STATE, METRICS, TOPICS, PING; exit or Ctrl-D to leave.",
+        "Walrus shell on {}. Commands: REGISTER, CONFIG, PUT, GET, READ, OFFSETS, STATE, METRICS, TOPICS, PING; exit or Ctrl-D to leave.",
         client.addr()
     );
     loop {
@@ -369,7 +481,7 @@ fn repl(rt: &tokio::runtime::Runtime, client: &Client) -> ExitCode {
                     break;
                 }
                 if line.trim() == "help" {
-                    println!("REGISTER <topic> | PUT <topic> <payload> | GET <topic> | READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>] | OFFSETS <topic> | STATE <topic> | METRICS | TOPICS [COUNTS] | PING | exit");
+                    println!("REGISTER <topic> [RETAIN …] | CONFIG <topic> [RETAIN …] | PUT <topic> <payload> | GET <topic> | READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>] | OFFSETS <topic> | STATE <topic> | METRICS | TOPICS [COUNTS] | PING | exit");
                     continue;
                 }
                 match rt.block_on(client.send_raw(line)) {
@@ -533,9 +645,14 @@ async fn read_entries(client: &Client, args: ReadArgs) -> ExitCode {
                     break;
                 }
             }
+            // A node restarting or failing over is waited out. A follower
+            // waits as long as a node answers (a segment whose node is
+            // down comes back), but not for a server that is gone: no
+            // connection for --retry-ms ends it, saying where to go on.
             Err(e) if e.is_retryable() => {
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                if args.wait.is_none() && since.elapsed() >= args.patience {
+                let gone = args.wait.is_none() || matches!(e, ClientError::Io { .. });
+                if gone && since.elapsed() >= args.patience {
                     eprintln!("ERR {}", explain(&e, client.addr()));
                     eprintln!("next offset: {next}");
                     return ExitCode::from(EXIT_UNREACHABLE);
