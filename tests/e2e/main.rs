@@ -8,6 +8,7 @@ mod common;
 #[path = "../../walrus-backends/tests/backends/tmpfs.rs"]
 mod tmpfs;
 
+mod auth;
 mod cluster;
 mod config_and_logs;
 mod console;

@@ -140,6 +140,12 @@ pub struct LoadArgs {
     /// How long to wait for answers still in flight when the run ends.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Send `AUTH <token>` first on every connection (a server run with
+    /// `--auth-token-file`). Also read from WALRUS_TOKEN, which keeps it
+    /// off the process list.
+    #[arg(long, env = "WALRUS_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| Ok::<_, String>(walrus_core::Secret::new(s.trim())))]
+    pub token: Option<walrus_core::Secret>,
     /// read, fetch: entries the fill step writes (with PUTB) before the
     /// measure step reads them.
     #[arg(long, default_value_t = 100_000)]
@@ -226,6 +232,7 @@ impl LoadArgs {
             progress: !self.quiet && !self.json,
             drain_timeout: self.drain_timeout,
             verify_timeout: Duration::from_secs(300),
+            token: self.token.clone(),
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct ConnPlan {
     pub drain_timeout: Duration,
     /// Shared count of answered requests, for the progress bar.
     pub progress: Arc<AtomicU64>,
+    /// Sent as `AUTH <token>` before the first request.
+    pub token: Option<walrus_core::Secret>,
 }
 
 /// What a connection brings back.
@@ -162,6 +164,14 @@ pub async fn run_connection(plan: ConnPlan) -> ConnOutcome {
         };
     if let Err(e) = stream.set_nodelay(plan.nodelay) {
         out.stats.record_error(format!("set TCP_NODELAY: {e}"), 1);
+    }
+    let mut stream = stream;
+    if let Some(token) = &plan.token {
+        if let Err(e) = crate::wire::authenticate(&mut stream, token).await {
+            out.stats.record_error(format!("{}: {e}", plan.addr), 1);
+            out.finished = Some(Instant::now());
+            return out;
+        }
     }
     let mut driver = Driver::new(&plan, stream);
     driver.run(&mut out).await;

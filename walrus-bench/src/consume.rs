@@ -338,7 +338,8 @@ impl ConsumeReport {
 pub async fn run(cfg: ConsumeConfig) -> anyhow::Result<ConsumeReport> {
     cfg.validate()?;
     let topic = cfg.topic();
-    register_topics(&cfg.targets[0], std::slice::from_ref(&topic)).await?;
+    // The consume workloads do not authenticate yet (--token is for load runs).
+    register_topics(&cfg.targets[0], std::slice::from_ref(&topic), None).await?;
     match cfg.mode {
         Mode::Read | Mode::Fetch => run_reads(&cfg, &topic).await,
         Mode::TailLatency => run_tail(&cfg, &topic).await,

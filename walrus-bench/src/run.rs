@@ -51,6 +51,9 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// Upper bound for the `--verify` read-back.
     pub verify_timeout: Duration,
+    /// Every connection (load, set-up, read-back) sends `AUTH <token>`
+    /// first: for a server run with `--auth-token-file`.
+    pub token: Option<walrus_core::Secret>,
 }
 
 impl RunConfig {
@@ -73,6 +76,7 @@ impl RunConfig {
             progress: false,
             drain_timeout: Duration::from_secs(5),
             verify_timeout: Duration::from_secs(300),
+            token: None,
         }
     }
 
@@ -126,7 +130,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     cfg.validate()?;
     let topics = Arc::new(cfg.topic_names());
     if cfg.register {
-        register_topics(&cfg.targets[0], &topics).await?;
+        register_topics(&cfg.targets[0], &topics, cfg.token.as_ref()).await?;
     }
     let codec = if cfg.verify {
         Some(PayloadCodec::new(rand::random(), cfg.payload_size).map_err(anyhow::Error::msg)?)
@@ -178,6 +182,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             codec: codec.clone(),
             drain_timeout: cfg.drain_timeout,
             progress: progress.clone(),
+            token: cfg.token.clone(),
         };
         handles.push(tokio::spawn(run_connection(plan)));
     }
@@ -242,7 +247,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let mut stopped = Vec::new();
         for (i, topic) in topics.iter().enumerate() {
             let found = read_topic(
-                &cfg.targets[0],
+                crate::verify::Target {
+                    addr: &cfg.targets[0],
+                    token: cfg.token.as_ref(),
+                },
                 topic,
                 &codec,
                 32,
@@ -259,11 +267,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 }
 
 /// Sends `REGISTER` for each topic; any answer but `OK` stops the run.
-pub async fn register_topics(addr: &str, topics: &[String]) -> anyhow::Result<()> {
+pub async fn register_topics(
+    addr: &str,
+    topics: &[String],
+    token: Option<&walrus_core::Secret>,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
-    let client = walrus_client::Client::new(addr)
+    let mut client = walrus_client::Client::new(addr)
         .with_timeout(timeout)
         .with_connect_timeout(timeout);
+    if let Some(token) = token {
+        client = client.with_auth(token.expose());
+    }
     for t in topics {
         let body = client
             .send_raw(&format!("REGISTER {t}"))

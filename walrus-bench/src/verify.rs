@@ -164,7 +164,7 @@ pub fn check(
 /// Error answers are counted in `errors` and retried; after many in a row,
 /// or when `deadline` passes, it gives up and says why in `stopped`.
 pub async fn read_topic(
-    addr: &str,
+    to: Target<'_>,
     topic: &str,
     codec: &PayloadCodec,
     depth: usize,
@@ -172,7 +172,7 @@ pub async fn read_topic(
     errors: &mut BTreeMap<String, u64>,
     stopped: &mut Vec<String>,
 ) -> Vec<Decoded> {
-    match read_topic_inner(addr, topic, codec, depth, deadline, errors).await {
+    match read_topic_inner(to, topic, codec, depth, deadline, errors).await {
         Ok(found) => found,
         Err((found, e)) => {
             stopped.push(format!("{e:#}"));
@@ -181,8 +181,15 @@ pub async fn read_topic(
     }
 }
 
+/// Where the read-back connects, and the token it authenticates with.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub addr: &'a str,
+    pub token: Option<&'a walrus_core::Secret>,
+}
+
 async fn read_topic_inner(
-    addr: &str,
+    to: Target<'_>,
     topic: &str,
     codec: &PayloadCodec,
     depth: usize,
@@ -190,6 +197,7 @@ async fn read_topic_inner(
     errors: &mut BTreeMap<String, u64>,
 ) -> Result<Vec<Decoded>, (Vec<Decoded>, anyhow::Error)> {
     const MAX_ERRORS_IN_A_ROW: u32 = 200;
+    let addr = to.addr;
     let mut found = Vec::new();
     let mut stream = match TcpStream::connect(addr)
         .await
@@ -199,6 +207,11 @@ async fn read_topic_inner(
         Err(e) => return Err((found, e)),
     };
     let _ = stream.set_nodelay(true);
+    if let Some(token) = to.token {
+        if let Err(e) = crate::wire::authenticate(&mut stream, token).await {
+            return Err((found, anyhow::anyhow!("read-back at {addr}: {e}")));
+        }
+    }
     let mut request = BytesMut::new();
     encode_frame(&mut request, format!("GET {topic}").as_bytes());
     let mut out = Vec::new();

@@ -5,8 +5,42 @@
 //! drive their sockets by hand, to control exactly what is in flight.
 
 use bytes::BytesMut;
-use tokio_util::codec::Decoder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
 use walrus_core::protocol::FrameCodec;
+use walrus_core::Secret;
+
+/// Sends `AUTH <token>` on a fresh connection and waits for its `OK`
+/// (a server run with `--auth-token-file` refuses everything before it).
+/// The error says why, never the token.
+pub async fn authenticate(stream: &mut TcpStream, token: &Secret) -> Result<(), String> {
+    let mut body = b"AUTH ".to_vec();
+    body.extend_from_slice(token.expose());
+    let mut out = BytesMut::new();
+    FrameCodec::requests()
+        .encode(&body[..], &mut out)
+        .map_err(|e| format!("cannot send AUTH: {e}"))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("sending AUTH: {e}"))?;
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        if let Some(body) = take_frame(&mut buf)? {
+            return match classify(&body) {
+                Answer::Ok => Ok(()),
+                Answer::Err(e) => Err(format!("AUTH refused: {e}")),
+                _ => Err(format!("unexpected answer to AUTH: {}", excerpt(&body))),
+            };
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Err("the server closed the connection after AUTH".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading the answer to AUTH: {e}")),
+        }
+    }
+}
 
 /// Takes one complete answer body off the front of `buf`, if there is one
 /// (an answer over walrus-core's `MAX_ANSWER` is an error).

@@ -48,6 +48,15 @@ impl Client {
         Self::wrap(crate::Client::with_nodes(addrs))
     }
 
+    /// The same client, authenticating with `token` on every connection;
+    /// see [`crate::Client::with_auth`].
+    pub fn with_auth(self, token: impl Into<Vec<u8>>) -> Self {
+        Client {
+            inner: self.inner.with_auth(token),
+            runtime: self.runtime,
+        }
+    }
+
     /// A blocking client over an async client set up as wanted (timeouts).
     pub fn wrap(inner: crate::Client) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()

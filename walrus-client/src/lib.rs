@@ -53,6 +53,7 @@ use tokio_util::codec::{Decoder, Encoder};
 pub use walrus_core::protocol::RetainSetting;
 use walrus_core::protocol::{FrameCodec, FrameError};
 pub use walrus_core::Retention;
+use walrus_core::Secret;
 
 pub mod blocking;
 
@@ -302,6 +303,8 @@ pub struct Client {
     preferred: AtomicUsize,
     timeout: Duration,
     connect_timeout: Duration,
+    /// Sent as `AUTH <token>` first on every connection.
+    token: Option<Secret>,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -330,6 +333,7 @@ impl Client {
             preferred: AtomicUsize::new(0),
             timeout: Duration::from_secs(30),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            token: None,
             conn: Mutex::new(None),
         }
     }
@@ -345,6 +349,18 @@ impl Client {
     /// timeout).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Authenticates with `token` (a server started with
+    /// `--auth-token-file`): every connection the client opens, the first
+    /// and each reconnection or fail-over, sends `AUTH <token>` before any
+    /// request. A refused token fails the call with
+    /// `ClientError::Server("authentication failed: …")`, having sent
+    /// nothing else. The token is kept as a [`Secret`]: it never shows in
+    /// `Debug` output or errors.
+    pub fn with_auth(mut self, token: impl Into<Vec<u8>>) -> Self {
+        self.token = Some(Secret::new(token));
         self
     }
 
@@ -753,14 +769,38 @@ impl Client {
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
                 .and_then(|stream| stream.set_nodelay(true).map(|()| stream));
-            match result {
+            let result = match result {
                 Ok(stream) => {
-                    self.preferred.store(node, Ordering::Relaxed);
-                    return Ok(Conn {
+                    let mut conn = Conn {
                         stream,
                         rbuf: BytesMut::with_capacity(8 * 1024),
                         node,
-                    });
+                    };
+                    match &self.token {
+                        None => Ok(conn),
+                        Some(token) => {
+                            let auth = tokio::time::timeout_at(
+                                attempt.min(deadline),
+                                authenticate(&mut conn, token),
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                            match auth {
+                                Ok(None) => Ok(conn),
+                                // Every node has the same tokens: the next
+                                // one would refuse it too.
+                                Ok(Some(refused)) => return Err(server_error(refused)),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(conn) => {
+                    self.preferred.store(node, Ordering::Relaxed);
+                    return Ok(conn);
                 }
                 Err(e) => {
                     last_kind = e.kind();
@@ -793,6 +833,21 @@ fn not_sent(addr: &str, why: std::io::Error) -> ClientError {
             source: why,
         }
     }
+}
+
+/// Sends `AUTH <token>` on a new connection. `Ok(None)`: accepted;
+/// `Ok(Some(answer))`: refused, with the server's answer.
+async fn authenticate(conn: &mut Conn, token: &Secret) -> std::io::Result<Option<String>> {
+    let mut body = Vec::with_capacity(5 + token.len());
+    body.extend_from_slice(b"AUTH ");
+    body.extend_from_slice(token.expose());
+    let mut out = BytesMut::new();
+    FrameCodec::requests()
+        .encode(&body[..], &mut out)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    conn.stream.write_all(&out).await?;
+    let answer = read_answer(conn).await?;
+    Ok((answer != "OK").then_some(answer))
 }
 
 /// Reads the next answer off `conn`.

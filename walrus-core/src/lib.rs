@@ -31,6 +31,7 @@ pub mod metadata;
 pub mod metadata_store;
 pub mod node;
 pub mod protocol;
+pub mod secret;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
@@ -46,6 +47,7 @@ pub use metadata_store::{
     LogPosition, MetadataStore,
 };
 pub use node::{Node, NodeConfig, NodeMetrics, StorageMetrics};
+pub use secret::Secret;
 pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
 pub use types::{
     ClusterId, GroupName, NodeId, Offset, ProducerId, ProducerSeq, SegmentId, SegmentKey,

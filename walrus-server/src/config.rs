@@ -2,7 +2,9 @@
 //! (`--node-id`, `--data-dir`, `--raft-*`, `--client-*`, `--join`,
 //! `--log-file`, `WALRUS_MAX_SEGMENT_ENTRIES`, `WALRUS_MONITOR_CHECK_MS`),
 //! plus ours (`--fsync`, connection caps, timeouts, the in-flight bytes
-//! budget, `--metrics-addr`).
+//! budget, `--metrics-addr`, `--auth-token-file`, `--cluster-secret-file`).
+//! Secrets are only ever named by their file here, so this struct's
+//! `Debug` and `--help` never show one.
 //!
 //! With no flags at all: node 1, a one-voter cluster, clients on
 //! 127.0.0.1:9091, Raft on 127.0.0.1:9191, data under `./data/node_1`.
@@ -18,11 +20,15 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use walrus_backends::wal::{FsyncPolicy, WalConfig};
 
+use walrus_core::Secret;
+
+use crate::listener::auth::{Tokens, MIN_TOKEN_LEN};
 use crate::listener::{ListenerConfig, MIN_BYTES_IN_FLIGHT};
 
 /// The default client port (what `walrus-cli` and the seed's examples use).
@@ -178,6 +184,20 @@ pub struct ServerConfig {
     #[arg(long, env = "WALRUS_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 
+    /// Require clients to send `AUTH <token>` first, with a token listed in
+    /// this file: one per line, `<token> read|write [<topic-prefix>]`, `#`
+    /// comments (docs/protocol.md). Without it, no authentication.
+    #[arg(long, env = "WALRUS_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// The cluster's shared secret, alone in this file (at least 16
+    /// characters; surrounding whitespace ignored). Nodes then prove it to
+    /// each other on every inter-node connection, and a process without it
+    /// cannot join, vote, forward or read. Every node needs the same file;
+    /// without it, node traffic is unauthenticated.
+    #[arg(long, env = "WALRUS_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
     /// Accepted for compatibility with the reference; ignored.
     #[arg(long, env = "WALRUS_DISABLE_IO_URING", hide = true)]
     pub disable_io_uring: Option<String>,
@@ -310,6 +330,33 @@ impl ServerConfig {
             max_bytes_in_flight: usize::try_from(self.max_bytes_in_flight).unwrap_or(usize::MAX),
             ..ListenerConfig::default()
         }
+    }
+
+    /// The client tokens of `--auth-token-file`, if set. Errors name the
+    /// file and line, never a token.
+    pub fn auth_tokens(&self) -> anyhow::Result<Option<Arc<Tokens>>> {
+        let Some(path) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(
+            Tokens::read_file(path).map_err(anyhow::Error::msg)?,
+        )))
+    }
+
+    /// The secret of `--cluster-secret-file`, if set.
+    pub fn cluster_secret(&self) -> anyhow::Result<Option<Secret>> {
+        let Some(path) = &self.cluster_secret_file else {
+            return Ok(None);
+        };
+        let secret = Secret::read_file(path, "cluster secret").map_err(anyhow::Error::msg)?;
+        if secret.len() < MIN_TOKEN_LEN {
+            anyhow::bail!(
+                "the cluster secret in {} is shorter than {MIN_TOKEN_LEN} characters, too easy \
+                 to guess; generate one with `openssl rand -hex 32`",
+                path.display()
+            );
+        }
+        Ok(Some(secret))
     }
 
     pub fn wal_config(&self) -> WalConfig {
@@ -574,6 +621,46 @@ mod tests {
         assert_eq!(c.node_dir(), PathBuf::from("/var/lib/walrus/node_1"));
         assert_eq!(c.client_bind_addr(), "0.0.0.0:9091");
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn given_credential_files_in_the_config_file_should_load_them_and_never_show_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tokens = dir.path().join("tokens");
+        let secret = dir.path().join("secret");
+        std::fs::write(&tokens, "tok-0123456789abcdef write\n").unwrap();
+        std::fs::write(&secret, "sec-0123456789abcdef\n").unwrap();
+        let (c, _) = load_with_file(
+            &format!("auth-token-file = {tokens:?}\ncluster-secret-file = {secret:?}\n"),
+            &[],
+        );
+        let c = c.unwrap();
+        assert!(c.auth_tokens().unwrap().is_some());
+        assert!(c
+            .cluster_secret()
+            .unwrap()
+            .is_some_and(|s| s.matches(b"sec-0123456789abcdef")));
+        let shown = format!(
+            "{c:?} {:?} {:?}",
+            c.auth_tokens().unwrap(),
+            c.cluster_secret().unwrap()
+        );
+        assert!(
+            !shown.contains("0123456789abcdef"),
+            "a secret in Debug: {shown}"
+        );
+        assert!(parse(&[]).unwrap().cluster_secret().unwrap().is_none());
+
+        std::fs::write(&secret, "short\n").unwrap();
+        let err = c.cluster_secret().unwrap_err().to_string();
+        assert!(err.contains("shorter than 16"), "{err}");
+        assert!(
+            !err.contains("short\n") && !err.contains(": short"),
+            "{err}"
+        );
+        std::fs::write(&tokens, "tok-0123456789abcdef admin\n").unwrap();
+        let err = c.auth_tokens().unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains("tok-"), "{err}");
     }
 
     #[test]

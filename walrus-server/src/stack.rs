@@ -20,7 +20,7 @@ use walrus_core::{BootClock, LogStore, MetadataStore, Node, RequestHandler, Stor
 use crate::config::ServerConfig;
 use crate::http::{self, Instrumented, RequestStats};
 use crate::identity;
-use crate::listener::ClientListener;
+use crate::listener::{ClientListener, ListenerConfig};
 
 /// A running node with its ports open.
 pub struct Stack {
@@ -81,6 +81,11 @@ impl Stack {
         // storage that has (or had) one.
         let storage = existing.unwrap_or_else(StorageId::random);
 
+        // Credentials are read before anything opens: a bad token file
+        // stops the node at once, not after it joined its cluster.
+        let auth_tokens = config.auth_tokens()?;
+        let cluster_secret = config.cluster_secret()?;
+
         // Bind both ports first: a port in use fails fast, before any data
         // is opened.
         let raft_listener = TcpListener::bind(config.raft_bind_addr())
@@ -108,7 +113,10 @@ impl Stack {
                 )
             })?;
 
-        let transport = TcpTransport::new(TcpConfig::default());
+        let transport = TcpTransport::new(TcpConfig {
+            cluster_secret,
+            ..TcpConfig::default()
+        });
 
         let mut raft_config = RaftConfig::new(
             config.node_id,
@@ -158,7 +166,11 @@ impl Stack {
         node.start();
         let requests = Arc::new(RequestStats::default());
         let handler = Arc::new(Instrumented::new(node.clone(), requests.clone()));
-        let clients = ClientListener::start(client_listener, handler, config.listener_config())
+        let listener_config = ListenerConfig {
+            auth: auth_tokens,
+            ..config.listener_config()
+        };
+        let clients = ClientListener::start(client_listener, handler, listener_config)
             .context("cannot start the client listener")?;
         let metrics_server = match metrics_listener {
             None => None,

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use walrus_core::{Error, NodeId, NodeRequest, NodeResponse, Result};
 
 use super::envelope::{self, Kind, ResponsePayload};
+use super::handshake;
 use super::socket;
 use super::writer::{stopped, FrameWriter};
 use super::TcpConfig;
@@ -227,7 +228,7 @@ impl Peer {
         )
         .await
         {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(stream)) => handshake::prove(stream, config, &self.addr).await,
             Ok(Err(e)) => Err(format!("connect failed: {e}")),
             Err(_) => Err(format!(
                 "connect timed out after {} ms",

@@ -6,6 +6,8 @@
 //!   reconnect with back-off).
 //! - `server`: the receiving side (accept loop; requests answered inline
 //!   when they need not wait, in a task of their own when they must).
+//! - [`handshake`]: proof of the cluster secret when a connection opens
+//!   (only with [`TcpConfig::cluster_secret`]).
 //! - `writer`: one connection's frames into its socket, straight from the
 //!   sender when the connection is idle, batched when it is busy.
 //!
@@ -23,6 +25,7 @@
 //! ```
 
 pub mod envelope;
+pub mod handshake;
 
 mod client;
 mod server;
@@ -74,6 +77,11 @@ pub struct TcpConfig {
     /// Connections a server accepts at once; further ones are closed at
     /// once, so a flood of connections cannot exhaust the node.
     pub max_connections: usize,
+    /// The cluster's shared secret (`--cluster-secret-file`). With it,
+    /// every connection, in and out, starts with the [`handshake`] and a
+    /// peer that fails it is never served or used. `None`: plain frames,
+    /// as before. Every node of a cluster must have the same setting.
+    pub cluster_secret: Option<walrus_core::Secret>,
 }
 
 impl Default for TcpConfig {
@@ -88,6 +96,7 @@ impl Default for TcpConfig {
             reconnect_backoff_max: Duration::from_secs(1),
             keepalive: Some(Duration::from_secs(1)),
             max_connections: 1024,
+            cluster_secret: None,
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use walrus_core::{Error, NodeRequest, RequestHandler};
 
 use super::envelope::{self, Frame, Kind, ReadError, ResponsePayload};
+use super::handshake;
 use super::socket;
 use super::writer::{stopped, FrameWriter};
 use super::TcpConfig;
@@ -94,6 +95,10 @@ async fn serve_connection(
     isolated: Arc<AtomicBool>,
 ) {
     socket::tune(&stream, &config, &peer);
+    let mut stream = stream;
+    if !handshake::check(&mut stream, &config, &peer).await {
+        return;
+    }
     let (read, write) = stream.into_split();
     let writer = FrameWriter::new(write);
     // At least one, or the connection could never make progress.

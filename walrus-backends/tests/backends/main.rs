@@ -25,6 +25,7 @@ mod raft_node_lease;
 mod raft_storage_suite;
 mod tcp_conformance;
 mod tcp_hostile;
+mod tcp_secret;
 mod tcp_throughput;
 mod tcp_transport;
 mod wal_conformance;

@@ -36,8 +36,28 @@ struct Cli {
     #[arg(long, env = "WALRUS_RETRY_MS", default_value_t = 3000, global = true)]
     retry_ms: u64,
 
+    /// A file holding the token to send as `AUTH <token>` on every
+    /// connection (for a server run with `--auth-token-file`). The
+    /// WALRUS_TOKEN environment variable gives the token itself instead;
+    /// this flag wins over it. There is no flag taking the token itself:
+    /// other users can read a process's command line.
+    #[arg(long, env = "WALRUS_TOKEN_FILE", value_name = "FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The token to authenticate with, if any: `--token-file`, else
+/// `WALRUS_TOKEN`.
+fn token(cli: &Cli) -> Result<Option<walrus_core::Secret>, String> {
+    if let Some(path) = &cli.token_file {
+        return walrus_core::Secret::read_file(path, "token").map(Some);
+    }
+    match std::env::var("WALRUS_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(walrus_core::Secret::new(t.trim()))),
+        _ => Ok(None),
+    }
 }
 
 /// Exit codes of one-off commands.
@@ -226,7 +246,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
+    let mut client =
+        Client::with_nodes(cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()));
+    match token(&cli) {
+        Ok(Some(token)) => client = client.with_auth(token.expose()),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_ERR);
+        }
+    }
     let patience = Duration::from_millis(cli.retry_ms);
     match cli.command {
         None => repl(&rt, &client),

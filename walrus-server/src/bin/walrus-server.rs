@@ -59,6 +59,9 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         fsync = %config.fsync,
         version = env!("CARGO_PKG_VERSION"),
         max_segment_entries = config.max_segment_entries,
+        // Whether, never what: the files hold secrets.
+        client_auth = config.auth_token_file.is_some(),
+        cluster_secret = config.cluster_secret_file.is_some(),
         "starting"
     );
     let stack = tokio::select! {

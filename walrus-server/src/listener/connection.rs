@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use walrus_core::protocol::{FrameCodec, Request, Response};
 use walrus_core::TopicName;
 
+use super::auth::{filter_topics, Session, Verdict};
 use super::budget::{Budget, Charge, ANSWER_RESERVE, REQUEST_OVERHEAD};
 use super::lanes::{dispatch, Lane};
 use super::{ClientHandler, ListenerConfig, ListenerStats};
@@ -99,6 +100,7 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
     async fn run(self, read: OwnedReadHalf, mut stop: watch::Receiver<bool>) {
         let mut reader = BufReader::with_capacity(64 * 1024, read);
         let mut lanes: HashMap<TopicName, Arc<Mutex<Lane>>> = HashMap::new();
+        let mut session = Session::new(self.config.auth.clone());
         loop {
             let (frame, mut charge) = match self.next_frame(&mut reader, &mut stop).await {
                 Ok(f) => f,
@@ -111,6 +113,14 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
                 }
             };
             let len = frame.len();
+            if let Some(mut answer) = session.intercept(&frame) {
+                charge.shrink_to(len + REQUEST_OVERHEAD);
+                charge.fit(&mut answer);
+                if self.send(Pending::Ready(answer, charge)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let req = match Request::parse(frame) {
                 Ok(req) => req,
                 Err(e) => {
@@ -125,7 +135,21 @@ impl<H: ClientHandler + ?Sized> Reader<H> {
             if !answer_is_data(&req) {
                 charge.shrink_to(len + REQUEST_OVERHEAD);
             }
-            let pending = dispatch(&self.handler, req, charge, &mut lanes).await;
+            let pending = match session.check(req) {
+                Verdict::Run(req) => dispatch(&self.handler, req, charge, &mut lanes).await,
+                Verdict::Answer(mut answer) => {
+                    charge.fit(&mut answer);
+                    Pending::Ready(answer, charge)
+                }
+                Verdict::RunFiltered(req, prefix) => {
+                    let (reply, pending) = Reply::channel(charge);
+                    let handler = self.handler.clone();
+                    tokio::spawn(async move {
+                        reply.send(filter_topics(handler.handle(req).await, &prefix));
+                    });
+                    pending
+                }
+            };
             if self.send(pending).await.is_err() {
                 return; // the writer gave up on this connection
             }

@@ -35,8 +35,10 @@
 //! - `lanes`: per-topic order within a connection, and PUT batches.
 //! - `budget`: the global budget of bytes in flight.
 //! - `stats`: bytes and connections counted for `/metrics`.
+//! - [`auth`]: client tokens (`--auth-token-file`) and `AUTH`.
 
 mod accept;
+pub mod auth;
 mod budget;
 mod connection;
 mod lanes;
@@ -131,6 +133,9 @@ pub struct ListenerConfig {
     pub max_bytes_in_flight: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// The tokens clients must present with `AUTH` before anything else
+    /// (`None`: no authentication, as without `--auth-token-file`).
+    pub auth: Option<Arc<auth::Tokens>>,
 }
 
 impl Default for ListenerConfig {
@@ -143,6 +148,7 @@ impl Default for ListenerConfig {
             max_in_flight: 1024,
             max_bytes_in_flight: 64 << 20,
             drain_timeout: Duration::from_secs(10),
+            auth: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! forty of them filled a small CI disk. Pick a part with a filter, e.g.
 //! `cargo test -p walrus-server pipelined`.
 
+mod auth;
 mod client;
 mod listener_on_fakes;
 mod pipelined_batches;
