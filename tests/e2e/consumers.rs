@@ -57,6 +57,7 @@ fn retention(entries: Option<u64>, age_ms: Option<u64>) -> Retention {
     Retention {
         max_entries: entries,
         max_age_ms: age_ms,
+        max_bytes: None,
     }
 }
 

@@ -3,7 +3,8 @@
 //! while a reader is reading (it is told, and goes on at the first
 //! retained entry, never seeing an entry at the wrong offset), and a node
 //! that was down (kill -9) while they were deleted deletes its copies when
-//! it is back.
+//! it is back; retention by bytes counts what each closed segment's leader
+//! reports.
 
 use crate::common;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use distributed_walrus::cli_client::{ClientError, ReadOptions};
+use distributed_walrus::cli_client::{ClientError, ReadOptions, RetainSetting, Retention};
 
 /// The WAL files of segment `segment` of `topic` on node `id`.
 fn segment_files(dir: &Path, id: u64, topic: &str, segment: u64) -> Vec<String> {
@@ -211,4 +212,65 @@ async fn given_retention_when_segments_close_should_delete_them_from_every_disk_
         "retention deletes on every node, a node back from kill -9 included",
         t0.elapsed(),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_retention_by_bytes_when_segments_close_should_delete_the_oldest_from_every_disk() {
+    let _serial = serial().await;
+    let t0 = Instant::now();
+    let mut opts = ClusterOptions::default().segment_limit(10);
+    opts.env
+        .push(("WALRUS_RETENTION_CHECK_MS".into(), "100".into()));
+    let cluster = Cluster::start(3, opts).await;
+    let keep = Retention {
+        max_bytes: Some(2500),
+        ..Retention::default()
+    };
+    cluster
+        .client(2)
+        .register_retaining("logs", RetainSetting::Limits(keep))
+        .await
+        .unwrap();
+    // 100-byte entries: segments 1..=4 close with 1,000 bytes each.
+    let payload = |i: u64| format!("{i:03}{}", "x".repeat(97));
+    for i in 0..40u64 {
+        cluster
+            .client(1 + i % 3)
+            .put("logs", payload(i))
+            .await
+            .unwrap();
+    }
+    // 4,000 bytes closed, at most 2,500 kept: 1 and 2 go, 3 and 4 stay.
+    for via in 1..=3 {
+        wait_first(&cluster, via, 20).await;
+    }
+    let dir = cluster.dir.path().to_path_buf();
+    let leaders = match cluster.client(1).state("logs").await.unwrap()["segment_leaders"].clone() {
+        serde_json::Value::Object(m) => m,
+        other => panic!("segment_leaders: {other}"),
+    };
+    let leader = |segment: u64| leaders[&segment.to_string()].as_u64().unwrap();
+    wait_until("the leaders of segments 1 and 2 delete their files", || {
+        segment_files(&dir, leader(1), "logs", 1).is_empty()
+            && segment_files(&dir, leader(2), "logs", 2).is_empty()
+    })
+    .await;
+    for segment in [3, 4] {
+        assert!(
+            !segment_files(&dir, leader(segment), "logs", segment).is_empty(),
+            "segment {segment} is retained"
+        );
+    }
+    let batch = cluster
+        .client(3)
+        .read("logs", 20, ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(batch.entries.len(), 10, "segment 3, whole");
+    for e in &batch.entries {
+        assert_eq!(e.payload, payload(e.offset));
+    }
+    let config = cluster.client(1).config("logs").await.unwrap();
+    assert_eq!((config.retention, config.first), (Some(keep), 20));
+    report("e2e retention by bytes", t0.elapsed());
 }

@@ -245,6 +245,26 @@ pub trait LogStore: Send + Sync + 'static {
     /// Every segment the store holds, with its info.
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>>;
 
+    /// The payload bytes (the entries' own bytes) of the sealed `segment`;
+    /// `None` when the store has never seen it. What retention by bytes
+    /// counts. This default reads the segment through; a store that counts
+    /// its bytes anyway (for [`SegmentLimit::bytes`]) answers from that.
+    async fn payload_bytes(&self, segment: &SegmentKey) -> Result<Option<u64>> {
+        let Some(info) = self.info(segment).await? else {
+            return Ok(None);
+        };
+        let (mut from, mut total) = (0, 0u64);
+        while from < info.count {
+            let entries = self.read(segment, from, 10_000, 16 << 20).await?;
+            if entries.is_empty() {
+                break;
+            }
+            from += entries.len() as u64;
+            total += entries.iter().map(|e| e.len() as u64).sum::<u64>();
+        }
+        Ok(Some(total))
+    }
+
     /// Storage problems found so far (failed syncs, damaged segments). A
     /// store that cannot detect any reports none.
     fn health(&self) -> StorageHealth {

@@ -123,6 +123,13 @@ pub struct ServerConfig {
     #[arg(long, env = "WALRUS_RETENTION_ENTRIES")]
     pub retention_entries: Option<u64>,
 
+    /// Default retention by bytes, for topics that set none: keep closed
+    /// segments holding at most this many payload bytes (`<n>`, or with
+    /// KiB, MiB, GiB, TiB; the oldest go, whole). None: no limit.
+    #[arg(long, env = "WALRUS_RETENTION_BYTES",
+          value_parser = |s: &str| walrus_core::protocol::parse_bytes(s))]
+    pub retention_bytes: Option<u64>,
+
     /// Default retention by age, for topics that set none: delete closed
     /// segments closed longer ago than this (`<n>ms|s|m|h|d`, e.g. 7d).
     #[arg(long, env = "WALRUS_RETENTION_AGE",
@@ -375,6 +382,7 @@ impl ServerConfig {
         c.default_retention = walrus_core::Retention {
             max_entries: self.retention_entries,
             max_age_ms: self.retention_age,
+            max_bytes: self.retention_bytes,
         };
         c.retention_interval = Duration::from_millis(self.retention_check_ms);
         c.replication_factor = self.replication_factor;
@@ -696,9 +704,13 @@ mod tests {
             "2h",
             "--retention-check-ms",
             "250",
+            "--retention-bytes",
+            "2GiB",
         ])
         .unwrap();
         let n = c.node_config();
+        assert_eq!(n.default_retention.max_bytes, Some(2 << 30));
+        assert!(parse(&["--retention-bytes", "2GB"]).is_err());
         assert_eq!(n.default_retention.max_entries, Some(5000));
         assert_eq!(n.default_retention.max_age_ms, Some(2 * 3_600_000));
         assert_eq!(n.retention_interval, Duration::from_millis(250));

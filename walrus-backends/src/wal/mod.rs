@@ -538,6 +538,12 @@ impl LogStore for WalStore {
         }
     }
 
+    async fn payload_bytes(&self, segment: &SegmentKey) -> Result<Option<u64>> {
+        Ok(self
+            .get(segment)
+            .and_then(|s| s.info().map(|_| s.payload_bytes())))
+    }
+
     async fn segments(&self) -> Result<Vec<(SegmentKey, SegmentInfo)>> {
         let map = self.inner.segments.read_or_recover();
         let mut out: Vec<_> = map

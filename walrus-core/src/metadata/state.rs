@@ -76,6 +76,12 @@ pub struct SegmentMeta {
     /// `None` until stamped (and in snapshots from before retention).
     #[serde(default)]
     pub closed_at_ms: Option<u64>,
+    /// Payload bytes of the closed segment, as its leader reports them
+    /// from its store (`RecordSegmentBytes`): what retention by bytes
+    /// counts. `None` until reported (and in snapshots from before it;
+    /// not written then, which keeps such snapshots as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// How much of a topic retention keeps. Each limit that is `Some` deletes
@@ -91,12 +97,38 @@ pub struct Retention {
     /// Delete a closed segment once it was closed more than this long ago
     /// (ms).
     pub max_age_ms: Option<u64>,
+    /// Keep closed segments holding at most this many payload bytes in
+    /// all, as `max_entries` counts entries. A closed segment whose bytes
+    /// are not reported yet counts as empty, so retention never deletes
+    /// more than the limit asks. (Default: none, for snapshots from before
+    /// it.)
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// The retention that `SetRetention` log entries carry: `Retention` before
+/// `max_bytes`. Log entries encode fields by position, so those written
+/// before keep this shape; `SetTopicRetention` carries the whole one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntriesAgeRetention {
+    pub max_entries: Option<u64>,
+    pub max_age_ms: Option<u64>,
+}
+
+impl From<EntriesAgeRetention> for Retention {
+    fn from(r: EntriesAgeRetention) -> Retention {
+        Retention {
+            max_entries: r.max_entries,
+            max_age_ms: r.max_age_ms,
+            max_bytes: None,
+        }
+    }
 }
 
 impl Retention {
     /// True when nothing is ever deleted.
     pub fn keeps_everything(&self) -> bool {
-        self.max_entries.is_none() && self.max_age_ms.is_none()
+        self.max_entries.is_none() && self.max_age_ms.is_none() && self.max_bytes.is_none()
     }
 
     /// Last segment (by id) of `t` that this retention deletes at `now_ms`:
@@ -119,6 +151,17 @@ impl Retention {
                     break;
                 }
                 held -= s.status.final_count().unwrap_or(0);
+                through = through.max(s.id);
+            }
+        }
+        if let Some(max) = self.max_bytes {
+            let bytes = |s: &SegmentMeta| s.bytes.unwrap_or(0);
+            let mut held: u64 = closed.iter().map(|s| bytes(s)).sum();
+            for s in &closed {
+                if held <= max {
+                    break;
+                }
+                held -= bytes(s);
                 through = through.max(s.id);
             }
         }
@@ -367,12 +410,13 @@ pub enum MetadataCmd {
         segment: SegmentId,
         producers: Vec<(ProducerId, ProducerEntry)>,
     },
-    /// Sets `topic`'s retention (`None`: back to the server default).
-    /// Setting the same one again changes nothing. Rejected when the topic
-    /// does not exist.
+    /// Sets `topic`'s retention, limits by entries and age only (`None`:
+    /// back to the server default). Setting the same one again changes
+    /// nothing. Rejected when the topic does not exist. Proposed before
+    /// retention by bytes; now `SetTopicRetention` is.
     SetRetention {
         topic: TopicName,
-        retention: Option<Retention>,
+        retention: Option<EntriesAgeRetention>,
     },
     /// Records `at_ms` as the time every closed segment without one was
     /// closed (the consensus leader proposes it when it sees such
@@ -406,6 +450,23 @@ pub enum MetadataCmd {
         segment: SegmentId,
         count: Option<u64>,
         replicas: Vec<NodeId>,
+    },
+    /// Sets `topic`'s whole retention (`None`: back to the server
+    /// default), as `SetRetention` does.
+    SetTopicRetention {
+        topic: TopicName,
+        retention: Option<Retention>,
+    },
+    /// The leader of closed segment `segment` reports its payload bytes,
+    /// read from its store. The first report stays (a closed segment's
+    /// bytes do not change), so a repeat changes nothing. Rejected for a
+    /// segment that is unknown or has no final count yet (so that a
+    /// repeat after it closes cannot change what the first did not), and
+    /// when the topic does not exist.
+    RecordSegmentBytes {
+        topic: TopicName,
+        segment: SegmentId,
+        bytes: u64,
     },
 }
 
@@ -461,6 +522,18 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// `SetRetention`, `SetTopicRetention`.
+    fn set_retention(&mut self, topic: &TopicName, retention: Option<Retention>) -> CmdResult {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return CmdResult::Rejected(format!("topic {topic} does not exist"));
+        };
+        if t.retention == retention {
+            return CmdResult::Unchanged;
+        }
+        t.retention = retention;
+        CmdResult::Applied
+    }
+
     /// Applies one committed command. Deterministic: the same commands in
     /// the same order give the same state on every node.
     pub fn apply(&mut self, cmd: &MetadataCmd) -> CmdResult {
@@ -612,14 +685,33 @@ impl ClusterState {
                 }
             }
             MetadataCmd::SetRetention { topic, retention } => {
+                self.set_retention(topic, retention.map(Retention::from))
+            }
+            MetadataCmd::SetTopicRetention { topic, retention } => {
+                self.set_retention(topic, *retention)
+            }
+            MetadataCmd::RecordSegmentBytes {
+                topic,
+                segment,
+                bytes,
+            } => {
                 let Some(t) = self.topics.get_mut(topic) else {
                     return CmdResult::Rejected(format!("topic {topic} does not exist"));
                 };
-                if t.retention == *retention {
-                    return CmdResult::Unchanged;
+                match segment
+                    .checked_sub(1)
+                    .and_then(|i| t.segments.get_mut(i as usize))
+                {
+                    Some(s) if s.status.final_count().is_none() => CmdResult::Rejected(format!(
+                        "segment {segment} of {topic} is not closed with a final count"
+                    )),
+                    Some(s) if s.bytes.is_some() => CmdResult::Unchanged,
+                    Some(s) => {
+                        s.bytes = Some(*bytes);
+                        CmdResult::Applied
+                    }
+                    None => CmdResult::Rejected(format!("{topic} has no segment {segment}")),
                 }
-                t.retention = *retention;
-                CmdResult::Applied
             }
             MetadataCmd::StampClosed { at_ms } => {
                 let mut changed = false;
@@ -690,6 +782,7 @@ impl ClusterState {
                     followers: followers.to_vec(),
                     status: SegmentStatus::Open,
                     closed_at_ms: None,
+                    bytes: None,
                 }],
                 cursor: 0,
                 retention: None,
@@ -734,6 +827,7 @@ impl ClusterState {
             followers: followers.to_vec(),
             status: SegmentStatus::Open,
             closed_at_ms: None,
+            bytes: None,
         });
         CmdResult::Applied
     }
@@ -959,7 +1053,7 @@ mod tests {
         // By entries: only the stretch before the pending segment counts.
         let keep = |n| Retention {
             max_entries: Some(n),
-            max_age_ms: None,
+            ..Retention::default()
         };
         assert_eq!(keep(0).deletes_through(t, 0), 2, "blocked by segment 3");
         // By age: from the stamp, which StampClosed sets once.
@@ -981,8 +1075,8 @@ mod tests {
         s.apply(&MetadataCmd::StampClosed { at_ms: 9_000 });
         let t = s.topic(&topic("t")).unwrap();
         let age = Retention {
-            max_entries: None,
             max_age_ms: Some(5_000),
+            ..Retention::default()
         };
         assert_eq!(
             age.deletes_through(t, 8_000),
@@ -991,6 +1085,89 @@ mod tests {
         );
         assert_eq!(age.deletes_through(t, 14_000), 4);
         assert_eq!(keep(4).deletes_through(t, 0), 3, "2 + 4 entries > 4");
+    }
+
+    #[test]
+    fn given_segment_bytes_when_retention_by_bytes_should_delete_the_oldest_while_the_rest_hold_more(
+    ) {
+        let mut s = ClusterState::default();
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("t"),
+            leader: 1,
+        });
+        let bytes = |segment, bytes| MetadataCmd::RecordSegmentBytes {
+            topic: topic("t"),
+            segment,
+            bytes,
+        };
+        assert!(
+            matches!(s.apply(&bytes(1, 100)), CmdResult::Rejected(_)),
+            "open"
+        );
+        for segment in 1..=4 {
+            s.apply(&roll("t", segment, Some(10), 1));
+        }
+        let keep = |n| Retention {
+            max_bytes: Some(n),
+            ..Retention::default()
+        };
+        let t = s.topic(&topic("t")).unwrap();
+        assert_eq!(keep(0).deletes_through(t, 0), 0, "nothing reported yet");
+        for segment in 1..=4 {
+            assert_eq!(s.apply(&bytes(segment, 100)), CmdResult::Applied);
+        }
+        assert_eq!(s.apply(&bytes(2, 999)), CmdResult::Unchanged, "first stays");
+        assert!(
+            matches!(s.apply(&bytes(9, 1)), CmdResult::Rejected(_)),
+            "no segment 9"
+        );
+        assert!(matches!(
+            s.apply(&MetadataCmd::RecordSegmentBytes {
+                topic: topic("nope"),
+                segment: 1,
+                bytes: 1,
+            }),
+            CmdResult::Rejected(_)
+        ));
+        let t = s.topic(&topic("t")).unwrap();
+        assert_eq!(t.segment(2).unwrap().bytes, Some(100));
+        // 400 bytes closed: keep 250 deletes 1 and 2 (the rest hold 200).
+        assert_eq!(keep(250).deletes_through(t, 0), 2);
+        assert_eq!(keep(400).deletes_through(t, 0), 0);
+        assert_eq!(keep(0).deletes_through(t, 0), 4, "the open one stays");
+        // With entries too: whichever deletes more.
+        let both = Retention {
+            max_entries: Some(10),
+            ..keep(250)
+        };
+        assert_eq!(both.deletes_through(t, 0), 3);
+    }
+
+    #[test]
+    fn given_retention_set_by_the_old_or_new_command_should_be_the_same_setting() {
+        let mut s = ClusterState::default();
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("t"),
+            leader: 1,
+        });
+        let old = EntriesAgeRetention {
+            max_entries: Some(5),
+            max_age_ms: Some(7),
+        };
+        s.apply(&MetadataCmd::SetRetention {
+            topic: topic("t"),
+            retention: Some(old),
+        });
+        let new = Retention::from(old);
+        assert_eq!(s.topic(&topic("t")).unwrap().retention, Some(new));
+        let set = MetadataCmd::SetTopicRetention {
+            topic: topic("t"),
+            retention: Some(new),
+        };
+        assert_eq!(s.apply(&set), CmdResult::Unchanged);
+        // A snapshot from before bytes reads with none.
+        let json = r#"{"max_entries":5,"max_age_ms":7}"#;
+        assert_eq!(serde_json::from_str::<Retention>(json).unwrap(), new);
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl super::Node {
         topic: &TopicName,
         retention: Option<crate::metadata::Retention>,
     ) -> Result<()> {
-        let cmd = MetadataCmd::SetRetention {
+        let cmd = MetadataCmd::SetTopicRetention {
             topic: topic.clone(),
             retention,
         };

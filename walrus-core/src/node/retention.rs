@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use crate::error::Error;
 use crate::locks::MutexExt;
-use crate::metadata::{CmdResult, MetadataCmd, Retention};
+use crate::metadata::{CmdResult, MetadataCmd, Retention, SegmentStatus};
 use crate::types::{SegmentId, SegmentKey, TopicName};
 
 /// Per topic, the segments this node has deleted from its store
@@ -33,6 +33,7 @@ impl super::Node {
     /// One pass of the retention loop (the first runs at start).
     pub(crate) async fn retention_tick(&self) {
         self.delete_local().await;
+        self.report_segment_bytes().await;
         if self.metadata.status().is_leader() {
             self.propose_retention().await;
         }
@@ -114,10 +115,12 @@ impl super::Node {
         };
         for (topic, through) in due {
             let mut all_gone = true;
+            // Segments 1..=through: segment 0 is the topic's producer
+            // journal (node/produce.rs), never a segment of entries.
             let doomed = held
                 .iter()
                 .map(|(k, _)| k)
-                .filter(|k| k.topic == topic && k.segment <= through);
+                .filter(|k| k.topic == topic && (1..=through).contains(&k.segment));
             for key in doomed {
                 if let Err(e) = self.delete_segment(key).await {
                     all_gone = false;
@@ -129,6 +132,44 @@ impl super::Node {
             }
             if all_gone {
                 self.retention_done.lock().insert(topic, through);
+            }
+        }
+    }
+
+    /// Reports the payload bytes of each sealed segment this node led
+    /// whose bytes the metadata does not know yet (retention by bytes
+    /// counts them), from the copy its count was taken from. Once per
+    /// segment: the first report stays. A segment closed as lost is never
+    /// reported (its leader lost the copy) and counts as empty.
+    async fn report_segment_bytes(&self) {
+        let state = self.metadata.state();
+        let mut due = Vec::new();
+        for (topic, t) in &state.topics {
+            for s in t.segments.iter().skip(t.deleted_through as usize) {
+                if let SegmentStatus::Sealed { count } = s.status {
+                    if s.leader == self.id && s.bytes.is_none() {
+                        due.push((SegmentKey::new(topic.clone(), s.id), count));
+                    }
+                }
+            }
+        }
+        for (key, count) in due {
+            match self.log.info(&key).await {
+                Ok(Some(info)) if info.sealed && info.count == count => {}
+                _ => continue,
+            }
+            let Ok(Some(bytes)) = self.log.payload_bytes(&key).await else {
+                continue;
+            };
+            let cmd = MetadataCmd::RecordSegmentBytes {
+                topic: key.topic.clone(),
+                segment: key.segment,
+                bytes,
+            };
+            if let Err(e) = self.metadata.propose(cmd).await {
+                // Proposed again at the next pass.
+                tracing::debug!(node = self.id, "cannot report the bytes of {key}: {e}");
+                return;
             }
         }
     }

@@ -26,8 +26,8 @@ const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT 
 const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
 const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
 const REGISTER_USAGE: &str = "REGISTER <topic> [RETAIN <limits>] [RF <n>]";
-const RETAIN_USAGE: &str =
-    "RETAIN entries=<n> age=<n>ms|s|m|h|d (either or both), RETAIN none or RETAIN default";
+const RETAIN_USAGE: &str = "RETAIN entries=<n> bytes=<n>[KiB|MiB|GiB|TiB] age=<n>ms|s|m|h|d \
+     (any of them), RETAIN none or RETAIN default";
 
 /// A topic's retention as `RETAIN …` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,9 @@ impl RetainSetting {
         }
         if let Some(ms) = r.max_age_ms {
             words.push(format!("age={ms}ms"));
+        }
+        if let Some(n) = r.max_bytes {
+            words.push(format!("bytes={n}"));
         }
         words.join(" ")
     }
@@ -334,11 +337,37 @@ fn parse_retain(limits: &str) -> Result<RetainSetting, Error> {
             );
         } else if key.eq_ignore_ascii_case("age") && retention.max_age_ms.is_none() {
             retention.max_age_ms = Some(parse_duration_ms(value).map_err(bad)?);
+        } else if key.eq_ignore_ascii_case("bytes") && retention.max_bytes.is_none() {
+            retention.max_bytes = Some(parse_bytes(value).map_err(bad)?);
         } else {
             return Err(bad(format!("unexpected {word:?}")));
         }
     }
     Ok(RetainSetting::Limits(retention))
+}
+
+/// `<n>`, `<n>KiB`, `<n>MiB`, `<n>GiB` or `<n>TiB`, in bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let scale: u64 = match &text[digits.len()..] {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "invalid bytes {text:?}: give a number, or one with KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            format!("invalid bytes {text:?}: give a number, or one with KiB, MiB, GiB or TiB")
+        })
 }
 
 /// `<n>ms`, `<n>s`, `<n>m`, `<n>h` or `<n>d`, in ms.
@@ -829,6 +858,7 @@ mod tests {
             RetainSetting::Limits(Retention {
                 max_entries: e,
                 max_age_ms: a,
+                max_bytes: None,
             })
         };
         assert_eq!(
@@ -876,7 +906,9 @@ mod tests {
                 b"CONFIG logs RETAIN entries=1 entries=2",
                 "unexpected \"entries=2\"",
             ),
-            (b"CONFIG logs RETAIN bytes=1", "unexpected \"bytes=1\""),
+            (b"CONFIG logs RETAIN size=1", "unexpected \"size=1\""),
+            (b"CONFIG logs RETAIN bytes=1KB", "invalid bytes \"1KB\""),
+            (b"CONFIG logs RETAIN bytes=", "invalid bytes \"\""),
         ] {
             let e = parse(body).unwrap_err();
             assert!(e.starts_with(start), "{e}");
@@ -885,7 +917,32 @@ mod tests {
         assert!(parse(b"CONFIG")
             .unwrap_err()
             .starts_with("CONFIG requires a topic"));
+        assert_eq!(
+            parse(b"CONFIG logs RETAIN bytes=10GiB entries=5").unwrap(),
+            Request::Config {
+                topic: t("logs"),
+                retain: Some(RetainSetting::Limits(Retention {
+                    max_entries: Some(5),
+                    max_age_ms: None,
+                    max_bytes: Some(10 << 30),
+                })),
+            }
+        );
+        assert_eq!(
+            parse(b"CONFIG logs RETAIN bytes=100").unwrap(),
+            Request::Config {
+                topic: t("logs"),
+                retain: Some(RetainSetting::Limits(Retention {
+                    max_bytes: Some(100),
+                    ..Retention::default()
+                })),
+            }
+        );
         for setting in [
+            RetainSetting::Limits(Retention {
+                max_bytes: Some(1 << 20),
+                ..Retention::default()
+            }),
             RetainSetting::Default,
             limits(None, None),
             limits(Some(5), None),

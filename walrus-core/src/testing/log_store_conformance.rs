@@ -437,7 +437,8 @@ pub async fn given_a_cut_tail_when_the_store_restarts_should_stay_cut_and_sealed
 }
 
 /// Contract 5, bytes: a non-empty segment takes nothing that would pass
-/// the byte limit; an empty one takes one append of any size.
+/// the byte limit; an empty one takes one append of any size; and
+/// `payload_bytes` counts what was taken.
 pub async fn given_a_byte_limit_when_appending_past_it_should_refuse_and_write_nothing<
     S: LogStore,
 >(
@@ -466,6 +467,16 @@ pub async fn given_a_byte_limit_when_appending_past_it_should_refuse_and_write_n
     assert_eq!(
         read_all(&store, &seg).await,
         vec![b("aaaa"), b("bbbb"), b("cc")]
+    );
+    // What retention by bytes counts: the payload, refused appends not.
+    store.seal(&seg).await.expect("seal");
+    assert_eq!(store.payload_bytes(&seg).await.expect("bytes"), Some(10));
+    assert_eq!(
+        store
+            .payload_bytes(&key("conf-bytes", 99))
+            .await
+            .expect("bytes"),
+        None
     );
     // A batch is refused whole when it would pass: nothing of it is written.
     let other = key("conf-bytes", 2);

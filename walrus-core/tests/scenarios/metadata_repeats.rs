@@ -106,6 +106,13 @@ fn command() -> impl Strategy<Value = MetadataCmd> {
                     replicas
                 }
             ),
+        (0u8..2, 1u64..=4, 0u64..3).prop_map(|(t, segment, bytes)| {
+            MetadataCmd::RecordSegmentBytes {
+                topic: topic(t),
+                segment,
+                bytes,
+            }
+        }),
         Just(MetadataCmd::Noop),
     ]
 }

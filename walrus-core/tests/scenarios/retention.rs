@@ -1,4 +1,4 @@
-//! Retention: closed segments past a topic's limits (entries, age; the
+//! Retention: closed segments past a topic's limits (entries, bytes, age; the
 //! topic's own or the server default) are deleted from the metadata and
 //! from every node's store, whole; the first offset moves and no offset is
 //! renumbered. READ below it is refused, the GET cursor and groups below it
@@ -63,14 +63,15 @@ async fn wait_first(c: &TestCluster, topic: &str, want: u64) {
     );
 }
 
-/// The segments of `topic` node `id` holds in its store.
+/// The segments of `topic` node `id` holds in its store (not segment 0,
+/// the topic's producer journal).
 async fn held(c: &TestCluster, id: NodeId, topic: &str) -> Vec<u64> {
     c.logs[&id]
         .segments()
         .await
         .unwrap()
         .into_iter()
-        .filter(|(k, _)| k.topic.as_str() == topic)
+        .filter(|(k, _)| k.topic.as_str() == topic && k.segment > 0)
         .map(|(k, _)| k.segment)
         .collect()
 }
@@ -234,7 +235,7 @@ async fn given_a_topic_retaining_10s_when_segments_age_should_delete_each_once_1
 async fn given_a_server_default_when_topics_set_their_own_or_none_should_apply_the_right_one() {
     let default = Retention {
         max_entries: Some(4),
-        max_age_ms: None,
+        ..Retention::default()
     };
     let c = cluster_with("REGISTER dflt", 12, default).await;
     assert_eq!(c.send(1, "REGISTER kept RETAIN none").await, Response::Ok);
@@ -268,4 +269,78 @@ async fn given_a_server_default_when_topics_set_their_own_or_none_should_apply_t
     wait_deleted_everywhere(&c, "dflt", 2).await;
     let key = SegmentKey::new(TopicName::new("dflt").unwrap(), 3);
     assert!(c.logs[&3].info(&key).await.unwrap().is_some(), "kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_topic_retaining_20_bytes_when_segments_close_should_count_the_bytes_their_leaders_report(
+) {
+    // Payloads e0..e19: segments 1..=5 hold 8, 8, 10, 12 and 12 bytes.
+    let c = cluster_with("REGISTER logs RETAIN bytes=20", 20, Retention::default()).await;
+    // 50 bytes closed: 1..=4 go, 5 (12 bytes) stays.
+    wait_first(&c, "logs", 16).await;
+    wait_deleted_everywhere(&c, "logs", 4).await;
+    assert_eq!(c.send(2, "READ logs 16 4").await, entries(16, 20));
+    let logs = TopicName::new("logs").unwrap();
+    let state = c.node(3).metadata().state();
+    let t = state.topic(&logs).unwrap();
+    let bytes: Vec<Option<u64>> = t.segments.iter().map(|s| s.bytes).collect();
+    assert_eq!(
+        bytes,
+        vec![Some(8), Some(8), Some(10), Some(12), Some(12), None],
+        "each closed segment's leader reported it; the open one has none"
+    );
+    match c.send(1, "CONFIG logs").await {
+        Response::Json(j) => {
+            let j: serde_json::Value = serde_json::from_str(&j).unwrap();
+            assert_eq!(j["retention"]["max_bytes"], 20);
+            assert_eq!(j["in_force"]["max_bytes"], 20);
+        }
+        other => panic!("CONFIG logs: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_idempotent_writes_when_retention_deletes_their_segments_should_keep_the_producer_journals(
+) {
+    let c = cluster_with("REGISTER logs", 0, Retention::default()).await;
+    // Producer p writes e0..e7: segment 1 on node 1, 2 on node 2, each
+    // leader journaling p's writes in segment 0 of its store.
+    for i in 0..8u64 {
+        let body = format!(
+            "PUTB logs 1 PRODUCER p {i}\n{}\ne{i}\n",
+            format!("e{i}").len()
+        );
+        assert!(
+            matches!(c.send(1, &body).await, Response::Stored { n: 1, .. }),
+            "write {i}"
+        );
+    }
+    let journal = SegmentKey::new(TopicName::new("logs").unwrap(), 0);
+    for id in [1, 2] {
+        assert!(c.logs[&id].info(&journal).await.unwrap().is_some());
+    }
+    assert_eq!(
+        c.send(2, "CONFIG logs RETAIN entries=0").await,
+        Response::Ok
+    );
+    wait_first(&c, "logs", 8).await;
+    wait_deleted_everywhere(&c, "logs", 2).await;
+    for id in [1, 2] {
+        let info = c.logs[&id].info(&journal).await.unwrap();
+        assert!(
+            info.is_some_and(|i| !i.sealed && i.count > 0),
+            "node {id}'s producer journal was deleted with the segments: {info:?}"
+        );
+    }
+    // p goes on, and a retry of its last write is still known.
+    let body = "PUTB logs 1 PRODUCER p 8\n2\ne8\n";
+    assert!(matches!(
+        c.send(3, body).await,
+        Response::Stored { n: 1, .. }
+    ));
+    assert!(matches!(
+        c.send(1, body).await,
+        Response::Stored { n: 1, .. }
+    ));
+    assert_eq!(c.send(2, "READ logs 8").await, entries(8, 9));
 }

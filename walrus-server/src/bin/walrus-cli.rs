@@ -71,9 +71,10 @@ enum Command {
     /// retention (on an existing topic too).
     Register {
         topic: String,
-        /// The topic's retention: `entries=<n>` and/or
-        /// `age=<n>ms|s|m|h|d`, `none` (keep everything) or `default` (the
-        /// server's). A limit left out is no limit.
+        /// The topic's retention: any of `entries=<n>`,
+        /// `bytes=<n>[KiB|MiB|GiB|TiB]` and `age=<n>ms|s|m|h|d`, or `none`
+        /// (keep everything) or `default` (the server's). A limit left out
+        /// is no limit.
         #[arg(long, num_args = 1.., value_name = "LIMIT")]
         retain: Option<Vec<String>>,
     },

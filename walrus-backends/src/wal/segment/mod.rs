@@ -272,6 +272,12 @@ impl Segment {
         self.append.lock_or_recover()
     }
 
+    /// Payload bytes appended (counted across restarts, for the byte
+    /// limit): exact for a sealed segment whose syncs all succeeded.
+    pub fn payload_bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
     pub fn info(&self) -> Option<SegmentInfo> {
         let sealed = self.sealed.load(Ordering::Acquire);
         let count = self.visible.load(Ordering::Acquire);
