@@ -597,6 +597,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn given_a_seal_at_in_progress_when_another_seal_or_a_retransmit_comes_should_answer_from_its_count(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = WalStore::open(tmp.path(), WalConfig::default()).unwrap();
+        let seg = key("racing");
+        let all: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 3])).collect();
+        store.append(&seg, &all, u64::MAX).await.unwrap();
+        let s = store.get(&seg).unwrap();
+        // As if a seal_at(3) had begun and waits for its sync.
+        assert!(matches!(s.begin_seal(Some(3)), SealStep::SyncTo(3)));
+        assert!(
+            matches!(
+                s.begin_seal(Some(4)),
+                SealStep::Refused(Error::Unavailable(_))
+            ),
+            "two seals at different counts must not both write a seal file"
+        );
+        assert!(
+            matches!(s.begin_seal(None), SealStep::SyncTo(3)),
+            "a plain seal joins it"
+        );
+        assert_eq!(
+            store
+                .append_at(&seg, 1, &all[1..3])
+                .await
+                .unwrap()
+                .first_index,
+            1,
+            "entries below the seal's count are held"
+        );
+        assert!(matches!(
+            store.append_at(&seg, 2, &all[2..4]).await,
+            Err(Error::SegmentSealed(_))
+        ));
+        s.finish_seal(3).unwrap();
+        assert_eq!(store.seal_at(&seg, 3).await.unwrap(), 3);
+        assert_eq!(store.append_at(&seg, 0, &all[0..3]).await.unwrap().count, 3);
+    }
+
+    #[tokio::test]
     async fn given_a_new_topic_when_first_appended_should_make_its_directory_durable_before_the_ack(
     ) {
         let tmp = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! Fuzzing WAL recovery over randomly damaged files: append known entries
-//! to several topics and segments (some sealed, some spanning several
-//! files), close, then flip, zero, overwrite or truncate random bytes, or
-//! remove a file, anywhere in the WAL directory (headers, records, seal
-//! files), and reopen twice.
+//! to several topics and segments (some sealed, some of those with a tail
+//! cut by `seal_at`, some spanning several files), close, then flip, zero,
+//! overwrite or truncate random bytes, or remove a file, anywhere in the
+//! WAL directory (headers, records, seal files), and reopen twice.
 //!
 //! Oracle, whatever recovery chooses (refuse to open, quarantine the damaged
 //! segment, or cut a torn tail): never a panic, and every entry any read
@@ -48,6 +48,9 @@ fn runtime() -> tokio::runtime::Runtime {
 struct SegmentPlan {
     batches: Vec<Vec<Vec<u8>>>,
     seal: bool,
+    /// Sealed with `seal_at`, this many entries short (a failover cutting
+    /// an unacknowledged tail, which stays in the files unserved).
+    cut: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -70,8 +73,9 @@ enum Damage {
 fn plan() -> impl Strategy<Value = Plan> {
     let entry = prop::collection::vec(any::<u8>(), 0..700);
     let batch = prop::collection::vec(entry, 1..4);
-    let segment = (prop::collection::vec(batch, 0..12), any::<bool>())
-        .prop_map(|(batches, seal)| SegmentPlan { batches, seal });
+    let cut = prop_oneof![2 => Just(0usize), 1 => 1..20usize];
+    let segment = (prop::collection::vec(batch, 0..12), any::<bool>(), cut)
+        .prop_map(|(batches, seal, cut)| SegmentPlan { batches, seal, cut });
     let topic = prop::collection::vec(segment, 1..3);
     (
         any::<bool>(),
@@ -138,8 +142,14 @@ fn write(dir: &Path, plan: &Plan) -> BTreeMap<SegmentKey, Vec<Bytes>> {
                     entries.extend(batch);
                 }
                 if seg.seal && !entries.is_empty() {
-                    let n = store.seal(&k).await.expect("sealing");
-                    assert_eq!(n, entries.len() as u64);
+                    let keep = entries.len().saturating_sub(seg.cut).max(1);
+                    let n = if keep < entries.len() {
+                        store.seal_at(&k, keep as u64).await.expect("sealing at")
+                    } else {
+                        store.seal(&k).await.expect("sealing")
+                    };
+                    assert_eq!(n, keep as u64);
+                    entries.truncate(keep);
                 }
                 if !entries.is_empty() {
                     written.insert(k, entries);

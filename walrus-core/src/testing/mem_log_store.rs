@@ -151,6 +151,54 @@ impl MemLogStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock_or_recover()
     }
+
+    /// What every append meets first: the slow disk, then the full one.
+    async fn admit(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        let delay = self.lock().append_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let inner = self.lock();
+        match &inner.fail_appends {
+            Some(reason) => Err(Error::Storage(reason.clone())),
+            None => Ok(inner),
+        }
+    }
+}
+
+impl Inner {
+    /// Appends `entries` to the (existing) `segment`, synced unless
+    /// relaxed, and records the append; returns the count after it.
+    fn store(&mut self, segment: &SegmentKey, entries: &[Bytes]) -> u64 {
+        let relaxed = self.relaxed;
+        let seg = self
+            .segments
+            .get_mut(segment)
+            .expect("created by the caller");
+        let first = seg.entries.len() as u64;
+        seg.entries.extend(entries.iter().cloned());
+        if !relaxed {
+            seg.synced = seg.entries.len();
+        }
+        let count = seg.entries.len() as u64;
+        self.history.push((Instant::now(), segment.clone(), first));
+        count
+    }
+}
+
+impl Segment {
+    /// Refuses appends to a segment whose sync failed or that is damaged.
+    fn writable(&self, segment: &SegmentKey) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Storage(why.clone()));
+        }
+        match &self.damage {
+            Some((_, why)) => Err(Error::Corrupt(format!(
+                "segment {segment} is quarantined and takes no appends: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
@@ -161,14 +209,7 @@ impl LogStore for MemLogStore {
         entries: &[Bytes],
         limit: SegmentLimit,
     ) -> Result<Appended> {
-        let delay = self.lock().append_delay;
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
-        }
-        let mut inner = self.lock();
-        if let Some(reason) = &inner.fail_appends {
-            return Err(Error::Storage(reason.clone()));
-        }
+        let mut inner = self.admit().await?;
         let seg = inner.segments.entry(segment.clone()).or_default();
         let count = seg.entries.len() as u64;
         let bytes = |e: &[Bytes]| e.iter().map(|b| b.len() as u64).sum::<u64>();
@@ -179,27 +220,12 @@ impl LogStore for MemLogStore {
         if seg.sealed || full {
             return Err(Error::SegmentSealed(segment.clone()));
         }
-        if let Some(why) = &seg.failed {
-            return Err(Error::Storage(why.clone()));
-        }
-        if let Some((_, why)) = &seg.damage {
-            return Err(Error::Corrupt(format!(
-                "segment {segment} is quarantined and takes no appends: {why}"
-            )));
-        }
-        seg.entries.extend(entries.iter().cloned());
-        let appended = Appended {
+        seg.writable(segment)?;
+        let count_after = inner.store(segment, entries);
+        Ok(Appended {
             first_index: count,
-            count: seg.entries.len() as u64,
-        };
-        if !inner.relaxed {
-            let seg = inner.segments.get_mut(segment).expect("inserted above");
-            seg.synced = seg.entries.len();
-        }
-        inner
-            .history
-            .push((Instant::now(), segment.clone(), appended.first_index));
-        Ok(appended)
+            count: count_after,
+        })
     }
 
     async fn read(
@@ -265,14 +291,7 @@ impl LogStore for MemLogStore {
         first: u64,
         entries: &[Bytes],
     ) -> Result<Appended> {
-        let delay = self.lock().append_delay;
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
-        }
-        let mut inner = self.lock();
-        if let Some(reason) = &inner.fail_appends {
-            return Err(Error::Storage(reason.clone()));
-        }
+        let mut inner = self.admit().await?;
         let end = first.saturating_add(entries.len() as u64);
         let (count, sealed) = inner
             .segments
@@ -294,17 +313,9 @@ impl LogStore for MemLogStore {
         // Checked before the segment is created: a refused append leaves
         // an unknown segment unknown.
         let seg = inner.segments.entry(segment.clone()).or_default();
-        if let Some(why) = &seg.failed {
-            return Err(Error::Storage(why.clone()));
-        }
-        if let Some((_, why)) = &seg.damage {
-            return Err(Error::Corrupt(format!(
-                "segment {segment} is quarantined and takes no appends: {why}"
-            )));
-        }
+        seg.writable(segment)?;
         // The fake checks what the WAL takes on trust (one writer per
         // index), so that a replication bug shows in core's tests.
-        let skip = (count - first) as usize;
         for (i, (held, sent)) in seg.entries[first as usize..]
             .iter()
             .zip(entries)
@@ -317,20 +328,16 @@ impl LogStore for MemLogStore {
                 )));
             }
         }
-        let new = entries.get(skip..).unwrap_or_default();
-        seg.entries.extend(new.iter().cloned());
-        let appended = Appended {
-            first_index: first,
-            count: seg.entries.len() as u64,
+        let new = entries.get((count - first) as usize..).unwrap_or_default();
+        let count = if new.is_empty() {
+            count
+        } else {
+            inner.store(segment, new)
         };
-        if !inner.relaxed {
-            let seg = inner.segments.get_mut(segment).expect("inserted above");
-            seg.synced = seg.entries.len();
-        }
-        if !new.is_empty() {
-            inner.history.push((Instant::now(), segment.clone(), count));
-        }
-        Ok(appended)
+        Ok(Appended {
+            first_index: first,
+            count,
+        })
     }
 
     async fn seal_at(&self, segment: &SegmentKey, count: u64) -> Result<u64> {

@@ -175,6 +175,9 @@ pub(crate) struct Segment {
     grow: Mutex<()>,
     /// In the room thread's queue (avoids queueing twice).
     pub room_queued: AtomicBool,
+    /// Held (shared) by every read while it copies entries; taken alone by
+    /// a `seal_at` cut before it erases the records past its count.
+    erase: RwLock<()>,
 }
 
 /// Where a quarantined segment's files are damaged.
@@ -214,6 +217,7 @@ impl Segment {
             last_checkpoint: Mutex::new(Instant::now()),
             grow: Mutex::new(()),
             room_queued: AtomicBool::new(false),
+            erase: RwLock::new(()),
         }
     }
 

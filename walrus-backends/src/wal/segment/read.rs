@@ -22,6 +22,8 @@ impl Segment {
         max_bytes: usize,
         cache: &ReadCache,
     ) -> Result<Vec<Bytes>> {
+        // Before `visible`: a cut lowers it first, then erases.
+        let _erase = self.erase.read_or_recover();
         let visible = self.visible.load(Ordering::Acquire);
         if max_entries == 0 {
             return Ok(Vec::new());

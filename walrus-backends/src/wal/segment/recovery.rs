@@ -258,6 +258,12 @@ impl Segment {
         let mut count = 0u64;
         let mut damage = None;
         for part in 0..sh.part_count {
+            if count >= sealed_count {
+                // Every sealed entry was read whole; what follows (a tail
+                // `seal_at` cut, records a failed sync left) is never
+                // served, so damage there is no damage to this segment.
+                break;
+            }
             let path = part_path(&self.dir, self.key.segment, part);
             if !path.exists() {
                 damage = Some(format!("{} at byte 0: the file is missing", path.display()));
@@ -276,6 +282,9 @@ impl Segment {
                 break;
             }
             count += fs.scan.records;
+            if count >= sealed_count {
+                break;
+            }
             let last = part + 1 == sh.part_count;
             let bad = match (&fs.io_error, &fs.scan.stop) {
                 (Some(e), _) => Some(format!("cannot read it ({e})")),
@@ -291,10 +300,7 @@ impl Segment {
                     ));
                     break;
                 }
-                (None, ScanEnd::Invalid { reason }) if !last || count < sealed_count => {
-                    Some((*reason).to_owned())
-                }
-                (None, ScanEnd::Invalid { .. }) => None,
+                (None, ScanEnd::Invalid { reason }) => Some((*reason).to_owned()),
             };
             if let Some(reason) = bad {
                 damage = Some(format!(

@@ -2,12 +2,15 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use walrus_core::log_store::replica_errors;
 use walrus_core::{Error, Result};
 
 use super::{seal_path, Segment};
 use crate::durable_dir::{create_dir_durable, sync_dir};
+use crate::wal::index::Pos;
+use crate::wal::segment_file::{SegmentFile, HEADER_LEN, NEXT_MARKER, RECORD_HEADER};
 use walrus_core::locks::{MutexExt, RwLockExt};
 
 /// What `begin_seal` found.
@@ -42,7 +45,8 @@ impl Segment {
                 _ => SealStep::Done(sealed),
             };
         }
-        let target = at.unwrap_or(st.count);
+        // A plain seal during a seal in progress joins it, at its count.
+        let target = at.or(st.sealing).unwrap_or(st.count);
         match st.sealing {
             // Two seals at different counts racing: the seal file would
             // end up with whichever renamed last.
@@ -78,10 +82,17 @@ impl Segment {
         create_dir_durable(&self.dir)?;
         write_seal_file(&seal_path(&self.dir, self.key.segment), count)?;
         let mut st = self.lock();
+        // The cut (`seal_at`): from here on the seal file is the authority
+        // (`ensure_index` ignores records past it after a restart); the
+        // records are then erased too, so that even a seal file lost to
+        // damage later cannot bring them back.
+        let cut = (count < st.count)
+            .then(|| {
+                st.pos
+                    .map(|end| (end, self.shared.read_or_recover().parts.clone()))
+            })
+            .flatten();
         if count < st.count {
-            // The cut (`seal_at`): the records past `count` stay in the
-            // files, but the seal file is the authority, here and after a
-            // restart (`ensure_index` ignores them).
             st.count = count;
             self.written.store(count, Ordering::Release);
         }
@@ -89,6 +100,72 @@ impl Segment {
         self.sealed.store(true, Ordering::Release);
         st.current = None;
         self.shared.write_or_recover().parts.clear();
+        drop(st);
+        if let Some((end, parts)) = cut {
+            if let Err(e) = self.erase_past(count, end, &parts) {
+                tracing::warn!(segment = %self.key, count, error = %e, "cannot erase the WAL records past a seal_at cut; the seal file keeps them unserved");
+            }
+        }
+        Ok(())
+    }
+
+    /// Erases the records from entry `count` to the old write end `end`:
+    /// zeros in the file holding entry `count`, later files removed (last
+    /// first: a crash never leaves a gap before a file that is still
+    /// there). Called once the segment is sealed at `count`, so nothing
+    /// writes there and no new reader goes there; it waits for readers
+    /// that started before.
+    fn erase_past(&self, count: u64, end: Pos, parts: &[Arc<SegmentFile>]) -> Result<()> {
+        let _readers_gone = self.erase.write_or_recover();
+        let part = |p: u32| {
+            parts.get(p as usize).cloned().ok_or_else(|| {
+                Error::Internal(format!("segment {} has no map of part {p}", self.key))
+            })
+        };
+        let (mut i, mut pos) =
+            self.shared
+                .read_or_recover()
+                .index
+                .seek(count)
+                .ok_or_else(|| {
+                    Error::Internal(format!("segment {} has entries but no index", self.key))
+                })?;
+        let mut file = part(pos.part)?;
+        while i < count {
+            // SAFETY: records before the old write end were published
+            // (synced before the seal) and are never written again.
+            let len = unsafe { file.record_len_at(pos.off()) };
+            if len == NEXT_MARKER {
+                pos = Pos::new(pos.part + 1, HEADER_LEN);
+                file = part(pos.part)?;
+                continue;
+            }
+            pos = Pos::new(pos.part, pos.off() + RECORD_HEADER + len as usize);
+            i += 1;
+        }
+        for later in parts
+            .get(pos.part as usize + 1..)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
+            std::fs::remove_file(later.path()).map_err(|e| {
+                Error::Storage(format!("cannot remove {}: {e}", later.path().display()))
+            })?;
+        }
+        let to = if pos.part == end.part {
+            end.off()
+        } else {
+            file.len()
+        };
+        // SAFETY: past the sealed count: no writer (sealed), no reader
+        // (none started before the seal is left, none starts there).
+        unsafe { file.zero_range(pos.off(), to) };
+        file.flush(pos.off(), to)?;
+        sync_dir(&self.dir)?;
+        let mut sh = self.shared.write_or_recover();
+        sh.part_count = pos.part + 1;
+        sh.index.truncate(count);
         Ok(())
     }
 }
