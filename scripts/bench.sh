@@ -504,7 +504,7 @@ security() {
         log "security: cannot make test certificates with openssl: section skipped"
         return 0
     }
-    echo "bench-token write" >"$dir/tokens"
+    echo "bench-token-0123456789abcdef write" >"$dir/tokens"
     local mode conns depth addr
     addr=$(client_addr 1)
     for mode in plain auth tls tls+auth; do
@@ -513,7 +513,7 @@ security() {
         local client=()
         if [[ $mode == *auth* ]]; then
             EXTRA_SERVER_ARGS+=(--auth-token-file "$dir/tokens")
-            client+=(--token bench-token)
+            client+=(--token bench-token-0123456789abcdef)
         fi
         if [[ $mode == *tls* ]]; then
             EXTRA_SERVER_ARGS+=(--tls-cert "$dir/server.pem" --tls-key "$dir/server.key")
