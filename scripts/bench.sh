@@ -465,6 +465,10 @@ consumers() {
     leader=$(segment_leader "$reg" fe-0)
     bench_run consumers "FETCH + COMMIT 1 KiB x 100 per request, 1 conn, via the segment leader (node $leader)" \
         -a "$(client_addr "$leader")" -w fetch -s 1024 --fill 200000 --read-batch 100 --topic-prefix fe
+    register_topic "$reg" fa-0 || true
+    leader=$(segment_leader "$reg" fa-0)
+    bench_run consumers "FETCH + COMMIT ASYNC 1 KiB x 100 per request, 1 conn, via the segment leader (node $leader)" \
+        -a "$(client_addr "$leader")" -w fetch -s 1024 --fill 200000 --read-batch 100 --commit-async --topic-prefix fa
     register_topic "$reg" tl-0 || true
     leader=$(segment_leader "$reg" tl-0)
     bench_run consumers "tail latency: PUT 1 KiB, 16 conn x depth 1, 1 READ WAIT reader (node $leader)" \

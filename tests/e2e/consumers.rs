@@ -53,6 +53,71 @@ async fn given_a_real_node_when_running_the_consumer_bench_workloads_should_chec
     report("e2e consumer bench workloads", t0.elapsed());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_tls_and_a_token_on_the_client_port_when_running_the_consumer_workloads_should_use_both(
+) {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::TestCa::new(dir.path(), "walrus");
+    let files = ca.sign("server");
+    const TOKEN: &str = "e2e-consumer-token-0123456789ab";
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN} write\n")).unwrap();
+    let path = |p: &std::path::Path| p.to_str().expect("test paths are UTF-8").to_string();
+    let node = ServerProc::start(NodeSpec {
+        id: 1,
+        raft_host: "127.0.0.1".into(),
+        raft_port: free_port(),
+        client_host: "127.0.0.1".into(),
+        client_port: free_port(),
+        join: None,
+        data_dir: dir.path().to_path_buf(),
+        env: vec![
+            ("WALRUS_TLS_CERT".into(), path(&files.cert)),
+            ("WALRUS_TLS_KEY".into(), path(&files.key)),
+            ("WALRUS_AUTH_TOKEN_FILE".into(), path(&tokens)),
+        ],
+        netns: None,
+    });
+    let addr = node.spec.client_addr();
+    let secured = |mode: Mode, prefix: &str| {
+        let mut cfg = short_run(mode, &addr, prefix);
+        cfg.fill = 500;
+        cfg.tls = Some(walrus_client::TlsConfig::from_ca_file(&ca.cert).expect("the test CA"));
+        cfg.token = Some(walrus_core::Secret::new(TOKEN));
+        cfg
+    };
+    // The node takes a moment to listen: the first run retries its start.
+    let started = Instant::now();
+    let r = loop {
+        match consume(secured(Mode::Read, "rd")).await {
+            Ok(r) => break r,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:#}\n{}", node.log_tail(30)),
+        }
+    };
+    assert!(r.is_clean(), "{}", r.to_text());
+    let mut fetch = secured(Mode::Fetch, "fe");
+    fetch.commit_async = true;
+    let r = consume(fetch).await.unwrap();
+    assert!(r.is_clean() && r.check.passes >= 1, "{}", r.to_text());
+    let mut tail = secured(Mode::TailLatency, "tl");
+    tail.tail_fetch = true;
+    let r = consume(tail).await.unwrap();
+    assert!(r.is_clean(), "{}", r.to_text());
+    // Without the token, the node refuses the run's first request.
+    let mut anonymous = secured(Mode::Read, "anon");
+    anonymous.token = None;
+    let e = consume(anonymous).await.unwrap_err();
+    assert!(format!("{e:#}").contains("REGISTER"), "{e:#}");
+    report(
+        "e2e consumer bench workloads over TLS with a token",
+        t0.elapsed(),
+    );
+}
+
 fn retention(entries: Option<u64>, age_ms: Option<u64>) -> Retention {
     Retention {
         max_entries: entries,

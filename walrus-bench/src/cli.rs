@@ -174,6 +174,11 @@ pub struct LoadArgs {
     /// tail-latency: the WAIT of each long-polling read, in ms.
     #[arg(long, default_value_t = 1000)]
     pub wait_ms: u64,
+    /// fetch (and tail-latency with --tail-fetch): commit with `COMMIT …
+    /// ASYNC` (applied at once, made durable in the background) instead of
+    /// the durable COMMIT.
+    #[arg(long)]
+    pub commit_async: bool,
 }
 
 /// What the command line asks for.
@@ -217,6 +222,8 @@ impl LoadArgs {
         c.readers = self.readers;
         c.tail_fetch = self.tail_fetch;
         c.wait = Duration::from_millis(self.wait_ms);
+        c.commit_async = self.commit_async;
+        c.token = self.token.clone();
         Plan::Consume(c)
     }
 

@@ -17,14 +17,14 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use walrus_core::protocol::{encode_frame, parse_entries, request::READ_MAX_BYTES};
+use walrus_client::{connect, Stream, TlsConfig};
+use walrus_core::protocol::{encode_frame, parse_entry_spans, request::READ_MAX_BYTES};
 
 use crate::payload::{Decoded, PayloadCodec};
 use crate::run::register_topics;
 use crate::stats::{process_cpu_time, push_summary, ConnStats, Percentiles};
-use crate::wire::{excerpt, take_frame};
+use crate::wire::{authenticate, excerpt, take_frame};
 
 /// Which consumer workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,13 @@ pub struct ConsumeConfig {
     /// Upper bound for anything that is not measured (fill, read-back after
     /// the writers stopped, one request).
     pub timeout: Duration,
+    /// `fetch`: commit with `COMMIT … ASYNC` (applied at once by the node,
+    /// made durable behind the consumer's back) instead of a durable COMMIT.
+    pub commit_async: bool,
+    /// TLS on every connection (`None`: plain TCP).
+    pub tls: Option<TlsConfig>,
+    /// Sent as `AUTH <token>` first on every connection.
+    pub token: Option<walrus_core::Secret>,
 }
 
 impl ConsumeConfig {
@@ -95,6 +102,9 @@ impl ConsumeConfig {
             tail_fetch: false,
             wait: Duration::from_secs(1),
             timeout: Duration::from_secs(60),
+            commit_async: false,
+            tls: None,
+            token: None,
         }
     }
 
@@ -338,8 +348,13 @@ impl ConsumeReport {
 pub async fn run(cfg: ConsumeConfig) -> anyhow::Result<ConsumeReport> {
     cfg.validate()?;
     let topic = cfg.topic();
-    // The consume workloads do not authenticate yet (--token is for load runs).
-    register_topics(&cfg.targets[0], std::slice::from_ref(&topic), None, None).await?;
+    register_topics(
+        &cfg.targets[0],
+        std::slice::from_ref(&topic),
+        cfg.tls.as_ref(),
+        cfg.token.as_ref(),
+    )
+    .await?;
     match cfg.mode {
         Mode::Read | Mode::Fetch => run_reads(&cfg, &topic).await,
         Mode::TailLatency => run_tail(&cfg, &topic).await,
@@ -351,19 +366,28 @@ pub async fn run(cfg: ConsumeConfig) -> anyhow::Result<ConsumeReport> {
 /// A connection that sends frames and takes answers in order.
 struct Wire {
     addr: String,
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     timeout: Duration,
 }
 
 impl Wire {
-    async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Wire> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    /// A connection to the run's first address, with its TLS and token.
+    async fn connect(cfg: &ConsumeConfig) -> anyhow::Result<Wire> {
+        let addr = &cfg.targets[0];
+        let timeout = cfg.timeout;
+        let mut stream = tokio::time::timeout(timeout, connect(addr, cfg.tls.as_ref()))
             .await
             .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))?
             .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true).context("set TCP_NODELAY")?;
+        stream.tcp().set_nodelay(true).context("set TCP_NODELAY")?;
+        if let Some(token) = &cfg.token {
+            tokio::time::timeout(timeout, authenticate(&mut stream, token))
+                .await
+                .map_err(|_| anyhow::anyhow!("AUTH at {addr} timed out"))?
+                .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+        }
         Ok(Wire {
             addr: addr.to_string(),
             stream,
@@ -379,8 +403,12 @@ impl Wire {
 
     async fn flush(&mut self) -> Result<(), String> {
         let out = self.wbuf.split();
-        self.stream
-            .write_all(&out)
+        // A TLS stream may hold encrypted bytes until flushed.
+        let written = async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        };
+        written
             .await
             .map_err(|e| format!("writing to {}: {e}", self.addr))
     }
@@ -432,7 +460,7 @@ async fn fill(
     topic: &str,
     codec: &PayloadCodec,
 ) -> anyhow::Result<(u64, FillReport)> {
-    let mut wire = Wire::connect(&cfg.targets[0], cfg.timeout).await?;
+    let mut wire = Wire::connect(cfg).await?;
     let mut base = None;
     let per_batch = (60_000 / (cfg.payload_size + 8)).clamp(1, 1000);
     const WINDOW: usize = 16;
@@ -501,10 +529,12 @@ enum Via {
     Read,
     /// As group `group`; `commit` is the offset to commit before the next
     /// FETCH (sent with it, in one write: a COMMIT and a FETCH of one
-    /// topic on one connection run in the order sent).
+    /// topic on one connection run in the order sent), with `COMMIT …
+    /// ASYNC` when `asynchronous`.
     Fetch {
         group: String,
         commit: Option<u64>,
+        asynchronous: bool,
     },
 }
 
@@ -530,7 +560,7 @@ impl Reader {
     /// group, with FETCH, moved there by its first request).
     async fn open(cfg: &ConsumeConfig, topic: &str, via: Via, from: u64) -> anyhow::Result<Reader> {
         let mut reader = Reader {
-            wire: Wire::connect(&cfg.targets[0], cfg.timeout).await?,
+            wire: Wire::connect(cfg).await?,
             topic: topic.to_string(),
             via,
             batch: cfg.read_batch,
@@ -566,10 +596,15 @@ impl Reader {
                 self.wire.push(req.as_bytes());
                 false
             }
-            Via::Fetch { group, commit } => {
+            Via::Fetch {
+                group,
+                commit,
+                asynchronous,
+            } => {
                 let c = commit.take();
                 if let Some(offset) = c {
-                    let req = format!("COMMIT {group} {} {offset}", self.topic);
+                    let mode = if *asynchronous { " ASYNC" } else { "" };
+                    let req = format!("COMMIT {group} {} {offset}{mode}", self.topic);
                     self.wire.push(req.as_bytes());
                 }
                 let req = format!(
@@ -598,12 +633,18 @@ impl Reader {
         if body.starts_with(b"ERR ") {
             return Err(answer_text(&body));
         }
-        let Some((entries, next)) = parse_entries(&body) else {
+        let Some((spans, next)) = parse_entry_spans(&body) else {
             return Ok(Err(format!(
                 "an answer that is not ENTRIES: {}",
                 excerpt(&body)
             )));
         };
+        // Slices of the answer: no copy or allocation per entry.
+        let body = body.freeze();
+        let entries: Vec<(u64, Bytes)> = spans
+            .into_iter()
+            .map(|(offset, span)| (offset, body.slice(span)))
+            .collect();
         let asked = self.next;
         if let Some(((first, _), (last, _))) = entries.first().zip(entries.last()) {
             let consecutive = entries
@@ -649,6 +690,7 @@ async fn run_reads(cfg: &ConsumeConfig, topic: &str) -> anyhow::Result<ConsumeRe
         Mode::Fetch => Via::Fetch {
             group: format!("{}-bench-{:08x}", cfg.topic_prefix, rand::random::<u32>()),
             commit: None,
+            asynchronous: cfg.commit_async,
         },
         _ => Via::Read,
     };
@@ -811,7 +853,7 @@ async fn write_load(
     until: Instant,
 ) -> Written {
     let mut w = Written::default();
-    let mut wire = match Wire::connect(&cfg.targets[0], cfg.timeout).await {
+    let mut wire = match Wire::connect(&cfg).await {
         Ok(wire) => wire,
         Err(e) => {
             w.stats.record_error(format!("{e:#}"), 1);
@@ -980,7 +1022,7 @@ async fn tail_reader(
 
 async fn run_tail(cfg: &ConsumeConfig, topic: &str) -> anyhow::Result<ConsumeReport> {
     let run_id: u64 = rand::random();
-    let mut probe = Wire::connect(&cfg.targets[0], cfg.timeout).await?;
+    let mut probe = Wire::connect(cfg).await?;
     let base = end_offset(&mut probe, topic).await?;
     let stop_at = Arc::new(StopAt {
         must_reach: AtomicU64::new(u64::MAX),
@@ -993,6 +1035,7 @@ async fn run_tail(cfg: &ConsumeConfig, topic: &str) -> anyhow::Result<ConsumeRep
             Via::Fetch {
                 group: format!("{}-tail-{run_id:016x}-{i}", cfg.topic_prefix),
                 commit: None,
+                asynchronous: cfg.commit_async,
             }
         } else {
             Via::Read

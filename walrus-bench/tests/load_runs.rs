@@ -479,6 +479,7 @@ async fn start_offset_log(fault: ReadFault) -> String {
                 group,
                 topic,
                 offset,
+                ..
             }) => {
                 if fault != ReadFault::IgnoreCommit {
                     let key = format!("{} {}", group.as_str(), topic.as_str());

@@ -390,6 +390,7 @@ async fn consume(run: &Run, rng: &mut StdRng, plan: &Plan, name: &'static str, g
             group: g,
             topic: topic(name),
             offset: next,
+            asynchronous: false,
         },
     )
     .await;

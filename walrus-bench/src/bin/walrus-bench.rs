@@ -24,13 +24,8 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = cli.load.json;
             let cfg = match cli.load.plan() {
                 Plan::Load(cfg) => cfg,
-                Plan::Consume(cfg) => {
-                    if cli.load.tls_ca.is_some() {
-                        anyhow::bail!(
-                            "--tls-ca: the read, fetch and tail-latency workloads do not speak TLS \
-                             yet; use --workload put, get or mixed"
-                        );
-                    }
+                Plan::Consume(mut cfg) => {
+                    cfg.tls = cli.load.tls()?;
                     let report = consume::run(cfg).await?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -154,8 +154,18 @@ impl super::Node {
                 group,
                 topic,
                 offset,
+                asynchronous: false,
             } => self
                 .commit_offset(&group, &topic, offset)
+                .await
+                .map(|()| Response::Ok),
+            Request::Commit {
+                group,
+                topic,
+                offset,
+                asynchronous: true,
+            } => self
+                .commit_offset_async(&group, &topic, offset)
                 .await
                 .map(|()| Response::Ok),
             Request::Offsets(topic) => {

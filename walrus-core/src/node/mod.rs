@@ -147,6 +147,8 @@ pub struct Node {
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
     stopping: read::Stopping,
+    /// `COMMIT … ASYNC`s taken here and not durable yet.
+    async_commits: group::AsyncCommits,
     /// Segments retention deleted from the local store, per topic.
     retention_done: retention::LocalDeletions,
     /// Wall-clock time (ms since the Unix epoch) at `clock`'s instant: the
@@ -205,6 +207,7 @@ impl Node {
             appends: read::AppendSignals::default(),
             replication: replicate::Replication::default(),
             stopping: read::Stopping::default(),
+            async_commits: group::AsyncCommits::default(),
             count_refused: Default::default(),
             retention_done: Default::default(),
             wall_origin: (clock.now(), unix_ms()),
@@ -251,6 +254,7 @@ impl Node {
     /// accepting before calling this).
     pub async fn shutdown(&self) {
         self.stop_waiting();
+        self.flush_async_commits().await;
         let tasks: Vec<JoinHandle<()>> = self.tasks_lock().drain(..).collect();
         for t in &tasks {
             t.abort();

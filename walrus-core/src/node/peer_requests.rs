@@ -22,7 +22,7 @@ impl RequestHandler for super::Node {
                 segment,
                 entries,
                 producer,
-            } => self.append_whole(&segment, entries, producer).await,
+            } => self.append_whole(&segment, &entries, producer).await,
             NodeRequest::Read {
                 segment,
                 from,

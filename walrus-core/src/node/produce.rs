@@ -163,8 +163,7 @@ impl Node {
             };
             let key = SegmentKey::new(topic.clone(), segment);
             let result = if leader == self.id {
-                self.append_whole(&key, entries.clone(), producer.clone())
-                    .await
+                self.append_whole(&key, &entries, producer.clone()).await
             } else {
                 self.forward_whole(leader, key, entries.clone(), producer.clone())
                     .await
@@ -238,12 +237,12 @@ impl Node {
     pub(crate) async fn append_whole(
         &self,
         key: &SegmentKey,
-        entries: Vec<Bytes>,
+        entries: &[Bytes],
         producer: Option<ProducerSeq>,
     ) -> Result<NodeResponse> {
         let n = entries.len() as u64;
         let Some(ProducerSeq { producer, seq }) = producer else {
-            let a = self.append_stored(key, &entries, true).await?;
+            let a = self.append_stored(key, entries, true).await?;
             self.await_quorum(key, a.count).await?;
             self.acknowledge(key, a.count, false)?;
             return Ok(NodeResponse::Stored {
@@ -317,7 +316,7 @@ impl Node {
             },
         )
         .await?;
-        match self.append_stored(key, &entries, true).await {
+        match self.append_stored(key, entries, true).await {
             Ok(a) => {
                 *last = Some(ProducerEntry {
                     seq,

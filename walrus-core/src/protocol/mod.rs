@@ -13,4 +13,4 @@ pub mod response;
 
 pub use frame::{encode_frame, read_frame, FrameCodec, FrameError, MAX_ANSWER, MAX_FRAME};
 pub use request::{parse_bytes, parse_duration_ms, Request, RetainSetting};
-pub use response::{parse_entries, Response};
+pub use response::{parse_entries, parse_entry_spans, Response};

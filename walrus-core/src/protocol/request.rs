@@ -24,7 +24,7 @@ const PUTB_USAGE: &str =
     "PUTB <topic> <n> [PRODUCER <id> <seq>]\\n then n times <length>\\n<payload>\\n";
 const READ_USAGE: &str = "READ <topic> <offset> [max_entries] [max_bytes] [WAIT <ms>]";
 const FETCH_USAGE: &str = "FETCH <group> <topic> [max_entries] [max_bytes] [WAIT <ms>]";
-const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset>";
+const COMMIT_USAGE: &str = "COMMIT <group> <topic> <offset> [ASYNC]";
 const REGISTER_USAGE: &str = "REGISTER <topic> [RETAIN <limits>] [RF <n>]";
 const RETAIN_USAGE: &str = "RETAIN entries=<n> bytes=<n>[KiB|MiB|GiB|TiB] age=<n>ms|s|m|h|d \
      (any of them), RETAIN none or RETAIN default";
@@ -139,12 +139,15 @@ pub enum Request {
         max_bytes: u32,
         wait_ms: u64,
     },
-    /// `COMMIT <group> <topic> <offset>` (or `SEEK`, the same): the offset
-    /// the group's next FETCH starts at.
+    /// `COMMIT <group> <topic> <offset> [ASYNC]` (or `SEEK`, the same):
+    /// the offset the group's next FETCH starts at. `asynchronous`: the
+    /// node applies it at once and makes it durable in the background
+    /// (docs/protocol.md, "Asynchronous commits").
     Commit {
         group: GroupName,
         topic: TopicName,
         offset: Offset,
+        asynchronous: bool,
     },
     /// `REPLACE-STORAGE <node> <storage-id>` (operator): accept that `node`
     /// lost its storage and record its new one.
@@ -541,6 +544,11 @@ fn parse_commit(verb: &str, rest: &str) -> Result<Request, Error> {
             .parse::<Offset>()
             .map_err(|_| bad(format!("invalid offset {o:?}")))?,
     };
+    let asynchronous = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("ASYNC") => true,
+        Some(extra) => return Err(bad(format!("unexpected {extra:?}"))),
+    };
     if let Some(extra) = words.next() {
         return Err(bad(format!("unexpected {extra:?}")));
     }
@@ -548,6 +556,7 @@ fn parse_commit(verb: &str, rest: &str) -> Result<Request, Error> {
         group,
         topic,
         offset,
+        asynchronous,
     })
 }
 
@@ -764,12 +773,21 @@ mod tests {
             }
         );
         let commit = Request::Commit {
-            group: g,
+            group: g.clone(),
             topic: t("logs"),
             offset: 42,
+            asynchronous: false,
         };
         assert_eq!(parse(b"COMMIT billing logs 42").unwrap(), commit);
         assert_eq!(parse(b"seek billing logs 42\n").unwrap(), commit);
+        let later = Request::Commit {
+            group: g,
+            topic: t("logs"),
+            offset: 42,
+            asynchronous: true,
+        };
+        assert_eq!(parse(b"COMMIT billing logs 42 ASYNC").unwrap(), later);
+        assert_eq!(parse(b"commit billing logs 42 async\r\n").unwrap(), later);
         for (body, start, usage) in [
             (&b"FETCH"[..], "FETCH requires a group", FETCH_USAGE),
             (b"FETCH billing", "FETCH requires a topic", FETCH_USAGE),
@@ -796,6 +814,11 @@ mod tests {
                 COMMIT_USAGE,
             ),
             (b"COMMIT billing logs 1 2", "unexpected \"2\"", COMMIT_USAGE),
+            (
+                b"COMMIT billing logs 1 ASYNC now",
+                "unexpected \"now\"",
+                COMMIT_USAGE,
+            ),
         ] {
             let e = parse(body).unwrap_err();
             assert!(e.starts_with(start), "{e}");

@@ -1,6 +1,8 @@
 //! Encoding a [`Response`] as one frame.
 
-use bytes::{Bytes, BytesMut};
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::Error;
 use crate::protocol::frame::encode_frame;
@@ -63,14 +65,28 @@ impl Response {
             Response::Pong => encode_frame(out, b"OK PONG"),
             Response::Err(e) => encode_frame(out, format!("ERR {e}").as_bytes()),
             Response::Entries { entries, next } => {
-                let mut body = Vec::with_capacity(self.encoded_len());
-                body.extend_from_slice(format!("ENTRIES {} {next}\n", entries.len()).as_bytes());
+                // Written in place, the length patched in at the end: a
+                // READ answer is up to 1 MiB, and an intermediate body (and
+                // a formatted string per entry) cost as much as the copy.
+                let start = out.len();
+                out.reserve(4 + self.encoded_len());
+                out.put_u32_le(0);
+                out.put_slice(b"ENTRIES ");
+                put_decimal(out, entries.len() as u64);
+                out.put_u8(b' ');
+                put_decimal(out, *next);
+                out.put_u8(b'\n');
                 for (offset, payload) in entries {
-                    body.extend_from_slice(format!("{offset} {}\n", payload.len()).as_bytes());
-                    body.extend_from_slice(payload);
-                    body.push(b'\n');
+                    put_decimal(out, *offset);
+                    out.put_u8(b' ');
+                    put_decimal(out, payload.len() as u64);
+                    out.put_u8(b'\n');
+                    out.put_slice(payload);
+                    out.put_u8(b'\n');
                 }
-                encode_frame(out, &body)
+                let len = u32::try_from(out.len() - start - 4)
+                    .expect("an ENTRIES answer holds at most about 1 MiB of payload");
+                out[start..start + 4].copy_from_slice(&len.to_le_bytes());
             }
             Response::Stored { n, first } => match first {
                 Some(first) => encode_frame(out, format!("OK {n} {first}").as_bytes()),
@@ -123,6 +139,22 @@ impl Response {
 /// the next offset. `None` unless the body is exactly one well-formed
 /// answer (every length matches, nothing after the last entry).
 pub fn parse_entries(body: &[u8]) -> Option<(Vec<(Offset, Bytes)>, Offset)> {
+    let (spans, next) = parse_entry_spans(body)?;
+    let entries = spans
+        .into_iter()
+        .map(|(offset, span)| (offset, Bytes::copy_from_slice(&body[span])))
+        .collect();
+    Some((entries, next))
+}
+
+/// An entry of an `ENTRIES` answer: its offset, and where its payload lies
+/// in the answer's body.
+pub type EntrySpan = (Offset, Range<usize>);
+
+/// [`parse_entries`] without copying: each entry's offset and where its
+/// payload lies in `body` (a reader that owns the body slices it, e.g.
+/// with `Bytes::slice`, and allocates nothing per entry).
+pub fn parse_entry_spans(body: &[u8]) -> Option<(Vec<EntrySpan>, Offset)> {
     let rest = body.strip_prefix(b"ENTRIES ")?;
     let (n, rest) = number_until(rest, b' ')?;
     let (next, mut rest) = number_until(rest, b'\n')?;
@@ -135,10 +167,26 @@ pub fn parse_entries(body: &[u8]) -> Option<(Vec<(Offset, Bytes)>, Offset)> {
         if r.len() <= len || r[len] != b'\n' {
             return None;
         }
-        entries.push((offset, Bytes::copy_from_slice(&r[..len])));
+        let start = body.len() - r.len();
+        entries.push((offset, start..start + len));
         rest = &r[len + 1..];
     }
     rest.is_empty().then_some((entries, next))
+}
+
+/// Appends `n` in ASCII decimal.
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
 }
 
 /// A decimal number (ASCII digits only, at least one) up to `end`, and what
@@ -187,6 +235,26 @@ mod tests {
         );
         assert!(body.len() <= answer.encoded_len());
         assert_eq!(Response::parse(body), answer);
+        let (spans, next) = parse_entry_spans(body).unwrap();
+        assert_eq!(next, 10);
+        assert_eq!(&body[spans[1].1.clone()], b"line\n8 3\nENTRIES 1 2\n");
+        let wide = Response::Entries {
+            entries: vec![(u64::MAX, Bytes::from_static(b"x")), (0, Bytes::new())],
+            next: 1,
+        };
+        out.clear();
+        out.extend_from_slice(b"before");
+        wide.encode(&mut out);
+        let len = u32::from_le_bytes(out[6..10].try_into().unwrap()) as usize;
+        assert_eq!(
+            len,
+            out.len() - 10,
+            "the frame length counts the body exactly"
+        );
+        assert_eq!(
+            &out[10..],
+            format!("ENTRIES 2 1\n{} 1\nx\n0 0\n\n", u64::MAX).as_bytes()
+        );
         let empty = Response::Entries {
             entries: vec![],
             next: 4,

@@ -169,16 +169,20 @@ fn check_parse(body: Vec<u8>) -> Result<(), TestCaseError> {
                     group,
                     topic,
                     offset,
+                    asynchronous,
                 } => {
                     let bare = verb.trim_end_matches(['\r', '\n']);
                     prop_assert!(
                         bare.eq_ignore_ascii_case("COMMIT") || bare.eq_ignore_ascii_case("SEEK"),
                         "{text:?}"
                     );
-                    // Exactly three words, as sent.
+                    // Exactly three words as sent, and ASYNC when asynchronous.
                     let rest = text[verb.len() + 1..].trim_end_matches(['\r', '\n']);
                     let words: Vec<&str> = rest.split(' ').collect();
-                    prop_assert_eq!(words.len(), 3, "{:?}", text);
+                    prop_assert_eq!(words.len(), 3 + usize::from(asynchronous), "{:?}", text);
+                    if asynchronous {
+                        prop_assert!(words[3].eq_ignore_ascii_case("ASYNC"), "{text:?}");
+                    }
                     prop_assert_eq!(words[0], group.as_str());
                     prop_assert_eq!(words[1], topic.as_str());
                     prop_assert_eq!(words[2].parse::<u64>().ok(), Some(offset));
@@ -339,6 +343,7 @@ fn given_a_well_formed_fetch_or_commit_should_parse_every_argument_as_sent() {
                     group,
                     topic,
                     offset,
+                    asynchronous: false,
                 };
                 (format!("{verb} {g} {t} {offset}"), want)
             };

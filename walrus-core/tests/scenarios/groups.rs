@@ -300,3 +300,100 @@ async fn given_a_node_behind_on_metadata_when_committing_a_fetched_offset_should
         "past the end stays refused"
     );
 }
+
+/// Waits (up to 10 s) until consensus holds `offset` for group `g` on `logs`.
+async fn wait_committed(c: &TestCluster, offset: u64) {
+    let (g, logs) = (
+        GroupName::new("g").unwrap(),
+        TopicName::new("logs").unwrap(),
+    );
+    for _ in 0..1000 {
+        if c.metadata.committed().committed_offset(&g, &logs) == Some(offset) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "consensus holds {:?} for g on logs, not {offset}",
+        c.metadata.committed().committed_offset(&g, &logs)
+    );
+}
+
+fn fetched(from: u64, to: u64) -> Response {
+    Response::Entries {
+        entries: entries(from, to),
+        next: to,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_an_async_commit_when_fetching_should_read_from_it_at_once_there_and_everywhere_once_durable(
+) {
+    let c = cluster_with(10, 100).await;
+    // Node 2 out of consensus: what it commits asynchronously stays in its
+    // memory, and its own FETCHes read from it.
+    c.metadata.cut_off(2);
+    assert_eq!(c.send(2, "COMMIT g logs 3 ASYNC").await, Response::Ok);
+    assert_eq!(c.send(2, "FETCH g logs 2").await, fetched(3, 5));
+    assert_eq!(c.send(2, "COMMIT g logs 5 async").await, Response::Ok);
+    assert_eq!(c.send(2, "FETCH g logs 2").await, fetched(5, 7));
+    // Not durable yet: another node reads from the last durable commit.
+    assert_eq!(c.send(3, "FETCH g logs 2").await, fetched(0, 2));
+    // Outside the topic: refused at once, like a durable COMMIT.
+    match c.send(2, "COMMIT g logs 11 ASYNC").await {
+        Response::Err(e) => assert!(e.starts_with("offset 11 is outside logs"), "{e}"),
+        other => panic!("an async COMMIT past the end answered {other:?}"),
+    }
+    // Back in consensus: the latest is made durable, and read everywhere.
+    c.metadata.reconnect(2);
+    wait_committed(&c, 5).await;
+    for via in 1..=3 {
+        assert_eq!(
+            c.send(via, "FETCH g logs 2").await,
+            fetched(5, 7),
+            "via {via}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_an_async_commit_not_yet_durable_when_its_node_crashes_should_be_fetched_again_elsewhere(
+) {
+    let c = cluster_with(10, 100).await;
+    assert_eq!(c.send(2, "COMMIT g logs 2").await, Response::Ok);
+    c.metadata.cut_off(2);
+    assert_eq!(c.send(2, "COMMIT g logs 6 ASYNC").await, Response::Ok);
+    c.crash(2).await;
+    // At-least-once: entries 2.. come again from the last durable commit.
+    assert_eq!(send_settled(&c, 3, "FETCH g logs 2").await, fetched(2, 4));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        c.metadata.committed().committed_offset(
+            &GroupName::new("g").unwrap(),
+            &TopicName::new("logs").unwrap()
+        ),
+        Some(2),
+        "the stopped node's flusher must not land the commit it dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_an_async_commit_then_a_durable_one_when_both_are_taken_should_keep_the_durable_one()
+{
+    let c = cluster_with(10, 100).await;
+    c.metadata.cut_off(2);
+    assert_eq!(c.send(2, "COMMIT g logs 6 ASYNC").await, Response::Ok);
+    c.metadata.reconnect(2);
+    // The durable COMMIT replaces the pending one and lands after it.
+    assert_eq!(c.send(2, "COMMIT g logs 1").await, Response::Ok);
+    wait_committed(&c, 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_committed(&c, 1).await;
+    for via in 1..=3 {
+        assert_eq!(
+            c.send(via, "FETCH g logs 2").await,
+            fetched(1, 3),
+            "via {via}"
+        );
+    }
+}
