@@ -50,6 +50,13 @@ async fn read_all(c: &TestCluster, via: u64) -> Vec<Bytes> {
     }
 }
 
+/// Writes `m{i}` for each `i` of `range` to `logs` through node `via`, each acknowledged.
+async fn put_acked(c: &TestCluster, via: u64, range: std::ops::Range<usize>) {
+    for i in range {
+        assert_eq!(c.send(via, &format!("PUT logs m{i}")).await, Response::Ok);
+    }
+}
+
 fn payloads(names: impl IntoIterator<Item = String>) -> Vec<Bytes> {
     names.into_iter().map(Bytes::from).collect()
 }
@@ -150,14 +157,10 @@ async fn given_rf_3_when_the_segment_leader_is_killed_mid_stream_should_seal_fro
 #[tokio::test(start_paused = true)]
 async fn given_a_follower_behind_when_the_leader_dies_should_copy_it_the_tail_before_sealing() {
     let c = cluster_led_by_2().await;
-    for i in 0..5 {
-        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok);
-    }
+    put_acked(&c, 2, 0..5).await;
     // Node 3 misses m5..m9; node 1 keeps the majority.
     c.net.partition(2, 3);
-    for i in 5..10 {
-        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok);
-    }
+    put_acked(&c, 2, 5..10).await;
     assert_eq!(c.logs[&3].info(&key(1)).await.unwrap().unwrap().count, 5);
     c.crash(2).await;
     c.net.heal();
@@ -243,9 +246,7 @@ async fn given_a_leader_partitioned_from_its_followers_when_writing_should_stop_
 #[tokio::test(start_paused = true)]
 async fn given_a_majority_of_replicas_down_when_the_leader_dies_should_leave_the_count_pending() {
     let c = cluster_led_by_2().await;
-    for i in 0..5 {
-        assert_eq!(c.send(2, &format!("PUT logs m{i}")).await, Response::Ok);
-    }
+    put_acked(&c, 2, 0..5).await;
     // Node 1 (consensus) alone cannot know what node 3 acknowledged.
     c.net.partition(1, 3);
     c.crash(2).await;
