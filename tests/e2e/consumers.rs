@@ -64,21 +64,14 @@ async fn given_tls_and_a_token_on_the_client_port_when_running_the_consumer_work
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN} write\n")).unwrap();
     let path = |p: &std::path::Path| p.to_str().expect("test paths are UTF-8").to_string();
-    let node = ServerProc::start(NodeSpec {
-        id: 1,
-        raft_host: "127.0.0.1".into(),
-        raft_port: free_port(),
-        client_host: "127.0.0.1".into(),
-        client_port: free_port(),
-        join: None,
-        data_dir: dir.path().to_path_buf(),
-        env: vec![
+    let node = ServerProc::start(NodeSpec::alone(
+        dir.path(),
+        vec![
             ("WALRUS_TLS_CERT".into(), path(&files.cert)),
             ("WALRUS_TLS_KEY".into(), path(&files.key)),
             ("WALRUS_AUTH_TOKEN_FILE".into(), path(&tokens)),
         ],
-        netns: None,
-    });
+    ));
     let addr = node.spec.client_addr();
     let secured = |mode: Mode, prefix: &str| {
         let mut cfg = short_run(mode, &addr, prefix);

@@ -85,6 +85,21 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// Node 1 alone on loopback, on free ports, with `env` set.
+    pub fn alone(data_dir: &Path, env: Vec<(String, String)>) -> NodeSpec {
+        NodeSpec {
+            id: 1,
+            raft_host: "127.0.0.1".into(),
+            raft_port: free_port(),
+            client_host: "127.0.0.1".into(),
+            client_port: free_port(),
+            join: None,
+            data_dir: data_dir.to_path_buf(),
+            env,
+            netns: None,
+        }
+    }
+
     pub fn client_addr(&self) -> String {
         format!("{}:{}", self.client_host, self.client_port)
     }
