@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,31 @@ impl SegmentMeta {
         std::iter::once(self.leader)
             .chain(self.followers.iter().copied())
             .collect()
+    }
+
+    /// The replicas that still count as copies: the replica set without
+    /// the nodes removed from the cluster (`RemoveNode`), leader first.
+    pub fn holders(&self, removed: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        self.replicas()
+            .into_iter()
+            .filter(|n| !removed.contains(n))
+            .collect()
+    }
+
+    /// Takes `node`'s copy out of the replica set, when another copy
+    /// stays: a follower is dropped; a leader is replaced by the first
+    /// follower (reads of a closed segment go to its leader).
+    fn drop_copy(&mut self, node: NodeId) -> bool {
+        if self.leader == node {
+            if self.followers.is_empty() {
+                return false;
+            }
+            self.leader = self.followers.remove(0);
+            return true;
+        }
+        let before = self.followers.len();
+        self.followers.retain(|f| *f != node);
+        before != self.followers.len()
     }
 
     /// How many replicas (the leader included) must hold an entry before
@@ -244,6 +269,21 @@ pub enum Location {
 }
 
 impl TopicState {
+    /// The segments (not deleted by retention, not lost) with fewer copies
+    /// than the topic's `rf`: a replica set that was short when it opened
+    /// (fewer live voters than `rf`), or a copy on a node that was removed
+    /// (a wiped node's copies leave the set when it is refilled,
+    /// `RefillStorage`). Re-replication brings closed ones back to `rf`.
+    pub fn under_replicated(&self, removed: &BTreeSet<NodeId>) -> Vec<SegmentId> {
+        self.segments
+            .iter()
+            .skip(self.deleted_through as usize)
+            .filter(|s| !matches!(s.status, SegmentStatus::Lost { .. }))
+            .filter(|s| s.holders(removed).len() < self.rf as usize)
+            .map(|s| s.id)
+            .collect()
+    }
+
     pub fn current(&self) -> &SegmentMeta {
         self.segments
             .last()
@@ -468,6 +508,37 @@ pub enum MetadataCmd {
         segment: SegmentId,
         bytes: u64,
     },
+    /// The operator removes `node` for good (`REMOVE-NODE`): it is never
+    /// chosen again as a leader or replica, its address and storage are
+    /// forgotten, it cannot join again, and its copies of closed segments
+    /// leave their replica sets (a closed segment it led is led by its
+    /// first follower). Rejected when that would lose data: it leads an
+    /// open segment (it may be running: failover must close it first), a
+    /// pending one (only it knows the count), or holds the only copy of a
+    /// sealed one. Removing a removed node changes nothing.
+    RemoveNode { node: NodeId },
+    /// `node` came back on an empty storage `storage` (wiped or replaced)
+    /// and every segment it held has another copy: `storage` becomes its
+    /// recorded storage and its old copies of closed segments leave their
+    /// replica sets, for re-replication to refill. Rejected, changing
+    /// nothing, where a segment's data or count was only on it (it leads
+    /// an open or pending segment, or held the only copy of a sealed one):
+    /// that takes the operator's `ReplaceStorage`. The same storage again
+    /// changes nothing.
+    RefillStorage { node: NodeId, storage: StorageId },
+    /// Re-replication: the replica set of sealed segment `segment` becomes
+    /// `replicas` (leader first), if it is `expected` (a compare-and-set:
+    /// a stale copy decision never overwrites a newer one). Proposed only
+    /// once every node in `replicas` holds the segment sealed at its count.
+    /// Rejected when the segment is not sealed, the set changed meanwhile,
+    /// or `replicas` is empty, names a node twice or a removed node; the
+    /// set already being `replicas` changes nothing.
+    SetReplicas {
+        topic: TopicName,
+        segment: SegmentId,
+        expected: Vec<NodeId>,
+        replicas: Vec<NodeId>,
+    },
 }
 
 /// Why a replica set cannot be used, if it cannot: it needs a leader and no
@@ -519,6 +590,10 @@ pub struct ClusterState {
     /// (Default: snapshots taken before groups existed have none.)
     #[serde(default)]
     pub groups: BTreeMap<GroupName, BTreeMap<TopicName, Offset>>,
+    /// Nodes removed for good (`RemoveNode`). (Default: none; not written
+    /// while empty, which keeps older snapshots as they were.)
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -613,6 +688,9 @@ impl ClusterState {
                 CmdResult::Applied
             }
             MetadataCmd::UpsertNode { node, info } => {
+                if self.removed.contains(node) {
+                    return CmdResult::Rejected(removed_for_good(*node));
+                }
                 if self.nodes.get(node) == Some(info) {
                     return CmdResult::Unchanged;
                 }
@@ -630,6 +708,9 @@ impl ClusterState {
                 CmdResult::Applied
             }
             MetadataCmd::Noop => CmdResult::Unchanged,
+            MetadataCmd::RegisterStorage { node, .. } if self.removed.contains(node) => {
+                CmdResult::Rejected(removed_for_good(*node))
+            }
             MetadataCmd::RegisterStorage { node, storage } => match self.storage.get(node) {
                 None => {
                     self.storage.insert(*node, *storage);
@@ -729,6 +810,14 @@ impl ClusterState {
                     CmdResult::Unchanged
                 }
             }
+            MetadataCmd::RemoveNode { node } => self.remove_node(*node),
+            MetadataCmd::RefillStorage { node, storage } => self.refill_storage(*node, *storage),
+            MetadataCmd::SetReplicas {
+                topic,
+                segment,
+                expected,
+                replicas,
+            } => self.set_replicas(topic, *segment, expected, replicas),
             MetadataCmd::DeleteSegments { topic, through } => {
                 let Some(t) = self.topics.get_mut(topic) else {
                     return CmdResult::Rejected(format!("topic {topic} does not exist"));
@@ -830,6 +919,149 @@ impl ClusterState {
             bytes: None,
         });
         CmdResult::Applied
+    }
+
+    /// What keeps `node`'s copies from being given up, one line each:
+    /// segments whose data or count only it has. `for_removal`: the
+    /// operator removes it (else it came back empty).
+    pub fn sole_copies_on(&self, node: NodeId, for_removal: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, t) in &self.topics {
+            for s in t.segments.iter().skip(t.deleted_through as usize) {
+                match s.status {
+                    SegmentStatus::Open if s.leader == node => out.push(if for_removal {
+                        format!(
+                            "node {node} leads the open segment {name}:{}, so it may be running: \
+                             stop it first; once it has been silent for the failover delay \
+                             (lease + margin, 1.5 s by default) its segments are closed, and this \
+                             can run",
+                            s.id
+                        )
+                    } else {
+                        format!(
+                            "node {node} still leads the open segment {name}:{} (failover has not \
+                             closed it yet)",
+                            s.id
+                        )
+                    }),
+                    SegmentStatus::Pending if s.leader == node => out.push(format!(
+                        "segment {name}:{} is pending: its count is known only to node {node}, \
+                         its leader",
+                        s.id
+                    )),
+                    SegmentStatus::Sealed { count }
+                        if count > 0 && s.holders(&self.removed) == [node] =>
+                    {
+                        out.push(format!(
+                            "the only copy of segment {name}:{} ({count} entries) is on node {node}",
+                            s.id
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops `node`'s copies of every segment that is not open (an open
+    /// one's leader rolls it, or streams the copy again).
+    fn drop_copies_of(&mut self, node: NodeId) {
+        for t in self.topics.values_mut() {
+            for s in &mut t.segments {
+                if s.status != SegmentStatus::Open {
+                    s.drop_copy(node);
+                }
+            }
+        }
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> CmdResult {
+        if self.removed.contains(&node) {
+            return CmdResult::Unchanged;
+        }
+        if !self.nodes.contains_key(&node) {
+            return CmdResult::Rejected(format!("node {node} is not a member of this cluster"));
+        }
+        let blockers = self.sole_copies_on(node, true);
+        if !blockers.is_empty() {
+            return CmdResult::Rejected(removal_refused(node, &blockers));
+        }
+        self.removed.insert(node);
+        self.nodes.remove(&node);
+        self.storage.remove(&node);
+        self.drop_copies_of(node);
+        CmdResult::Applied
+    }
+
+    fn refill_storage(&mut self, node: NodeId, storage: StorageId) -> CmdResult {
+        if self.removed.contains(&node) {
+            return CmdResult::Rejected(removed_for_good(node));
+        }
+        if self.storage.get(&node) == Some(&storage) {
+            return CmdResult::Unchanged;
+        }
+        let blockers = self.sole_copies_on(node, false);
+        if !blockers.is_empty() {
+            return CmdResult::Rejected(format!(
+                "node {node}'s lost storage held data found nowhere else: {}",
+                summarize(&blockers)
+            ));
+        }
+        self.storage.insert(node, storage);
+        self.drop_copies_of(node);
+        CmdResult::Applied
+    }
+
+    fn set_replicas(
+        &mut self,
+        topic: &TopicName,
+        segment: SegmentId,
+        expected: &[NodeId],
+        replicas: &[NodeId],
+    ) -> CmdResult {
+        if let Some(why) = invalid_replicas(replicas) {
+            return CmdResult::Rejected(why);
+        }
+        if let Some(r) = replicas.iter().find(|r| self.removed.contains(r)) {
+            return CmdResult::Rejected(removed_for_good(*r));
+        }
+        let Some(t) = self.topics.get_mut(topic) else {
+            return CmdResult::Rejected(format!("topic {topic} does not exist"));
+        };
+        let Some(seg) = segment
+            .checked_sub(1)
+            .and_then(|i| t.segments.get_mut(i as usize))
+        else {
+            return CmdResult::Rejected(format!("segment {topic}:{segment} does not exist"));
+        };
+        if !matches!(seg.status, SegmentStatus::Sealed { .. }) {
+            return CmdResult::Rejected(format!(
+                "segment {topic}:{segment} is not sealed: only a sealed segment's copies move"
+            ));
+        }
+        let current = seg.replicas();
+        if current == replicas {
+            return CmdResult::Unchanged;
+        }
+        if current != expected {
+            return CmdResult::Rejected(format!(
+                "the replicas of segment {topic}:{segment} changed meanwhile: {current:?}, \
+                 not {expected:?}"
+            ));
+        }
+        seg.leader = replicas[0];
+        seg.followers = replicas[1..].to_vec();
+        CmdResult::Applied
+    }
+
+    /// Under-replicated segments in every topic (see
+    /// [`TopicState::under_replicated`]).
+    pub fn under_replicated_count(&self) -> usize {
+        self.topics
+            .values()
+            .map(|t| t.under_replicated(&self.removed).len())
+            .sum()
     }
 
     /// Closed segments not yet stamped with the time they were closed.
@@ -966,8 +1198,47 @@ impl ClusterState {
             "retention": t.retention,
             "replication_factor": t.rf,
             "segment_replicas": replicas,
+            "under_replicated_segments": t.under_replicated(&self.removed),
         }))
     }
+}
+
+/// Why a removed node cannot come back.
+pub fn removed_for_good(node: NodeId) -> String {
+    format!(
+        "node {node} was removed from this cluster for good (`walrus-cli node remove {node}`): \
+         it cannot join again; start the machine as a new node, with another id and an empty \
+         data directory"
+    )
+}
+
+/// Why removing `node` is refused (`blockers`, from
+/// [`ClusterState::sole_copies_on`] and live checks), and what to do.
+pub fn removal_refused(node: NodeId, blockers: &[String]) -> String {
+    format!(
+        "removing node {node} would lose data: {}. A node leading an open segment: stop it and \
+         wait for failover. A pending segment: start node {node} so it reports the count (if its \
+         disk is gone, `walrus-cli node replace-storage {node} <new-storage-id>` closes it as \
+         lost). An only copy: keep node {node} (restart it, restore its disk; a topic with \
+         replication factor 1 has no other copy), or start the other replicas so that their \
+         copies can be checked",
+        summarize(blockers)
+    )
+}
+
+/// The first few of `lines`, and how many more.
+fn summarize(lines: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut out = lines
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if lines.len() > SHOWN {
+        out.push_str(&format!("; and {} more", lines.len() - SHOWN));
+    }
+    out
 }
 
 /// What an operator reads when a node's storage is not the recorded one.

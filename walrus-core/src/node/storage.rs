@@ -23,13 +23,27 @@ impl super::Node {
         storage: StorageId,
         fresh: bool,
     ) -> Result<()> {
+        self.refuse_removed(node)?;
         let cmd = MetadataCmd::RegisterStorage { node, storage };
         if let CmdResult::Rejected(why) = self.metadata.propose(cmd).await? {
-            tracing::warn!(node = self.id, "refused node {node}: {why}");
-            return Err(Error::Refused(why));
+            // A wiped node whose every segment has another copy is taken
+            // back under its new storage and refilled.
+            if let Err(e) = self.refill_or_refuse(node, storage, fresh, why).await {
+                tracing::warn!(node = self.id, "refused node {node}: {e}");
+                return Err(e);
+            }
         }
         if fresh {
             self.metadata.readmit_node(node).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a node removed for good (`REMOVE-NODE`) that asks to take
+    /// part again.
+    pub(crate) fn refuse_removed(&self, node: NodeId) -> Result<()> {
+        if self.metadata.state().removed.contains(&node) {
+            return Err(Error::Refused(crate::metadata::removed_for_good(node)));
         }
         Ok(())
     }

@@ -207,6 +207,7 @@ fn every_request() -> Vec<NodeRequest> {
             entries: vec![Bytes::from_static(b"copy"), Bytes::from_static(b"\n")],
             seal: Some(7),
         },
+        NodeRequest::RemoveNode { node: 4 },
     ]
 }
 
@@ -229,6 +230,10 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
         NodeRequest::RenewLease { .. } => NodeResponse::Lease { version: 42 },
         NodeRequest::ReplaceStorage { .. } => NodeResponse::StorageReplaced {
             lost: vec![(segment(), 3)],
+        },
+        NodeRequest::RemoveNode { node } => NodeResponse::NodeRemoved {
+            node: *node,
+            under_replicated: 6,
         },
         NodeRequest::Consensus(body) => NodeResponse::Consensus(body.clone()),
         NodeRequest::AppendWhole { entries, .. } => NodeResponse::Stored {
