@@ -59,11 +59,16 @@ impl SegmentMeta {
                 return false;
             }
             self.leader = self.followers.remove(0);
+            self.moves += 1;
             return true;
         }
         let before = self.followers.len();
         self.followers.retain(|f| *f != node);
-        before != self.followers.len()
+        let changed = before != self.followers.len();
+        if changed {
+            self.moves += 1;
+        }
+        changed
     }
 
     /// How many replicas (the leader included) must hold an entry before
@@ -107,6 +112,17 @@ pub struct SegmentMeta {
     /// not written then, which keeps such snapshots as they were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// How many times the replica set changed after the segment closed
+    /// (`RemoveNode`, `RefillStorage`, `SetReplicas`): `SetReplicas`
+    /// names the count it was decided at, so a late repeat never moves
+    /// copies back to a set that was changed since. (Not written while 0,
+    /// which keeps older snapshots as they were.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moves: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How much of a topic retention keeps. Each limit that is `Some` deletes
@@ -523,12 +539,18 @@ pub enum MetadataCmd {
     /// replica sets, for re-replication to refill. Rejected, changing
     /// nothing, where a segment's data or count was only on it (it leads
     /// an open or pending segment, or held the only copy of a sealed one):
-    /// that takes the operator's `ReplaceStorage`. The same storage again
-    /// changes nothing.
-    RefillStorage { node: NodeId, storage: StorageId },
+    /// that takes the operator's `ReplaceStorage`. A compare-and-set:
+    /// only while `replaces` is its recorded storage (a late repeat after
+    /// another change is rejected); the same storage again changes nothing.
+    RefillStorage {
+        node: NodeId,
+        storage: StorageId,
+        replaces: StorageId,
+    },
     /// Re-replication: the replica set of sealed segment `segment` becomes
-    /// `replicas` (leader first), if it is `expected` (a compare-and-set:
-    /// a stale copy decision never overwrites a newer one). Proposed only
+    /// `replicas` (leader first), if it is `expected` and the set moved
+    /// `moves` times so far (a compare-and-set: a stale copy decision, or
+    /// a late repeat, never overwrites a newer set). Proposed only
     /// once every node in `replicas` holds the segment sealed at its count.
     /// Rejected when the segment is not sealed, the set changed meanwhile,
     /// or `replicas` is empty, names a node twice or a removed node; the
@@ -537,6 +559,7 @@ pub enum MetadataCmd {
         topic: TopicName,
         segment: SegmentId,
         expected: Vec<NodeId>,
+        moves: u32,
         replicas: Vec<NodeId>,
     },
 }
@@ -594,6 +617,12 @@ pub struct ClusterState {
     /// while empty, which keeps older snapshots as they were.)
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub removed: BTreeSet<NodeId>,
+    /// Storages that were recorded for a node and then replaced
+    /// (`RefillStorage`, `ReplaceStorage`): never accepted again by
+    /// `RefillStorage`, so a late repeat cannot bring one back. (Default:
+    /// none; not written while empty.)
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired_storage: BTreeSet<StorageId>,
 }
 
 impl ClusterState {
@@ -811,13 +840,18 @@ impl ClusterState {
                 }
             }
             MetadataCmd::RemoveNode { node } => self.remove_node(*node),
-            MetadataCmd::RefillStorage { node, storage } => self.refill_storage(*node, *storage),
+            MetadataCmd::RefillStorage {
+                node,
+                storage,
+                replaces,
+            } => self.refill_storage(*node, *storage, *replaces),
             MetadataCmd::SetReplicas {
                 topic,
                 segment,
                 expected,
+                moves,
                 replicas,
-            } => self.set_replicas(topic, *segment, expected, replicas),
+            } => self.set_replicas(topic, *segment, (expected, *moves), replicas),
             MetadataCmd::DeleteSegments { topic, through } => {
                 let Some(t) = self.topics.get_mut(topic) else {
                     return CmdResult::Rejected(format!("topic {topic} does not exist"));
@@ -872,6 +906,7 @@ impl ClusterState {
                     status: SegmentStatus::Open,
                     closed_at_ms: None,
                     bytes: None,
+                    moves: 0,
                 }],
                 cursor: 0,
                 retention: None,
@@ -917,6 +952,7 @@ impl ClusterState {
             status: SegmentStatus::Open,
             closed_at_ms: None,
             bytes: None,
+            moves: 0,
         });
         CmdResult::Applied
     }
@@ -994,12 +1030,29 @@ impl ClusterState {
         CmdResult::Applied
     }
 
-    fn refill_storage(&mut self, node: NodeId, storage: StorageId) -> CmdResult {
+    fn refill_storage(
+        &mut self,
+        node: NodeId,
+        storage: StorageId,
+        replaces: StorageId,
+    ) -> CmdResult {
         if self.removed.contains(&node) {
             return CmdResult::Rejected(removed_for_good(node));
         }
-        if self.storage.get(&node) == Some(&storage) {
-            return CmdResult::Unchanged;
+        if self.retired_storage.contains(&storage) {
+            return CmdResult::Rejected(format!(
+                "storage {storage} was node {node}'s once and was replaced since"
+            ));
+        }
+        match self.storage.get(&node) {
+            Some(s) if *s == storage => return CmdResult::Unchanged,
+            Some(s) if *s == replaces => {}
+            recorded => {
+                return CmdResult::Rejected(format!(
+                    "node {node}'s recorded storage is {}, not {replaces}: it changed meanwhile",
+                    recorded.map_or("none".to_string(), |s| s.to_string())
+                ))
+            }
         }
         let blockers = self.sole_copies_on(node, false);
         if !blockers.is_empty() {
@@ -1008,6 +1061,7 @@ impl ClusterState {
                 summarize(&blockers)
             ));
         }
+        self.retired_storage.insert(replaces);
         self.storage.insert(node, storage);
         self.drop_copies_of(node);
         CmdResult::Applied
@@ -1017,7 +1071,7 @@ impl ClusterState {
         &mut self,
         topic: &TopicName,
         segment: SegmentId,
-        expected: &[NodeId],
+        (expected, moves): (&[NodeId], u32),
         replicas: &[NodeId],
     ) -> CmdResult {
         if let Some(why) = invalid_replicas(replicas) {
@@ -1044,14 +1098,16 @@ impl ClusterState {
         if current == replicas {
             return CmdResult::Unchanged;
         }
-        if current != expected {
+        if current != expected || seg.moves != moves {
             return CmdResult::Rejected(format!(
-                "the replicas of segment {topic}:{segment} changed meanwhile: {current:?}, \
-                 not {expected:?}"
+                "the replicas of segment {topic}:{segment} changed meanwhile: {current:?} after \
+                 {} moves, not {expected:?} after {moves}",
+                seg.moves
             ));
         }
         seg.leader = replicas[0];
         seg.followers = replicas[1..].to_vec();
+        seg.moves += 1;
         CmdResult::Applied
     }
 
@@ -1101,7 +1157,16 @@ impl ClusterState {
         if self.storage.get(&node) == Some(&storage) {
             return CmdResult::Unchanged;
         }
-        self.storage.insert(node, storage);
+        if self.retired_storage.contains(&storage) {
+            // Only a late repeat names a storage that was replaced since:
+            // a refused node prints a new, random one.
+            return CmdResult::Rejected(format!(
+                "storage {storage} was replaced since; a wiped node names a new storage id"
+            ));
+        }
+        if let Some(old) = self.storage.insert(node, storage) {
+            self.retired_storage.insert(old);
+        }
         let delivered: BTreeMap<&TopicName, Offset> =
             delivered.iter().map(|(t, o)| (t, *o)).collect();
         for (name, t) in self.topics.iter_mut() {

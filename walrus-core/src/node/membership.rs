@@ -271,9 +271,18 @@ impl super::Node {
             );
             return Err(Error::Refused(why));
         }
+        let Some(replaces) = state.storage.get(&node).copied() else {
+            // Nothing recorded: `RegisterStorage` takes it; a refusal came
+            // from something else.
+            return Err(Error::Refused(why));
+        };
         match self
             .metadata
-            .propose(MetadataCmd::RefillStorage { node, storage })
+            .propose(MetadataCmd::RefillStorage {
+                node,
+                storage,
+                replaces,
+            })
             .await?
         {
             CmdResult::Rejected(more) => {

@@ -130,6 +130,7 @@ impl super::Node {
                     topic: key.topic.clone(),
                     segment: key.segment,
                     expected: replicas,
+                    moves: seg.moves,
                     replicas: holders.clone(),
                 };
                 match self.metadata.propose(cmd).await {

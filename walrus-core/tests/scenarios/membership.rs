@@ -398,6 +398,7 @@ fn given_membership_commands_when_repeated_should_change_nothing_the_second_time
         topic: topic("t"),
         segment: 1,
         expected: vec![3],
+        moves: 1,
         replicas: vec![3, 1],
     };
     assert_eq!(s.apply(&set), CmdResult::Applied);
@@ -406,28 +407,46 @@ fn given_membership_commands_when_repeated_should_change_nothing_the_second_time
         topic: topic("t"),
         segment: 1,
         expected: vec![3],
-        replicas: vec![3, 2],
+        moves: 1,
+        replicas: vec![3, 4],
     };
     assert!(matches!(s.apply(&stale), CmdResult::Rejected(_)));
     let open = MetadataCmd::SetReplicas {
         topic: topic("t"),
         segment: 2,
         expected: vec![3, 1],
+        moves: 0,
         replicas: vec![1],
     };
     assert!(matches!(s.apply(&open), CmdResult::Rejected(_)), "open");
+    for node in 1..=3 {
+        s.apply(&MetadataCmd::RegisterStorage {
+            node,
+            storage: disk(node),
+        });
+    }
     let refill = MetadataCmd::RefillStorage {
         node: 1,
         storage: NEW_DISK,
+        replaces: disk(1),
     };
     // Node 3 leads the open segment 2: its data is only there.
     let wipe_3 = MetadataCmd::RefillStorage {
         node: 3,
         storage: NEW_DISK,
+        replaces: disk(3),
     };
     assert!(matches!(s.apply(&wipe_3), CmdResult::Rejected(_)));
     assert_eq!(s.apply(&refill), CmdResult::Applied);
     assert_eq!(s.apply(&refill), CmdResult::Unchanged);
+    // Wiped again and refilled: a late repeat of the first changes nothing.
+    let again = MetadataCmd::RefillStorage {
+        node: 1,
+        storage: disk(9),
+        replaces: NEW_DISK,
+    };
+    assert_eq!(s.apply(&again), CmdResult::Applied);
+    assert!(matches!(s.apply(&refill), CmdResult::Rejected(_)));
     assert_eq!(
         s.topic(&topic("t")).unwrap().segments[0].replicas(),
         vec![3]
