@@ -680,16 +680,9 @@ impl ClusterState {
                 count,
                 storage,
             } => {
-                let Some(t) = self.topics.get_mut(topic) else {
-                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
-                };
-                let Some(seg) = segment
-                    .checked_sub(1)
-                    .and_then(|i| t.segments.get_mut(i as usize))
-                else {
-                    return CmdResult::Rejected(format!(
-                        "segment {topic}:{segment} does not exist"
-                    ));
+                let seg = match segment_mut(&mut self.topics, topic, *segment) {
+                    Ok(seg) => seg,
+                    Err(rejected) => return rejected,
                 };
                 if seg.status == SegmentStatus::Open {
                     // Counts are reported only for segments failover
@@ -1080,14 +1073,9 @@ impl ClusterState {
         if let Some(r) = replicas.iter().find(|r| self.removed.contains(r)) {
             return CmdResult::Rejected(removed_for_good(*r));
         }
-        let Some(t) = self.topics.get_mut(topic) else {
-            return CmdResult::Rejected(format!("topic {topic} does not exist"));
-        };
-        let Some(seg) = segment
-            .checked_sub(1)
-            .and_then(|i| t.segments.get_mut(i as usize))
-        else {
-            return CmdResult::Rejected(format!("segment {topic}:{segment} does not exist"));
+        let seg = match segment_mut(&mut self.topics, topic, segment) {
+            Ok(seg) => seg,
+            Err(rejected) => return rejected,
         };
         if !matches!(seg.status, SegmentStatus::Sealed { .. }) {
             return CmdResult::Rejected(format!(
@@ -1266,6 +1254,21 @@ impl ClusterState {
             "under_replicated_segments": t.under_replicated(&self.removed),
         }))
     }
+}
+
+/// Segment `segment` of `topic`, or the rejection naming what is missing.
+fn segment_mut<'a>(
+    topics: &'a mut BTreeMap<TopicName, TopicState>,
+    topic: &TopicName,
+    segment: SegmentId,
+) -> Result<&'a mut SegmentMeta, CmdResult> {
+    let Some(t) = topics.get_mut(topic) else {
+        return Err(CmdResult::Rejected(format!("topic {topic} does not exist")));
+    };
+    segment
+        .checked_sub(1)
+        .and_then(|i| t.segments.get_mut(i as usize))
+        .ok_or_else(|| CmdResult::Rejected(format!("segment {topic}:{segment} does not exist")))
 }
 
 /// Why a removed node cannot come back.

@@ -18,26 +18,49 @@ impl super::Node {
     /// voters are live). Returns how many segments are under-replicated
     /// once `node` is gone.
     pub(crate) async fn remove_node(&self, node: NodeId) -> Result<u64> {
+        self.on_consensus_leader(
+            "REMOVE-NODE",
+            || self.remove_node_here(node),
+            NodeRequest::RemoveNode { node },
+            |answer| match answer {
+                NodeResponse::NodeRemoved {
+                    under_replicated, ..
+                } => Some(under_replicated),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Runs an operator command on the consensus leader: `here` when we
+    /// lead, else `request` sent to it (its answer read by `answer`),
+    /// trying again while leadership moves, up to `request_timeout`.
+    pub(crate) async fn on_consensus_leader<T, F, Fut>(
+        &self,
+        what: &str,
+        here: F,
+        request: NodeRequest,
+        answer: fn(NodeResponse) -> Option<T>,
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + self.config.request_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
             let result = match self.metadata.status().leader {
-                Some(l) if l == self.id => self.remove_node_here(node).await,
-                Some(l) => match self
-                    .transport
-                    .call(l, NodeRequest::RemoveNode { node })
-                    .await?
-                {
-                    NodeResponse::NodeRemoved {
-                        under_replicated, ..
-                    } => Ok(under_replicated),
-                    other => Err(Error::Internal(format!(
-                        "node {l} answered REMOVE-NODE with {other:?}"
-                    ))),
-                },
-                None => Err(Error::Unavailable(
-                    "no consensus leader to carry out REMOVE-NODE, retry".into(),
-                )),
+                Some(l) if l == self.id => here().await,
+                Some(l) => {
+                    let got = self.transport.call(l, request.clone()).await?;
+                    let text = format!("{got:?}");
+                    answer(got).ok_or_else(|| {
+                        Error::Internal(format!("node {l} answered {what} with {text}"))
+                    })
+                }
+                None => Err(Error::Unavailable(format!(
+                    "no consensus leader to carry out {what}, retry"
+                ))),
             };
             match result {
                 Err(Error::NotLeader) if Instant::now() + pause < deadline => {

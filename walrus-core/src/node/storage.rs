@@ -4,9 +4,6 @@
 //! never a restart. See "Storage identity" in `docs/architecture.md`.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::metadata::{CmdResult, MetadataCmd, SegmentStatus};
@@ -55,33 +52,16 @@ impl super::Node {
         node: NodeId,
         storage: StorageId,
     ) -> Result<Vec<(SegmentKey, u64)>> {
-        let deadline = Instant::now() + self.config.request_timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let result = match self.metadata.status().leader {
-                Some(l) if l == self.id => self.replace_storage_here(node, storage).await,
-                Some(l) => match self
-                    .transport
-                    .call(l, NodeRequest::ReplaceStorage { node, storage })
-                    .await?
-                {
-                    NodeResponse::StorageReplaced { lost } => Ok(lost),
-                    other => Err(Error::Internal(format!(
-                        "node {l} answered REPLACE-STORAGE with {other:?}"
-                    ))),
-                },
-                None => Err(Error::Unavailable(
-                    "no consensus leader to carry out REPLACE-STORAGE, retry".into(),
-                )),
-            };
-            match result {
-                Err(Error::NotLeader) if Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                other => return other,
-            }
-        }
+        self.on_consensus_leader(
+            "REPLACE-STORAGE",
+            || self.replace_storage_here(node, storage),
+            NodeRequest::ReplaceStorage { node, storage },
+            |answer| match answer {
+                NodeResponse::StorageReplaced { lost } => Some(lost),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// The consensus leader's side of `REPLACE-STORAGE`: with the cursors

@@ -366,16 +366,11 @@ async fn given_a_wiped_node_with_the_only_copy_of_a_segment_when_it_claims_a_new
 
 #[test]
 fn given_membership_commands_when_repeated_should_change_nothing_the_second_time() {
-    use walrus_core::metadata::{ClusterState, NodeInfo};
+    use walrus_core::metadata::ClusterState;
     let mut s = ClusterState::default();
     for node in 1..=3 {
-        s.apply(&MetadataCmd::UpsertNode {
-            node,
-            info: NodeInfo {
-                raft_addr: format!("n{node}"),
-                client_addr: format!("c{node}"),
-            },
-        });
+        let info = walrus_core::testing::sim_info(node);
+        s.apply(&MetadataCmd::UpsertNode { node, info });
     }
     s.apply(&MetadataCmd::CreateReplicatedTopic {
         topic: topic("t"),
