@@ -577,9 +577,9 @@ impl super::Node {
     ) -> Result<SegmentRead> {
         if holder == self.id {
             let entries = self
-                .log
-                .read(key, from, max_entries as usize, READ_MAX_BYTES)
-                .await?;
+                .read_visible(key, from, max_entries as usize, READ_MAX_BYTES)
+                .await?
+                .entries;
             return Ok(SegmentRead { entries });
         }
         let request = NodeRequest::Read {

@@ -12,6 +12,8 @@
 //! - `replicate`: quorum acknowledgement, streaming a replicated
 //!   segment's appends from its leader to its followers.
 //! - `rollover`: sealing full segments and opening the next one.
+//! - `closing`: failover of a replicated segment: closing it at the count
+//!   a majority of its replicas holds.
 //! - `failover`: the consensus leader's watch over segment leaders.
 //! - `cursor`: the shared GET cursor, owned by the consensus leader.
 //! - `read`: reads by offset (READ with long-polling, OFFSETS), which move
@@ -28,6 +30,7 @@
 //!   answers other nodes.
 //! - `metrics`: [`NodeMetrics`], what METRICS reports.
 
+mod closing;
 mod cursor;
 mod data_path;
 mod failover;

@@ -4,13 +4,13 @@
 //! copy on a live voter that holds none, until it is back at `rf`.
 //!
 //! A copy is streamed from a live replica that holds the whole segment:
-//! batches read from it (`NodeRequest::Read`) go to the new node as
-//! `NodeRequest::Replicate` (stored with `LogStore::append_at`, the last
-//! one sealing it with `seal_at`), paced to `rereplication_rate` bytes per
-//! second so that producers keep the disks and the network. Only once the
-//! new copy is sealed at the segment's count does `SetReplicas` put the
-//! node in the replica set: metadata never names a replica that lacks the
-//! data. Everything is driven from metadata: after a crash of any node
+//! batches read from it (`NodeRequest::ReadCopy`) go to the new node as
+//! `NodeRequest::SealCopy` (stored with `LogStore::append_at`, sealed with
+//! `seal_at` once all are there: failover's copy, `seal_replica`), paced to
+//! `rereplication_rate` bytes per second so that producers keep the disks
+//! and the network. Only once the new copy is sealed at the segment's
+//! count does `SetReplicas` put the node in the replica set: metadata never
+//! names a replica that lacks the data. Everything is driven from metadata: after a crash of any node
 //! (the consensus leader included) the next pass finds the same segments
 //! short, and the new node's count says where its copy resumes.
 
@@ -20,12 +20,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::metadata::{CmdResult, MetadataCmd, SegmentStatus};
-use crate::transport::{NodeRequest, NodeResponse};
 use crate::types::{NodeId, SegmentKey};
-
-/// Entries and bytes per copied batch.
-const COPY_ENTRIES: u32 = 4096;
-const COPY_BYTES: u32 = 1 << 20;
 
 /// One re-replication pass at a time on this node.
 #[derive(Default)]
@@ -197,36 +192,11 @@ impl super::Node {
                 "no replica of {key} among {holders:?} answers that it holds its {count} entries"
             ))
         })?;
-        let mut held = self
-            .send_replicate(target, key, 0, Vec::new(), None)
-            .await?;
-        while held < count {
-            let entries = self.read_copy(source, key, held, count).await?;
-            if entries.is_empty() {
-                return Err(Error::Unavailable(format!(
-                    "node {source} returned no entries of {key} from {held}"
-                )));
-            }
-            let bytes: usize = entries.iter().map(bytes::Bytes::len).sum();
-            let end = held + entries.len() as u64;
-            let seal = (end >= count).then_some(count);
-            let answer = self
-                .send_replicate(target, key, held, entries, seal)
-                .await?;
-            if answer <= held {
-                return Err(Error::Unavailable(format!(
-                    "node {target} took no entries of {key} at {held} (it holds {answer})"
-                )));
-            }
-            held = answer;
-            self.pace(bytes).await;
-        }
-        // Seals an empty segment, and one whose last batch went in before.
-        let sealed_at = self
-            .send_replicate(target, key, count, Vec::new(), Some(count))
+        let (held, _) = self.copy_info(target, key).await?;
+        self.seal_replica(key, source, target, held.min(count), count, true)
             .await?;
         match self.copy_info(target, key).await? {
-            (n, true) if n == count && sealed_at == count => Ok(()),
+            (n, true) if n == count => Ok(()),
             (n, sealed) => Err(Error::Unavailable(format!(
                 "node {target} holds {n} entries of {key} (sealed: {sealed}) after the copy, \
                  not {count} sealed"
@@ -235,71 +205,11 @@ impl super::Node {
     }
 
     /// Sleeps as long as `bytes` take at `rereplication_rate`.
-    async fn pace(&self, bytes: usize) {
+    pub(crate) async fn pace(&self, bytes: usize) {
         let rate = self.config.rereplication_rate.max(1);
         let micros = (bytes as u64).saturating_mul(1_000_000) / rate;
         if micros > 0 {
             tokio::time::sleep(Duration::from_micros(micros)).await;
-        }
-    }
-
-    /// Entries `from..` (up to `count`) of `key` from `source`.
-    async fn read_copy(
-        &self,
-        source: NodeId,
-        key: &SegmentKey,
-        from: u64,
-        count: u64,
-    ) -> Result<Vec<bytes::Bytes>> {
-        let max = u32::try_from(count - from)
-            .unwrap_or(u32::MAX)
-            .min(COPY_ENTRIES);
-        if source == self.id {
-            return self
-                .log
-                .read(key, from, max as usize, COPY_BYTES as usize)
-                .await;
-        }
-        let req = NodeRequest::Read {
-            segment: key.clone(),
-            from,
-            max_entries: max,
-            max_bytes: COPY_BYTES,
-        };
-        match self.transport.call(source, req).await? {
-            NodeResponse::Entries { entries, .. } => Ok(entries),
-            other => Err(Error::Internal(format!(
-                "node {source} answered a Read of {key} with {other:?}"
-            ))),
-        }
-    }
-
-    /// One `Replicate` to `target` (this node's own store when it is us);
-    /// returns the count it holds after it.
-    async fn send_replicate(
-        &self,
-        target: NodeId,
-        key: &SegmentKey,
-        first: u64,
-        entries: Vec<bytes::Bytes>,
-        seal: Option<u64>,
-    ) -> Result<u64> {
-        let answer = if target == self.id {
-            self.on_replicate(key, first, &entries, seal).await?
-        } else {
-            let req = NodeRequest::Replicate {
-                segment: key.clone(),
-                first,
-                entries,
-                seal,
-            };
-            self.transport.call(target, req).await?
-        };
-        match answer {
-            NodeResponse::Replicated { count } => Ok(count),
-            other => Err(Error::Internal(format!(
-                "node {target} answered a Replicate of {key} with {other:?}"
-            ))),
         }
     }
 }

@@ -219,6 +219,14 @@ impl super::Node {
                 .is_some_and(|t| t.current().id == key.segment)
                 || copies.is_some_and(|c| Arc::strong_count(c) > 1)
         });
+        if state.topics.values().any(|t| t.rf > 1) {
+            self.replication.retain_fences(|key| {
+                state.topic(&key.topic).is_some_and(|t| {
+                    key.segment > t.deleted_through && t.segment(key.segment).is_some()
+                })
+            });
+            self.settle_copies().await;
+        }
         let health = self.log.health();
         for (topic, t) in &state.topics {
             let current = t.current();
@@ -226,6 +234,9 @@ impl super::Node {
                 continue;
             }
             let key = SegmentKey::new(topic.clone(), current.id);
+            if !current.followers.is_empty() {
+                self.ensure_copies(&key).await;
+            }
             if health.quarantined_segments.contains(&key) {
                 self.spawn_rollover(key);
                 continue;

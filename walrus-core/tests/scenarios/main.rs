@@ -27,6 +27,8 @@ mod power_loss;
 mod produce;
 mod races;
 mod replication;
+mod replication_failover;
+mod replication_seeded;
 mod retention;
 mod rollover;
 mod routing;
