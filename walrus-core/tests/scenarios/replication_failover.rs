@@ -8,7 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use walrus_core::protocol::Response;
 use walrus_core::testing::TestCluster;
-use walrus_core::{LogStore, SegmentInfo, SegmentKey, SegmentStatus, TopicName};
+use walrus_core::{
+    LogStore, NodeRequest, NodeResponse, RequestHandler, SegmentInfo, SegmentKey, SegmentStatus,
+    TopicName,
+};
 
 fn topic(s: &str) -> TopicName {
     TopicName::new(s).unwrap()
@@ -283,4 +286,76 @@ async fn given_the_leader_of_a_sealed_segment_down_when_reading_should_read_a_fo
         c.drain(3, "logs", Duration::from_secs(10)).await,
         payloads(all)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_replicas_fenced_by_a_failover_when_the_old_leader_goes_on_should_count_nothing_they_refuse(
+) {
+    let c = cluster_led_by_2().await;
+    put_acked(&c, 2, 0..3).await;
+    let fence = |node: u64| {
+        let n = c.node(node).clone();
+        async move { RequestHandler::handle(&*n, NodeRequest::Fence { segment: key(1) }).await }
+    };
+    assert_eq!(
+        fence(3).await.unwrap(),
+        NodeResponse::Replicated { count: 3 }
+    );
+    // Node 1 still makes a majority with the leader; node 3 takes nothing.
+    put_acked(&c, 2, 3..6).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.logs[&3].info(&key(1)).await.unwrap().unwrap().count, 3);
+    assert_eq!(c.logs[&1].info(&key(1)).await.unwrap().unwrap().count, 6);
+    // With both followers fenced nothing is acknowledged any more.
+    assert_eq!(
+        fence(1).await.unwrap(),
+        NodeResponse::Replicated { count: 6 }
+    );
+    match c.send(2, "PUT logs late").await {
+        Response::Err(e) => assert!(e.starts_with("outcome unknown"), "{e}"),
+        other => panic!("acknowledged without a majority: {other:?}"),
+    }
+    // The leader, fenced, seals its copy and answers all it holds.
+    let Ok(NodeResponse::Replicated { count }) = fence(2).await else {
+        panic!("the leader did not answer its count")
+    };
+    assert!(count >= 6, "{count}");
+    let info = c.logs[&2].info(&key(1)).await.unwrap().unwrap();
+    assert_eq!((info.count, info.sealed), (count, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_a_replicated_topic_when_retention_deletes_segments_should_delete_every_copy() {
+    let c = TestCluster::start(3, |id| walrus_core::NodeConfig {
+        retention_interval: Duration::from_millis(50),
+        ..TestCluster::config(id, 5)
+    })
+    .await;
+    assert_eq!(
+        c.send(2, "REGISTER logs RETAIN entries=5 RF 3").await,
+        Response::Ok
+    );
+    put_acked(&c, 1, 0..17).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deleted = c
+        .metadata
+        .committed()
+        .topic(&topic("logs"))
+        .unwrap()
+        .deleted_through;
+    assert!(deleted >= 2, "deleted through {deleted}");
+    for node in 1..=3 {
+        for segment in 1..=deleted {
+            assert_eq!(
+                c.logs[&node].info(&key(segment)).await.unwrap(),
+                None,
+                "node {node} keeps deleted segment {segment}"
+            );
+        }
+        assert!(c.logs[&node]
+            .info(&key(deleted + 1))
+            .await
+            .unwrap()
+            .is_some());
+    }
 }

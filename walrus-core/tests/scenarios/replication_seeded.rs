@@ -1,6 +1,7 @@
 //! Seeded runs of replicated clusters (issue 10): 3 and 5 nodes, rf 3,
-//! concurrent producers and readers, a crashed node, partitions, message
-//! loss, delays (and so reordering) and duplicated copies. Each run checks
+//! concurrent producers and readers, a crashed node (half the time the
+//! open segment's leader), a partition, lost requests and answers, delays
+//! (and so reordering) and duplicated copies. Each run checks
 //! that no acknowledged entry is lost or stored twice, that an offset a
 //! reader saw never names another entry, and that reads return each
 //! producer's acknowledged entries in the order they were acknowledged.
@@ -69,6 +70,7 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
     net.set_delay(Duration::ZERO, Duration::from_millis(rng.gen_range(0..8)));
     net.set_drop_rate([0.0, 0.005, 0.02][rng.gen_range(0..3)]);
     net.set_duplicate_rate([0.0, 0.05][rng.gen_range(0..2)]);
+    net.set_answer_loss_rate([0.0, 0.0, 0.01][rng.gen_range(0..3)]);
     let limit = rng.gen_range(4..16);
     let mut c = TestCluster::start_with(nodes, net, |id| TestCluster::config(id, limit)).await;
     let mut registered = false;
@@ -79,8 +81,10 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
         }
     }
     assert!(registered, "seed {seed}: REGISTER kept failing");
-    // Node 1 leads consensus in the fake: the victim is another one.
+    // Node 1 leads consensus in the fake: the victim is another one, half
+    // the time the leader of the open segment when the crash comes.
     let victim = rng.gen_range(2..=nodes);
+    let victim_leads = rng.gen_bool(0.5);
     let crash_after = Duration::from_millis(rng.gen_range(0..1500));
     let cut = (rng.gen_range(1..=nodes), rng.gen_range(1..=nodes));
     let cut_after = Duration::from_millis(rng.gen_range(0..2000));
@@ -116,20 +120,36 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
         } else {
             (cut_after, crash_after - cut_after)
         };
+        let pick = || {
+            let state = c.metadata.committed();
+            let leader = state
+                .topic(&walrus_core::TopicName::new("logs").expect("a valid name"))
+                .map_or(victim, |t| t.current().leader);
+            if victim_leads && leader != 1 {
+                leader
+            } else {
+                victim
+            }
+        };
         tokio::time::sleep(first).await;
-        if crash_after <= cut_after {
-            c.crash(victim).await;
+        let crashed = if crash_after <= cut_after {
+            let crashed = pick();
+            c.crash(crashed).await;
             tokio::time::sleep(second).await;
             c.net.partition(cut.0, cut.1);
+            crashed
         } else {
             c.net.partition(cut.0, cut.1);
             tokio::time::sleep(second).await;
-            c.crash(victim).await;
-        }
+            let crashed = pick();
+            c.crash(crashed).await;
+            crashed
+        };
         tokio::time::sleep(cut_for).await;
         c.net.heal();
+        crashed
     };
-    tokio::join!(futures::future::join_all(produce), read, faults);
+    let (_, _, victim) = tokio::join!(futures::future::join_all(produce), read, faults);
 
     // Everything heals and the crashed node comes back (a segment left
     // pending gets its count from it); then the whole topic is read.
