@@ -86,6 +86,38 @@ pub enum NodeRequest {
         entries: Vec<Bytes>,
         seal: Option<u64>,
     },
+    /// Failover of a replicated segment whose leader's lease lapsed: the
+    /// consensus leader asks each replica for the count it holds. The
+    /// answer fences: a follower that answered refuses every later
+    /// `Replicate` of `segment` (the old leader's), so nothing it takes
+    /// afterwards can count towards a majority; the segment's leader, if
+    /// it answers, seals its copy (it takes no more appends). The count
+    /// includes every entry the replica took (synced first, whatever the
+    /// fsync policy). Answered with [`NodeResponse::Replicated`].
+    Fence { segment: SegmentKey },
+    /// Entries `from..` of the receiver's copy of `segment` as stored,
+    /// without the commit point that client reads stop at: what failover
+    /// copies between replicas. Answered with [`NodeResponse::Entries`].
+    ReadCopy {
+        segment: SegmentKey,
+        from: u64,
+        max_entries: u32,
+    },
+    /// Failover closes a replicated segment at `count`: the receiver
+    /// stores `entries` at `first..` (what it holds is skipped) and, once
+    /// it holds `count` entries, seals its copy at exactly `count` (a
+    /// longer tail is cut). Unlike `Replicate`, a fence does not refuse
+    /// it. Answered with [`NodeResponse::Replicated`].
+    SealCopy {
+        segment: SegmentKey,
+        first: u64,
+        entries: Vec<Bytes>,
+        count: u64,
+    },
+    /// The operator removes `node` for good (sent to the consensus leader,
+    /// which checks liveness and copies). Answered with
+    /// [`NodeResponse::NodeRemoved`].
+    RemoveNode { node: NodeId },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -129,6 +161,12 @@ pub enum NodeResponse {
     /// `count`.
     Replicated {
         count: u64,
+    },
+    /// `node` is removed; `under_replicated` segments (every topic's) now
+    /// wait for re-replication.
+    NodeRemoved {
+        node: NodeId,
+        under_replicated: u64,
     },
 }
 

@@ -245,18 +245,24 @@ impl super::Node {
                 sealed_count,
             } => {
                 let key = SegmentKey::new(topic.clone(), segment);
-                let mut entries = self
-                    .read_segment(leader, &key, index, READ_AHEAD)
-                    .await?
-                    .entries;
-                if let Some(count) = sealed_count {
-                    entries.truncate((count - index) as usize);
-                    if entries.is_empty() {
-                        return Err(Error::Unavailable(format!(
-                            "segment {segment} of {topic} on node {leader} returned no entry at index {index} of {count}, retry"
-                        )));
-                    }
-                }
+                let Some(count) = sealed_count else {
+                    let entries = self
+                        .read_segment(leader, &key, index, READ_AHEAD)
+                        .await?
+                        .entries;
+                    return Ok(entries.into());
+                };
+                let replicas = t.segment(segment).map_or(vec![leader], |s| s.replicas());
+                let entries = self
+                    .read_sealed(&key, &replicas, index, count, |node| {
+                        let key = &key;
+                        async move {
+                            self.read_segment(node, key, index, READ_AHEAD)
+                                .await
+                                .map(|r| r.entries)
+                        }
+                    })
+                    .await?;
                 Ok(entries.into())
             }
         }

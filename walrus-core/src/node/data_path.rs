@@ -112,6 +112,17 @@ impl super::Node {
                     .to_string(),
                 ))
             }
+            Request::RemoveNode { node } => {
+                let under_replicated = self.remove_node(node).await?;
+                Ok(Response::Json(
+                    serde_json::json!({
+                        "node": node,
+                        "removed": true,
+                        "under_replicated_segments": under_replicated,
+                    })
+                    .to_string(),
+                ))
+            }
             Request::Topics => {
                 let state = self.metadata.state();
                 let names: Vec<&str> = state.topics.keys().map(TopicName::as_str).collect();
@@ -566,9 +577,9 @@ impl super::Node {
     ) -> Result<SegmentRead> {
         if holder == self.id {
             let entries = self
-                .log
-                .read(key, from, max_entries as usize, READ_MAX_BYTES)
-                .await?;
+                .read_visible(key, from, max_entries as usize, READ_MAX_BYTES)
+                .await?
+                .entries;
             return Ok(SegmentRead { entries });
         }
         let request = NodeRequest::Read {

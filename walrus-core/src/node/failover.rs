@@ -159,6 +159,7 @@ impl super::Node {
         let leaders: HashSet<NodeId> = state.topics.values().map(|t| t.current().leader).collect();
         self.failover.unfence_unless(|n| leaders.contains(&n));
         let mut chosen: HashMap<(NodeId, u32), MetadataCmd> = HashMap::new();
+        let mut due = Vec::new();
         for (topic, t) in &state.topics {
             let current = t.current();
             if current.leader == self.id || self.failover.is_live(current.leader, now, threshold) {
@@ -191,21 +192,50 @@ impl super::Node {
             {
                 continue;
             }
+            due.push((key, current, cmd, next));
+        }
+        // Each segment's replicas are asked at once: a failover of many
+        // topics takes one round of answers, not one per topic.
+        let failovers = due.into_iter().map(|(key, current, mut cmd, next)| async move {
+            if !current.followers.is_empty() {
+                // Replicated: its count is known from a majority of its
+                // replicas, if they answer.
+                match self.close_from_replicas(&key, current).await {
+                    super::closing::Closing::Sealed(count) => set_count(&mut cmd, count),
+                    super::closing::Closing::NoQuorum => {}
+                    super::closing::Closing::Retry => return,
+                }
+            }
             tracing::info!(
                 node = self.id,
-                "segment {topic}:{} leader {} silent for over {threshold:?}; opening segment {} on node {next}",
-                current.id,
+                "segment {key} leader {} silent for over {threshold:?}; closing it ({}) and opening segment {} on node {next}",
                 current.leader,
+                match roll_count(&cmd) {
+                    Some(n) => format!("at {n} entries, from its replicas"),
+                    None => "its count pending".to_string(),
+                },
                 current.id + 1
             );
             if let Err(e) = self.metadata.propose(cmd).await {
-                tracing::warn!(
-                    node = self.id,
-                    "failover of {topic}:{} failed: {e}",
-                    current.id
-                );
+                tracing::warn!(node = self.id, "failover of {key} failed: {e}");
             }
-        }
+        });
+        futures::future::join_all(failovers).await;
+    }
+}
+
+/// Sets the count a roll closes its segment at.
+fn set_count(cmd: &mut MetadataCmd, n: u64) {
+    if let MetadataCmd::Roll { count, .. } | MetadataCmd::RollReplicated { count, .. } = cmd {
+        *count = Some(n);
+    }
+}
+
+/// The count a roll closes its segment at (`None`: pending).
+fn roll_count(cmd: &MetadataCmd) -> Option<u64> {
+    match cmd {
+        MetadataCmd::Roll { count, .. } | MetadataCmd::RollReplicated { count, .. } => *count,
+        _ => None,
     }
 }
 

@@ -29,16 +29,13 @@ impl RequestHandler for super::Node {
                 max_entries,
                 max_bytes,
             } => {
-                // Info first: the entries read next are at least as many.
-                let info = self.log.info(&segment).await?;
-                let entries = self
-                    .log
-                    .read(&segment, from, max_entries as usize, max_bytes as usize)
+                let held = self
+                    .read_visible(&segment, from, max_entries as usize, max_bytes as usize)
                     .await?;
                 Ok(NodeResponse::Entries {
-                    entries,
-                    count: info.map_or(0, |i| i.count),
-                    sealed: info.is_some_and(|i| i.sealed),
+                    entries: held.entries,
+                    count: held.count,
+                    sealed: held.sealed,
                 })
             }
             NodeRequest::ReadWait {
@@ -71,6 +68,7 @@ impl RequestHandler for super::Node {
             }
             NodeRequest::RenewLease { node } => self.on_renew_lease(node).await,
             NodeRequest::Join { node, info } => {
+                self.refuse_removed(node)?;
                 self.metadata.add_node(node, info).await?;
                 Ok(NodeResponse::Done)
             }
@@ -96,8 +94,24 @@ impl RequestHandler for super::Node {
                 entries,
                 seal,
             } => self.on_replicate(&segment, first, &entries, seal).await,
+            NodeRequest::Fence { segment } => self.on_fence(&segment).await,
+            NodeRequest::ReadCopy {
+                segment,
+                from,
+                max_entries,
+            } => self.on_read_copy(&segment, from, max_entries).await,
+            NodeRequest::SealCopy {
+                segment,
+                first,
+                entries,
+                count,
+            } => self.on_seal_copy(&segment, first, &entries, count).await,
             NodeRequest::ReplaceStorage { node, storage } => Ok(NodeResponse::StorageReplaced {
                 lost: self.replace_storage_here(node, storage).await?,
+            }),
+            NodeRequest::RemoveNode { node } => Ok(NodeResponse::NodeRemoved {
+                node,
+                under_replicated: self.remove_node_here(node).await?,
             }),
         }
     }

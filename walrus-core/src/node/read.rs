@@ -305,22 +305,22 @@ impl super::Node {
                 sealed_count: Some(count),
             } => {
                 let key = SegmentKey::new(topic.clone(), segment);
-                let mut held = match self
-                    .read_at(leader, &key, index, max_entries, max_bytes, Duration::ZERO)
-                    .await
-                {
-                    Ok(held) => held,
-                    Err(e) if e.is_retryable() => return Ok(Step::Retry(e)),
-                    Err(e) => return Err(e),
-                };
-                held.entries.truncate((count - index) as usize);
-                if held.entries.is_empty() {
-                    return Ok(Step::Retry(Error::Unavailable(format!(
-                        "segment {segment} of {topic} on node {leader} returned no entry at \
-                         index {index} of {count}, retry"
-                    ))));
+                let replicas = t.segment(segment).map_or(vec![leader], |s| s.replicas());
+                let read = self
+                    .read_sealed(&key, &replicas, index, count, |node| {
+                        let key = &key;
+                        async move {
+                            self.read_at(node, key, index, max_entries, max_bytes, Duration::ZERO)
+                                .await
+                                .map(|held| held.entries)
+                        }
+                    })
+                    .await;
+                match read {
+                    Ok(entries) => Ok(Step::Entries(entries)),
+                    Err(e) if e.is_retryable() => Ok(Step::Retry(e)),
+                    Err(e) => Err(e),
                 }
-                Ok(Step::Entries(held.entries))
             }
             Location::At {
                 segment,
@@ -373,6 +373,63 @@ impl super::Node {
                 })
             }
         }
+    }
+
+    /// Entries from `index` of sealed `key` (`count` entries), from the
+    /// first of its `replicas` (leader first) that serves them: a closed
+    /// segment's entries are the same on every replica that holds them,
+    /// so a reader whose leader is down, or lacks them, or whose copy is
+    /// damaged, reads a follower's. What is past `count` is dropped (a
+    /// copy not settled yet may hold a longer tail).
+    pub(crate) async fn read_sealed<F, Fut>(
+        &self,
+        key: &SegmentKey,
+        replicas: &[NodeId],
+        index: u64,
+        count: u64,
+        read: F,
+    ) -> Result<Vec<Bytes>>
+    where
+        F: Fn(NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Bytes>>>,
+    {
+        let mut failed = None;
+        for (i, node) in replicas.iter().enumerate() {
+            let attempt = if i + 1 < replicas.len() {
+                // Another replica can answer: do not wait out a transport
+                // timeout on one that is cut off.
+                tokio::time::timeout(self.config.lease, read(*node))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::Timeout(format!("a read of {key} from node {node}")))
+                    })
+            } else {
+                read(*node).await
+            };
+            match attempt {
+                Ok(mut entries) if !entries.is_empty() => {
+                    entries.truncate(usize::try_from(count - index).unwrap_or(usize::MAX));
+                    return Ok(entries);
+                }
+                Ok(_) => {
+                    failed = Some(Error::Unavailable(format!(
+                        "segment {key} on node {node} returned no entry at index {index} of \
+                         {count}, retry"
+                    )))
+                }
+                Err(e) => {
+                    tracing::debug!(node = self.id, "reading {key} from node {node}: {e}");
+                    // A retryable error says more to the caller than a
+                    // replica's own problem before it.
+                    if failed.is_none() || e.is_retryable() {
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+        Err(failed.unwrap_or_else(|| {
+            Error::Unavailable(format!("segment {key} has no replica to read from, retry"))
+        }))
     }
 
     /// The error for a read that reached a segment closed as lost.
@@ -475,16 +532,13 @@ impl super::Node {
             if let Some(n) = notified.as_mut() {
                 n.as_mut().enable();
             }
-            // Info first: the entries read next are at least as many.
-            let info = self.log.info(key).await?;
-            let entries = if max_entries == 0 {
-                Vec::new()
-            } else {
-                self.log
-                    .read(key, from, max_entries as usize, max_bytes as usize)
-                    .await?
-            };
-            let (count, sealed) = info.map_or((0, false), |i| (i.count, i.sealed));
+            let Held {
+                entries,
+                count,
+                sealed,
+            } = self
+                .read_visible(key, from, max_entries as usize, max_bytes as usize)
+                .await?;
             let open = takes_appends(&watch.borrow_and_update(), key);
             if !entries.is_empty()
                 || sealed
@@ -516,6 +570,38 @@ impl super::Node {
                 _ = self.stopping.wait() => {}
             }
         }
+    }
+
+    /// Entries `from..` of `key` in the local store as readers may see
+    /// them (at most `max_entries`, about `max_bytes`), with the count they
+    /// may see and whether the copy is sealed here: the leader of an open
+    /// replicated segment stops at its commit point ([`Node::visible`]).
+    pub(crate) async fn read_visible(
+        &self,
+        key: &SegmentKey,
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Held> {
+        // Info first: the entries read next are at least as many.
+        let info = self.log.info(key).await?;
+        let (held, sealed) = info.map_or((0, false), |i| (i.count, i.sealed));
+        let count = self.visible(key, held);
+        let want = if count < held {
+            max_entries.min(usize::try_from(count.saturating_sub(from)).unwrap_or(usize::MAX))
+        } else {
+            max_entries
+        };
+        let entries = if want == 0 {
+            Vec::new()
+        } else {
+            self.log.read(key, from, want, max_bytes).await?
+        };
+        Ok(Held {
+            entries,
+            count,
+            sealed,
+        })
     }
 
     /// OFFSETS: the first offset (retention deleted everything before it)

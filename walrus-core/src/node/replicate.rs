@@ -17,7 +17,7 @@
 //! An unreplicated segment (no followers) is remembered as such once, and
 //! its appends then take the path they always took.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -46,6 +46,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 #[derive(Default)]
 pub(crate) struct Replication {
     segments: Mutex<HashMap<SegmentKey, Option<Arc<Copies>>>>,
+    /// Segments a failover asked this node for its count
+    /// ([`NodeRequest::Fence`]): their `Replicate`s are refused from then
+    /// on, so the old leader cannot count this copy towards a majority
+    /// for anything the failover did not see.
+    fenced: Mutex<HashSet<SegmentKey>>,
 }
 
 /// One replicated segment on its leader.
@@ -98,12 +103,38 @@ impl Replication {
     pub(crate) fn retain(&self, keep: impl Fn(&SegmentKey, Option<&Arc<Copies>>) -> bool) {
         self.lock().retain(|k, c| keep(k, c.as_ref()));
     }
+
+    pub(crate) fn fence(&self, key: &SegmentKey) {
+        self.fenced.lock_or_recover().insert(key.clone());
+    }
+
+    pub(crate) fn is_fenced(&self, key: &SegmentKey) -> bool {
+        self.fenced.lock_or_recover().contains(key)
+    }
+
+    /// Forgets the fences of segments `keep` says are done with.
+    pub(crate) fn retain_fences(&self, keep: impl Fn(&SegmentKey) -> bool) {
+        self.fenced.lock_or_recover().retain(|k| keep(k));
+    }
 }
 
 impl Copies {
     /// True when `count` entries are on a quorum (with the leader's own).
     fn has_quorum(&self, acked: &[u64], count: u64) -> bool {
         1 + acked.iter().filter(|c| **c >= count).count() >= self.quorum
+    }
+
+    /// The commit point: how many entries a majority of the replicas holds
+    /// when the leader holds `held`.
+    fn committed(&self, held: u64) -> u64 {
+        let mut counts: Vec<u64> = self.acked.borrow().clone();
+        counts.push(held);
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts
+            .get(self.quorum.saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+            .min(held)
     }
 }
 
@@ -193,7 +224,7 @@ impl Node {
         let copies = match self.replication.get(key) {
             Some(None) => return,
             Some(Some(c)) => c,
-            None => match self.start_copies(key) {
+            None => match self.start_copies(key, first + entries.len() as u64) {
                 Some(c) => c,
                 None => return,
             },
@@ -203,8 +234,10 @@ impl Node {
         }
     }
 
-    /// Registers `key`, starting a sender per follower when it has some.
-    fn start_copies(&self, key: &SegmentKey) -> Option<Arc<Copies>> {
+    /// Registers `key`, starting a sender per follower when it has some
+    /// and is open. `held`: this node holds that many entries of it (a
+    /// restarted leader catches its followers up from its store).
+    fn start_copies(&self, key: &SegmentKey, held: u64) -> Option<Arc<Copies>> {
         let state = self.metadata.state();
         let seg = state.topic(&key.topic)?.segment(key.segment)?;
         let mut segments = self.replication.lock();
@@ -215,13 +248,21 @@ impl Node {
             segments.insert(key.clone(), None);
             return None;
         }
+        if seg.status != crate::metadata::SegmentStatus::Open {
+            // Closed before this node (re)started leading it: its copies
+            // are settled by the rollover or failover that closed it.
+            return None;
+        }
         let followers: Vec<Arc<Link>> = seg
             .followers
             .iter()
             .map(|node| {
                 Arc::new(Link {
                     node: *node,
-                    state: Mutex::new(LinkState::default()),
+                    state: Mutex::new(LinkState {
+                        end: held,
+                        ..LinkState::default()
+                    }),
                     wake: Notify::new(),
                 })
             })
@@ -245,6 +286,19 @@ impl Node {
             )));
         }
         Some(copies)
+    }
+
+    /// Starts copying `key`, an open segment this node leads, if nothing
+    /// did since this node started: a restarted leader learns what its
+    /// followers hold (and so its commit point) without waiting for an
+    /// append or a reader.
+    pub(crate) async fn ensure_copies(&self, key: &SegmentKey) {
+        if self.replication.get(key).is_some() {
+            return;
+        }
+        if let Ok(info) = self.log.info(key).await {
+            self.start_copies(key, info.map_or(0, |i| i.count));
+        }
     }
 
     /// Waits until entries `..count` of `key` are on a quorum of its
@@ -312,6 +366,9 @@ impl Node {
         entries: &[Bytes],
         seal: Option<u64>,
     ) -> Result<NodeResponse> {
+        if self.replication.is_fenced(segment) {
+            return Err(fenced(segment, self.id));
+        }
         // The store decides what is a gap and what is held, under its own
         // lock, from the count it has *written*. `info` gives the count a
         // reader may see, which under `--fsync interval` trails the written
@@ -333,7 +390,36 @@ impl Node {
                 count = self.log.seal_at(segment, n).await?;
             }
         }
+        if self.replication.is_fenced(segment) {
+            // Fenced while storing: the failover may not have counted
+            // these entries, so the old leader must not either (the
+            // failover's seal cuts them if they are past its count).
+            return Err(fenced(segment, self.id));
+        }
         Ok(NodeResponse::Replicated { count })
+    }
+
+    /// The entries of `key` that readers may see here when this node holds
+    /// `held`: all of them, except on the leader of an open replicated
+    /// segment, where only the commit point (what a majority holds), so
+    /// that no reader sees an entry a failover could cut.
+    pub(crate) fn visible(&self, key: &SegmentKey, held: u64) -> u64 {
+        let state = self.metadata.state();
+        let Some(seg) = state.topic(&key.topic).and_then(|t| t.segment(key.segment)) else {
+            return held;
+        };
+        if seg.status != crate::metadata::SegmentStatus::Open
+            || seg.leader != self.id
+            || seg.followers.is_empty()
+        {
+            return held;
+        }
+        let copies = match self.replication.get(key) {
+            Some(Some(c)) => Some(c),
+            Some(None) => None,
+            None => self.start_copies(key, held),
+        };
+        copies.map_or(held, |c| c.committed(held))
     }
 
     /// Entries `from..upto` of `key` from this node's store (a follower
@@ -364,7 +450,7 @@ async fn send_loop(node: Weak<Node>, copies: Arc<Copies>, link: Arc<Link>, index
                     let sealed = n
                         .send_copy(&copies, &link, index, count, Vec::new(), Some(count))
                         .await;
-                    if sealed.is_ok() || n.copies_abandoned(&copies.key) {
+                    if sealed.is_ok() || n.copies_abandoned(&copies.key, Some(count)) {
                         return;
                     }
                     let pause = backoff.min(n.config.lease_renew);
@@ -373,7 +459,8 @@ async fn send_loop(node: Weak<Node>, copies: Arc<Copies>, link: Arc<Link>, index
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                     continue;
                 }
-                if n.copies_abandoned(&copies.key) {
+                let seal = link.lock().seal;
+                if n.copies_abandoned(&copies.key, seal) {
                     return;
                 }
                 let patience = n.config.lease_renew;
@@ -405,6 +492,7 @@ async fn send_loop(node: Weak<Node>, copies: Arc<Copies>, link: Arc<Link>, index
             .await
         {
             Ok(()) => backoff = FIRST_BACKOFF,
+            Err(_) if n.copies_abandoned(&copies.key, seal) => return,
             Err(_) => {
                 let pause = backoff.min(n.config.lease_renew);
                 drop(n);
@@ -436,6 +524,9 @@ impl Node {
             NodeResponse::Replicated { count } => {
                 link.lock().next = count;
                 copies.acked.send_modify(|acked| acked[index] = count);
+                // The commit point may have moved: readers waiting at it
+                // look again.
+                self.appends.appended(&copies.key);
                 Ok(())
             }
             other => Err(Error::Internal(format!(
@@ -445,22 +536,32 @@ impl Node {
         }
     }
 
-    /// True when `key` no longer needs copying from here: it is not ours,
-    /// or it was closed by a failover (its count is settled elsewhere).
-    fn copies_abandoned(&self, key: &SegmentKey) -> bool {
+    /// True when `key` no longer needs copying from here (`link` seals
+    /// at `seal`, if this node sealed it): it is not ours, or it was
+    /// closed by a failover (its count is settled elsewhere: the metadata
+    /// names another count than ours, or none yet).
+    fn copies_abandoned(&self, key: &SegmentKey, seal: Option<u64>) -> bool {
         let state = self.metadata.state();
         state
             .topic(&key.topic)
             .and_then(|t| t.segment(key.segment))
             .is_none_or(|s| {
                 s.leader != self.id
-                    || !matches!(
-                        s.status,
-                        crate::metadata::SegmentStatus::Open
-                            | crate::metadata::SegmentStatus::Sealed { .. }
-                    )
+                    || match s.status {
+                        crate::metadata::SegmentStatus::Open => false,
+                        crate::metadata::SegmentStatus::Sealed { count } => seal != Some(count),
+                        _ => true,
+                    }
             })
     }
+}
+
+/// What a fenced replica answers the old leader's `Replicate`.
+fn fenced(segment: &SegmentKey, node: NodeId) -> Error {
+    Error::Refused(format!(
+        "node {node} no longer takes copies of {segment} from its leader: a failover is \
+         closing the segment from its replicas"
+    ))
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl super::Node {
     /// waiting on a dead node.
     pub(crate) async fn replicas_led_by(&self, leader: NodeId, rf: u32) -> Vec<NodeId> {
         let status = self.metadata.status();
-        let voters: Vec<NodeId> = status.voters.iter().copied().collect();
+        let voters = self.eligible_voters(&status);
         let ring = voters
             .iter()
             .filter(|v| **v > leader)
@@ -142,9 +142,26 @@ impl super::Node {
         replicas
     }
 
+    /// The voters in id order, without removed nodes (`REMOVE-NODE`
+    /// commits before the consensus membership changes: in between, a
+    /// removed node still votes but is never chosen).
+    fn eligible_voters(&self, status: &crate::ConsensusStatus) -> Vec<NodeId> {
+        let state = self.metadata.state();
+        status
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !state.removed.contains(v))
+            .collect()
+    }
+
     /// This node; or a node the consensus leader heard from lately (when
     /// we lead) that answers a ping.
-    async fn looks_alive(&self, candidate: NodeId, status: &crate::ConsensusStatus) -> bool {
+    pub(crate) async fn looks_alive(
+        &self,
+        candidate: NodeId,
+        status: &crate::ConsensusStatus,
+    ) -> bool {
         if candidate == self.id {
             return true;
         }
@@ -164,7 +181,7 @@ impl super::Node {
     /// nodes that do not answer a ping. Falls back to this node.
     pub(crate) async fn next_leader(&self, current: NodeId) -> NodeId {
         let status = self.metadata.status();
-        let voters: Vec<NodeId> = status.voters.iter().copied().collect();
+        let voters = self.eligible_voters(&status);
         let ring = voters
             .iter()
             .filter(|v| **v > current)
@@ -202,6 +219,14 @@ impl super::Node {
                 .is_some_and(|t| t.current().id == key.segment)
                 || copies.is_some_and(|c| Arc::strong_count(c) > 1)
         });
+        if state.topics.values().any(|t| t.rf > 1) {
+            self.replication.retain_fences(|key| {
+                state.topic(&key.topic).is_some_and(|t| {
+                    key.segment > t.deleted_through && t.segment(key.segment).is_some()
+                })
+            });
+            self.settle_copies().await;
+        }
         let health = self.log.health();
         for (topic, t) in &state.topics {
             let current = t.current();
@@ -209,6 +234,9 @@ impl super::Node {
                 continue;
             }
             let key = SegmentKey::new(topic.clone(), current.id);
+            if !current.followers.is_empty() {
+                self.ensure_copies(&key).await;
+            }
             if health.quarantined_segments.contains(&key) {
                 self.spawn_rollover(key);
                 continue;

@@ -207,6 +207,19 @@ fn every_request() -> Vec<NodeRequest> {
             entries: vec![Bytes::from_static(b"copy"), Bytes::from_static(b"\n")],
             seal: Some(7),
         },
+        NodeRequest::Fence { segment: segment() },
+        NodeRequest::ReadCopy {
+            segment: segment(),
+            from: 2,
+            max_entries: 4096,
+        },
+        NodeRequest::SealCopy {
+            segment: segment(),
+            first: 3,
+            entries: vec![Bytes::from_static(b"tail")],
+            count: 4,
+        },
+        NodeRequest::RemoveNode { node: 4 },
     ]
 }
 
@@ -218,17 +231,21 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
             first_index: 7,
             count: entries.len() as u64,
         },
-        NodeRequest::Read { from, .. } | NodeRequest::ReadWait { from, .. } => {
-            NodeResponse::Entries {
-                entries: vec![Bytes::from(format!("entry {from}")), Bytes::new()],
-                count: 9,
-                sealed: true,
-            }
-        }
+        NodeRequest::Read { from, .. }
+        | NodeRequest::ReadWait { from, .. }
+        | NodeRequest::ReadCopy { from, .. } => NodeResponse::Entries {
+            entries: vec![Bytes::from(format!("entry {from}")), Bytes::new()],
+            count: 9,
+            sealed: true,
+        },
         NodeRequest::Get { .. } => NodeResponse::Entry(Some(Bytes::from_static(b"next"))),
         NodeRequest::RenewLease { .. } => NodeResponse::Lease { version: 42 },
         NodeRequest::ReplaceStorage { .. } => NodeResponse::StorageReplaced {
             lost: vec![(segment(), 3)],
+        },
+        NodeRequest::RemoveNode { node } => NodeResponse::NodeRemoved {
+            node: *node,
+            under_replicated: 6,
         },
         NodeRequest::Consensus(body) => NodeResponse::Consensus(body.clone()),
         NodeRequest::AppendWhole { entries, .. } => NodeResponse::Stored {
@@ -236,9 +253,11 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
             first_index: Some(7),
             n: entries.len() as u64,
         },
-        NodeRequest::Replicate { first, entries, .. } => NodeResponse::Replicated {
+        NodeRequest::Replicate { first, entries, .. }
+        | NodeRequest::SealCopy { first, entries, .. } => NodeResponse::Replicated {
             count: first + entries.len() as u64,
         },
+        NodeRequest::Fence { .. } => NodeResponse::Replicated { count: 11 },
         NodeRequest::Join { .. } | NodeRequest::Ping | NodeRequest::ClaimStorage { .. } => {
             NodeResponse::Done
         }
