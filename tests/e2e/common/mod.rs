@@ -370,6 +370,15 @@ impl Cluster {
         }
     }
 
+    /// Starts node `id` joining the cluster through the lowest running id
+    /// (does not wait: see `wait_voters`).
+    pub fn join_node(&mut self, id: u64, opts: &ClusterOptions) {
+        let via = *self.nodes.keys().next().expect("a running node to join");
+        let join = Some(self.nodes[&via].spec.raft_addr());
+        let spec = self.spec(id, opts, join);
+        self.nodes.insert(id, ServerProc::start(spec));
+    }
+
     pub fn client(&self, id: u64) -> CliClient {
         CliClient::new(self.nodes[&id].spec.client_addr()).with_timeout(Duration::from_secs(10))
     }
@@ -490,6 +499,24 @@ pub struct WriterLog {
     pub abandoned: Vec<String>,
     /// Payloads that saw errors before their outcome, with those errors.
     pub attempts: HashMap<String, Vec<String>>,
+}
+
+impl WriterLog {
+    /// The last OK in `from..to`, relative to `from` (zero when none): how
+    /// long a cut-off node went on acknowledging.
+    pub fn last_ok_between(&self, from: Instant, to: Instant) -> Duration {
+        self.ack_times
+            .iter()
+            .filter(|t| **t > from && **t < to)
+            .map(|t| *t - from)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The first OK after `t`, relative to `t`: how soon writes resumed.
+    pub fn first_ok_after(&self, t: Instant) -> Option<Duration> {
+        self.ack_times.iter().find(|a| **a > t).map(|a| *a - t)
+    }
 }
 
 /// Writes `prefix-<i>` payloads to `topic` through `addrs` (rotating to the
