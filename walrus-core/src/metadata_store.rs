@@ -193,6 +193,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Takes `node` out of the consensus membership for good (`REMOVE-NODE`,
+    /// after `RemoveNode` committed): it no longer votes or counts towards
+    /// a quorum. Idempotent. The default is [`readmit_node`](Self::readmit_node),
+    /// which does exactly that; `RemoveNode` in the metadata is what keeps
+    /// the node from joining again.
+    async fn remove_node(&self, node: NodeId) -> Result<()> {
+        self.readmit_node(node).await
+    }
+
     /// What the consensus reports about this node, for METRICS. Its
     /// `node`, `leader` and `term` agree with [`status`](Self::status).
     fn metrics(&self) -> ConsensusMetrics;

@@ -114,6 +114,10 @@ pub enum NodeRequest {
         entries: Vec<Bytes>,
         count: u64,
     },
+    /// The operator removes `node` for good (sent to the consensus leader,
+    /// which checks liveness and copies). Answered with
+    /// [`NodeResponse::NodeRemoved`].
+    RemoveNode { node: NodeId },
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -157,6 +161,12 @@ pub enum NodeResponse {
     /// `count`.
     Replicated {
         count: u64,
+    },
+    /// `node` is removed; `under_replicated` segments (every topic's) now
+    /// wait for re-replication.
+    NodeRemoved {
+        node: NodeId,
+        under_replicated: u64,
     },
 }
 

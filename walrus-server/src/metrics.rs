@@ -68,6 +68,7 @@ pub fn render(m: &NodeMetrics) -> Value {
                 "failed_segments": m.storage.failed_segments,
                 "quarantined_segments": m.storage.quarantined_segments,
             },
+            "under_replicated_segments": m.under_replicated_segments,
         },
     })
 }
@@ -145,6 +146,7 @@ mod tests {
                     failed_segments: 2,
                     quarantined_segments: 3,
                 },
+                under_replicated_segments: 5,
             };
             // What METRICS answered before core's trait was typed: openraft's
             // own serialisation, `metadata_version` beside it and ours.
@@ -160,6 +162,7 @@ mod tests {
                     "failed_segments": 2,
                     "quarantined_segments": 3,
                 },
+                "under_replicated_segments": 5,
             });
             assert_eq!(render(&node).to_string(), before.to_string());
         }

@@ -125,6 +125,13 @@ impl RaftMetadataStore {
         info: &NodeInfo,
         deadline: Instant,
     ) -> std::result::Result<u64, Attempt> {
+        if self.state_rx.borrow().removed.contains(&node) {
+            // Removed for good (`REMOVE-NODE`): a removed node still running
+            // must not vote its way back in.
+            return Err(Attempt::Fail(Error::Refused(
+                walrus_core::metadata::removed_for_good(node),
+            )));
+        }
         self.transport.set_peer_address(node, &info.raft_addr);
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let is_voter = membership.membership().voter_ids().any(|id| id == node);

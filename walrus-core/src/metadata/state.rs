@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,36 @@ impl SegmentMeta {
         std::iter::once(self.leader)
             .chain(self.followers.iter().copied())
             .collect()
+    }
+
+    /// The replicas that still count as copies: the replica set without
+    /// the nodes removed from the cluster (`RemoveNode`), leader first.
+    pub fn holders(&self, removed: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        self.replicas()
+            .into_iter()
+            .filter(|n| !removed.contains(n))
+            .collect()
+    }
+
+    /// Takes `node`'s copy out of the replica set, when another copy
+    /// stays: a follower is dropped; a leader is replaced by the first
+    /// follower (reads of a closed segment go to its leader).
+    fn drop_copy(&mut self, node: NodeId) -> bool {
+        if self.leader == node {
+            if self.followers.is_empty() {
+                return false;
+            }
+            self.leader = self.followers.remove(0);
+            self.moves += 1;
+            return true;
+        }
+        let before = self.followers.len();
+        self.followers.retain(|f| *f != node);
+        let changed = before != self.followers.len();
+        if changed {
+            self.moves += 1;
+        }
+        changed
     }
 
     /// How many replicas (the leader included) must hold an entry before
@@ -82,6 +112,17 @@ pub struct SegmentMeta {
     /// not written then, which keeps such snapshots as they were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// How many times the replica set changed after the segment closed
+    /// (`RemoveNode`, `RefillStorage`, `SetReplicas`): `SetReplicas`
+    /// names the count it was decided at, so a late repeat never moves
+    /// copies back to a set that was changed since. (Not written while 0,
+    /// which keeps older snapshots as they were.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moves: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How much of a topic retention keeps. Each limit that is `Some` deletes
@@ -244,6 +285,21 @@ pub enum Location {
 }
 
 impl TopicState {
+    /// The segments (not deleted by retention, not lost) with fewer copies
+    /// than the topic's `rf`: a replica set that was short when it opened
+    /// (fewer live voters than `rf`), or a copy on a node that was removed
+    /// (a wiped node's copies leave the set when it is refilled,
+    /// `RefillStorage`). Re-replication brings closed ones back to `rf`.
+    pub fn under_replicated(&self, removed: &BTreeSet<NodeId>) -> Vec<SegmentId> {
+        self.segments
+            .iter()
+            .skip(self.deleted_through as usize)
+            .filter(|s| !matches!(s.status, SegmentStatus::Lost { .. }))
+            .filter(|s| s.holders(removed).len() < self.rf as usize)
+            .map(|s| s.id)
+            .collect()
+    }
+
     pub fn current(&self) -> &SegmentMeta {
         self.segments
             .last()
@@ -468,6 +524,44 @@ pub enum MetadataCmd {
         segment: SegmentId,
         bytes: u64,
     },
+    /// The operator removes `node` for good (`REMOVE-NODE`): it is never
+    /// chosen again as a leader or replica, its address and storage are
+    /// forgotten, it cannot join again, and its copies of closed segments
+    /// leave their replica sets (a closed segment it led is led by its
+    /// first follower). Rejected when that would lose data: it leads an
+    /// open segment (it may be running: failover must close it first), a
+    /// pending one (only it knows the count), or holds the only copy of a
+    /// sealed one. Removing a removed node changes nothing.
+    RemoveNode { node: NodeId },
+    /// `node` came back on an empty storage `storage` (wiped or replaced)
+    /// and every segment it held has another copy: `storage` becomes its
+    /// recorded storage and its old copies of closed segments leave their
+    /// replica sets, for re-replication to refill. Rejected, changing
+    /// nothing, where a segment's data or count was only on it (it leads
+    /// an open or pending segment, or held the only copy of a sealed one):
+    /// that takes the operator's `ReplaceStorage`. A compare-and-set:
+    /// only while `replaces` is its recorded storage (a late repeat after
+    /// another change is rejected); the same storage again changes nothing.
+    RefillStorage {
+        node: NodeId,
+        storage: StorageId,
+        replaces: StorageId,
+    },
+    /// Re-replication: the replica set of sealed segment `segment` becomes
+    /// `replicas` (leader first), if it is `expected` and the set moved
+    /// `moves` times so far (a compare-and-set: a stale copy decision, or
+    /// a late repeat, never overwrites a newer set). Proposed only
+    /// once every node in `replicas` holds the segment sealed at its count.
+    /// Rejected when the segment is not sealed, the set changed meanwhile,
+    /// or `replicas` is empty, names a node twice or a removed node; the
+    /// set already being `replicas` changes nothing.
+    SetReplicas {
+        topic: TopicName,
+        segment: SegmentId,
+        expected: Vec<NodeId>,
+        moves: u32,
+        replicas: Vec<NodeId>,
+    },
 }
 
 /// Why a replica set cannot be used, if it cannot: it needs a leader and no
@@ -519,6 +613,16 @@ pub struct ClusterState {
     /// (Default: snapshots taken before groups existed have none.)
     #[serde(default)]
     pub groups: BTreeMap<GroupName, BTreeMap<TopicName, Offset>>,
+    /// Nodes removed for good (`RemoveNode`). (Default: none; not written
+    /// while empty, which keeps older snapshots as they were.)
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed: BTreeSet<NodeId>,
+    /// Storages that were recorded for a node and then replaced
+    /// (`RefillStorage`, `ReplaceStorage`): never accepted again by
+    /// `RefillStorage`, so a late repeat cannot bring one back. (Default:
+    /// none; not written while empty.)
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired_storage: BTreeSet<StorageId>,
 }
 
 impl ClusterState {
@@ -576,16 +680,9 @@ impl ClusterState {
                 count,
                 storage,
             } => {
-                let Some(t) = self.topics.get_mut(topic) else {
-                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
-                };
-                let Some(seg) = segment
-                    .checked_sub(1)
-                    .and_then(|i| t.segments.get_mut(i as usize))
-                else {
-                    return CmdResult::Rejected(format!(
-                        "segment {topic}:{segment} does not exist"
-                    ));
+                let seg = match segment_mut(&mut self.topics, topic, *segment) {
+                    Ok(seg) => seg,
+                    Err(rejected) => return rejected,
                 };
                 if seg.status == SegmentStatus::Open {
                     // Counts are reported only for segments failover
@@ -613,6 +710,9 @@ impl ClusterState {
                 CmdResult::Applied
             }
             MetadataCmd::UpsertNode { node, info } => {
+                if self.removed.contains(node) {
+                    return CmdResult::Rejected(removed_for_good(*node));
+                }
                 if self.nodes.get(node) == Some(info) {
                     return CmdResult::Unchanged;
                 }
@@ -630,6 +730,9 @@ impl ClusterState {
                 CmdResult::Applied
             }
             MetadataCmd::Noop => CmdResult::Unchanged,
+            MetadataCmd::RegisterStorage { node, .. } if self.removed.contains(node) => {
+                CmdResult::Rejected(removed_for_good(*node))
+            }
             MetadataCmd::RegisterStorage { node, storage } => match self.storage.get(node) {
                 None => {
                     self.storage.insert(*node, *storage);
@@ -729,6 +832,19 @@ impl ClusterState {
                     CmdResult::Unchanged
                 }
             }
+            MetadataCmd::RemoveNode { node } => self.remove_node(*node),
+            MetadataCmd::RefillStorage {
+                node,
+                storage,
+                replaces,
+            } => self.refill_storage(*node, *storage, *replaces),
+            MetadataCmd::SetReplicas {
+                topic,
+                segment,
+                expected,
+                moves,
+                replicas,
+            } => self.set_replicas(topic, *segment, (expected, *moves), replicas),
             MetadataCmd::DeleteSegments { topic, through } => {
                 let Some(t) = self.topics.get_mut(topic) else {
                     return CmdResult::Rejected(format!("topic {topic} does not exist"));
@@ -783,6 +899,7 @@ impl ClusterState {
                     status: SegmentStatus::Open,
                     closed_at_ms: None,
                     bytes: None,
+                    moves: 0,
                 }],
                 cursor: 0,
                 retention: None,
@@ -828,8 +945,167 @@ impl ClusterState {
             status: SegmentStatus::Open,
             closed_at_ms: None,
             bytes: None,
+            moves: 0,
         });
         CmdResult::Applied
+    }
+
+    /// What keeps `node`'s copies from being given up, one line each:
+    /// segments whose data or count only it has. `for_removal`: the
+    /// operator removes it (else it came back empty).
+    pub fn sole_copies_on(&self, node: NodeId, for_removal: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, t) in &self.topics {
+            for s in t.segments.iter().skip(t.deleted_through as usize) {
+                match s.status {
+                    SegmentStatus::Open if s.leader == node => out.push(if for_removal {
+                        format!(
+                            "node {node} leads the open segment {name}:{}, so it may be running: \
+                             stop it first; once it has been silent for the failover delay \
+                             (lease + margin, 1.5 s by default) its segments are closed, and this \
+                             can run",
+                            s.id
+                        )
+                    } else {
+                        format!(
+                            "node {node} still leads the open segment {name}:{} (failover has not \
+                             closed it yet)",
+                            s.id
+                        )
+                    }),
+                    SegmentStatus::Pending if s.leader == node => out.push(format!(
+                        "segment {name}:{} is pending: its count is known only to node {node}, \
+                         its leader",
+                        s.id
+                    )),
+                    SegmentStatus::Sealed { count }
+                        if count > 0 && s.holders(&self.removed) == [node] =>
+                    {
+                        out.push(format!(
+                            "the only copy of segment {name}:{} ({count} entries) is on node {node}",
+                            s.id
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops `node`'s copies of every segment that is not open (an open
+    /// one's leader rolls it, or streams the copy again).
+    fn drop_copies_of(&mut self, node: NodeId) {
+        for t in self.topics.values_mut() {
+            for s in &mut t.segments {
+                if s.status != SegmentStatus::Open {
+                    s.drop_copy(node);
+                }
+            }
+        }
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> CmdResult {
+        if self.removed.contains(&node) {
+            return CmdResult::Unchanged;
+        }
+        if !self.nodes.contains_key(&node) {
+            return CmdResult::Rejected(format!("node {node} is not a member of this cluster"));
+        }
+        let blockers = self.sole_copies_on(node, true);
+        if !blockers.is_empty() {
+            return CmdResult::Rejected(removal_refused(node, &blockers));
+        }
+        self.removed.insert(node);
+        self.nodes.remove(&node);
+        self.storage.remove(&node);
+        self.drop_copies_of(node);
+        CmdResult::Applied
+    }
+
+    fn refill_storage(
+        &mut self,
+        node: NodeId,
+        storage: StorageId,
+        replaces: StorageId,
+    ) -> CmdResult {
+        if self.removed.contains(&node) {
+            return CmdResult::Rejected(removed_for_good(node));
+        }
+        if self.retired_storage.contains(&storage) {
+            return CmdResult::Rejected(format!(
+                "storage {storage} was node {node}'s once and was replaced since"
+            ));
+        }
+        match self.storage.get(&node) {
+            Some(s) if *s == storage => return CmdResult::Unchanged,
+            Some(s) if *s == replaces => {}
+            recorded => {
+                return CmdResult::Rejected(format!(
+                    "node {node}'s recorded storage is {}, not {replaces}: it changed meanwhile",
+                    recorded.map_or("none".to_string(), |s| s.to_string())
+                ))
+            }
+        }
+        let blockers = self.sole_copies_on(node, false);
+        if !blockers.is_empty() {
+            return CmdResult::Rejected(format!(
+                "node {node}'s lost storage held data found nowhere else: {}",
+                summarize(&blockers)
+            ));
+        }
+        self.retired_storage.insert(replaces);
+        self.storage.insert(node, storage);
+        self.drop_copies_of(node);
+        CmdResult::Applied
+    }
+
+    fn set_replicas(
+        &mut self,
+        topic: &TopicName,
+        segment: SegmentId,
+        (expected, moves): (&[NodeId], u32),
+        replicas: &[NodeId],
+    ) -> CmdResult {
+        if let Some(why) = invalid_replicas(replicas) {
+            return CmdResult::Rejected(why);
+        }
+        if let Some(r) = replicas.iter().find(|r| self.removed.contains(r)) {
+            return CmdResult::Rejected(removed_for_good(*r));
+        }
+        let seg = match segment_mut(&mut self.topics, topic, segment) {
+            Ok(seg) => seg,
+            Err(rejected) => return rejected,
+        };
+        if !matches!(seg.status, SegmentStatus::Sealed { .. }) {
+            return CmdResult::Rejected(format!(
+                "segment {topic}:{segment} is not sealed: only a sealed segment's copies move"
+            ));
+        }
+        let current = seg.replicas();
+        if current == replicas {
+            return CmdResult::Unchanged;
+        }
+        if current != expected || seg.moves != moves {
+            return CmdResult::Rejected(format!(
+                "the replicas of segment {topic}:{segment} changed meanwhile: {current:?} after \
+                 {} moves, not {expected:?} after {moves}",
+                seg.moves
+            ));
+        }
+        seg.leader = replicas[0];
+        seg.followers = replicas[1..].to_vec();
+        seg.moves += 1;
+        CmdResult::Applied
+    }
+
+    /// Under-replicated segments in every topic (see
+    /// [`TopicState::under_replicated`]).
+    pub fn under_replicated_count(&self) -> usize {
+        self.topics
+            .values()
+            .map(|t| t.under_replicated(&self.removed).len())
+            .sum()
     }
 
     /// Closed segments not yet stamped with the time they were closed.
@@ -869,7 +1145,16 @@ impl ClusterState {
         if self.storage.get(&node) == Some(&storage) {
             return CmdResult::Unchanged;
         }
-        self.storage.insert(node, storage);
+        if self.retired_storage.contains(&storage) {
+            // Only a late repeat names a storage that was replaced since:
+            // a refused node prints a new, random one.
+            return CmdResult::Rejected(format!(
+                "storage {storage} was replaced since; a wiped node names a new storage id"
+            ));
+        }
+        if let Some(old) = self.storage.insert(node, storage) {
+            self.retired_storage.insert(old);
+        }
         let delivered: BTreeMap<&TopicName, Offset> =
             delivered.iter().map(|(t, o)| (t, *o)).collect();
         for (name, t) in self.topics.iter_mut() {
@@ -966,8 +1251,62 @@ impl ClusterState {
             "retention": t.retention,
             "replication_factor": t.rf,
             "segment_replicas": replicas,
+            "under_replicated_segments": t.under_replicated(&self.removed),
         }))
     }
+}
+
+/// Segment `segment` of `topic`, or the rejection naming what is missing.
+fn segment_mut<'a>(
+    topics: &'a mut BTreeMap<TopicName, TopicState>,
+    topic: &TopicName,
+    segment: SegmentId,
+) -> Result<&'a mut SegmentMeta, CmdResult> {
+    let Some(t) = topics.get_mut(topic) else {
+        return Err(CmdResult::Rejected(format!("topic {topic} does not exist")));
+    };
+    segment
+        .checked_sub(1)
+        .and_then(|i| t.segments.get_mut(i as usize))
+        .ok_or_else(|| CmdResult::Rejected(format!("segment {topic}:{segment} does not exist")))
+}
+
+/// Why a removed node cannot come back.
+pub fn removed_for_good(node: NodeId) -> String {
+    format!(
+        "node {node} was removed from this cluster for good (`walrus-cli node remove {node}`): \
+         it cannot join again; start the machine as a new node, with another id and an empty \
+         data directory"
+    )
+}
+
+/// Why removing `node` is refused (`blockers`, from
+/// [`ClusterState::sole_copies_on`] and live checks), and what to do.
+pub fn removal_refused(node: NodeId, blockers: &[String]) -> String {
+    format!(
+        "removing node {node} would lose data: {}. A node leading an open segment: stop it and \
+         wait for failover. A pending segment: start node {node} so it reports the count (if its \
+         disk is gone, `walrus-cli node replace-storage {node} <new-storage-id>` closes it as \
+         lost). An only copy: keep node {node} (restart it, restore its disk; a topic with \
+         replication factor 1 has no other copy), or start the other replicas so that their \
+         copies can be checked",
+        summarize(blockers)
+    )
+}
+
+/// The first few of `lines`, and how many more.
+fn summarize(lines: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut out = lines
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if lines.len() > SHOWN {
+        out.push_str(&format!("; and {} more", lines.len() - SHOWN));
+    }
+    out
 }
 
 /// What an operator reads when a node's storage is not the recorded one.

@@ -181,7 +181,10 @@ impl Node {
             .max_by_key(|(_, c)| *c)
             .expect("a quorum is at least one answer");
         let sealed = answers.iter().map(|(r, held)| async move {
-            match self.seal_replica(key, holder, *r, *held, count).await {
+            match self
+                .seal_replica(key, holder, *r, *held, count, false)
+                .await
+            {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(
@@ -204,14 +207,16 @@ impl Node {
     }
 
     /// Copies entries `held..count` of `key` from `holder` to `replica`
-    /// and seals it there at `count`.
-    async fn seal_replica(
+    /// and seals it there at `count`. `paced`: at re-replication's pace
+    /// (`Node::pace`), not at once as a failover must.
+    pub(crate) async fn seal_replica(
         &self,
         key: &SegmentKey,
         holder: NodeId,
         replica: NodeId,
         mut held: u64,
         count: u64,
+        paced: bool,
     ) -> Result<()> {
         loop {
             let entries = if held < count {
@@ -227,6 +232,7 @@ impl Node {
                     "node {holder} returned no entry of {key} at index {held} of {count}"
                 )));
             }
+            let bytes: usize = entries.iter().map(Bytes::len).sum();
             let answer = self
                 .call_replica(
                     replica,
@@ -253,6 +259,9 @@ impl Node {
                 )));
             }
             held = now.min(count);
+            if paced {
+                self.pace(bytes).await;
+            }
         }
     }
 
@@ -299,7 +308,8 @@ impl Node {
             self.log.delete(key).await?;
             held = 0;
         }
-        self.seal_replica(key, holder, self.id, held, count).await
+        self.seal_replica(key, holder, self.id, held, count, false)
+            .await
     }
 
     /// Entries `from..` of `key` as `holder` stores them.

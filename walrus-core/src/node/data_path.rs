@@ -112,6 +112,17 @@ impl super::Node {
                     .to_string(),
                 ))
             }
+            Request::RemoveNode { node } => {
+                let under_replicated = self.remove_node(node).await?;
+                Ok(Response::Json(
+                    serde_json::json!({
+                        "node": node,
+                        "removed": true,
+                        "under_replicated_segments": under_replicated,
+                    })
+                    .to_string(),
+                ))
+            }
             Request::Topics => {
                 let state = self.metadata.state();
                 let names: Vec<&str> = state.topics.keys().map(TopicName::as_str).collect();

@@ -20,6 +20,12 @@ pub struct NodeMetrics {
     pub metadata_version: u64,
     pub write_lease_valid: bool,
     pub storage: StorageMetrics,
+    /// Segments of every topic with fewer copies than their topic's
+    /// replication factor, as this node's applied metadata says
+    /// ([`ClusterState::under_replicated_count`](crate::metadata::ClusterState::under_replicated_count)).
+    /// (Default 0: metrics serialised before it.)
+    #[serde(default)]
+    pub under_replicated_segments: usize,
 }
 
 /// What the log store reports of its storage's health: non-zero means an
@@ -47,6 +53,7 @@ impl super::Node {
                 failed_segments: health.failed_segments.len(),
                 quarantined_segments: health.quarantined_segments.len(),
             },
+            under_replicated_segments: state.under_replicated_count(),
         }
     }
 }

@@ -20,6 +20,10 @@
 //!   no cursor.
 //! - `retention`: deleting closed segments past a topic's retention, in
 //!   the metadata (the consensus leader) and on every node's disk.
+//! - `membership`: removing a node for good (`REMOVE-NODE`) and accepting
+//!   a node back on an empty disk when its copies exist elsewhere.
+//! - `rereplicate`: new copies of sealed segments that have fewer than
+//!   their topic's `rf`, made by the consensus leader.
 //! - `storage`: storage identity: claims of starting nodes and the
 //!   operator's acceptance of a lost storage.
 //! - `peer_requests`: the [`RequestHandler`](crate::RequestHandler) that
@@ -33,11 +37,13 @@ mod failover;
 mod forward;
 mod group;
 pub mod lease;
+mod membership;
 mod metrics;
 mod peer_requests;
 mod produce;
 mod read;
 mod replicate;
+mod rereplicate;
 mod retention;
 mod rollover;
 mod storage;
@@ -59,6 +65,9 @@ use crate::types::NodeId;
 use crate::locks::MutexExt;
 pub use lease::QuorumLease;
 pub use metrics::{NodeMetrics, StorageMetrics};
+
+/// Re-replication's default pace: 32 MiB/s.
+pub const DEFAULT_REREPLICATION_RATE: u64 = 32 << 20;
 
 /// Settings of one node's logic.
 #[derive(Debug, Clone)]
@@ -102,6 +111,10 @@ pub struct NodeConfig {
     /// replicated segments works (docs/architecture.md, "Replication");
     /// then `min(3, voters)`.
     pub replication_factor: u32,
+    /// Bytes per second re-replication copies at, at most (one segment at a
+    /// time, from the consensus leader), so producers keep the disks and
+    /// the network.
+    pub rereplication_rate: u64,
 }
 
 impl NodeConfig {
@@ -123,6 +136,7 @@ impl NodeConfig {
             forward_timeout: DEFAULT_LEASE * 2 + DEFAULT_FAILOVER_MARGIN,
             storage: None,
             replication_factor: 1,
+            rereplication_rate: DEFAULT_REREPLICATION_RATE,
         }
     }
 }
@@ -146,6 +160,8 @@ pub struct Node {
     producers: produce::Producers,
     /// Copies of the replicated segments this node leads.
     replication: replicate::Replication,
+    /// The consensus leader's re-replication pass, when one runs.
+    rereplication: rereplicate::Rereplication,
     /// Wakes long-polling readers of segments this node leads.
     appends: read::AppendSignals,
     /// Set when the node stops: waiting READs answer at once.
@@ -207,6 +223,7 @@ impl Node {
             producers: produce::Producers::default(),
             appends: read::AppendSignals::default(),
             replication: replicate::Replication::default(),
+            rereplication: rereplicate::Rereplication::default(),
             stopping: read::Stopping::default(),
             count_refused: Default::default(),
             retention_done: Default::default(),
@@ -229,6 +246,7 @@ impl Node {
             tokio::spawn(failover_loop(Arc::downgrade(self))),
             tokio::spawn(cursor_loop(Arc::downgrade(self))),
             tokio::spawn(retention_loop(Arc::downgrade(self))),
+            tokio::spawn(membership_loop(Arc::downgrade(self))),
         ];
         self.tasks_lock().extend(loops);
     }
@@ -322,6 +340,11 @@ node_loop!(
     retention_loop,
     |c: &NodeConfig| c.retention_interval,
     retention_tick
+);
+node_loop!(
+    membership_loop,
+    |c: &NodeConfig| c.monitor_interval,
+    membership_tick
 );
 node_loop!(
     cursor_loop,

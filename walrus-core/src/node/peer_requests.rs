@@ -68,6 +68,7 @@ impl RequestHandler for super::Node {
             }
             NodeRequest::RenewLease { node } => self.on_renew_lease(node).await,
             NodeRequest::Join { node, info } => {
+                self.refuse_removed(node)?;
                 self.metadata.add_node(node, info).await?;
                 Ok(NodeResponse::Done)
             }
@@ -107,6 +108,10 @@ impl RequestHandler for super::Node {
             } => self.on_seal_copy(&segment, first, &entries, count).await,
             NodeRequest::ReplaceStorage { node, storage } => Ok(NodeResponse::StorageReplaced {
                 lost: self.replace_storage_here(node, storage).await?,
+            }),
+            NodeRequest::RemoveNode { node } => Ok(NodeResponse::NodeRemoved {
+                node,
+                under_replicated: self.remove_node_here(node).await?,
             }),
         }
     }

@@ -126,7 +126,7 @@ impl super::Node {
     /// waiting on a dead node.
     pub(crate) async fn replicas_led_by(&self, leader: NodeId, rf: u32) -> Vec<NodeId> {
         let status = self.metadata.status();
-        let voters: Vec<NodeId> = status.voters.iter().copied().collect();
+        let voters = self.eligible_voters(&status);
         let ring = voters
             .iter()
             .filter(|v| **v > leader)
@@ -143,9 +143,26 @@ impl super::Node {
         replicas
     }
 
+    /// The voters in id order, without removed nodes (`REMOVE-NODE`
+    /// commits before the consensus membership changes: in between, a
+    /// removed node still votes but is never chosen).
+    fn eligible_voters(&self, status: &crate::ConsensusStatus) -> Vec<NodeId> {
+        let state = self.metadata.state();
+        status
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !state.removed.contains(v))
+            .collect()
+    }
+
     /// This node; or a node the consensus leader heard from lately (when
     /// we lead) that answers a ping.
-    async fn looks_alive(&self, candidate: NodeId, status: &crate::ConsensusStatus) -> bool {
+    pub(crate) async fn looks_alive(
+        &self,
+        candidate: NodeId,
+        status: &crate::ConsensusStatus,
+    ) -> bool {
         if candidate == self.id {
             return true;
         }
@@ -165,7 +182,7 @@ impl super::Node {
     /// nodes that do not answer a ping. Falls back to this node.
     pub(crate) async fn next_leader(&self, current: NodeId) -> NodeId {
         let status = self.metadata.status();
-        let voters: Vec<NodeId> = status.voters.iter().copied().collect();
+        let voters = self.eligible_voters(&status);
         let ring = voters
             .iter()
             .filter(|v| **v > current)

@@ -4,9 +4,6 @@
 //! never a restart. See "Storage identity" in `docs/architecture.md`.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::metadata::{CmdResult, MetadataCmd, SegmentStatus};
@@ -23,13 +20,27 @@ impl super::Node {
         storage: StorageId,
         fresh: bool,
     ) -> Result<()> {
+        self.refuse_removed(node)?;
         let cmd = MetadataCmd::RegisterStorage { node, storage };
         if let CmdResult::Rejected(why) = self.metadata.propose(cmd).await? {
-            tracing::warn!(node = self.id, "refused node {node}: {why}");
-            return Err(Error::Refused(why));
+            // A wiped node whose every segment has another copy is taken
+            // back under its new storage and refilled.
+            if let Err(e) = self.refill_or_refuse(node, storage, fresh, why).await {
+                tracing::warn!(node = self.id, "refused node {node}: {e}");
+                return Err(e);
+            }
         }
         if fresh {
             self.metadata.readmit_node(node).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a node removed for good (`REMOVE-NODE`) that asks to take
+    /// part again.
+    pub(crate) fn refuse_removed(&self, node: NodeId) -> Result<()> {
+        if self.metadata.state().removed.contains(&node) {
+            return Err(Error::Refused(crate::metadata::removed_for_good(node)));
         }
         Ok(())
     }
@@ -41,33 +52,16 @@ impl super::Node {
         node: NodeId,
         storage: StorageId,
     ) -> Result<Vec<(SegmentKey, u64)>> {
-        let deadline = Instant::now() + self.config.request_timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let result = match self.metadata.status().leader {
-                Some(l) if l == self.id => self.replace_storage_here(node, storage).await,
-                Some(l) => match self
-                    .transport
-                    .call(l, NodeRequest::ReplaceStorage { node, storage })
-                    .await?
-                {
-                    NodeResponse::StorageReplaced { lost } => Ok(lost),
-                    other => Err(Error::Internal(format!(
-                        "node {l} answered REPLACE-STORAGE with {other:?}"
-                    ))),
-                },
-                None => Err(Error::Unavailable(
-                    "no consensus leader to carry out REPLACE-STORAGE, retry".into(),
-                )),
-            };
-            match result {
-                Err(Error::NotLeader) if Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                other => return other,
-            }
-        }
+        self.on_consensus_leader(
+            "REPLACE-STORAGE",
+            || self.replace_storage_here(node, storage),
+            NodeRequest::ReplaceStorage { node, storage },
+            |answer| match answer {
+                NodeResponse::StorageReplaced { lost } => Some(lost),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// The consensus leader's side of `REPLACE-STORAGE`: with the cursors

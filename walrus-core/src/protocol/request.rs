@@ -152,6 +152,11 @@ pub enum Request {
         node: NodeId,
         storage: StorageId,
     },
+    /// `REMOVE-NODE <node>` (operator): remove `node` from the cluster for
+    /// good; its segments get copies elsewhere.
+    RemoveNode {
+        node: NodeId,
+    },
 }
 
 impl Request {
@@ -232,6 +237,19 @@ impl Request {
                     node,
                     storage: storage.parse()?,
                 })
+            }
+            "REMOVE-NODE" => {
+                const USAGE: &str = "REMOVE-NODE requires a node id";
+                let rest = rest.map(|r| r.trim_end_matches(['\r', '\n'])).unwrap_or("");
+                let mut words = rest.split(' ');
+                let (Some(node), None) = (words.next().filter(|w| !w.is_empty()), words.next())
+                else {
+                    return Err(Error::BadRequest(USAGE.into()));
+                };
+                let node = node
+                    .parse::<NodeId>()
+                    .map_err(|_| Error::BadRequest(format!("invalid node id {node:?}: {USAGE}")))?;
+                Ok(Request::RemoveNode { node })
             }
             _ => Err(Error::BadRequest(format!("unknown command {verb}"))),
         }
@@ -668,6 +686,25 @@ mod tests {
         );
         assert_eq!(parse(b"Metrics").unwrap(), Request::Metrics);
         assert_eq!(parse(b"ping").unwrap(), Request::Ping);
+    }
+
+    #[test]
+    fn given_remove_node_when_parsed_should_take_exactly_one_node_id() {
+        assert_eq!(
+            parse(b"REMOVE-NODE 3").unwrap(),
+            Request::RemoveNode { node: 3 }
+        );
+        assert_eq!(
+            parse(b"remove-node 3\r\n").unwrap(),
+            Request::RemoveNode { node: 3 }
+        );
+        let usage = "REMOVE-NODE requires a node id";
+        assert_eq!(parse(b"REMOVE-NODE").unwrap_err(), usage);
+        assert_eq!(parse(b"REMOVE-NODE ").unwrap_err(), usage);
+        assert_eq!(parse(b"REMOVE-NODE 1 2").unwrap_err(), usage);
+        assert!(parse(b"REMOVE-NODE x")
+            .unwrap_err()
+            .contains("invalid node id \"x\""));
     }
 
     #[test]

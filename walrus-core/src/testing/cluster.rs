@@ -199,6 +199,25 @@ impl TestCluster {
         self.nodes.insert(id, node);
     }
 
+    /// Starts a new node `id` with `config` on an empty log and makes it a
+    /// voter (it joins, as `--join` does).
+    pub fn add_node(&mut self, id: NodeId, config: NodeConfig) {
+        let store = self.metadata.join(id, sim_info(id));
+        let log = Arc::new(MemLogStore::new());
+        let node = Node::new(
+            config.clone(),
+            store,
+            log.clone(),
+            self.net.transport(id),
+            Arc::new(SystemClock),
+        );
+        self.net.register(id, node.clone());
+        node.start();
+        self.nodes.insert(id, node);
+        self.logs.insert(id, log);
+        self.configs.insert(id, config);
+    }
+
     /// Stops every node.
     pub async fn shutdown(&self) {
         for node in self.nodes.values() {

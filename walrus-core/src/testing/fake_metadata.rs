@@ -367,6 +367,14 @@ impl MetadataStore for FakeMetadataStore {
         Ok(())
     }
 
+    async fn remove_node(&self, node: NodeId) -> Result<()> {
+        let mut inner = self.cluster.lock();
+        self.check_connected(&inner)?;
+        inner.has_quorum()?;
+        inner.voters.remove(&node);
+        Ok(())
+    }
+
     fn metrics(&self) -> ConsensusMetrics {
         let inner = self.cluster.lock();
         let (leader, term, applied) = match inner.members.get(&self.node) {

@@ -219,6 +219,7 @@ fn every_request() -> Vec<NodeRequest> {
             entries: vec![Bytes::from_static(b"tail")],
             count: 4,
         },
+        NodeRequest::RemoveNode { node: 4 },
     ]
 }
 
@@ -241,6 +242,10 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
         NodeRequest::RenewLease { .. } => NodeResponse::Lease { version: 42 },
         NodeRequest::ReplaceStorage { .. } => NodeResponse::StorageReplaced {
             lost: vec![(segment(), 3)],
+        },
+        NodeRequest::RemoveNode { node } => NodeResponse::NodeRemoved {
+            node: *node,
+            under_replicated: 6,
         },
         NodeRequest::Consensus(body) => NodeResponse::Consensus(body.clone()),
         NodeRequest::AppendWhole { entries, .. } => NodeResponse::Stored {

@@ -170,8 +170,11 @@ async fn given_a_member_when_another_storage_claims_its_id_should_refuse_it_and_
         fresh: true,
     };
     let node1: &dyn RequestHandler = &**c.node(1);
+    // Node 2 holds no segment, so a wiped node 2 would be refilled (issue
+    // 10), but it is live: another process claims its id, and waits.
     match node1.handle(claim(NEW_DISK)).await {
-        Err(Error::Refused(why)) => {
+        Err(Error::Unavailable(why)) => {
+            assert!(why.contains("node 2 was heard from"), "{why}");
             assert!(why.contains(&disk(2).to_string()), "{why}");
             assert!(
                 why.contains(&format!("walrus-cli node replace-storage 2 {NEW_DISK}")),

@@ -18,6 +18,7 @@ mod lease_provider;
 mod lifecycle;
 mod locks;
 mod log_conformance_mem;
+mod membership;
 mod metadata_conformance_fake;
 mod metadata_repeats;
 mod offsets;

@@ -8,7 +8,7 @@
 //! change).
 
 use proptest::prelude::*;
-use walrus_core::metadata::{ClusterState, CmdResult, MetadataCmd, ProducerEntry};
+use walrus_core::metadata::{ClusterState, CmdResult, MetadataCmd, NodeInfo, ProducerEntry};
 use walrus_core::{ClusterId, ProducerId, StorageId, TopicName};
 
 fn topic(i: u8) -> TopicName {
@@ -113,13 +113,48 @@ fn command() -> impl Strategy<Value = MetadataCmd> {
                 bytes,
             }
         }),
+        node.clone()
+            .prop_map(|node| MetadataCmd::RemoveNode { node }),
+        (node.clone(), 1u128..=3, 1u128..=3).prop_map(|(node, s, r)| {
+            MetadataCmd::RefillStorage {
+                node,
+                storage: StorageId::from_u128(s),
+                replaces: StorageId::from_u128(r),
+            }
+        }),
+        (
+            t.clone(),
+            1u64..=4,
+            prop::collection::vec(node.clone(), 0..4),
+            0u32..3,
+            prop::collection::vec(node.clone(), 0..4)
+        )
+            .prop_map(|(t, segment, expected, moves, replicas)| {
+                MetadataCmd::SetReplicas {
+                    topic: topic(t),
+                    segment,
+                    expected,
+                    moves,
+                    replicas,
+                }
+            }),
         Just(MetadataCmd::Noop),
     ]
 }
 
-/// Both topics exist from the start, so that fewer commands are rejected.
+/// Both topics and the three nodes exist from the start, so that fewer
+/// commands are rejected.
 fn state_of(cmds: &[MetadataCmd]) -> ClusterState {
     let mut s = ClusterState::default();
+    for node in 1..=3 {
+        s.apply(&MetadataCmd::UpsertNode {
+            node,
+            info: NodeInfo {
+                raft_addr: format!("n{node}"),
+                client_addr: format!("c{node}"),
+            },
+        });
+    }
     for t in 0..2 {
         s.apply(&MetadataCmd::CreateTopic {
             topic: topic(t),

@@ -250,6 +250,17 @@ enum NodeCommand {
         /// The new storage id, as the refused node printed it (32 hex digits).
         storage: String,
     },
+    /// Remove a node from the cluster for good: it leaves the consensus
+    /// membership, is never chosen again as a segment leader or replica,
+    /// and cannot join again; every segment that had a copy on it gets a
+    /// new copy on another node (STATE's `under_replicated_segments` shows
+    /// what is left to copy). Refused, changing nothing, when it would
+    /// lose data (the node leads an open or pending segment, or holds the
+    /// only copy of one) or leave consensus without a live majority.
+    Remove {
+        /// The node to remove.
+        node: u64,
+    },
 }
 
 /// The TLS settings of --tls-ca and --tls-server-name, if any.
@@ -414,6 +425,9 @@ fn main() -> ExitCode {
                 Command::Node {
                     command: NodeCommand::ReplaceStorage { node, storage },
                 } => format!("REPLACE-STORAGE {node} {storage}"),
+                Command::Node {
+                    command: NodeCommand::Remove { node },
+                } => format!("REMOVE-NODE {node}"),
                 Command::Group {
                     command:
                         GroupCommand::Commit {

@@ -29,7 +29,7 @@ use super::Sources;
 use crate::listener::{ClientHandler, ListenerStats};
 
 /// The `command` label of each request kind, in [`command_index`] order.
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "register",
     "put",
     "putb",
@@ -45,6 +45,7 @@ const COMMANDS: [&str; 15] = [
     "commit",
     "replace_storage",
     "config",
+    "remove_node",
 ];
 const PUT: usize = 1;
 const GET: usize = 3;
@@ -67,6 +68,7 @@ fn command_index(req: &Request) -> usize {
         Request::Commit { .. } => 12,
         Request::ReplaceStorage { .. } => 13,
         Request::Config { .. } => 14,
+        Request::RemoveNode { .. } => 15,
     }
 }
 
@@ -437,9 +439,10 @@ impl Collector for Scrape {
         gauge(
             &mut encoder,
             "walrus_segments_under_replicated",
-            "Segments with fewer up-to-date copies than their replica set. Always 0 for now: \
-             follower progress of replicated segments is not tracked here yet.",
-            0,
+            "Segments (every topic's, from the cluster metadata) with fewer copies than their \
+             topic's replication factor: opened with too few live nodes, or holding a copy on a \
+             removed or wiped node. Re-replication brings sealed ones back.",
+            self.node.under_replicated_segments as i64,
         )?;
         if let Some(wal) = &self.wal {
             counter(

@@ -216,10 +216,13 @@ impl Session {
             return Verdict::Run(req);
         };
         match (&req, topic) {
-            (Request::ReplaceStorage { .. }, _) => Verdict::Answer(denied(format!(
-                "this token is limited to topics starting with {prefix:?}; REPLACE-STORAGE \
-                 needs an operator's token (write scope, no prefix)"
-            ))),
+            (Request::ReplaceStorage { .. } | Request::RemoveNode { .. }, _) => {
+                Verdict::Answer(denied(format!(
+                    "this token is limited to topics starting with {prefix:?}; {} needs an \
+                     operator's token (write scope, no prefix)",
+                    verb(&req)
+                )))
+            }
             (Request::Topics | Request::TopicCounts, _) => {
                 Verdict::RunFiltered(req, prefix.clone())
             }
@@ -267,7 +270,7 @@ fn needs(req: &Request) -> (bool, Option<&TopicName>) {
         Request::Read { topic, .. }
         | Request::Fetch { topic, .. }
         | Request::Commit { topic, .. } => (false, Some(topic)),
-        Request::ReplaceStorage { .. } => (true, None),
+        Request::ReplaceStorage { .. } | Request::RemoveNode { .. } => (true, None),
         Request::Metrics | Request::Ping | Request::Topics | Request::TopicCounts => (false, None),
     }
 }
@@ -280,6 +283,7 @@ fn verb(req: &Request) -> &'static str {
         Request::Get(_) => "GET (it moves the topic's shared cursor)",
         Request::Config { .. } => "CONFIG … RETAIN",
         Request::ReplaceStorage { .. } => "REPLACE-STORAGE",
+        Request::RemoveNode { .. } => "REMOVE-NODE",
         _ => "this request",
     }
 }

@@ -215,6 +215,7 @@ fn topic_of(req: &Request) -> Option<&TopicName> {
         | Request::Ping
         | Request::Topics
         | Request::TopicCounts
-        | Request::ReplaceStorage { .. } => None,
+        | Request::ReplaceStorage { .. }
+        | Request::RemoveNode { .. } => None,
     }
 }

@@ -105,6 +105,7 @@ fn every_command() -> Vec<String> {
     all.extend(topic_reads("a.x"));
     all.extend(global_reads());
     all.push(format!("REPLACE-STORAGE 2 {STORAGE}"));
+    all.push("REMOVE-NODE 2".into());
     all.push("NOSUCHVERB x".into());
     all
 }
@@ -192,6 +193,7 @@ async fn given_a_read_only_token_should_refuse_every_write_and_run_every_read() 
     let c = Client::new(l.local_addr().to_string()).with_auth(READER);
     let mut refused = writes("a.x");
     refused.push(format!("REPLACE-STORAGE 2 {STORAGE}"));
+    refused.push("REMOVE-NODE 2".into());
     assert_answers_start_with(
         &c,
         &refused,
@@ -224,6 +226,11 @@ async fn given_a_prefix_limited_token_should_refuse_other_topics_and_filter_topi
     assert!(
         admin_only.starts_with("ERR permission denied") && admin_only.contains("operator"),
         "{admin_only}"
+    );
+    let remove = c.send_raw("REMOVE-NODE 2").await.unwrap();
+    assert!(
+        remove.starts_with("ERR permission denied") && remove.contains("REMOVE-NODE needs"),
+        "{remove}"
     );
     assert_eq!(rec.count(), 0, "nothing outside the prefix ran");
 

@@ -67,9 +67,10 @@ impl ClientHandler for Mini {
                 Response::Json(format!("{{\"first\":0,\"end\":{}}}", log.0.len()))
             }
             Request::Ping => Response::Pong,
-            Request::ReplaceStorage { .. } | Request::Fetch { .. } | Request::Commit { .. } => {
-                Response::Err("not here".into())
-            }
+            Request::ReplaceStorage { .. }
+            | Request::RemoveNode { .. }
+            | Request::Fetch { .. }
+            | Request::Commit { .. } => Response::Err("not here".into()),
         }
     }
 }

@@ -8,3 +8,4 @@ mod auth;
 mod client;
 mod listener_on_fakes;
 mod pipelined_batches;
+mod remove_node;
