@@ -11,7 +11,7 @@
 #   BENCH_DURATION   length of each load run (default 5s)
 #   BENCH_OUT        where the markdown goes (default docs/performance.md)
 #   BENCH_SKIP       space-separated sections to skip: echo redis walrus failover consumers
-#                    security
+#                    security replication
 #   BENCH_NO_BUILD=1 use the binaries already in $CARGO_TARGET_DIR/release
 #   BENCH_PORT_BASE  first port used (default 27000)
 #   BENCH_SERVER_BIN walrus-server binary to measure (default: the release build)
@@ -536,6 +536,94 @@ security() {
 
 if [[ $HAVE_SERVER == 1 ]] && ! skipped security; then
     security
+fi
+# Replication (issue 10): 3 nodes, 1 KiB PUT to the segment leader of an
+# rf=1 and of an rf=3 topic on the same cluster, at 16 conns and 16 x 32,
+# with --fsync always and interval:200. Each shape runs twice, the factors
+# in swapped order the second time, so that a drift of the host hits both.
+# Then failover of an rf=3 segment: kill -9 of its leader, and the time to
+# a PUT accepted through a survivor and to a READ, through the survivor, of
+# the last entry the dead leader acknowledged.
+register_rf() { # addr topic rf
+    local answer i
+    for ((i = 0; i < 100; i++)); do
+        answer=$("$BIN/walrus-bench" request -a "$1" REGISTER "$2" RF "$3" 2>/dev/null) || true
+        [[ $answer == OK ]] && return 0
+        sleep 0.1
+    done
+    log "  cannot register $2 with RF $3 at $1: $answer"
+    jq -nc --arg s "${CURRENT_SECTION:-}" --arg p "REGISTER $2 RF $3 at $1: $answer" \
+        '{section: "problem", label: $s, problem: $p}' >>"$RESULTS"
+    return 1
+}
+
+replication() {
+    local fsync tag reg conns depth round order rf topic leader
+    for fsync in always interval:200; do
+        tag="replication-3n-${fsync/:/}"
+        CURRENT_SECTION=$tag
+        fsync_probe "before $tag"
+        start_cluster 3 "$fsync" "$tag"
+        wait_ready 3 "$tag"
+        reg=$(client_addr 1)
+        for conns_depth in "16 1" "16 32"; do
+            read -r conns depth <<<"$conns_depth"
+            for round in 1 2; do
+                order="1 3"
+                ((round == 2)) && order="3 1"
+                for rf in $order; do
+                    topic="rf${rf}-c${conns}-d${depth}-r${round}"
+                    register_rf "$reg" "$topic-0" "$rf" || continue
+                    leader=$(segment_leader "$reg" "$topic-0")
+                    bench_run "$tag" "PUT 1 KiB, rf=$rf, to leader (node $leader), $conns conn x depth $depth, round $round" \
+                        -a "$(client_addr "$leader")" -s 1024 -c "$conns" -d "$depth" --topic-prefix "$topic"
+                done
+            done
+        done
+        stop_cluster
+        failover_replicated "$fsync"
+    done
+}
+
+failover_replicated() { # fsync
+    local tag="failover-rf3-${1/:/}"
+    CURRENT_SECTION=$tag
+    start_cluster 3 "$1" "$tag"
+    wait_ready 3 "$tag"
+    # Registered through node 2: the segment leader is then (normally) not
+    # the Raft leader, whose own failover would add an election.
+    local topic=forf3-0 via victim survivor end last
+    via=$(client_addr 2)
+    register_rf "$via" "$topic" 3 || return 0
+    victim=$(segment_leader "$via" "$topic")
+    survivor=$((victim % 3 + 1))
+    RUN_DUR=2s bench_run "$tag-load" "PUT 1 KiB, 4 conn x depth 8, before the kill" \
+        -a "$(client_addr "$victim")" -s 1024 -c 4 -d 8 --topic-prefix forf3
+    local answer
+    answer=$("$BIN/walrus-bench" request -a "$(client_addr "$victim")" PUT "$topic" last-before-kill)
+    end=$("$BIN/walrus-bench" request -a "$(client_addr "$victim")" OFFSETS "$topic" | jq -r .end)
+    last=$((end - 1))
+    log "$tag: PUT last-before-kill: $answer (offset $last); kill -9 node $victim"
+    stop_pid "${NODE_PIDS[$victim]}"
+    "$BIN/walrus-bench" wait-write -a "$(client_addr "$survivor")" --topic "$topic" --every 10ms \
+        --timeout 60s --json >"$WORK/$tag-write.json" 2>/dev/null &
+    local wpid=$!
+    "$BIN/walrus-bench" wait-read -a "$(client_addr "$survivor")" --topic "$topic" --offset "$last" \
+        --payload last-before-kill --every 10ms --timeout 60s --json >"$WORK/$tag-read.json" 2>&1 || true
+    wait "$wpid" || true
+    local write_json read_json
+    write_json=$(jq -c . "$WORK/$tag-write.json" 2>/dev/null || echo '{"elapsed_ms": null}')
+    read_json=$(jq -c . "$WORK/$tag-read.json" 2>/dev/null ||
+        jq -nc --arg e "$(head -c 300 "$WORK/$tag-read.json")" '{elapsed_ms: null, last_error: $e}')
+    jq -nc --arg s "$tag" --argjson v "$victim" --argjson sv "$survivor" --argjson w "$write_json" \
+        --argjson r "$read_json" --argjson o "$last" \
+        '{section: "failover-rf3", label: $s, victim: $v, survivor: $sv, offset: $o, write: $w, read: $r}' >>"$RESULTS"
+    log "  writes resumed: $write_json; offset $last read: $read_json"
+    stop_cluster
+}
+
+if [[ $HAVE_SERVER == 1 ]] && ! skipped replication; then
+    replication
 fi
 if [[ $HAVE_SERVER == 1 ]] && ! skipped failover; then
     failover interval:200

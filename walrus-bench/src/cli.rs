@@ -48,6 +48,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retry `READ <topic> <offset> 1` until it returns the entry at that
+    /// offset; print the time it took (failover: how soon the last
+    /// acknowledged entry of a dead leader is readable again).
+    WaitRead {
+        #[arg(short, long, default_value = "127.0.0.1:9091")]
+        addr: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        offset: u64,
+        /// The payload the entry must hold (a different one fails at once).
+        #[arg(long)]
+        payload: Option<String>,
+        /// Pause between attempts.
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send one request (the words joined by spaces) and print the answer.
     Request {
         #[arg(short, long, default_value = "127.0.0.1:9091")]

@@ -72,23 +72,21 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => {
             let w = probe::wait_for_write(&addr, &topic, register, every, timeout).await?;
-            let ms = w.elapsed.as_secs_f64() * 1000.0;
-            if json {
-                let v = serde_json::json!({
-                    "elapsed_ms": ms,
-                    "failed_attempts": w.failed_attempts,
-                    "last_error": w.last_error,
-                });
-                println!("{v}");
-            } else {
-                println!(
-                    "write accepted after {ms:.1} ms ({} failed attempts{})",
-                    w.failed_attempts,
-                    w.last_error
-                        .map(|e| format!(", last error: {e}"))
-                        .unwrap_or_default()
-                );
-            }
+            print_wait("write accepted", &w, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::WaitRead {
+            addr,
+            topic,
+            offset,
+            payload,
+            every,
+            timeout,
+            json,
+        }) => {
+            let w = probe::wait_for_read(&addr, &topic, offset, payload.as_deref(), every, timeout)
+                .await?;
+            print_wait(&format!("offset {offset} read"), &w, json);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Request { addr, words }) => {
@@ -98,5 +96,27 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", String::from_utf8_lossy(&answer));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Prints how long a wait took, as text or as a JSON object.
+fn print_wait(what: &str, w: &probe::WaitOutcome, json: bool) {
+    let ms = w.elapsed.as_secs_f64() * 1000.0;
+    if json {
+        let v = serde_json::json!({
+            "elapsed_ms": ms,
+            "failed_attempts": w.failed_attempts,
+            "last_error": w.last_error,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{what} after {ms:.1} ms ({} failed attempts{})",
+            w.failed_attempts,
+            w.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
     }
 }
