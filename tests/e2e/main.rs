@@ -23,6 +23,7 @@ mod offsets;
 mod partition;
 mod produce;
 mod prometheus;
+mod replication;
 mod retention;
 mod single_node;
 mod tls;

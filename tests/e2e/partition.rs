@@ -17,7 +17,7 @@ use common::*;
 
 /// Namespaces `w<tag>n<i>`, a bridge `wb<tag>` for the cluster network
 /// 10.201.0.0/24, and per node a client link 10.202.<i>.0/24. Removed on drop.
-struct Netns {
+pub(crate) struct Netns {
     tag: String,
     n: u64,
     /// Held while the namespaces exist: the subnets are fixed, so two runs
@@ -50,7 +50,7 @@ impl Netns {
         format!("w{}n{i}", self.tag)
     }
 
-    fn setup(n: u64) -> Result<Netns, String> {
+    pub(crate) fn setup(n: u64) -> Result<Netns, String> {
         let lock = std::fs::File::create(LOCK_FILE)
             .map_err(|e| format!("cannot open {LOCK_FILE}: {e}"))?;
         tokio::task::block_in_place(|| lock.lock())
@@ -108,11 +108,11 @@ impl Netns {
         Ok(net)
     }
 
-    fn cut(&self, i: u64) {
+    pub(crate) fn cut(&self, i: u64) {
         self.set_link(i, "down").expect("cutting a node off");
     }
 
-    fn heal(&self, i: u64) {
+    pub(crate) fn heal(&self, i: u64) {
         self.set_link(i, "up").expect("healing a node");
     }
 
@@ -130,7 +130,7 @@ impl Netns {
         ])
     }
 
-    fn layout(&self) -> HashMap<u64, (String, String, String)> {
+    pub(crate) fn layout(&self) -> HashMap<u64, (String, String, String)> {
         (1..=self.n)
             .map(|i| {
                 (
@@ -157,7 +157,7 @@ const REQUIRE_NETNS: &str = "WALRUS_REQUIRE_NETNS";
 
 /// Skips the test with `reason`, or fails it when the environment says the
 /// test is required.
-fn skip(reason: &str) {
+pub(crate) fn skip(reason: &str) {
     let required = std::env::var(REQUIRE_NETNS).is_ok_and(|v| v == "1");
     assert!(
         !required,
@@ -167,7 +167,7 @@ fn skip(reason: &str) {
     println!("SKIPPED partition test: {reason}");
 }
 
-fn skip_reason() -> Option<String> {
+pub(crate) fn skip_reason() -> Option<String> {
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root: network namespaces need root".into());

@@ -150,10 +150,9 @@ pub struct ServerConfig {
     pub monitor_check_ms: u64,
 
     /// Copies of each segment, its leader included, for topics registered
-    /// on this node without `RF`. Stays 1 by default until failover of
-    /// replicated segments lands (then `min(3, voters)`): until then a
-    /// replicated segment whose leader dies waits for it like an
-    /// unreplicated one.
+    /// on this node without `RF`. Stays 1 by default until a segment
+    /// closed from its replicas keeps its producers' sequence numbers
+    /// (then `min(3, voters)`; docs/architecture.md, "Replication").
     #[arg(long, env = "WALRUS_REPLICATION_FACTOR", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub replication_factor: u32,

@@ -355,6 +355,15 @@ impl Cluster {
         }
     }
 
+    /// Starts node `id` joining the cluster through the lowest running id
+    /// (does not wait: see `wait_voters`).
+    pub fn join_node(&mut self, id: u64, opts: &ClusterOptions) {
+        let via = *self.nodes.keys().next().expect("a running node to join");
+        let join = Some(self.nodes[&via].spec.raft_addr());
+        let spec = self.spec(id, opts, join);
+        self.nodes.insert(id, ServerProc::start(spec));
+    }
+
     pub fn client(&self, id: u64) -> CliClient {
         CliClient::new(self.nodes[&id].spec.client_addr()).with_timeout(Duration::from_secs(10))
     }

@@ -107,9 +107,9 @@ pub struct NodeConfig {
     /// `None` for a node without one (in-memory test stacks).
     pub storage: Option<crate::types::StorageId>,
     /// Copies of each segment (its leader included) for topics registered
-    /// here without `RF` (`--replication-factor`). 1 until failover of
-    /// replicated segments works (docs/architecture.md, "Replication");
-    /// then `min(3, voters)`.
+    /// here without `RF` (`--replication-factor`). 1 until a segment
+    /// closed from its replicas keeps its producer table
+    /// (docs/architecture.md, "Replication"); then `min(3, voters)`.
     pub replication_factor: u32,
     /// Bytes per second re-replication copies at, at most (one segment at a
     /// time, from the consensus leader), so producers keep the disks and
