@@ -236,13 +236,7 @@ async fn given_the_consensus_leader_cut_off_should_stop_its_writes_within_the_le
 
     // The isolated node acknowledged nothing once its lease ran out
     // (1 s lease, plus the renewal in flight and scheduling).
-    let last_isolated_ok = l
-        .ack_times
-        .iter()
-        .filter(|t| **t > cut_at && **t < healed_at)
-        .map(|t| *t - cut_at)
-        .max()
-        .unwrap_or_default();
+    let last_isolated_ok = l.last_ok_between(cut_at, healed_at);
     report(
         "partition: isolated leader's last OK after the cut",
         last_isolated_ok,

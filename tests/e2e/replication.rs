@@ -184,11 +184,6 @@ fn all_addrs(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
-/// The first acknowledgement after `t`, relative to `t`.
-fn resumed_after(log: &WriterLog, t: Instant) -> Option<Duration> {
-    log.ack_times.iter().find(|a| **a > t).map(|a| *a - t)
-}
-
 /// Kills node `id`, deletes its data directory and starts it again on the
 /// empty directory (same flags, as an operator replacing a disk would).
 async fn wipe_and_restart(cluster: &mut Cluster, id: u64) {
@@ -275,7 +270,9 @@ async fn given_rf_3_when_a_segment_leader_is_killed_and_its_disk_wiped_should_lo
         logs.push(w.await.expect("a writer task"));
     }
     for log in &logs {
-        let resumed = resumed_after(log, killed_at).expect("writes went on after the kill");
+        let resumed = log
+            .first_ok_after(killed_at)
+            .expect("writes went on after the kill");
         report(
             "rf=3: a writer's first OK after kill -9 of the segment leader",
             resumed,
@@ -387,7 +384,9 @@ async fn given_rf_3_when_a_node_is_stopped_for_good_and_removed_should_go_on_and
         logs.push(w.await.expect("a writer task"));
     }
     for (t, log) in topics.iter().zip(&logs) {
-        let resumed = resumed_after(log, killed_at).expect("writes went on after the kill");
+        let resumed = log
+            .first_ok_after(killed_at)
+            .expect("writes went on after the kill");
         report(
             &format!("rf=3: {t}'s first OK after kill -9 of node {victim}"),
             resumed,
@@ -464,13 +463,7 @@ async fn given_rf_3_when_a_segment_leader_is_cut_off_from_its_followers_should_s
 
     // Its followers no longer confirm, so it acknowledges nothing past a
     // lease (1 s, plus the renewal in flight and scheduling).
-    let last_cut_ok = c
-        .ack_times
-        .iter()
-        .filter(|t| **t > cut_at && **t < healed_at)
-        .map(|t| *t - cut_at)
-        .max()
-        .unwrap_or_default();
+    let last_cut_ok = c.last_ok_between(cut_at, healed_at);
     report(
         "rf=3 partition: cut-off segment leader's last OK after the cut",
         last_cut_ok,
@@ -479,8 +472,10 @@ async fn given_rf_3_when_a_segment_leader_is_cut_off_from_its_followers_should_s
         last_cut_ok < Duration::from_millis(2000),
         "acknowledged {last_cut_ok:?} after the cut"
     );
-    let resumed =
-        resumed_after(&m, cut_at + last_cut_ok).expect("the majority took writes during the cut");
+    let resumed = m
+        .first_ok_after(cut_at + last_cut_ok)
+        .map(|d| d + last_cut_ok)
+        .expect("the majority took writes during the cut");
     report(
         "rf=3 partition: the majority's first OK after the cut",
         resumed,

@@ -39,14 +39,8 @@ pub enum Command {
         /// REGISTER the topic first (retried like the PUT).
         #[arg(long)]
         register: bool,
-        /// Pause between attempts.
-        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
-        every: Duration,
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        timeout: Duration,
-        /// Print a JSON object instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Retry `READ <topic> <offset> 1` until it returns the entry at that
     /// offset; print the time it took (failover: how soon the last
@@ -61,14 +55,8 @@ pub enum Command {
         /// The payload the entry must hold (a different one fails at once).
         #[arg(long)]
         payload: Option<String>,
-        /// Pause between attempts.
-        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
-        every: Duration,
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        timeout: Duration,
-        /// Print a JSON object instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Send one request (the words joined by spaces) and print the answer.
     Request {
@@ -77,6 +65,19 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true)]
         words: Vec<String>,
     },
+}
+
+/// How the `wait-*` commands retry and report.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Pause between attempts.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub every: Duration,
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

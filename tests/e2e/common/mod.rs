@@ -486,6 +486,24 @@ pub struct WriterLog {
     pub attempts: HashMap<String, Vec<String>>,
 }
 
+impl WriterLog {
+    /// The last OK in `from..to`, relative to `from` (zero when none): how
+    /// long a cut-off node went on acknowledging.
+    pub fn last_ok_between(&self, from: Instant, to: Instant) -> Duration {
+        self.ack_times
+            .iter()
+            .filter(|t| **t > from && **t < to)
+            .map(|t| *t - from)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The first OK after `t`, relative to `t`: how soon writes resumed.
+    pub fn first_ok_after(&self, t: Instant) -> Option<Duration> {
+        self.ack_times.iter().find(|a| **a > t).map(|a| *a - t)
+    }
+}
+
 /// Writes `prefix-<i>` payloads to `topic` through `addrs` (rotating to the
 /// next node when one fails) until `stop` is set, recording every outcome.
 pub async fn writer(

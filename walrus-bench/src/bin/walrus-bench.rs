@@ -67,12 +67,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             addr,
             topic,
             register,
-            every,
-            timeout,
-            json,
+            wait,
         }) => {
-            let w = probe::wait_for_write(&addr, &topic, register, every, timeout).await?;
-            print_wait("write accepted", &w, json);
+            let w =
+                probe::wait_for_write(&addr, &topic, register, wait.every, wait.timeout).await?;
+            print_wait("write accepted", &w, wait.json);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::WaitRead {
@@ -80,13 +79,18 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             offset,
             payload,
-            every,
-            timeout,
-            json,
+            wait,
         }) => {
-            let w = probe::wait_for_read(&addr, &topic, offset, payload.as_deref(), every, timeout)
-                .await?;
-            print_wait(&format!("offset {offset} read"), &w, json);
+            let w = probe::wait_for_read(
+                &addr,
+                &topic,
+                offset,
+                payload.as_deref(),
+                wait.every,
+                wait.timeout,
+            )
+            .await?;
+            print_wait(&format!("offset {offset} read"), &w, wait.json);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Request { addr, words }) => {
