@@ -85,6 +85,26 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// A node on loopback with ports of its own.
+    pub fn local(
+        id: u64,
+        data_dir: &Path,
+        join: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> NodeSpec {
+        NodeSpec {
+            id,
+            raft_host: "127.0.0.1".into(),
+            raft_port: free_port(),
+            client_host: "127.0.0.1".into(),
+            client_port: free_port(),
+            join,
+            data_dir: data_dir.to_path_buf(),
+            env,
+            netns: None,
+        }
+    }
+
     pub fn client_addr(&self) -> String {
         format!("{}:{}", self.client_host, self.client_port)
     }
