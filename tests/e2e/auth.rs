@@ -12,9 +12,7 @@ use distributed_walrus::cli_client::CliClient;
 use walrus_backends::tcp::{TcpConfig, TcpTransport};
 use walrus_core::{NodeRequest, Secret, TopicName, Transport};
 
-use crate::common::{
-    free_port, serial, server_binary, voters, Cluster, ClusterOptions, NodeSpec, ServerProc,
-};
+use crate::common::{serial, server_binary, voters, Cluster, ClusterOptions, NodeSpec, ServerProc};
 
 const SECRET: &str = "e2e-cluster-secret-5f2a9c0d7e1b4a36";
 const OTHER_SECRET: &str = "e2e-another-secret-0b9d8c7a6f5e4d3c";
@@ -75,17 +73,7 @@ async fn given_a_cluster_with_a_secret_when_a_process_without_it_tries_to_join_r
     // A 4th process with another secret and a 5th with none try to join.
     let raft1 = cluster.nodes[&1].spec.raft_addr();
     for (id, secret) in [(4, Some(bad.clone())), (5, None)] {
-        let mut spec = NodeSpec {
-            id,
-            raft_host: "127.0.0.1".into(),
-            raft_port: free_port(),
-            client_host: "127.0.0.1".into(),
-            client_port: free_port(),
-            join: Some(raft1.clone()),
-            data_dir: cluster.dir.path().to_path_buf(),
-            env: vec![],
-            netns: None,
-        };
+        let mut spec = NodeSpec::local(id, cluster.dir.path(), Some(raft1.clone()), vec![]);
         if let Some(s) = secret {
             spec.env.push(("WALRUS_CLUSTER_SECRET_FILE".into(), s));
         }
@@ -177,17 +165,7 @@ async fn given_client_tokens_in_the_config_file_when_walrus_cli_uses_a_token_fil
         &format!("auth-token-file = {tokens:?}\ncluster-secret-file = {secret:?}\n"),
     );
     let writer_file = write_file(dir.path(), "writer-token", &format!("{WRITER}\n"));
-    let spec = NodeSpec {
-        id: 1,
-        raft_host: "127.0.0.1".into(),
-        raft_port: free_port(),
-        client_host: "127.0.0.1".into(),
-        client_port: free_port(),
-        join: None,
-        data_dir: dir.path().to_path_buf(),
-        env: vec![("WALRUS_CONFIG".into(), config)],
-        netns: None,
-    };
+    let spec = NodeSpec::local(1, dir.path(), None, vec![("WALRUS_CONFIG".into(), config)]);
     let addr = spec.client_addr();
     let mut node = ServerProc::start(spec);
     let admin = CliClient::new(addr.clone())

@@ -64,8 +64,10 @@ async fn given_tls_and_a_token_on_the_client_port_when_running_the_consumer_work
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN} write\n")).unwrap();
     let path = |p: &std::path::Path| p.to_str().expect("test paths are UTF-8").to_string();
-    let node = ServerProc::start(NodeSpec::alone(
+    let node = ServerProc::start(NodeSpec::local(
+        1,
         dir.path(),
+        None,
         vec![
             ("WALRUS_TLS_CERT".into(), path(&files.cert)),
             ("WALRUS_TLS_KEY".into(), path(&files.key)),

@@ -298,8 +298,17 @@ async fn given_rf_3_when_a_node_is_stopped_for_good_and_removed_should_go_on_and
     let opts = ClusterOptions::default().segment_limit(SEGMENT_ENTRIES);
     let mut cluster = Cluster::start(3, opts).await;
     let topics = ["rm-a", "rm-b"];
+    // Through the CLI and through the client library.
+    let (code, out, err) = run_cli(&addr(&cluster, 1), &["register", topics[0], "--rf", "3"]);
+    assert_eq!((code, out.as_str()), (Some(0), "OK\n"), "{err}");
+    cluster
+        .client(1)
+        .register_replicated(topics[1], 3)
+        .await
+        .expect("REGISTER … RF 3");
     for t in topics {
-        register_rf(&cluster, 1, t, 3).await;
+        let state = cluster.client(1).state(t).await.expect("STATE");
+        assert_eq!(state["replication_factor"], 3, "{t}: {state}");
     }
     let victim = segment_leader(&cluster, 1, topics[0]).await;
     let survivors: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != victim).collect();

@@ -12,9 +12,7 @@ use distributed_walrus::cli_client::{CliClient, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{
-    frame, free_port, server_binary, voters, Cluster, ClusterOptions, NodeSpec, ServerProc,
-};
+use crate::common::{frame, server_binary, voters, Cluster, ClusterOptions, NodeSpec, ServerProc};
 use crate::pki::{CertFiles, TestCa};
 
 fn path(p: &Path) -> String {
@@ -23,20 +21,15 @@ fn path(p: &Path) -> String {
 
 /// Node 1 alone, TLS on its client port.
 fn start_tls_node(dir: &Path, files: &CertFiles) -> ServerProc {
-    ServerProc::start(NodeSpec {
-        id: 1,
-        raft_host: "127.0.0.1".into(),
-        raft_port: free_port(),
-        client_host: "127.0.0.1".into(),
-        client_port: free_port(),
-        join: None,
-        data_dir: dir.to_path_buf(),
-        env: vec![
+    ServerProc::start(NodeSpec::local(
+        1,
+        dir,
+        None,
+        vec![
             ("WALRUS_TLS_CERT".into(), path(&files.cert)),
             ("WALRUS_TLS_KEY".into(), path(&files.key)),
         ],
-        netns: None,
-    })
+    ))
 }
 
 fn tls_client(addr: &str, ca: &Path) -> CliClient {
@@ -296,17 +289,7 @@ async fn given_mutual_tls_on_the_node_port_when_a_node_with_a_certificate_of_ano
     let rogue_ca = TestCa::new(pki.path(), "rogue");
     let rogue = rogue_ca.sign("node-2");
     let env = node_tls_options(&ca, &rogue).env;
-    let spec = NodeSpec {
-        id: 2,
-        raft_host: "127.0.0.1".into(),
-        raft_port: free_port(),
-        client_host: "127.0.0.1".into(),
-        client_port: free_port(),
-        join: Some(join),
-        data_dir: cluster.dir.path().to_path_buf(),
-        env,
-        netns: None,
-    };
+    let spec = NodeSpec::local(2, cluster.dir.path(), Some(join), env);
     cluster.nodes.insert(2, ServerProc::start(spec));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let metrics = cluster.client(1).metrics().await.unwrap();

@@ -87,6 +87,11 @@ impl Client {
         self.block(self.inner.register(topic))
     }
 
+    /// See [`crate::Client::register_replicated`].
+    pub fn register_replicated(&self, topic: &str, rf: u32) -> Result<()> {
+        self.block(self.inner.register_replicated(topic, rf))
+    }
+
     /// `PUT <topic> <payload>`: `Ok` once the entry is durable.
     pub fn put(&self, topic: &str, payload: impl AsRef<str>) -> Result<()> {
         self.block(self.inner.put(topic, payload))

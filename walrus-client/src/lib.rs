@@ -392,6 +392,13 @@ impl Client {
         expect_ok(self.send_raw(&format!("REGISTER {topic}")).await?)
     }
 
+    /// `REGISTER <topic> RF <rf>`: creates the topic with `rf` copies of
+    /// each segment (fixed at creation; fewer while fewer nodes are live).
+    /// Idempotent; a topic that exists with another factor is refused.
+    pub async fn register_replicated(&self, topic: &str, rf: u32) -> Result<()> {
+        expect_ok(self.send_raw(&format!("REGISTER {topic} RF {rf}")).await?)
+    }
+
     /// `PUT <topic> <payload>`: `Ok` once the entry is durable.
     pub async fn put(&self, topic: &str, payload: impl AsRef<str>) -> Result<()> {
         expect_ok(

@@ -85,15 +85,20 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
-    /// Node 1 alone on loopback, on free ports, with `env` set.
-    pub fn alone(data_dir: &Path, env: Vec<(String, String)>) -> NodeSpec {
+    /// A node on loopback with ports of its own.
+    pub fn local(
+        id: u64,
+        data_dir: &Path,
+        join: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> NodeSpec {
         NodeSpec {
-            id: 1,
+            id,
             raft_host: "127.0.0.1".into(),
             raft_port: free_port(),
             client_host: "127.0.0.1".into(),
             client_port: free_port(),
-            join: None,
+            join,
             data_dir: data_dir.to_path_buf(),
             env,
             netns: None,

@@ -301,6 +301,24 @@ impl Node {
         }
     }
 
+    /// After `key` was sealed here at `count`: waits a moment (two
+    /// renewal periods) for a majority of its replicas to hold all of it,
+    /// so that the rollover commits a count whose entries survive this
+    /// node (followers usually lag by the round trip in flight). Past
+    /// that the rollover goes on anyway: a follower that does not answer
+    /// must not hold the topic up.
+    pub(crate) async fn await_copies(&self, key: &SegmentKey, count: u64) {
+        let Some(Some(copies)) = self.replication.get(key) else {
+            return;
+        };
+        let mut acked = copies.acked.subscribe();
+        let _ = tokio::time::timeout(
+            self.config.lease_renew * 2,
+            acked.wait_for(|a| copies.has_quorum(a, count)),
+        )
+        .await;
+    }
+
     /// Waits until entries `..count` of `key` are on a quorum of its
     /// replicas (at once for an unreplicated segment). When no quorum
     /// answers in a lease's time, the entries are stored here but cannot

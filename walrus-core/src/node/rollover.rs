@@ -74,6 +74,7 @@ impl super::Node {
         } else {
             let count = self.log.seal(key).await?;
             self.seal_copies(key, count);
+            self.await_copies(key, count).await;
             // Its producers' last writes are final now, and must be in
             // metadata before its count is (the next leader starts from
             // them). A quarantined segment stays Pending, which holds

@@ -359,3 +359,47 @@ async fn given_a_replicated_topic_when_retention_deletes_segments_should_delete_
             .is_some());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_followers_with_slow_disks_when_a_segment_rolls_should_commit_its_count_once_a_majority_holds_it(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 3)).await;
+    assert_eq!(c.send(2, "REGISTER logs RF 3").await, Response::Ok);
+    // Slow follower disks: their copies land 100 ms after they arrive.
+    for node in [1, 3] {
+        c.logs[&node].delay_appends(Some(Duration::from_millis(100)));
+    }
+    let mut watch = c.node(1).metadata().watch();
+    let on_commit = async {
+        // What the followers hold when the count becomes final.
+        watch
+            .wait_for(|s| {
+                s.topic(&topic("logs"))
+                    .is_some_and(|t| t.segments[0].status != SegmentStatus::Open)
+            })
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        for node in [3, 1] {
+            held.push(
+                c.logs[&node]
+                    .info(&key(1))
+                    .await
+                    .unwrap()
+                    .map_or(0, |i| i.count),
+            );
+        }
+        held
+    };
+    // The fourth PUT finds the segment full and starts the rollover at
+    // once, while the copies of the first three are on their way.
+    let lines: Vec<String> = (0..4).map(|i| format!("PUT logs m{i}")).collect();
+    let puts = futures::future::join_all(lines.iter().map(|line| c.send(2, line)));
+    let (answers, held) = tokio::join!(puts, on_commit);
+    assert!(answers.iter().all(|a| *a == Response::Ok), "{answers:?}");
+    assert_eq!(segments(&c)[0].0, SegmentStatus::Sealed { count: 3 });
+    assert!(
+        held.iter().any(|h| *h >= 3),
+        "the count was committed while only the leader held it: followers held {held:?}"
+    );
+}

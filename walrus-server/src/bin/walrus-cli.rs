@@ -94,6 +94,10 @@ enum Command {
         /// is no limit.
         #[arg(long, num_args = 1.., value_name = "LIMIT")]
         retain: Option<Vec<String>>,
+        /// Copies of each segment (leader included), fixed when the topic
+        /// is created; without it, the server's --replication-factor.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        rf: Option<u32>,
     },
     /// Show a topic's retention (its own, the one in force, its first
     /// offset) as JSON; with --retain, set it.
@@ -393,17 +397,19 @@ fn main() -> ExitCode {
         Some(Command::Raw { request }) => one_off(&rt, &client, &request.join(" "), None),
         Some(cmd) => {
             let request = match cmd {
-                Command::Register {
-                    topic,
-                    retain: None,
-                } => format!("REGISTER {topic}"),
-                Command::Register {
-                    topic,
-                    retain: Some(limits),
-                } => match retain_words(&limits) {
-                    Ok(words) => format!("REGISTER {topic} RETAIN {words}"),
-                    Err(code) => return code,
-                },
+                Command::Register { topic, retain, rf } => {
+                    let mut request = format!("REGISTER {topic}");
+                    if let Some(limits) = retain {
+                        match retain_words(&limits) {
+                            Ok(words) => request.push_str(&format!(" RETAIN {words}")),
+                            Err(code) => return code,
+                        }
+                    }
+                    if let Some(n) = rf {
+                        request.push_str(&format!(" RF {n}"));
+                    }
+                    request
+                }
                 Command::Config {
                     topic,
                     retain: None,
