@@ -596,25 +596,24 @@ failover_replicated() { # fsync
     wait_ready 3 "$tag"
     # Registered through node 2: the segment leader is then (normally) not
     # the Raft leader, whose own failover would add an election.
-    local topic=forf3-0 via victim survivor end last
+    local topic=forf3-0 via victim survivor last
     via=$(client_addr 2)
     register_rf "$via" "$topic" 3 || return 0
     victim=$(segment_leader "$via" "$topic")
     survivor=$((victim % 3 + 1))
     RUN_DUR=2s bench_run "$tag-load" "PUT 1 KiB, 4 conn x depth 8, before the kill" \
         -a "$(client_addr "$victim")" -s 1024 -c 4 -d 8 --topic-prefix forf3
-    # Pipelined PUTs the load run left in flight are still being stored:
-    # let them land, so that the end right after our PUT is our entry's
-    # (checked below before the kill).
-    sleep 0.5
+    # The entry's offset from its own answer: PUTB (here through
+    # walrus-cli put --file) answers `OK <n> <first offset>`. (OFFSETS' end
+    # is no substitute: under interval:200 it stops at the synced entries,
+    # and pipelined PUTs of the load run may land after ours.)
     local answer
-    answer=$("$BIN/walrus-bench" request -a "$(client_addr "$victim")" PUT "$topic" last-before-kill)
-    end=$("$BIN/walrus-bench" request -a "$(client_addr "$victim")" OFFSETS "$topic" | jq -r .end)
-    last=$((end - 1))
-    if ! "$BIN/walrus-bench" wait-read -a "$(client_addr "$victim")" --topic "$topic" --offset "$last" \
+    answer=$(echo last-before-kill | "$BIN/walrus-cli" --addr "$(client_addr "$victim")" put "$topic" --file - 2>&1)
+    last=$(awk '$1 == "OK" {print $3}' <<<"$answer")
+    if [[ -z $last ]] || ! "$BIN/walrus-bench" wait-read -a "$(client_addr "$victim")" --topic "$topic" --offset "$last" \
         --payload last-before-kill --timeout 2s >/dev/null; then
-        log "$tag: offset $last is not the entry just written: no failover measured"
-        jq -nc --arg s "$tag" --arg p "offset $last (end - 1 after the PUT) did not hold the entry just written" \
+        log "$tag: PUT answered $answer, and offset ${last:-?} does not hold the entry: no failover measured"
+        jq -nc --arg s "$tag" --arg p "PUT answered $answer; offset ${last:-?} did not hold the entry just written" \
             '{section: "problem", label: $s, problem: $p}' >>"$RESULTS"
         stop_cluster
         return 0
