@@ -174,3 +174,26 @@ async fn given_two_groups_consuming_when_each_node_in_turn_is_killed_9_should_bo
     );
     report("two groups resume after kill -9 of each node", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_async_commits_from_the_cli_and_the_client_should_move_the_group_at_once() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(1, ClusterOptions::default()).await;
+    cluster.register(1, "orders").await;
+    let client = cluster.client(1);
+    for i in 0..4 {
+        client.put("orders", format!("o{i}")).await.expect("PUT");
+    }
+    let addr = cluster.nodes[&1].spec.client_addr();
+    let (code, out, err) = run_cli(&addr, &["group", "commit", "cli", "orders", "3", "--async"]);
+    assert_eq!((code, out.as_str()), (Some(0), "OK\n"), "{err}");
+    let batch = fetch(&client, "cli", 10).await;
+    assert_eq!(batch.entries.first().map(|e| e.offset), Some(3));
+    client
+        .commit_async("lib", "orders", 2)
+        .await
+        .expect("COMMIT … ASYNC");
+    let batch = fetch(&client, "lib", 10).await;
+    let payloads: Vec<&str> = batch.entries.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(payloads, ["o2", "o3"]);
+}

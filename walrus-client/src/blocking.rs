@@ -137,6 +137,11 @@ impl Client {
         self.block(self.inner.commit(group, topic, offset))
     }
 
+    /// See [`crate::Client::commit_async`].
+    pub fn commit_async(&self, group: &str, topic: &str, offset: u64) -> Result<()> {
+        self.block(self.inner.commit_async(group, topic, offset))
+    }
+
     /// `SEEK <group> <topic> <offset>`.
     pub fn seek(&self, group: &str, topic: &str, offset: u64) -> Result<()> {
         self.block(self.inner.seek(group, topic, offset))

@@ -472,6 +472,19 @@ impl Client {
         )
     }
 
+    /// `COMMIT <group> <topic> <offset> ASYNC`: like [`Client::commit`],
+    /// but answered once the node that took it applied it in memory (its
+    /// FETCHes see it at once); it becomes durable in the background. A
+    /// crash of that node before then makes the group fetch again from its
+    /// last durable commit (at-least-once). See docs/protocol.md,
+    /// "Asynchronous commits".
+    pub async fn commit_async(&self, group: &str, topic: &str, offset: u64) -> Result<()> {
+        expect_ok(
+            self.send_raw(&format!("COMMIT {group} {topic} {offset} ASYNC"))
+                .await?,
+        )
+    }
+
     /// `SEEK <group> <topic> <offset>`: the same as [`Client::commit`]
     /// (the word says the intent: move the group back or forward).
     pub async fn seek(&self, group: &str, topic: &str, offset: u64) -> Result<()> {

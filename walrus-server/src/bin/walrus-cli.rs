@@ -237,6 +237,11 @@ enum GroupCommand {
         group: String,
         topic: String,
         offset: u64,
+        /// Answered once the node applied it; durable in the background
+        /// (`COMMIT … ASYNC`: after a crash of that node the group may
+        /// fetch again from its last durable commit).
+        #[arg(long = "async")]
+        asynchronous: bool,
     },
 }
 
@@ -440,8 +445,12 @@ fn main() -> ExitCode {
                             group,
                             topic,
                             offset,
+                            asynchronous,
                         },
-                } => format!("COMMIT {group} {topic} {offset}"),
+                } => {
+                    let mode = if asynchronous { " ASYNC" } else { "" };
+                    format!("COMMIT {group} {topic} {offset}{mode}")
+                }
                 Command::Ping
                 | Command::Group {
                     command: GroupCommand::Fetch { .. },
