@@ -48,7 +48,7 @@ pub use metadata_store::{
 };
 pub use node::{Node, NodeConfig, NodeMetrics, StorageMetrics};
 pub use secret::Secret;
-pub use transport::{NodeRequest, NodeResponse, RequestHandler, Transport};
+pub use transport::{NodeRequest, NodeResponse, ProducerMark, RequestHandler, Transport};
 pub use types::{
     ClusterId, GroupName, NodeId, Offset, ProducerId, ProducerSeq, SegmentId, SegmentKey,
     StorageId, TopicName,

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::metadata::NodeInfo;
-use crate::types::{NodeId, ProducerSeq, SegmentId, SegmentKey, StorageId, TopicName};
+use crate::metadata::{NodeInfo, ProducerEntry};
+use crate::types::{NodeId, ProducerId, ProducerSeq, SegmentId, SegmentKey, StorageId, TopicName};
 
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,12 +79,17 @@ pub enum NodeRequest {
     /// entries `first..` of `segment`, to store at those indexes (what the
     /// receiver holds already is skipped). `seal: Some(n)`: the leader
     /// sealed the segment at `n`; the receiver seals its copy there once
-    /// it holds `n` entries. Answered with [`NodeResponse::Replicated`].
+    /// it holds `n` entries. `marks`: the idempotent writes whose last
+    /// entry is among `entries`, each its producer's latest; the receiver
+    /// journals them before it stores the entries, so that a failover
+    /// learns each producer's last write from the replicas (see
+    /// [`ProducerMark`]). Answered with [`NodeResponse::Replicated`].
     Replicate {
         segment: SegmentKey,
         first: u64,
         entries: Vec<Bytes>,
         seal: Option<u64>,
+        marks: Vec<ProducerMark>,
     },
     /// Failover of a replicated segment whose leader's lease lapsed: the
     /// consensus leader asks each replica for the count it holds. The
@@ -118,6 +123,33 @@ pub enum NodeRequest {
     /// which checks liveness and copies). Answered with
     /// [`NodeResponse::NodeRemoved`].
     RemoveNode { node: NodeId },
+    /// Failover, once a replicated segment is sealed on a majority of its
+    /// replicas: each producer's last write stored in the receiver's
+    /// sealed copy of `segment`, from the marks it journaled. Answered
+    /// with [`NodeResponse::Producers`].
+    SegmentProducers { segment: SegmentKey },
+}
+
+/// An idempotent write, as the leader of a replicated segment tells its
+/// followers: sequence `seq` of `producer` is the `n` entries from index
+/// `first_index`, whose hashes are `first_hash` (the first entry) and
+/// `batch_hash` (all of them). A replica believes a mark only where its
+/// own copy holds entries with those hashes at that index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerMark {
+    pub producer: ProducerId,
+    pub seq: u64,
+    pub n: u64,
+    pub first_index: u64,
+    pub first_hash: u64,
+    pub batch_hash: u64,
+}
+
+impl ProducerMark {
+    /// The index after the write's last entry.
+    pub fn end(&self) -> u64 {
+        self.first_index + self.n
+    }
 }
 
 /// A successful answer to a [`NodeRequest`]; failures travel as
@@ -168,6 +200,8 @@ pub enum NodeResponse {
         node: NodeId,
         under_replicated: u64,
     },
+    /// Each producer's last write found in the receiver's copy of a segment.
+    Producers(Vec<(ProducerId, ProducerEntry)>),
 }
 
 /// Sends [`NodeRequest`]s to other nodes.

@@ -23,9 +23,9 @@ use bytes::Bytes;
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::metadata::{SegmentMeta, SegmentStatus};
+use crate::metadata::{CmdResult, MetadataCmd, ProducerEntry, SegmentMeta, SegmentStatus};
 use crate::transport::{NodeRequest, NodeResponse, RequestHandler};
-use crate::types::{NodeId, SegmentKey};
+use crate::types::{NodeId, ProducerId, SegmentKey};
 
 /// Entries one `ReadCopy` asks for.
 const COPY_CHUNK: u32 = 4096;
@@ -185,25 +185,119 @@ impl Node {
                 .seal_replica(key, holder, *r, *held, count, false)
                 .await
             {
-                Ok(()) => true,
+                Ok(()) => Some(*r),
                 Err(e) => {
                     tracing::warn!(
                         node = self.id,
                         "cannot seal the copy of {key} on node {r} at {count}: {e}"
                     );
-                    false
+                    None
                 }
             }
         });
-        let sealed = futures::future::join_all(sealed)
+        let sealed: Vec<NodeId> = futures::future::join_all(sealed)
             .await
             .into_iter()
-            .filter(|ok| *ok)
-            .count();
-        if sealed < seg.quorum() {
+            .flatten()
+            .collect();
+        if sealed.len() < seg.quorum() {
+            return Closing::Retry;
+        }
+        if let Err(e) = self
+            .record_replica_producers(key, &sealed, seg.quorum())
+            .await
+        {
+            tracing::warn!(
+                node = self.id,
+                "cannot record the producers of {key} from its replicas (retried): {e}"
+            );
             return Closing::Retry;
         }
         Closing::Sealed(count)
+    }
+
+    /// Records in metadata each producer's last write to `key`, as the
+    /// replicas in `sealed` (at least `quorum` of them, their copies sealed
+    /// at the segment's count) know it, before the roll that makes the
+    /// count final: what the dead leader's rollover would have recorded
+    /// from its own table. Every acknowledged write is journaled on a
+    /// majority (see [`crate::transport::ProducerMark`]), which shares a
+    /// replica with `sealed`; a replica reports only writes its sealed copy
+    /// holds, and the newest report of each producer wins.
+    async fn record_replica_producers(
+        &self,
+        key: &SegmentKey,
+        sealed: &[NodeId],
+        quorum: usize,
+    ) -> Result<()> {
+        let asked = sealed.iter().map(|r| async move {
+            let req = NodeRequest::SegmentProducers {
+                segment: key.clone(),
+            };
+            // A journal is read whole: give it the time of a request.
+            let call = async {
+                if *r == self.id {
+                    RequestHandler::handle(self, req).await
+                } else {
+                    self.transport.call(*r, req).await
+                }
+            };
+            match tokio::time::timeout(self.config.request_timeout, call).await {
+                Ok(Ok(NodeResponse::Producers(found))) => Some(found),
+                Ok(Ok(other)) => {
+                    tracing::warn!(
+                        node = self.id,
+                        "node {r} answered SegmentProducers with {other:?}"
+                    );
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(
+                        node = self.id,
+                        "node {r} did not give the producers of {key}: {e}"
+                    );
+                    None
+                }
+                Err(_) => None,
+            }
+        });
+        let answers: Vec<_> = futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if answers.len() < quorum {
+            return Err(Error::Unavailable(format!(
+                "only {} of the replicas of {key} told their producers ({quorum} needed)",
+                answers.len()
+            )));
+        }
+        let mut newest: std::collections::BTreeMap<ProducerId, ProducerEntry> = Default::default();
+        for (producer, entry) in answers.into_iter().flatten() {
+            match newest.get(&producer) {
+                Some(known) if known.seq >= entry.seq => {}
+                _ => {
+                    newest.insert(producer, entry);
+                }
+            }
+        }
+        if newest.is_empty() {
+            return Ok(());
+        }
+        match self
+            .metadata
+            .propose(MetadataCmd::RecordProducers {
+                topic: key.topic.clone(),
+                segment: key.segment,
+                producers: newest.into_iter().collect(),
+            })
+            .await?
+        {
+            CmdResult::Rejected(why) => Err(Error::Internal(format!(
+                "recording the producers of {key}: {why}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Copies entries `held..count` of `key` from `holder` to `replica`

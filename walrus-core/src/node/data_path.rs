@@ -335,7 +335,7 @@ impl super::Node {
         key: &SegmentKey,
         entries: Vec<Bytes>,
     ) -> Result<Appended> {
-        let appended = self.append_stored(key, &entries, false).await?;
+        let appended = self.append_stored(key, &entries, false, None).await?;
         let partial = (appended.count - appended.first_index) < entries.len() as u64;
         self.await_quorum(key, appended.count).await?;
         self.acknowledge(key, appended.count, partial)?;
@@ -348,11 +348,14 @@ impl super::Node {
     /// none (a PUTB); a batch the segment has no room for starts the
     /// rollover and goes whole into the next segment. Otherwise the
     /// longest prefix that fits is stored (see [`Node::append_local`]).
+    /// `mark`: the idempotent write `entries` are (a whole batch), for the
+    /// followers; its `first_index` is set here, once known.
     pub(crate) async fn append_stored(
         &self,
         key: &SegmentKey,
         entries: &[Bytes],
         whole: bool,
+        mut mark: Option<crate::transport::ProducerMark>,
     ) -> Result<Appended> {
         self.await_write_lease(key).await?;
         let limit = crate::log_store::SegmentLimit {
@@ -372,7 +375,10 @@ impl super::Node {
                 Ok(a) => {
                     // Stored, acknowledged or not: it will be read.
                     self.appends.appended(key);
-                    self.replicate(key, a.first_index, &entries[..take]);
+                    if let Some(m) = &mut mark {
+                        m.first_index = a.first_index;
+                    }
+                    self.replicate(key, a.first_index, &entries[..take], mark);
                     break a;
                 }
                 Err(Error::SegmentSealed(_)) if take > 1 && !whole => take /= 2,

@@ -93,7 +93,11 @@ impl RequestHandler for super::Node {
                 first,
                 entries,
                 seal,
-            } => self.on_replicate(&segment, first, &entries, seal).await,
+                marks,
+            } => {
+                self.on_replicate(&segment, first, &entries, seal, &marks)
+                    .await
+            }
             NodeRequest::Fence { segment } => self.on_fence(&segment).await,
             NodeRequest::ReadCopy {
                 segment,
@@ -109,6 +113,9 @@ impl RequestHandler for super::Node {
             NodeRequest::ReplaceStorage { node, storage } => Ok(NodeResponse::StorageReplaced {
                 lost: self.replace_storage_here(node, storage).await?,
             }),
+            NodeRequest::SegmentProducers { segment } => Ok(NodeResponse::Producers(
+                self.segment_producers(&segment).await?,
+            )),
             NodeRequest::RemoveNode { node } => Ok(NodeResponse::NodeRemoved {
                 node,
                 under_replicated: self.remove_node_here(node).await?,

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::locks::MutexExt;
 use crate::metadata::{CmdResult, MetadataCmd, ProducerEntry};
 use crate::protocol::Response;
-use crate::transport::{NodeRequest, NodeResponse};
+use crate::transport::{NodeRequest, NodeResponse, ProducerMark};
 use crate::types::{NodeId, ProducerId, ProducerSeq, SegmentId, SegmentKey, TopicName};
 
 /// Entries read at once while rebuilding producer state.
@@ -57,9 +57,32 @@ enum JournalRecord {
         n: u64,
         first: u64,
         hash: u64,
+        /// The batch is at index `from` exactly: a mark from the leader,
+        /// journaled by a follower.
+        #[serde(default)]
+        exact: bool,
     },
     /// The append of `seq` after the last intent for it stored nothing.
     Abort { producer: ProducerId, seq: u64 },
+}
+
+impl JournalRecord {
+    /// The intent for `mark`'s write to `segment`. The leader journals it
+    /// before the append, at the count it saw then (the batch may land
+    /// later); a follower after the leader stored it, exactly there
+    /// (`exact`).
+    fn intent(segment: SegmentId, mark: &ProducerMark, exact: bool) -> JournalRecord {
+        JournalRecord::Intent {
+            producer: mark.producer.clone(),
+            seq: mark.seq,
+            segment,
+            from: mark.first_index,
+            n: mark.n,
+            first: mark.first_hash,
+            hash: mark.batch_hash,
+            exact,
+        }
+    }
 }
 
 /// What this node knows of the producers of every topic whose open
@@ -242,7 +265,7 @@ impl Node {
     ) -> Result<NodeResponse> {
         let n = entries.len() as u64;
         let Some(ProducerSeq { producer, seq }) = producer else {
-            let a = self.append_stored(key, entries, true).await?;
+            let a = self.append_stored(key, entries, true, None).await?;
             self.await_quorum(key, a.count).await?;
             self.acknowledge(key, a.count, false)?;
             return Ok(NodeResponse::Stored {
@@ -303,20 +326,18 @@ impl Node {
         // between storing them and remembering it finds them again.
         let hashes: Vec<u64> = entries.iter().map(|e| entry_hash(e)).collect();
         let from = self.log.info(key).await?.map_or(0, |i| i.count);
-        self.journal(
-            topic,
-            &JournalRecord::Intent {
-                producer: producer.clone(),
-                seq,
-                segment: key.segment,
-                from,
-                n,
-                first: hashes[0],
-                hash: batch_hash(&hashes),
-            },
-        )
-        .await?;
-        match self.append_stored(key, entries, true).await {
+        let mark = ProducerMark {
+            producer: producer.clone(),
+            seq,
+            n,
+            // Set by the append, once known.
+            first_index: from,
+            first_hash: hashes[0],
+            batch_hash: batch_hash(&hashes),
+        };
+        self.journal(topic, &[JournalRecord::intent(key.segment, &mark, false)])
+            .await?;
+        match self.append_stored(key, entries, true, Some(mark)).await {
             Ok(a) => {
                 *last = Some(ProducerEntry {
                     seq,
@@ -337,7 +358,7 @@ impl Node {
                     // Nothing was stored (the store's all or nothing):
                     // the intent must not be taken for a stored write.
                     if let Err(why) = self
-                        .journal(topic, &JournalRecord::Abort { producer, seq })
+                        .journal(topic, &[JournalRecord::Abort { producer, seq }])
                         .await
                     {
                         tracing::warn!(
@@ -351,12 +372,52 @@ impl Node {
         }
     }
 
-    async fn journal(&self, topic: &TopicName, record: &JournalRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(record).map_err(Error::internal)?;
+    /// Appends `records` to the topic's journal (durably, as one append).
+    async fn journal(&self, topic: &TopicName, records: &[JournalRecord]) -> Result<()> {
+        let bytes = records
+            .iter()
+            .map(|r| serde_json::to_vec(r).map(Bytes::from))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::internal)?;
         self.log
-            .append(&journal_key(topic), &[Bytes::from(bytes)], u64::MAX)
+            .append(&journal_key(topic), &bytes, u64::MAX)
             .await
             .map(|_| ())
+    }
+
+    /// A follower of `key` journals the idempotent writes its leader
+    /// marked, before it stores their entries.
+    pub(crate) async fn journal_marks(
+        &self,
+        key: &SegmentKey,
+        marks: &[ProducerMark],
+    ) -> Result<()> {
+        let records: Vec<JournalRecord> = marks
+            .iter()
+            .map(|m| JournalRecord::intent(key.segment, m, true))
+            .collect();
+        self.journal(&key.topic, &records).await
+    }
+
+    /// Each producer's last write this node's copy of `key` holds,
+    /// according to the intents journaled for `key` (its own as the
+    /// leader, or marks from the leader as a follower). Only writes found
+    /// in the copy count: what the failover records for a segment it
+    /// closed from its replicas, whose copies are sealed at its count.
+    pub(crate) async fn segment_producers(
+        &self,
+        key: &SegmentKey,
+    ) -> Result<Vec<(ProducerId, ProducerEntry)>> {
+        let intents = self
+            .scan_journal(&key.topic, |segment| segment == key.segment)
+            .await?;
+        let mut found = Vec::new();
+        for (producer, list) in intents {
+            if let Some(entry) = self.find_last_write(&key.topic, &list).await? {
+                found.push((producer, entry));
+            }
+        }
+        Ok(found)
     }
 
     /// Makes the table of `key`'s topic complete for writes to `key`: the
@@ -397,12 +458,40 @@ impl Node {
 
     /// Reads the topic's journal into the table, once per node life. The
     /// caller holds the build lock and the gate.
+    ///
+    /// Only intents for segments whose count is not final yet are read:
+    /// the producers of a segment are recorded in metadata before its
+    /// count becomes final (by its leader, or by the failover that closed
+    /// it from its replicas), and the metadata, not a copy here that may
+    /// hold a tail the segment was cut short of, is what counts for it.
     async fn load_journal(&self, table: &TopicProducers, topic: &TopicName) -> Result<()> {
         if table.built.load(Ordering::Acquire) {
             return Ok(());
         }
+        let state = self.metadata.state();
+        let t = state.topic(topic).ok_or(Error::TopicNotFound)?;
+        let unsettled = |segment| {
+            t.segment(segment)
+                .is_some_and(|s| s.status.final_count().is_none())
+        };
+        let intents = self.scan_journal(topic, unsettled).await?;
+        for (producer, list) in intents {
+            if let Some(entry) = self.resolve(topic, &list).await? {
+                table.merge(&producer, entry).await;
+            }
+        }
+        table.built.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Per producer, its last few intents not aborted for segments
+    /// `wanted` accepts, oldest first, from the topic's journal.
+    async fn scan_journal(
+        &self,
+        topic: &TopicName,
+        wanted: impl Fn(SegmentId) -> bool,
+    ) -> Result<HashMap<ProducerId, Vec<JournalRecord>>> {
         let journal = journal_key(topic);
-        // Per producer, its last few intents not aborted, oldest first.
         let mut intents: HashMap<ProducerId, Vec<JournalRecord>> = HashMap::new();
         let mut from = 0;
         loop {
@@ -420,13 +509,25 @@ impl Node {
                     ))
                 })?;
                 match &record {
-                    JournalRecord::Intent { producer, .. } => {
+                    JournalRecord::Intent {
+                        producer,
+                        seq,
+                        segment,
+                        ..
+                    } if wanted(*segment) => {
                         let list = intents.entry(producer.clone()).or_default();
+                        // A mark sent again (its `Replicate` was retried)
+                        // replaces the one before it.
+                        if matches!(list.last(), Some(JournalRecord::Intent { seq: s, .. }) if s == seq)
+                        {
+                            list.pop();
+                        }
                         list.push(record.clone());
                         if list.len() > 4 {
                             list.remove(0);
                         }
                     }
+                    JournalRecord::Intent { .. } => {}
                     JournalRecord::Abort { producer, seq } => {
                         if let Some(list) = intents.get_mut(producer) {
                             if matches!(list.last(), Some(JournalRecord::Intent { seq: s, .. }) if s == seq)
@@ -438,13 +539,7 @@ impl Node {
                 }
             }
         }
-        for (producer, list) in intents {
-            if let Some(entry) = self.resolve(topic, &list).await? {
-                table.merge(&producer, entry).await;
-            }
-        }
-        table.built.store(true, Ordering::Release);
-        Ok(())
+        Ok(intents)
     }
 
     /// The last stored write among a producer's last intents (oldest
@@ -464,6 +559,32 @@ impl Node {
         else {
             return Ok(None);
         };
+        // Only the newest two: a write is tried after the one before it
+        // was stored, so the newest not found means the one before it is
+        // the last.
+        let recent = intents
+            .iter()
+            .filter(|r| matches!(r, JournalRecord::Intent { seq, .. } if seq + 1 >= *newest))
+            .cloned()
+            .collect::<Vec<_>>();
+        if let Some(found) = self.find_last_write(topic, &recent).await? {
+            return Ok(Some(found));
+        }
+        Ok(newest.checked_sub(1).map(|seq| ProducerEntry {
+            seq,
+            n: 0,
+            segment: *newest_segment,
+            first_index: None,
+        }))
+    }
+
+    /// The newest of `intents` (oldest first) whose batch is found in its
+    /// segment on this node.
+    async fn find_last_write(
+        &self,
+        topic: &TopicName,
+        intents: &[JournalRecord],
+    ) -> Result<Option<ProducerEntry>> {
         for record in intents.iter().rev() {
             let JournalRecord::Intent {
                 seq,
@@ -472,16 +593,19 @@ impl Node {
                 n,
                 first,
                 hash,
+                exact,
                 ..
             } = record
             else {
                 continue;
             };
-            if *seq + 1 < *newest {
-                break;
-            }
             let key = SegmentKey::new(topic.clone(), *segment);
-            if let Some(index) = self.find_batch(&key, *from, *n, *first, *hash).await? {
+            let found = if *exact {
+                self.batch_at(&key, *from, *n, *hash).await?
+            } else {
+                self.find_batch(&key, *from, *n, *first, *hash).await?
+            };
+            if let Some(index) = found {
                 return Ok(Some(ProducerEntry {
                     seq: *seq,
                     n: *n,
@@ -490,12 +614,24 @@ impl Node {
                 }));
             }
         }
-        Ok(newest.checked_sub(1).map(|seq| ProducerEntry {
-            seq,
-            n: 0,
-            segment: *newest_segment,
-            first_index: None,
-        }))
+        Ok(None)
+    }
+
+    /// `Some(at)` when the `n` entries of `key` from `at` hash to `hash`.
+    async fn batch_at(&self, key: &SegmentKey, at: u64, n: u64, hash: u64) -> Result<Option<u64>> {
+        let want = usize::try_from(n).unwrap_or(usize::MAX);
+        let mut hashes = Vec::with_capacity(want.min(SCAN_CHUNK));
+        while hashes.len() < want {
+            let batch = self
+                .log
+                .read(key, at + hashes.len() as u64, want - hashes.len(), 1 << 20)
+                .await?;
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            hashes.extend(batch.iter().map(|e| entry_hash(e)));
+        }
+        Ok((batch_hash(&hashes) == hash).then_some(at))
     }
 
     /// The index at or after `from` in `key` where `n` consecutive entries

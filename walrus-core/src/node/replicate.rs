@@ -27,8 +27,8 @@ use tokio::sync::{watch, Notify};
 use super::Node;
 use crate::error::{Error, Result};
 use crate::locks::MutexExt;
-use crate::transport::{NodeRequest, NodeResponse};
-use crate::types::{NodeId, SegmentKey};
+use crate::transport::{NodeRequest, NodeResponse, ProducerMark};
+use crate::types::{NodeId, ProducerId, SegmentKey};
 
 /// A `Replicate` request stops growing past this many entries or bytes
 /// (the first batch always goes whole).
@@ -63,6 +63,45 @@ pub(crate) struct Copies {
     /// `followers`).
     acked: watch::Sender<Vec<u64>>,
     followers: Vec<Arc<Link>>,
+    /// Each producer's latest idempotent write to the segment, by the
+    /// index after its last entry. A `Replicate` carries the marks that
+    /// end within its entries: a follower holding a write's last entry
+    /// was told of it then, unless a later write of the same producer
+    /// already replaced it, which happens only once this write was
+    /// acknowledged (a producer's writes are serial up to the quorum), so
+    /// every replica that counted towards its quorum journaled it.
+    marks: Mutex<Marks>,
+}
+
+#[derive(Default)]
+struct Marks {
+    by_end: BTreeMap<u64, Vec<ProducerMark>>,
+    end_of: HashMap<ProducerId, u64>,
+}
+
+impl Marks {
+    fn note(&mut self, mark: ProducerMark) {
+        if let Some(old) = self.end_of.insert(mark.producer.clone(), mark.end()) {
+            if let Some(list) = self.by_end.get_mut(&old) {
+                list.retain(|m| m.producer != mark.producer);
+                if list.is_empty() {
+                    self.by_end.remove(&old);
+                }
+            }
+        }
+        self.by_end.entry(mark.end()).or_default().push(mark);
+    }
+
+    /// The marks of writes whose last entry is in `first..end`.
+    fn ending_in(&self, first: u64, end: u64) -> Vec<ProducerMark> {
+        if end <= first {
+            return Vec::new();
+        }
+        self.by_end
+            .range(first + 1..=end)
+            .flat_map(|(_, list)| list.iter().cloned())
+            .collect()
+    }
 }
 
 /// The leader's side of one follower.
@@ -220,7 +259,15 @@ impl Link {
 impl Node {
     /// After entries `first..` of `key` went into this node's store: queues
     /// them for the segment's followers, if it has any.
-    pub(crate) fn replicate(&self, key: &SegmentKey, first: u64, entries: &[Bytes]) {
+    /// `mark`: the idempotent write these entries are, told to the
+    /// followers with them.
+    pub(crate) fn replicate(
+        &self,
+        key: &SegmentKey,
+        first: u64,
+        entries: &[Bytes],
+        mark: Option<ProducerMark>,
+    ) {
         let copies = match self.replication.get(key) {
             Some(None) => return,
             Some(Some(c)) => c,
@@ -229,6 +276,11 @@ impl Node {
                 None => return,
             },
         };
+        if let Some(mark) = mark {
+            // Before the entries are queued: no batch holding them goes
+            // out without it.
+            copies.marks.lock_or_recover().note(mark);
+        }
         for link in &copies.followers {
             link.push(first, entries);
         }
@@ -272,6 +324,7 @@ impl Node {
             quorum: seg.quorum(),
             acked: watch::channel(vec![0; followers.len()]).0,
             followers,
+            marks: Mutex::default(),
         });
         segments.insert(key.clone(), Some(copies.clone()));
         drop(segments);
@@ -383,9 +436,15 @@ impl Node {
         first: u64,
         entries: &[Bytes],
         seal: Option<u64>,
+        marks: &[ProducerMark],
     ) -> Result<NodeResponse> {
         if self.replication.is_fenced(segment) {
             return Err(fenced(segment, self.id));
+        }
+        if !marks.is_empty() {
+            // Journaled before the entries, as on the leader: a copy that
+            // holds a write also knows whose it is.
+            self.journal_marks(segment, marks).await?;
         }
         // The store decides what is a gap and what is held, under its own
         // lock, from the count it has *written*. `info` gives the count a
@@ -532,11 +591,16 @@ impl Node {
         entries: Vec<Bytes>,
         seal: Option<u64>,
     ) -> Result<()> {
+        let marks = copies
+            .marks
+            .lock_or_recover()
+            .ending_in(first, first + entries.len() as u64);
         let request = NodeRequest::Replicate {
             segment: copies.key.clone(),
             first,
             entries,
             seal,
+            marks,
         };
         match self.transport.call(link.node, request).await? {
             NodeResponse::Replicated { count } => {

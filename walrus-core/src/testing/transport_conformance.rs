@@ -206,6 +206,14 @@ fn every_request() -> Vec<NodeRequest> {
             first: 5,
             entries: vec![Bytes::from_static(b"copy"), Bytes::from_static(b"\n")],
             seal: Some(7),
+            marks: vec![crate::transport::ProducerMark {
+                producer: crate::types::ProducerId::new("p-1").expect("a valid producer id"),
+                seq: 3,
+                n: 2,
+                first_index: 5,
+                first_hash: u64::MAX,
+                batch_hash: 1,
+            }],
         },
         NodeRequest::Fence { segment: segment() },
         NodeRequest::ReadCopy {
@@ -220,6 +228,7 @@ fn every_request() -> Vec<NodeRequest> {
             count: 4,
         },
         NodeRequest::RemoveNode { node: 4 },
+        NodeRequest::SegmentProducers { segment: segment() },
     ]
 }
 
@@ -258,6 +267,15 @@ pub fn answer_to(req: &NodeRequest) -> NodeResponse {
             count: first + entries.len() as u64,
         },
         NodeRequest::Fence { .. } => NodeResponse::Replicated { count: 11 },
+        NodeRequest::SegmentProducers { .. } => NodeResponse::Producers(vec![(
+            crate::types::ProducerId::new("p-2").expect("a valid producer id"),
+            crate::metadata::ProducerEntry {
+                seq: 8,
+                n: 3,
+                segment: 2,
+                first_index: Some(40),
+            },
+        )]),
         NodeRequest::Join { .. } | NodeRequest::Ping | NodeRequest::ClaimStorage { .. } => {
             NodeResponse::Done
         }

@@ -259,3 +259,56 @@ async fn given_a_producer_when_the_topic_rolls_over_should_carry_its_last_write_
     );
     assert_eq!(read_all(&c, 1).await, bytes(&["a", "b", "c", "d", "e"]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_rf_3_when_the_segment_leader_dies_should_learn_its_producers_from_the_replicas_and_store_each_write_once(
+) {
+    let c = TestCluster::start(3, |id| TestCluster::config(id, 1000)).await;
+    // Node 2 leads segment 1, nodes 3 and 1 follow.
+    assert_eq!(c.send(2, "REGISTER logs RF 3").await, Response::Ok);
+    assert_eq!(
+        c.send_bytes(2, putb(Some(("p1", 0)), &["a", "b"])).await,
+        stored(2, 0)
+    );
+    assert_eq!(
+        c.send_bytes(3, putb(Some(("p2", 0)), &["x"])).await,
+        stored(1, 2)
+    );
+    // Node 3 misses p1's next write: only node 1 journals it.
+    c.net.partition(2, 3);
+    assert_eq!(
+        c.send_bytes(2, putb(Some(("p1", 1)), &["c"])).await,
+        stored(1, 3)
+    );
+    assert_eq!(c.send(2, "PUT logs d").await, Response::Ok);
+    // The leader dies for good: the failover closes segment 1 from nodes 1
+    // and 3, not pending, and records its producers from them.
+    c.crash(2).await;
+    c.net.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = c.metadata.committed();
+    let t = state.topic(&logs()).unwrap();
+    assert_eq!(t.segments[0].status, SegmentStatus::Sealed { count: 5 });
+    // Retries answer where the writes are, and the next writes go on.
+    assert_eq!(
+        c.send_bytes(3, putb(Some(("p1", 1)), &["c"])).await,
+        stored(1, 3),
+        "a retry of p1's last write, which node 3 had no mark of"
+    );
+    assert_eq!(
+        c.send_bytes(1, putb(Some(("p2", 0)), &["x"])).await,
+        stored(1, 2)
+    );
+    assert_eq!(
+        c.send_bytes(1, putb(Some(("p1", 2)), &["e"])).await,
+        stored(1, 5)
+    );
+    assert_eq!(
+        c.send_bytes(3, putb(Some(("p2", 1)), &["y"])).await,
+        stored(1, 6)
+    );
+    assert_eq!(
+        read_all(&c, 3).await,
+        bytes(&["a", "b", "x", "c", "d", "e", "y"])
+    );
+}
