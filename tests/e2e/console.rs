@@ -203,7 +203,10 @@ async fn given_a_three_node_cluster_when_its_console_is_opened_in_chromium_shoul
     assert_eq!(ready["newest"], "first entry");
     let segments = ready["segments"].as_array().expect("segments");
     assert_eq!(segments.len(), 1, "{ready}");
-    assert_eq!(segments[0], "1: open 1 @1", "segment 1, led by node 1");
+    assert_eq!(
+        segments[0], "1: open 1 @1 +2,3",
+        "segment 1, led by node 1, copied to 2 and 3 (the default factor on 3 nodes)"
+    );
 
     // Markup in an entry must show as text, not become an element.
     let second = "<img src=x onerror=\"document.title='pwned'\"> second";

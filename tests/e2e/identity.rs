@@ -45,7 +45,7 @@ async fn read_until_blocked(cluster: &Cluster, via: u64, topic: &str) -> (Vec<St
 async fn given_a_wiped_segment_leader_when_restarted_should_be_refused_until_the_operator_accepts_the_loss(
 ) {
     let _serial = serial().await;
-    let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(3, ClusterOptions::default().single_copy()).await;
     let consensus = cluster.leader(1).await.expect("a leader");
     let victim = cluster
         .ids()

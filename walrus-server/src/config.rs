@@ -150,12 +150,11 @@ pub struct ServerConfig {
     pub monitor_check_ms: u64,
 
     /// Copies of each segment, its leader included, for topics registered
-    /// on this node without `RF`. Stays 1 by default until a segment
-    /// closed from its replicas keeps its producers' sequence numbers
-    /// (then `min(3, voters)`; docs/architecture.md, "Replication").
-    #[arg(long, env = "WALRUS_REPLICATION_FACTOR", default_value_t = 1,
+    /// on this node without `RF`. Default: `min(3, voters)` at
+    /// registration (1 on a single node).
+    #[arg(long, env = "WALRUS_REPLICATION_FACTOR",
           value_parser = clap::value_parser!(u32).range(1..))]
-    pub replication_factor: u32,
+    pub replication_factor: Option<u32>,
 
     /// Client connections served at once; more are refused with an ERR.
     #[arg(long, env = "WALRUS_MAX_CONNECTIONS", default_value_t = 4096,
@@ -824,9 +823,13 @@ mod tests {
 
     #[test]
     fn given_a_replication_factor_flag_should_make_it_the_node_default() {
-        assert_eq!(parse(&[]).unwrap().node_config().replication_factor, 1);
+        assert_eq!(
+            parse(&[]).unwrap().node_config().replication_factor,
+            None,
+            "min(3, voters)"
+        );
         let c = parse(&["--replication-factor", "3"]).unwrap();
-        assert_eq!(c.node_config().replication_factor, 3);
+        assert_eq!(c.node_config().replication_factor, Some(3));
         assert!(parse(&["--replication-factor", "0"]).is_err());
     }
 

@@ -300,6 +300,14 @@ impl Default for ClusterOptions {
 }
 
 impl ClusterOptions {
+    /// One copy of each segment (`--replication-factor 1`), for tests of
+    /// what losing that copy means.
+    pub fn single_copy(mut self) -> Self {
+        self.env
+            .push(("WALRUS_REPLICATION_FACTOR".into(), "1".into()));
+        self
+    }
+
     pub fn segment_limit(mut self, limit: u64) -> Self {
         self.env
             .push(("WALRUS_MAX_SEGMENT_ENTRIES".into(), limit.to_string()));

@@ -191,7 +191,8 @@ impl super::Node {
 
     /// REGISTER: the first segment is led by this node if it votes, else
     /// by the lowest voter, and copied to the `rf - 1` live voters after
-    /// it (`rf`: the request's, else this node's default). A topic that
+    /// it (`rf`: the request's, else this node's default, else `min(3,
+    /// voters)`). A topic that
     /// exists keeps its own factor: asking for another one is an error.
     async fn register_with(&self, topic: TopicName, rf: Option<u32>) -> Result<()> {
         let status = self.metadata.status();
@@ -200,7 +201,15 @@ impl super::Node {
         } else {
             *status.voters.first().expect("voters is not empty here")
         };
-        let factor = rf.unwrap_or(self.config.replication_factor).max(1);
+        let factor = rf
+            .or(self.config.replication_factor)
+            .unwrap_or_else(|| {
+                // `min(3, voters)`: three copies survive losing any one
+                // node and keep a majority for acknowledgement.
+                let voters = self.eligible_voters(&status).len();
+                u32::try_from(voters.clamp(1, 3)).unwrap_or(1)
+            })
+            .max(1);
         let cmd = if factor == 1 {
             MetadataCmd::CreateTopic {
                 topic: topic.clone(),

@@ -107,10 +107,10 @@ pub struct NodeConfig {
     /// `None` for a node without one (in-memory test stacks).
     pub storage: Option<crate::types::StorageId>,
     /// Copies of each segment (its leader included) for topics registered
-    /// here without `RF` (`--replication-factor`). 1 until a segment
-    /// closed from its replicas keeps its producer table
-    /// (docs/architecture.md, "Replication"); then `min(3, voters)`.
-    pub replication_factor: u32,
+    /// here without `RF` (`--replication-factor`). `None`: `min(3,
+    /// voters)` when the topic is registered (the server's default). Core's
+    /// own default is `Some(1)`, so that a test on one copy says nothing.
+    pub replication_factor: Option<u32>,
     /// Bytes per second re-replication copies at, at most (one segment at a
     /// time, from the consensus leader), so producers keep the disks and
     /// the network.
@@ -135,7 +135,7 @@ impl NodeConfig {
             // nothing.
             forward_timeout: DEFAULT_LEASE * 2 + DEFAULT_FAILOVER_MARGIN,
             storage: None,
-            replication_factor: 1,
+            replication_factor: Some(1),
             rereplication_rate: DEFAULT_REREPLICATION_RATE,
         }
     }

@@ -146,7 +146,7 @@ impl super::Node {
     /// The voters in id order, without removed nodes (`REMOVE-NODE`
     /// commits before the consensus membership changes: in between, a
     /// removed node still votes but is never chosen).
-    fn eligible_voters(&self, status: &crate::ConsensusStatus) -> Vec<NodeId> {
+    pub(crate) fn eligible_voters(&self, status: &crate::ConsensusStatus) -> Vec<NodeId> {
         let state = self.metadata.state();
         status
             .voters

@@ -459,3 +459,20 @@ fn given_membership_commands_when_repeated_should_change_nothing_the_second_time
         CmdResult::Rejected(_)
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_no_replication_factor_set_when_registering_should_keep_min_of_3_and_the_voters() {
+    for (nodes, rf) in [(1, 1), (2, 2), (3, 3), (4, 3)] {
+        let c = TestCluster::start(nodes, |id| NodeConfig {
+            replication_factor: None,
+            ..TestCluster::config(id, 10)
+        })
+        .await;
+        assert_eq!(c.send(1, "REGISTER logs").await, Response::Ok);
+        let state = c.metadata.committed();
+        let t = state.topic(&topic("logs")).unwrap();
+        assert_eq!(t.rf, rf, "{nodes} nodes");
+        assert_eq!(t.current().replicas().len(), rf as usize, "{nodes} nodes");
+        c.shutdown().await;
+    }
+}
