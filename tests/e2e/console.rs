@@ -232,7 +232,7 @@ async fn given_a_three_node_cluster_when_its_console_is_opened_in_chromium_shoul
         "an entry's markup became an element"
     );
     assert_eq!(updated["title"], "Walrus console", "an entry's script ran");
-    assert_eq!(updated["segments"][0], "1: open 2 @1");
+    assert_eq!(updated["segments"][0], "1: open 2 @1 +2,3");
     let status = driver.wait().expect("the driver exits");
     assert!(
         status.success(),

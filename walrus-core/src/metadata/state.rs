@@ -119,10 +119,22 @@ pub struct SegmentMeta {
     /// which keeps older snapshots as they were.)
     #[serde(default, skip_serializing_if = "is_zero")]
     pub moves: u32,
+    /// Open and replicated when its leader started again (`NodeStarted`):
+    /// the restarted leader must not append to it, since its copy may be
+    /// shorter than its followers' (what it had not synced is gone), and
+    /// appending there would give one index two entries. The consensus
+    /// leader closes it from its replicas at once. (Not written while
+    /// false.)
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub leader_restarted: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How much of a topic retention keeps. Each limit that is `Some` deletes
@@ -533,6 +545,13 @@ pub enum MetadataCmd {
     /// pending one (only it knows the count), or holds the only copy of a
     /// sealed one. Removing a removed node changes nothing.
     RemoveNode { node: NodeId },
+    /// `node` started a new life (`incarnation`: larger than any before
+    /// it, its start time in ns): every open replicated segment it leads
+    /// is flagged `leader_restarted`, for the consensus leader to close
+    /// from its replicas. A node appends to its replicated segments only
+    /// once its own `NodeStarted` is applied. An older or equal
+    /// incarnation (a late repeat) changes nothing.
+    NodeStarted { node: NodeId, incarnation: u64 },
     /// `node` came back on an empty storage `storage` (wiped or replaced)
     /// and every segment it held has another copy: `storage` becomes its
     /// recorded storage and its old copies of closed segments leave their
@@ -623,9 +642,38 @@ pub struct ClusterState {
     /// none; not written while empty.)
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub retired_storage: BTreeSet<StorageId>,
+    /// Each node's current life (`NodeStarted`). (Default: none; not
+    /// written while empty.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl ClusterState {
+    /// `NodeStarted`.
+    fn node_started(&mut self, node: NodeId, incarnation: u64) -> CmdResult {
+        if self
+            .incarnations
+            .get(&node)
+            .is_some_and(|known| *known >= incarnation)
+        {
+            return CmdResult::Unchanged;
+        }
+        self.incarnations.insert(node, incarnation);
+        for t in self.topics.values_mut() {
+            let current = t
+                .segments
+                .last_mut()
+                .expect("a topic always has at least one segment");
+            if current.leader == node
+                && current.status == SegmentStatus::Open
+                && !current.followers.is_empty()
+            {
+                current.leader_restarted = true;
+            }
+        }
+        CmdResult::Applied
+    }
+
     /// `SetRetention`, `SetTopicRetention`.
     fn set_retention(&mut self, topic: &TopicName, retention: Option<Retention>) -> CmdResult {
         let Some(t) = self.topics.get_mut(topic) else {
@@ -833,6 +881,9 @@ impl ClusterState {
                 }
             }
             MetadataCmd::RemoveNode { node } => self.remove_node(*node),
+            MetadataCmd::NodeStarted { node, incarnation } => {
+                self.node_started(*node, *incarnation)
+            }
             MetadataCmd::RefillStorage {
                 node,
                 storage,
@@ -900,6 +951,7 @@ impl ClusterState {
                     closed_at_ms: None,
                     bytes: None,
                     moves: 0,
+                    leader_restarted: false,
                 }],
                 cursor: 0,
                 retention: None,
@@ -946,6 +998,7 @@ impl ClusterState {
             closed_at_ms: None,
             bytes: None,
             moves: 0,
+            leader_restarted: false,
         });
         CmdResult::Applied
     }
@@ -1743,6 +1796,42 @@ mod tests {
             count,
             replicas: replicas.to_vec(),
         }
+    }
+
+    #[test]
+    fn given_a_node_started_again_should_flag_only_the_open_replicated_segments_it_leads_once() {
+        let mut s = ClusterState::default();
+        for (name, replicas) in [("copied", vec![2, 3, 1]), ("elsewhere", vec![3, 1, 2])] {
+            s.apply(&MetadataCmd::CreateReplicatedTopic {
+                topic: topic(name),
+                rf: 3,
+                replicas,
+            });
+        }
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("single"),
+            leader: 2,
+        });
+        let started = |incarnation| MetadataCmd::NodeStarted {
+            node: 2,
+            incarnation,
+        };
+        assert_eq!(s.apply(&started(10)), CmdResult::Applied);
+        let flagged =
+            |s: &ClusterState, t: &str| s.topic(&topic(t)).unwrap().current().leader_restarted;
+        assert!(flagged(&s, "copied"), "node 2 leads it with copies");
+        assert!(!flagged(&s, "elsewhere"), "led by node 3");
+        assert!(!flagged(&s, "single"), "one copy: nothing to diverge from");
+        // The failover rolls it: the next segment is not flagged, and a
+        // late repeat of the same start (or an older one) flags nothing.
+        s.apply(&roll_on("copied", 1, Some(4), &[2, 3, 1]));
+        assert!(!flagged(&s, "copied"));
+        assert_eq!(s.apply(&started(10)), CmdResult::Unchanged);
+        assert_eq!(s.apply(&started(9)), CmdResult::Unchanged);
+        assert!(!flagged(&s, "copied"));
+        assert_eq!(s.incarnations.get(&2), Some(&10));
+        assert_eq!(s.apply(&started(11)), CmdResult::Applied);
+        assert!(flagged(&s, "copied"), "a new life flags it again");
     }
 
     #[test]

@@ -367,6 +367,7 @@ impl super::Node {
         mut mark: Option<crate::transport::ProducerMark>,
     ) -> Result<Appended> {
         self.await_write_lease(key).await?;
+        self.check_life(key).await?;
         let limit = crate::log_store::SegmentLimit {
             entries: self.config.max_segment_entries,
             bytes: self.config.max_segment_bytes,
@@ -485,6 +486,68 @@ impl super::Node {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// A replicated segment takes appends only from the life of its
+    /// leader it was opened in: a leader that restarted may have lost
+    /// entries its followers hold (unsynced when it stopped), and appending
+    /// after its shorter copy would put other entries at their indexes.
+    /// So it first records its new life (`NodeStarted`, waiting up to the
+    /// request timeout), which flags the segments it led before for the
+    /// consensus leader to close from their replicas; a flagged segment is
+    /// answered like a sealed one, and the writer waits for the next.
+    pub(crate) async fn check_life(&self, key: &SegmentKey) -> Result<()> {
+        let me = self.incarnation;
+        let flagged = |s: &crate::metadata::ClusterState| {
+            s.topic(&key.topic)
+                .and_then(|t| t.segment(key.segment))
+                .filter(|seg| seg.leader == self.id && !seg.followers.is_empty())
+                .map(|seg| seg.leader_restarted)
+        };
+        let state = self.metadata.state();
+        let Some(restarted) = flagged(&state) else {
+            return Ok(());
+        };
+        if state.incarnations.get(&self.id) != Some(&me) {
+            drop(state);
+            let mut watch = self.metadata.watch();
+            let recorded = watch.wait_for(|s| s.incarnations.get(&self.id) == Some(&me));
+            if tokio::time::timeout(self.config.request_timeout, recorded)
+                .await
+                .is_err()
+            {
+                return Err(Error::Unavailable(format!(
+                    "node {} has not yet recorded its start in the cluster metadata (it needs a                      quorum), so it cannot append to {key} yet: retry",
+                    self.id
+                )));
+            }
+            return match flagged(&self.metadata.state()) {
+                Some(true) => Err(Error::SegmentSealed(key.clone())),
+                _ => Ok(()),
+            };
+        }
+        if restarted {
+            return Err(Error::SegmentSealed(key.clone()));
+        }
+        Ok(())
+    }
+
+    /// Records this node's life in the metadata once (`NodeStarted`),
+    /// retried by the monitor until it is.
+    pub(crate) async fn record_life(&self) {
+        if self.metadata.state().incarnations.get(&self.id) == Some(&self.incarnation) {
+            return;
+        }
+        let cmd = crate::metadata::MetadataCmd::NodeStarted {
+            node: self.id,
+            incarnation: self.incarnation,
+        };
+        if let Err(e) = self.metadata.propose(cmd).await {
+            tracing::debug!(
+                node = self.id,
+                "cannot record this node's start yet (retried): {e}"
+            );
         }
     }
 

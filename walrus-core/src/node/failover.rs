@@ -162,7 +162,13 @@ impl super::Node {
         let mut due = Vec::new();
         for (topic, t) in &state.topics {
             let current = t.current();
-            if current.leader == self.id || self.failover.is_live(current.leader, now, threshold) {
+            // A leader that restarted must not append to its replicated
+            // segment again (`Node::check_life`): close it now, live or not.
+            let restarted = current.leader_restarted;
+            if !restarted
+                && (current.leader == self.id
+                    || self.failover.is_live(current.leader, now, threshold))
+            {
                 continue;
             }
             let key = crate::types::SegmentKey::new(topic.clone(), current.id);
@@ -185,10 +191,13 @@ impl super::Node {
                 continue;
             }
             // Checked again, atomically with renewals: one may have been
-            // heard while we pinged; none is confirmed from now on.
-            if !self
-                .failover
-                .fence_if_silent(current.leader, self.clock.now(), threshold)
+            // heard while we pinged; none is confirmed from now on. (A
+            // restarted leader is not fenced: it appends to none of its
+            // flagged segments, and may lead the next one.)
+            if !restarted
+                && !self
+                    .failover
+                    .fence_if_silent(current.leader, self.clock.now(), threshold)
             {
                 continue;
             }
@@ -196,30 +205,40 @@ impl super::Node {
         }
         // Each segment's replicas are asked at once: a failover of many
         // topics takes one round of answers, not one per topic.
-        let failovers = due.into_iter().map(|(key, current, mut cmd, next)| async move {
-            if !current.followers.is_empty() {
-                // Replicated: its count is known from a majority of its
-                // replicas, if they answer.
-                match self.close_from_replicas(&key, current).await {
-                    super::closing::Closing::Sealed(count) => set_count(&mut cmd, count),
-                    super::closing::Closing::NoQuorum => {}
-                    super::closing::Closing::Retry => return,
+        let failovers = due
+            .into_iter()
+            .map(|(key, current, mut cmd, next)| async move {
+                if !current.followers.is_empty() {
+                    // Replicated: its count is known from a majority of its
+                    // replicas, if they answer.
+                    match self.close_from_replicas(&key, current).await {
+                        super::closing::Closing::Sealed(count) => set_count(&mut cmd, count),
+                        // Its count would be left to a leader whose copy may
+                        // be short: wait for a majority of the replicas.
+                        super::closing::Closing::NoQuorum if current.leader_restarted => return,
+                        super::closing::Closing::NoQuorum => {}
+                        super::closing::Closing::Retry => return,
+                    }
                 }
-            }
-            tracing::info!(
+                tracing::info!(
                 node = self.id,
-                "segment {key} leader {} silent for over {threshold:?}; closing it ({}) and opening segment {} on node {next}",
+                "segment {key} leader {} {}; closing it ({}) and opening segment {} on node {next}",
                 current.leader,
+                if current.leader_restarted {
+                    "restarted".to_string()
+                } else {
+                    format!("silent for over {threshold:?}")
+                },
                 match roll_count(&cmd) {
                     Some(n) => format!("at {n} entries, from its replicas"),
                     None => "its count pending".to_string(),
                 },
                 current.id + 1
             );
-            if let Err(e) = self.metadata.propose(cmd).await {
-                tracing::warn!(node = self.id, "failover of {key} failed: {e}");
-            }
-        });
+                if let Err(e) = self.metadata.propose(cmd).await {
+                    tracing::warn!(node = self.id, "failover of {key} failed: {e}");
+                }
+            });
         futures::future::join_all(failovers).await;
     }
 }

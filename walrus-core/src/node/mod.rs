@@ -176,6 +176,10 @@ pub struct Node {
     wall_origin: (tokio::time::Instant, u64),
     /// A count report of ours was refused (storage mismatch): logged once.
     count_refused: std::sync::atomic::AtomicBool,
+    /// This life of the node (its start time in ns, larger than any life
+    /// before it): recorded with `NodeStarted` before it appends to a
+    /// replicated segment ([`Node::check_life`]).
+    incarnation: u64,
     /// A weak handle on ourselves, to spawn work that outlives a request.
     me: Weak<Node>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -229,6 +233,7 @@ impl Node {
             stopping: read::Stopping::default(),
             async_commits: group::AsyncCommits::default(),
             count_refused: Default::default(),
+            incarnation: new_incarnation(),
             retention_done: Default::default(),
             wall_origin: (clock.now(), unix_ms()),
             config,
@@ -355,6 +360,24 @@ node_loop!(
     |_: &NodeConfig| cursor::PERSIST_EVERY,
     persist_cursors
 );
+
+/// A number for a new life of a node, larger than that of any life
+/// before it (the wall clock in ns, and larger than the last one this
+/// process gave, for nodes restarted within one test process).
+fn new_incarnation() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or_else(|last| last);
+    now.max(previous + 1)
+}
 
 /// Now, in ms since the Unix epoch (0 on a clock set before 1970).
 fn unix_ms() -> u64 {

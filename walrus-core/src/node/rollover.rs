@@ -211,6 +211,7 @@ impl super::Node {
     /// failed sync (sealing it keeps only its durable entries; the topic
     /// goes on in a new segment, maybe on another node).
     pub(crate) async fn monitor_tick(&self) {
+        self.record_life().await;
         let state = self.metadata.state();
         // Segments rolled away whose copies are done (their senders
         // ended) need no entry any more.
@@ -235,6 +236,10 @@ impl super::Node {
                 continue;
             }
             let key = SegmentKey::new(topic.clone(), current.id);
+            if current.leader_restarted {
+                // Closed from its replicas by the consensus leader.
+                continue;
+            }
             if !current.followers.is_empty() {
                 self.ensure_copies(&key).await;
             }

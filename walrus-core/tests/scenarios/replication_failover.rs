@@ -403,3 +403,42 @@ async fn given_followers_with_slow_disks_when_a_segment_rolls_should_commit_its_
         "the count was committed while only the leader held it: followers held {held:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_a_leader_that_lost_its_unsynced_tail_when_it_restarts_should_close_its_segment_from_the_replicas_not_append_after_it(
+) {
+    let mut c = cluster_led_by_2().await;
+    // Node 2 acknowledges before syncing (`--fsync interval`); its
+    // followers hold m0..m4 durably.
+    c.logs[&2].relax_syncs(true);
+    put_acked(&c, 2, 0..5).await;
+    // Power cut on node 2, back before any failover would notice: its copy
+    // of segment 1 lost every entry the followers acknowledged with it.
+    c.logs[&2].power_cut();
+    c.crash(2).await;
+    c.restart(2);
+    assert!(
+        c.logs[&2]
+            .info(&key(1))
+            .await
+            .unwrap()
+            .map_or(0, |i| i.count)
+            < 5,
+        "the power cut took entries from node 2's copy"
+    );
+    // Appending after its short copy would give indexes 0..5 two entries
+    // each. The segment is closed from the replicas instead.
+    put_acked(&c, 1, 5..10).await;
+    let segs = segments(&c);
+    assert_eq!(segs[0].0, SegmentStatus::Sealed { count: 5 }, "{segs:?}");
+    let all = payloads((0..10).map(|i| format!("m{i}")));
+    for via in [1, 2, 3] {
+        assert_eq!(read_all(&c, via).await, all, "read via node {via}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.logs[&2].read(&key(1), 0, 100, 1 << 20).await.unwrap(),
+        payloads((0..5).map(|i| format!("m{i}"))),
+        "node 2's copy is refilled from the replicas"
+    );
+}
