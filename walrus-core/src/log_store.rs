@@ -187,6 +187,27 @@ pub trait LogStore: Send + Sync + 'static {
         limit: SegmentLimit,
     ) -> Result<Appended>;
 
+    /// `append_within`, calling `written` with the first entry's index as
+    /// soon as the entries have their indexes and are written, which may
+    /// be before they are durable: the leader of a replicated segment sends
+    /// them to its followers while its own sync runs, so that an
+    /// acknowledgement waits for one sync and a round trip, not two syncs
+    /// and a round trip in series. `written` is called at most once, never
+    /// when nothing was written; the append may still fail after it (a
+    /// failed sync, contract 9: those entries are then never served here).
+    /// This default calls it once `append_within` returned.
+    async fn append_within_then(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        limit: SegmentLimit,
+        written: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Appended> {
+        let appended = self.append_within(segment, entries, limit).await?;
+        written(appended.first_index);
+        Ok(appended)
+    }
+
     /// Reads entries `from..` of `segment`: at most `max_entries`, and no
     /// more than `max_bytes` of payload except that at least one entry is
     /// returned when one exists. Empty when `from >= count` or the segment

@@ -314,9 +314,15 @@ impl WalStore {
         segment: &SegmentKey,
         entries: &[Bytes],
         step: impl Fn(&Segment) -> Result<AppendStep> + Send + Sync,
+        written: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<Appended> {
         let seg = self.get_or_create(segment);
         let (appended, rx) = self.append_with_room(&seg, entries, step).await?;
+        if !entries.is_empty() && appended.count > appended.first_index {
+            // Numbered and in the map: whoever waits for them may start
+            // now, while the sync runs.
+            written(appended.first_index);
+        }
         match (rx, self.inner.config.fsync) {
             (Some(rx), _) => {
                 self.inner.syncer.enqueue(&seg, true);
@@ -411,7 +417,18 @@ impl LogStore for WalStore {
         entries: &[Bytes],
         limit: SegmentLimit,
     ) -> Result<Appended> {
-        self.append_with(segment, entries, |seg| seg.append(entries, limit))
+        self.append_with(segment, entries, |seg| seg.append(entries, limit), &|_| {})
+            .await
+    }
+
+    async fn append_within_then(
+        &self,
+        segment: &SegmentKey,
+        entries: &[Bytes],
+        limit: SegmentLimit,
+        written: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Appended> {
+        self.append_with(segment, entries, |seg| seg.append(entries, limit), written)
             .await
     }
 
@@ -421,8 +438,13 @@ impl LogStore for WalStore {
         first: u64,
         entries: &[Bytes],
     ) -> Result<Appended> {
-        self.append_with(segment, entries, |seg| seg.append_at(first, entries))
-            .await
+        self.append_with(
+            segment,
+            entries,
+            |seg| seg.append_at(first, entries),
+            &|_| {},
+        )
+        .await
     }
 
     async fn read(

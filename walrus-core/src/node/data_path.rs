@@ -364,7 +364,7 @@ impl super::Node {
         key: &SegmentKey,
         entries: &[Bytes],
         whole: bool,
-        mut mark: Option<crate::transport::ProducerMark>,
+        mark: Option<crate::transport::ProducerMark>,
     ) -> Result<Appended> {
         self.await_write_lease(key).await?;
         self.check_life(key).await?;
@@ -381,14 +381,25 @@ impl super::Node {
             take = take.min(room.max(1));
         }
         let appended = loop {
-            match self.log.append_within(key, &entries[..take], limit).await {
+            let taken = &entries[..take];
+            // Followers get the entries as soon as they are numbered,
+            // while this node's own sync runs (the commit point counts
+            // this copy only once it is durable).
+            let to_followers = |first: u64| {
+                let mark = mark.clone().map(|m| crate::transport::ProducerMark {
+                    first_index: first,
+                    ..m
+                });
+                self.replicate(key, first, taken, mark);
+            };
+            match self
+                .log
+                .append_within_then(key, taken, limit, &to_followers)
+                .await
+            {
                 Ok(a) => {
                     // Stored, acknowledged or not: it will be read.
                     self.appends.appended(key);
-                    if let Some(m) = &mut mark {
-                        m.first_index = a.first_index;
-                    }
-                    self.replicate(key, a.first_index, &entries[..take], mark);
                     break a;
                 }
                 Err(Error::SegmentSealed(_)) if take > 1 && !whole => take /= 2,

@@ -62,6 +62,10 @@ pub(crate) struct Copies {
     /// Each follower's count as it last answered (the order of
     /// `followers`).
     acked: watch::Sender<Vec<u64>>,
+    /// Which followers answered since these copies started: until a
+    /// quorum has, `acked` says nothing of what they hold (a restarted
+    /// leader), and readers wait rather than see the commit point at 0.
+    heard: Vec<std::sync::atomic::AtomicBool>,
     followers: Vec<Arc<Link>>,
     /// Each producer's latest idempotent write to the segment, by the
     /// index after its last entry. A `Replicate` carries the marks that
@@ -161,6 +165,17 @@ impl Copies {
     /// True when `count` entries are on a quorum (with the leader's own).
     fn has_quorum(&self, acked: &[u64], count: u64) -> bool {
         1 + acked.iter().filter(|c| **c >= count).count() >= self.quorum
+    }
+
+    /// True once a quorum (the leader included) answered since the copies
+    /// started.
+    fn quorum_heard(&self) -> bool {
+        let heard = self
+            .heard
+            .iter()
+            .filter(|h| h.load(std::sync::atomic::Ordering::Acquire))
+            .count();
+        1 + heard >= self.quorum
     }
 
     /// The commit point: how many entries a majority of the replicas holds
@@ -323,6 +338,7 @@ impl Node {
             key: key.clone(),
             quorum: seg.quorum(),
             acked: watch::channel(vec![0; followers.len()]).0,
+            heard: followers.iter().map(|_| Default::default()).collect(),
             followers,
             marks: Mutex::default(),
         });
@@ -476,6 +492,34 @@ impl Node {
         Ok(NodeResponse::Replicated { count })
     }
 
+    /// Before a read of `key` on its leader: when its copies started so
+    /// recently (this node restarted) that a quorum has not answered yet,
+    /// waits for that, up to two renewal periods, so that a reader is not
+    /// told the segment ends at 0 while the followers hold what was
+    /// acknowledged before the restart.
+    pub(crate) async fn await_commit_point(&self, key: &SegmentKey, held: u64) {
+        if held == 0 {
+            return;
+        }
+        let copies = match self.replication.get(key) {
+            Some(Some(c)) => c,
+            Some(None) => return,
+            None => match self.start_copies(key, held) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        if copies.quorum_heard() {
+            return;
+        }
+        let mut acked = copies.acked.subscribe();
+        let _ = tokio::time::timeout(
+            self.config.lease_renew * 2,
+            acked.wait_for(|_| copies.quorum_heard()),
+        )
+        .await;
+    }
+
     /// The entries of `key` that readers may see here when this node holds
     /// `held`: all of them, except on the leader of an open replicated
     /// segment, where only the commit point (what a majority holds), so
@@ -605,6 +649,7 @@ impl Node {
         match self.transport.call(link.node, request).await? {
             NodeResponse::Replicated { count } => {
                 link.lock().next = count;
+                copies.heard[index].store(true, std::sync::atomic::Ordering::Release);
                 copies.acked.send_modify(|acked| acked[index] = count);
                 // The commit point may have moved: readers waiting at it
                 // look again.

@@ -236,12 +236,13 @@ impl super::Node {
                 continue;
             }
             let key = SegmentKey::new(topic.clone(), current.id);
-            if current.leader_restarted {
-                // Closed from its replicas by the consensus leader.
-                continue;
-            }
             if !current.followers.is_empty() {
                 self.ensure_copies(&key).await;
+            }
+            if current.leader_restarted {
+                // Closed from its replicas by the consensus leader, never
+                // rolled at this node's own count, which may be short.
+                continue;
             }
             if health.quarantined_segments.contains(&key) {
                 self.spawn_rollover(key);

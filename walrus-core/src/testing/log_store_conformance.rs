@@ -89,6 +89,55 @@ pub async fn run_all_with_restart<S: LogStore>(make: impl Fn() -> S, restart: im
     given_fewer_entries_when_sealed_at_a_higher_count_should_refuse_and_change_nothing(make())
         .await;
     given_a_cut_tail_when_the_store_restarts_should_stay_cut_and_sealed(make(), &restart).await;
+    given_an_append_told_when_written_should_tell_its_first_index_once_and_only_when_it_wrote(
+        make(),
+    )
+    .await;
+}
+
+/// `append_within_then`: `written` hears the first index of every append
+/// that wrote, once, by the time it returns; never of a refused one.
+pub async fn given_an_append_told_when_written_should_tell_its_first_index_once_and_only_when_it_wrote<
+    S: LogStore,
+>(
+    store: S,
+) {
+    let seg = key("conf-written", 1);
+    let heard = std::sync::Mutex::new(Vec::new());
+    let tell = |first: u64| {
+        heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(first)
+    };
+    let limit = SegmentLimit::entries(5);
+    let a = store
+        .append_within_then(&seg, &entries("a", 2), limit, &tell)
+        .await
+        .expect("room for 2");
+    let b = store
+        .append_within_then(&seg, &entries("b", 3), limit, &tell)
+        .await
+        .expect("2 + 3 == 5 fits");
+    let refused = store
+        .append_within_then(&seg, &entries("c", 1), limit, &tell)
+        .await;
+    assert_eq!(
+        refused,
+        Err(Error::SegmentSealed(seg.clone())),
+        "past the limit"
+    );
+    assert_eq!((a.first_index, b.first_index), (0, 2));
+    assert_eq!(
+        *heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        vec![0, 2],
+        "each written append told once, with its first index; the refused one not"
+    );
+    let mut all = entries("a", 2);
+    all.extend(entries("b", 3));
+    assert_eq!(read_all(&store, &seg).await, all);
 }
 
 /// Contract 11: a gap is refused and writes nothing, not even the segment.
