@@ -23,6 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::Error;
+use crate::locks::MutexExt;
 use crate::log_store::{Appended, LogStore, SegmentInfo, SegmentLimit};
 use crate::types::{SegmentKey, TopicName};
 
@@ -104,12 +105,7 @@ pub async fn given_an_append_told_when_written_should_tell_its_first_index_once_
 ) {
     let seg = key("conf-written", 1);
     let heard = std::sync::Mutex::new(Vec::new());
-    let tell = |first: u64| {
-        heard
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(first)
-    };
+    let tell = |first: u64| heard.lock_or_recover().push(first);
     let limit = SegmentLimit::entries(5);
     let a = store
         .append_within_then(&seg, &entries("a", 2), limit, &tell)
