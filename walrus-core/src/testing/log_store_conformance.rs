@@ -125,9 +125,7 @@ pub async fn given_an_append_told_when_written_should_tell_its_first_index_once_
     );
     assert_eq!((a.first_index, b.first_index), (0, 2));
     assert_eq!(
-        *heard
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        *heard.lock_or_recover(),
         vec![0, 2],
         "each written append told once, with its first index; the refused one not"
     );
