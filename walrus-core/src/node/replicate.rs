@@ -167,6 +167,17 @@ impl Copies {
         1 + acked.iter().filter(|c| **c >= count).count() >= self.quorum
     }
 
+    /// The count a quorum holds when the leader holds everything: what
+    /// `has_quorum` compares against.
+    fn quorum_count(&self, acked: &[u64]) -> u64 {
+        if self.quorum <= 1 {
+            return u64::MAX;
+        }
+        let mut counts = acked.to_vec();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts.get(self.quorum - 2).copied().unwrap_or(0)
+    }
+
     /// True once a quorum (the leader included) answered since the copies
     /// started.
     fn quorum_heard(&self) -> bool {
@@ -649,8 +660,17 @@ impl Node {
         match self.transport.call(link.node, request).await? {
             NodeResponse::Replicated { count } => {
                 link.lock().next = count;
-                copies.heard[index].store(true, std::sync::atomic::Ordering::Release);
-                copies.acked.send_modify(|acked| acked[index] = count);
+                let first_answer =
+                    !copies.heard[index].swap(true, std::sync::atomic::Ordering::AcqRel);
+                // Waiters (every writer of the batch) are woken only when
+                // what a quorum holds moved: the second follower's answer
+                // to the same batch usually moves nothing, and waking every
+                // writer for it again cost the leader a context switch each.
+                copies.acked.send_if_modified(|acked| {
+                    let before = copies.quorum_count(acked);
+                    acked[index] = count;
+                    first_answer || copies.quorum_count(acked) != before
+                });
                 // The commit point may have moved: readers waiting at it
                 // look again.
                 self.appends.appended(&copies.key);
