@@ -545,6 +545,16 @@ pub enum MetadataCmd {
     /// pending one (only it knows the count), or holds the only copy of a
     /// sealed one. Removing a removed node changes nothing.
     RemoveNode { node: NodeId },
+    /// A pending replicated segment closed from a majority of its
+    /// replicas once they answered (its leader gone): Sealed at `count`.
+    /// Rejected for an open segment (only a failover closes one) and for a
+    /// segment without followers (only its leader knows its count); a
+    /// segment no longer pending changes nothing.
+    SealPending {
+        topic: TopicName,
+        segment: SegmentId,
+        count: u64,
+    },
     /// `node` started a new life (`incarnation`: larger than any before
     /// it, its start time in ns): every open replicated segment it leads
     /// is flagged `leader_restarted`, for the consensus leader to close
@@ -881,6 +891,31 @@ impl ClusterState {
                 }
             }
             MetadataCmd::RemoveNode { node } => self.remove_node(*node),
+            MetadataCmd::SealPending {
+                topic,
+                segment,
+                count,
+            } => {
+                let seg = match segment_mut(&mut self.topics, topic, *segment) {
+                    Ok(seg) => seg,
+                    Err(rejected) => return rejected,
+                };
+                match seg.status {
+                    SegmentStatus::Open => CmdResult::Rejected(format!(
+                        "segment {topic}:{segment} is open: a failover closes it first"
+                    )),
+                    SegmentStatus::Pending if seg.followers.is_empty() => {
+                        CmdResult::Rejected(format!(
+                            "segment {topic}:{segment} has one copy: only its leader knows its count"
+                        ))
+                    }
+                    SegmentStatus::Pending => {
+                        seg.status = SegmentStatus::Sealed { count: *count };
+                        CmdResult::Applied
+                    }
+                    _ => CmdResult::Unchanged,
+                }
+            }
             MetadataCmd::NodeStarted { node, incarnation } => {
                 self.node_started(*node, *incarnation)
             }
@@ -1796,6 +1831,45 @@ mod tests {
             count,
             replicas: replicas.to_vec(),
         }
+    }
+
+    #[test]
+    fn given_a_pending_segment_should_be_sealed_from_replicas_only_when_it_has_copies() {
+        let mut s = ClusterState::default();
+        s.apply(&MetadataCmd::CreateReplicatedTopic {
+            topic: topic("copied"),
+            rf: 3,
+            replicas: vec![2, 3, 1],
+        });
+        s.apply(&MetadataCmd::CreateTopic {
+            topic: topic("single"),
+            leader: 2,
+        });
+        let seal = |t: &str, count| MetadataCmd::SealPending {
+            topic: topic(t),
+            segment: 1,
+            count,
+        };
+        assert!(
+            matches!(s.apply(&seal("copied", 4)), CmdResult::Rejected(_)),
+            "open: a failover closes it first"
+        );
+        s.apply(&roll_on("copied", 1, None, &[3, 1, 2]));
+        s.apply(&roll("single", 1, None, 3));
+        assert!(
+            matches!(s.apply(&seal("single", 4)), CmdResult::Rejected(_)),
+            "one copy: only its leader knows the count"
+        );
+        assert_eq!(s.apply(&seal("copied", 4)), CmdResult::Applied);
+        assert_eq!(
+            s.apply(&seal("copied", 9)),
+            CmdResult::Unchanged,
+            "sealed once"
+        );
+        assert_eq!(
+            s.topic(&topic("copied")).unwrap().segments[0].status,
+            SegmentStatus::Sealed { count: 4 }
+        );
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Node {
             .flatten()
             .collect();
         if answers.len() < seg.quorum() {
-            tracing::warn!(
+            // Debug: the pending pass asks again every renewal period.
+            tracing::debug!(
                 node = self.id,
                 "only {} of the {} replicas of {key} answered ({} needed): its count stays pending",
                 answers.len(),

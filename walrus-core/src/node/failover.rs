@@ -215,8 +215,17 @@ impl super::Node {
                         super::closing::Closing::Sealed(count) => set_count(&mut cmd, count),
                         // Its count would be left to a leader whose copy may
                         // be short: wait for a majority of the replicas.
-                        super::closing::Closing::NoQuorum if current.leader_restarted => return,
-                        super::closing::Closing::NoQuorum => {}
+                        super::closing::Closing::NoQuorum => {
+                            tracing::warn!(
+                                node = self.id,
+                                "fewer than {} of the replicas of {key} answered: its count \
+                                 stays pending until a majority of them does",
+                                current.quorum()
+                            );
+                            if current.leader_restarted {
+                                return;
+                            }
+                        }
                         super::closing::Closing::Retry => return,
                     }
                 }
@@ -240,6 +249,54 @@ impl super::Node {
                 }
             });
         futures::future::join_all(failovers).await;
+        self.seal_pending_from_replicas(&state, now, threshold)
+            .await;
+    }
+
+    /// Pending replicated segments (closed while fewer than a majority of
+    /// their replicas answered) whose leader is still silent: closed now
+    /// if a majority answers, so that readers need not wait for a leader
+    /// that may never come back. The count is found as for any failover
+    /// from the replicas (`close_from_replicas`), producers included.
+    async fn seal_pending_from_replicas(
+        &self,
+        state: &crate::metadata::ClusterState,
+        now: Instant,
+        threshold: Duration,
+    ) {
+        let pending = state.topics.iter().flat_map(|(topic, t)| {
+            t.segments
+                .iter()
+                .skip(t.deleted_through as usize)
+                .filter(|s| {
+                    s.status == crate::metadata::SegmentStatus::Pending && !s.followers.is_empty()
+                })
+                .map(move |s| (topic, s))
+        });
+        let closing = pending
+            .filter(|(_, s)| !self.failover.is_live(s.leader, now, threshold))
+            .map(|(topic, seg)| async move {
+                let key = crate::types::SegmentKey::new(topic.clone(), seg.id);
+                let super::closing::Closing::Sealed(count) =
+                    self.close_from_replicas(&key, seg).await
+                else {
+                    return;
+                };
+                let cmd = MetadataCmd::SealPending {
+                    topic: topic.clone(),
+                    segment: seg.id,
+                    count,
+                };
+                match self.metadata.propose(cmd).await {
+                    Ok(crate::metadata::CmdResult::Applied) => tracing::info!(
+                        node = self.id,
+                        "pending segment {key} closed at {count} entries from a majority of its replicas"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(node = self.id, "cannot seal pending {key}: {e}"),
+                }
+            });
+        futures::future::join_all(closing).await;
     }
 }
 

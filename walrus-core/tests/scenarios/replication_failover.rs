@@ -247,7 +247,8 @@ async fn given_a_leader_partitioned_from_its_followers_when_writing_should_stop_
 }
 
 #[tokio::test(start_paused = true)]
-async fn given_a_majority_of_replicas_down_when_the_leader_dies_should_leave_the_count_pending() {
+async fn given_a_majority_of_replicas_down_when_the_leader_dies_should_leave_the_count_pending_until_a_majority_answers(
+) {
     let c = cluster_led_by_2().await;
     put_acked(&c, 2, 0..5).await;
     // Node 1 (consensus) alone cannot know what node 3 acknowledged.
@@ -257,6 +258,16 @@ async fn given_a_majority_of_replicas_down_when_the_leader_dies_should_leave_the
     let segs = segments(&c);
     assert_eq!(segs[0].0, SegmentStatus::Pending, "{segs:?}");
     assert_eq!(c.send(1, "PUT logs m5").await, Response::Ok, "writes go on");
+    // Node 3 is back in reach, node 2 never comes back: a majority of the
+    // replicas answers, and readers no longer wait for node 2.
+    c.net.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let segs = segments(&c);
+    assert_eq!(segs[0].0, SegmentStatus::Sealed { count: 5 }, "{segs:?}");
+    assert_eq!(
+        read_all(&c, 3).await,
+        payloads((0..6).map(|i| format!("m{i}")))
+    );
 }
 
 #[tokio::test(start_paused = true)]
