@@ -274,6 +274,15 @@ raft_port() { echo $((PORT_BASE + 30 + $1)); }
 # start_cluster NODES FSYNC TAG: starts the nodes at once; NODE_PIDS[id]
 # Flags every node of the next start_cluster gets besides the usual ones.
 EXTRA_SERVER_ARGS=()
+# Every section but "replication" measures one copy per segment, as round 1
+# did, so that its rows stay comparable with the baseline: the server's
+# default is now min(3, voters). The replication section registers its
+# topics with an explicit RF. (A build from before replication has no such
+# flag and keeps one copy anyway.)
+BASE_SERVER_ARGS=()
+if "$SERVER_BIN" --help 2>/dev/null | grep -q -- --replication-factor; then
+    BASE_SERVER_ARGS=(--replication-factor 1)
+fi
 start_cluster() {
     local n=$1 fsync=$2 tag=$3 id
     local dir=$WORK/$tag
@@ -288,7 +297,8 @@ start_cluster() {
             "$SERVER_BIN" --node-id "$id" --data-dir "$dir" \
             --raft-host 127.0.0.1 --raft-port "$(raft_port "$id")" \
             --client-host 127.0.0.1 --client-port "$(client_addr "$id" | cut -d: -f2)" \
-            --fsync "$fsync" "${join[@]}" --log-file "$dir/node_$id.log" "${EXTRA_SERVER_ARGS[@]}" &
+            --fsync "$fsync" "${join[@]}" --log-file "$dir/node_$id.log" \
+            "${BASE_SERVER_ARGS[@]}" "${EXTRA_SERVER_ARGS[@]}" &
         NODE_PIDS[$id]=$!
         STARTED_PIDS+=("$!")
         SERVER_PIDS+=("$!")

@@ -213,7 +213,10 @@ def main():
                  f"`WALRUS_MAX_SEGMENT_ENTRIES={int(os.environ.get('BENCH_SEGMENT_ENTRIES', 50000000)):,}` "
                  "so that no run rolls over: with the default 1,000,000 a fast run fills its "
                  "segment, the leadership moves to the next node mid-run, and \"to leader\" "
-                 "becomes partly forwarded while \"to other\" becomes partly direct.\n")
+                 "becomes partly forwarded while \"to other\" becomes partly direct. "
+                 "Every section but Replication runs with `--replication-factor 1` (one copy "
+                 "per segment, as round 1 did, so that these rows compare with it); "
+                 "Replication measures three copies against one.\n")
 
         def echo_base(r):
             label = r["label"]
