@@ -119,14 +119,16 @@ pub struct SegmentMeta {
     /// which keeps older snapshots as they were.)
     #[serde(default, skip_serializing_if = "is_zero")]
     pub moves: u32,
-    /// Open and replicated when its leader started again (`NodeStarted`):
-    /// the restarted leader must not append to it, since its copy may be
-    /// shorter than its followers' (what it had not synced is gone), and
-    /// appending there would give one index two entries. The consensus
-    /// leader closes it from its replicas at once. (Not written while
-    /// false.)
+    /// An open replicated segment its leader must not close (or append to)
+    /// by itself: the consensus leader closes it from a majority of its
+    /// replicas at once, as a failover would. Set when its leader started
+    /// again (`NodeStarted`: its copy may be shorter than its followers',
+    /// what it had not synced is gone, and appending there would give one
+    /// index two entries), or when its leader sealed it and no majority
+    /// took its count in time (`CloseFromReplicas`: committing that count
+    /// would leave entries on the leader only). (Not written while false.)
     #[serde(default, skip_serializing_if = "is_false")]
-    pub leader_restarted: bool,
+    pub close_from_replicas: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -555,9 +557,18 @@ pub enum MetadataCmd {
         segment: SegmentId,
         count: u64,
     },
+    /// The leader of open replicated segment `segment` sealed it but no
+    /// majority of its replicas holds its count: `close_from_replicas` is
+    /// set, for the consensus leader to close it from a majority. Rejected
+    /// when the segment is not its topic's open replicated one (a late
+    /// repeat after the roll changes nothing).
+    CloseFromReplicas {
+        topic: TopicName,
+        segment: SegmentId,
+    },
     /// `node` started a new life (`incarnation`: larger than any before
     /// it, its start time in ns): every open replicated segment it leads
-    /// is flagged `leader_restarted`, for the consensus leader to close
+    /// is flagged `close_from_replicas`, for the consensus leader to close
     /// from its replicas. A node appends to its replicated segments only
     /// once its own `NodeStarted` is applied. An older or equal
     /// incarnation (a late repeat) changes nothing.
@@ -678,7 +689,7 @@ impl ClusterState {
                 && current.status == SegmentStatus::Open
                 && !current.followers.is_empty()
             {
-                current.leader_restarted = true;
+                current.close_from_replicas = true;
             }
         }
         CmdResult::Applied
@@ -916,6 +927,28 @@ impl ClusterState {
                     _ => CmdResult::Unchanged,
                 }
             }
+            MetadataCmd::CloseFromReplicas { topic, segment } => {
+                let Some(t) = self.topics.get_mut(topic) else {
+                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
+                };
+                let current = t
+                    .segments
+                    .last_mut()
+                    .expect("a topic always has at least one segment");
+                if current.id != *segment || current.status != SegmentStatus::Open {
+                    return CmdResult::Unchanged;
+                }
+                if current.followers.is_empty() {
+                    return CmdResult::Rejected(format!(
+                        "segment {topic}:{segment} has one copy: there are no replicas to close it from"
+                    ));
+                }
+                if current.close_from_replicas {
+                    return CmdResult::Unchanged;
+                }
+                current.close_from_replicas = true;
+                CmdResult::Applied
+            }
             MetadataCmd::NodeStarted { node, incarnation } => {
                 self.node_started(*node, *incarnation)
             }
@@ -986,7 +1019,7 @@ impl ClusterState {
                     closed_at_ms: None,
                     bytes: None,
                     moves: 0,
-                    leader_restarted: false,
+                    close_from_replicas: false,
                 }],
                 cursor: 0,
                 retention: None,
@@ -1033,7 +1066,7 @@ impl ClusterState {
             closed_at_ms: None,
             bytes: None,
             moves: 0,
-            leader_restarted: false,
+            close_from_replicas: false,
         });
         CmdResult::Applied
     }
@@ -1892,7 +1925,7 @@ mod tests {
         };
         assert_eq!(s.apply(&started(10)), CmdResult::Applied);
         let flagged =
-            |s: &ClusterState, t: &str| s.topic(&topic(t)).unwrap().current().leader_restarted;
+            |s: &ClusterState, t: &str| s.topic(&topic(t)).unwrap().current().close_from_replicas;
         assert!(flagged(&s, "copied"), "node 2 leads it with copies");
         assert!(!flagged(&s, "elsewhere"), "led by node 3");
         assert!(!flagged(&s, "single"), "one copy: nothing to diverge from");
@@ -1906,6 +1939,22 @@ mod tests {
         assert_eq!(s.incarnations.get(&2), Some(&10));
         assert_eq!(s.apply(&started(11)), CmdResult::Applied);
         assert!(flagged(&s, "copied"), "a new life flags it again");
+        // A leader that sealed without a majority flags its own.
+        let abandon = |t: &str| MetadataCmd::CloseFromReplicas {
+            topic: topic(t),
+            segment: 1,
+        };
+        assert_eq!(s.apply(&abandon("elsewhere")), CmdResult::Applied);
+        assert!(flagged(&s, "elsewhere"));
+        assert!(matches!(
+            s.apply(&abandon("single")),
+            CmdResult::Rejected(_)
+        ));
+        assert_eq!(
+            s.apply(&abandon("copied")),
+            CmdResult::Unchanged,
+            "segment 1 of copied is closed"
+        );
     }
 
     #[test]

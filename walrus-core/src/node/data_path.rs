@@ -514,7 +514,7 @@ impl super::Node {
             s.topic(&key.topic)
                 .and_then(|t| t.segment(key.segment))
                 .filter(|seg| seg.leader == self.id && !seg.followers.is_empty())
-                .map(|seg| seg.leader_restarted)
+                .map(|seg| seg.close_from_replicas)
         };
         let state = self.metadata.state();
         let Some(restarted) = flagged(&state) else {

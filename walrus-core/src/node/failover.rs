@@ -162,9 +162,9 @@ impl super::Node {
         let mut due = Vec::new();
         for (topic, t) in &state.topics {
             let current = t.current();
-            // A leader that restarted must not append to its replicated
-            // segment again (`Node::check_life`): close it now, live or not.
-            let restarted = current.leader_restarted;
+            // Flagged (its leader restarted, or sealed it without a
+            // majority): close it now, its leader live or not.
+            let restarted = current.close_from_replicas;
             if !restarted
                 && (current.leader == self.id
                     || self.failover.is_live(current.leader, now, threshold))
@@ -191,9 +191,9 @@ impl super::Node {
                 continue;
             }
             // Checked again, atomically with renewals: one may have been
-            // heard while we pinged; none is confirmed from now on. (A
-            // restarted leader is not fenced: it appends to none of its
-            // flagged segments, and may lead the next one.)
+            // heard while we pinged; none is confirmed from now on. (The
+            // leader of a flagged segment is not fenced: it appends to
+            // none of them, and may lead the next one.)
             if !restarted
                 && !self
                     .failover
@@ -213,19 +213,14 @@ impl super::Node {
                     // replicas, if they answer.
                     match self.close_from_replicas(&key, current).await {
                         super::closing::Closing::Sealed(count) => set_count(&mut cmd, count),
-                        // Its count would be left to a leader whose copy may
-                        // be short: wait for a majority of the replicas.
-                        super::closing::Closing::NoQuorum => {
-                            tracing::warn!(
-                                node = self.id,
-                                "fewer than {} of the replicas of {key} answered: its count \
-                                 stays pending until a majority of them does",
-                                current.quorum()
-                            );
-                            if current.leader_restarted {
-                                return;
-                            }
-                        }
+                        // Pending; sealed from the replicas once a majority
+                        // answers (`seal_pending_from_replicas`).
+                        super::closing::Closing::NoQuorum => tracing::warn!(
+                            node = self.id,
+                            "fewer than {} of the replicas of {key} answered: its count \
+                             stays pending until a majority of them does",
+                            current.quorum()
+                        ),
                         super::closing::Closing::Retry => return,
                     }
                 }
@@ -233,8 +228,8 @@ impl super::Node {
                 node = self.id,
                 "segment {key} leader {} {}; closing it ({}) and opening segment {} on node {next}",
                 current.leader,
-                if current.leader_restarted {
-                    "restarted".to_string()
+                if current.close_from_replicas {
+                    "restarted, or sealed it without a majority".to_string()
                 } else {
                     format!("silent for over {threshold:?}")
                 },
@@ -249,21 +244,16 @@ impl super::Node {
                 }
             });
         futures::future::join_all(failovers).await;
-        self.seal_pending_from_replicas(&state, now, threshold)
-            .await;
+        self.seal_pending_from_replicas(&state).await;
     }
 
     /// Pending replicated segments (closed while fewer than a majority of
-    /// their replicas answered) whose leader is still silent: closed now
-    /// if a majority answers, so that readers need not wait for a leader
-    /// that may never come back. The count is found as for any failover
-    /// from the replicas (`close_from_replicas`), producers included.
-    async fn seal_pending_from_replicas(
-        &self,
-        state: &crate::metadata::ClusterState,
-        now: Instant,
-        threshold: Duration,
-    ) {
+    /// their replicas answered): closed now if a majority answers, so that
+    /// readers need not wait for a leader that may never come back. The
+    /// count is found as for any failover from the replicas
+    /// (`close_from_replicas`), producers included. Their leader does not
+    /// report it alone (`report_pending`): its copy may be short.
+    async fn seal_pending_from_replicas(&self, state: &crate::metadata::ClusterState) {
         let pending = state.topics.iter().flat_map(|(topic, t)| {
             t.segments
                 .iter()
@@ -273,9 +263,7 @@ impl super::Node {
                 })
                 .map(move |s| (topic, s))
         });
-        let closing = pending
-            .filter(|(_, s)| !self.failover.is_live(s.leader, now, threshold))
-            .map(|(topic, seg)| async move {
+        let closing = pending.map(|(topic, seg)| async move {
                 let key = crate::types::SegmentKey::new(topic.clone(), seg.id);
                 let super::closing::Closing::Sealed(count) =
                     self.close_from_replicas(&key, seg).await

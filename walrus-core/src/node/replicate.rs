@@ -383,20 +383,40 @@ impl Node {
 
     /// After `key` was sealed here at `count`: waits a moment (two
     /// renewal periods) for a majority of its replicas to hold all of it,
-    /// so that the rollover commits a count whose entries survive this
-    /// node (followers usually lag by the round trip in flight). Past
-    /// that the rollover goes on anyway: a follower that does not answer
-    /// must not hold the topic up.
-    pub(crate) async fn await_copies(&self, key: &SegmentKey, count: u64) {
-        let Some(Some(copies)) = self.replication.get(key) else {
-            return;
+    /// and says whether one does (always, for an unreplicated segment).
+    /// Followers usually lag by the round trip in flight; one that does
+    /// not answer must not hold the topic up, so past that the rollover
+    /// has the segment closed from its replicas instead.
+    pub(crate) async fn await_copies(&self, key: &SegmentKey, count: u64) -> bool {
+        let copies = match self.replication.get(key) {
+            Some(Some(copies)) => copies,
+            Some(None) => return true,
+            None => {
+                let replicated = self
+                    .metadata
+                    .state()
+                    .topic(&key.topic)
+                    .and_then(|t| t.segment(key.segment))
+                    .is_some_and(|s| !s.followers.is_empty());
+                if !replicated {
+                    return true;
+                }
+                // Sealed before this life copied anything: learn what the
+                // followers hold (and send them what they lack).
+                let Some(copies) = self.start_copies(key, count) else {
+                    return false;
+                };
+                self.seal_copies(key, count);
+                copies
+            }
         };
         let mut acked = copies.acked.subscribe();
-        let _ = tokio::time::timeout(
+        tokio::time::timeout(
             self.config.lease_renew * 2,
             acked.wait_for(|a| copies.has_quorum(a, count)),
         )
-        .await;
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until entries `..count` of `key` are on a quorum of its
@@ -466,6 +486,18 @@ impl Node {
         marks: &[ProducerMark],
     ) -> Result<NodeResponse> {
         if self.replication.is_fenced(segment) {
+            // The old leader's last seal, at the count the failover sealed
+            // this copy at too: nothing to refuse, and its sender stops.
+            if let (Some(n), true) = (seal, entries.is_empty()) {
+                if self
+                    .log
+                    .info(segment)
+                    .await?
+                    .is_some_and(|i| i.sealed && i.count == n)
+                {
+                    return Ok(NodeResponse::Replicated { count: n });
+                }
+            }
             return Err(fenced(segment, self.id));
         }
         if !marks.is_empty() {

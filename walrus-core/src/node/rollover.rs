@@ -74,7 +74,23 @@ impl super::Node {
         } else {
             let count = self.log.seal(key).await?;
             self.seal_copies(key, count);
-            self.await_copies(key, count).await;
+            if !self.await_copies(key, count).await {
+                // Committing `count` would leave its last entries on this
+                // node only (never acknowledged, but then counted, and
+                // waited for by readers while this node is down). The
+                // consensus leader closes it from a majority instead.
+                tracing::warn!(
+                    node = self.id,
+                    "no majority of the replicas of {key} holds its {count} entries: asking for it to be closed from its replicas"
+                );
+                self.metadata
+                    .propose(MetadataCmd::CloseFromReplicas {
+                        topic: key.topic.clone(),
+                        segment: key.segment,
+                    })
+                    .await?;
+                return Ok(());
+            }
             // Its producers' last writes are final now, and must be in
             // metadata before its count is (the next leader starts from
             // them). A quarantined segment stays Pending, which holds
@@ -239,7 +255,7 @@ impl super::Node {
             if !current.followers.is_empty() {
                 self.ensure_copies(&key).await;
             }
-            if current.leader_restarted {
+            if current.close_from_replicas {
                 // Closed from its replicas by the consensus leader, never
                 // rolled at this node's own count, which may be short.
                 continue;
@@ -274,6 +290,15 @@ impl super::Node {
         let state = self.metadata.state();
         let quarantined = self.log.health().quarantined_segments;
         for key in state.pending_segments_of(self.id) {
+            let replicated = state
+                .topic(&key.topic)
+                .and_then(|t| t.segment(key.segment))
+                .is_some_and(|s| !s.followers.is_empty());
+            if replicated {
+                // Closed from a majority of its replicas by the consensus
+                // leader (this copy may be short: lost unsynced entries).
+                continue;
+            }
             if quarantined.contains(&key) {
                 // Its count is unknown until the file is restored; the
                 // store logged the damage when it opened.

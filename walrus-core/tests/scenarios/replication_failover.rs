@@ -453,3 +453,47 @@ async fn given_a_leader_that_lost_its_unsynced_tail_when_it_restarts_should_clos
         "node 2's copy is refilled from the replicas"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_a_leader_cut_off_from_its_followers_but_not_from_consensus_when_it_rolls_should_not_commit_entries_only_it_holds(
+) {
+    // Node 1 leads consensus; segment 1 is on nodes 2 (leader), 3 and 4.
+    let c = TestCluster::start(4, |id| TestCluster::config(id, 1000)).await;
+    assert_eq!(c.send(2, "REGISTER logs RF 3").await, Response::Ok);
+    assert_eq!(segments(&c)[0].1, vec![2, 3, 4]);
+    put_acked(&c, 2, 0..3).await;
+    // Node 2 still renews its lease with node 1, but its copies go nowhere.
+    c.net.partition(2, 3);
+    c.net.partition(2, 4);
+    let unconfirmed = c.send(2, "PUT logs m3").await;
+    assert!(
+        matches!(unconfirmed, Response::Err(ref e) if e.starts_with("outcome unknown")),
+        "{unconfirmed:?}"
+    );
+    // The rollover that follows cannot vouch for m3: the segment is closed
+    // from a majority of its replicas instead, which copies m3 from node 2
+    // (relayed by node 1) rather than leave it there alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let segs = segments(&c);
+    let SegmentStatus::Sealed { count } = segs[0].0 else {
+        panic!("segment 1 is closed: {segs:?}")
+    };
+    // Node 2 goes for good: nothing committed waits for it.
+    c.crash(2).await;
+    let read = read_all(&c, 3).await;
+    assert!(count == 3 || count == 4, "m0..m2, and m3 if kept: {count}");
+    assert_eq!(read.len() as u64, count, "every committed entry is read");
+    assert_eq!(
+        read[..3],
+        payloads((0..3).map(|i| format!("m{i}")))[..],
+        "every acknowledged entry"
+    );
+    for node in [3, 4] {
+        let info = c.logs[&node].info(&key(1)).await.unwrap().unwrap();
+        assert_eq!(
+            (info.count, info.sealed),
+            (count, true),
+            "node {node} holds all of segment 1 as committed"
+        );
+    }
+}
