@@ -27,6 +27,12 @@ pub(crate) struct TcpFactory {
     /// replaced when it starts again).
     transports: HashMap<NodeId, Arc<TcpTransport>>,
     addresses: HashMap<NodeId, String>,
+    /// Each serving node's accept loop: a crash waits for it to end, so
+    /// that its port is closed once `crash` returns. (Until then the
+    /// kernel still completes connections into the listener's backlog,
+    /// and a request written on one is reset unread: "no answer", when a
+    /// crashed node must be plainly unreachable.)
+    servers: HashMap<NodeId, tokio::task::JoinHandle<()>>,
 }
 
 impl TcpFactory {
@@ -36,6 +42,7 @@ impl TcpFactory {
             config,
             transports: HashMap::new(),
             addresses: HashMap::new(),
+            servers: HashMap::new(),
         }
     }
 
@@ -64,7 +71,8 @@ impl TransportFactory for TcpFactory {
             .expect("a loopback port");
         let addr = listener.local_addr().expect("bound").to_string();
         let transport = TcpTransport::new(self.config.clone());
-        transport.serve(listener, handler);
+        let server = transport.serve(listener, handler);
+        self.servers.insert(node, server);
         for (id, a) in &self.addresses {
             transport.set_peer_address(*id, a);
         }
@@ -91,6 +99,9 @@ impl TransportFactory for TcpFactory {
 
     async fn crash(&mut self, node: NodeId) {
         self.transports[&node].shutdown();
+        if let Some(server) = self.servers.remove(&node) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
     }
 
     async fn isolate(&mut self, node: NodeId, isolated: bool) {

@@ -928,13 +928,10 @@ impl ClusterState {
                 }
             }
             MetadataCmd::CloseFromReplicas { topic, segment } => {
-                let Some(t) = self.topics.get_mut(topic) else {
-                    return CmdResult::Rejected(format!("topic {topic} does not exist"));
+                let current = match current_segment_mut(&mut self.topics, topic) {
+                    Ok(current) => current,
+                    Err(rejected) => return rejected,
                 };
-                let current = t
-                    .segments
-                    .last_mut()
-                    .expect("a topic always has at least one segment");
                 if current.id != *segment || current.status != SegmentStatus::Open {
                     return CmdResult::Unchanged;
                 }
@@ -1375,6 +1372,20 @@ impl ClusterState {
             "under_replicated_segments": t.under_replicated(&self.removed),
         }))
     }
+}
+
+/// The current (last) segment of `topic`, or the rejection naming what
+/// is missing.
+fn current_segment_mut<'a>(
+    topics: &'a mut BTreeMap<TopicName, TopicState>,
+    topic: &TopicName,
+) -> Result<&'a mut SegmentMeta, CmdResult> {
+    let Some(t) = topics.get_mut(topic) else {
+        return Err(CmdResult::Rejected(format!("topic {topic} does not exist")));
+    };
+    Ok(t.segments
+        .last_mut()
+        .expect("a topic always has at least one segment"))
 }
 
 /// Segment `segment` of `topic`, or the rejection naming what is missing.

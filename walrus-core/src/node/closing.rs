@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::metadata::{CmdResult, MetadataCmd, ProducerEntry, SegmentMeta, SegmentStatus};
+use crate::metadata::{ProducerEntry, SegmentMeta, SegmentStatus};
 use crate::transport::{NodeRequest, NodeResponse, RequestHandler};
 use crate::types::{NodeId, ProducerId, SegmentKey};
 
@@ -282,23 +282,8 @@ impl Node {
                 }
             }
         }
-        if newest.is_empty() {
-            return Ok(());
-        }
-        match self
-            .metadata
-            .propose(MetadataCmd::RecordProducers {
-                topic: key.topic.clone(),
-                segment: key.segment,
-                producers: newest.into_iter().collect(),
-            })
-            .await?
-        {
-            CmdResult::Rejected(why) => Err(Error::Internal(format!(
-                "recording the producers of {key}: {why}"
-            ))),
-            _ => Ok(()),
-        }
+        self.propose_producers(key, newest.into_iter().collect())
+            .await
     }
 
     /// Copies entries `held..count` of `key` from `holder` to `replica`

@@ -691,6 +691,15 @@ impl Node {
             }
             producers
         };
+        self.propose_producers(key, producers).await
+    }
+
+    /// Commits `RecordProducers` for `key` (nothing to do for none).
+    pub(crate) async fn propose_producers(
+        &self,
+        key: &SegmentKey,
+        producers: Vec<(ProducerId, ProducerEntry)>,
+    ) -> Result<()> {
         if producers.is_empty() {
             return Ok(());
         }
