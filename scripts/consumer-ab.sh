@@ -28,13 +28,17 @@ ops_of() { python3 -c 'import json,sys; print(int(json.load(sys.stdin)["ops_per_
 for r in $(seq 1 "$ROUNDS"); do
     for b in "${BUILDS[@]}"; do
         D=$(mktemp -d /var/tmp/walrus-cab.XXXXXX)
+        # One copy per segment, on builds that have copies, as bench.sh.
+        rf=()
+        "$b/walrus-server" --help 2>/dev/null | grep -q -- --replication-factor &&
+            rf=(--replication-factor 1)
         for id in 1 2 3; do
             join=()
             ((id > 1)) && join=(--join 127.0.0.1:28231)
             RUST_LOG=warn WALRUS_MAX_SEGMENT_ENTRIES=50000000 "$b/walrus-server" --node-id "$id" \
                 --data-dir "$D" --raft-host 127.0.0.1 --raft-port $((28230 + id)) \
                 --client-host 127.0.0.1 --client-port $((28210 + id)) --fsync always \
-                "${join[@]}" --log-file "$D/node_$id.log" &
+                "${join[@]}" "${rf[@]}" --log-file "$D/node_$id.log" &
             PIDS+=("$!")
         done
         for id in 1 2 3; do

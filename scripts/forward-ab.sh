@@ -22,12 +22,15 @@ trap 'for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2
 
 run_cluster() { # binary dir
     PIDS=()
+    # One copy per segment, on builds that have copies, as bench.sh.
+    local rf=()
+    "$1" --help 2>/dev/null | grep -q -- --replication-factor && rf=(--replication-factor 1)
     for id in 1 2 3; do
         local join=()
         ((id > 1)) && join=(--join 127.0.0.1:28031)
         RUST_LOG=warn WALRUS_MAX_SEGMENT_ENTRIES=50000000 "$1" --node-id $id --data-dir "$2" --raft-host 127.0.0.1 --raft-port $((28030 + id)) \
             --client-host 127.0.0.1 --client-port $((28010 + id)) --fsync "$FSYNC" "${join[@]}" \
-            --log-file "$2/node_$id.log" &
+            "${rf[@]}" --log-file "$2/node_$id.log" &
         PIDS+=($!)
     done
     for id in 1 2 3; do "$BENCH" wait-write --register -a 127.0.0.1:$((28010 + id)) --topic warm-$id >/dev/null; done
