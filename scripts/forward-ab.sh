@@ -40,9 +40,15 @@ rate() { # addr conns topic
     "$BENCH" -q --json -a "$1" -c "$2" -d "$DEPTH" -s "$SIZE" -t "$DUR" --topic-prefix "$3" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["ops_per_sec"]))'
 }
 
+BINS=("$@")
 for round in $(seq "$ROUNDS"); do
-    for bin in "$@"; do
-        dir=$WORK/$round-$(basename "$bin"); mkdir -p "$dir"
+    # Each round starts with the next build, so that a drift of the host
+    # over a round does not always favour the same one; each run gets a
+    # fresh data directory (binaries of one name must not share one).
+    for k in "${!BINS[@]}"; do
+        i=$(((k + round - 1) % ${#BINS[@]}))
+        bin=${BINS[$i]}
+        dir=$WORK/$round-$i; mkdir -p "$dir"
         run_cluster "$bin" "$dir"
         for conns in $CONNS; do
             topic=t$conns
@@ -51,7 +57,7 @@ for round in $(seq "$ROUNDS"); do
             other=$((leader % 3 + 1))
             d=$(rate 127.0.0.1:$((28010 + leader)) $conns $topic)
             f=$(rate 127.0.0.1:$((28010 + other)) $conns $topic)
-            echo "round $round $(basename "$bin") conns $conns depth $DEPTH direct $d forwarded $f ratio $(python3 -c "print(f'{$f/$d:.2f}')")"
+            echo "round $round $bin conns $conns depth $DEPTH direct $d forwarded $f ratio $(python3 -c "print(f'{$f/$d:.2f}')")"
         done
         for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
         wait 2>/dev/null || true
