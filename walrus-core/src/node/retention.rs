@@ -136,20 +136,33 @@ impl super::Node {
         }
     }
 
-    /// Reports the payload bytes of each sealed segment this node led
-    /// whose bytes the metadata does not know yet (retention by bytes
-    /// counts them), from the copy its count was taken from. Once per
-    /// segment: the first report stays. A segment closed as lost is never
-    /// reported (its leader lost the copy) and counts as empty.
+    /// Reports the payload bytes of each sealed segment this node holds
+    /// a copy of whose bytes the metadata does not know yet (retention by
+    /// bytes counts them), from a copy sealed at its count. The leader
+    /// reports at once; a follower once the segment has been closed for two
+    /// passes without a report (its leader is down, maybe for good: a
+    /// segment closed from its replicas would otherwise never be counted).
+    /// The first report stays. A segment closed as lost is never reported
+    /// (its leader lost the copy) and counts as empty.
     async fn report_segment_bytes(&self) {
         let state = self.metadata.state();
+        let patience =
+            u64::try_from(self.config.retention_interval.as_millis() * 2).unwrap_or(u64::MAX);
+        let now = self.wall_ms();
         let mut due = Vec::new();
         for (topic, t) in &state.topics {
             for s in t.segments.iter().skip(t.deleted_through as usize) {
-                if let SegmentStatus::Sealed { count } = s.status {
-                    if s.leader == self.id && s.bytes.is_none() {
-                        due.push((SegmentKey::new(topic.clone(), s.id), count));
-                    }
+                let SegmentStatus::Sealed { count } = s.status else {
+                    continue;
+                };
+                if s.bytes.is_some() {
+                    continue;
+                }
+                let follower_due = s.followers.contains(&self.id)
+                    && s.closed_at_ms
+                        .is_some_and(|at| now.saturating_sub(at) > patience);
+                if s.leader == self.id || follower_due {
+                    due.push((SegmentKey::new(topic.clone(), s.id), count));
                 }
             }
         }

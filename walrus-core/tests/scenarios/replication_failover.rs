@@ -497,3 +497,27 @@ async fn given_a_leader_cut_off_from_its_followers_but_not_from_consensus_when_i
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn given_a_segment_closed_from_its_replicas_when_its_leader_stays_down_should_count_its_bytes_from_a_replica(
+) {
+    let c = TestCluster::start(3, |id| walrus_core::NodeConfig {
+        retention_interval: Duration::from_millis(50),
+        ..TestCluster::config(id, 1000)
+    })
+    .await;
+    assert_eq!(c.send(2, "REGISTER logs RF 3").await, Response::Ok);
+    put_acked(&c, 2, 0..4).await;
+    // The leader dies before it could report anything: the failover
+    // closes segment 1 from nodes 3 and 1.
+    c.crash(2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let state = c.metadata.committed();
+    let seg = &state.topic(&topic("logs")).unwrap().segments[0];
+    assert_eq!(seg.status, SegmentStatus::Sealed { count: 4 });
+    assert_eq!(
+        seg.bytes,
+        Some(8),
+        "m0..m3 are 2 bytes each: retention by bytes can count the segment"
+    );
+}
