@@ -5,6 +5,10 @@
 //! that no acknowledged entry is lost or stored twice, that an offset a
 //! reader saw never names another entry, and that reads return each
 //! producer's acknowledged entries in the order they were acknowledged.
+//! One more producer writes batches with a producer id, each sent again
+//! until it is answered as stored: each must be stored exactly once, whole,
+//! and the cluster must never answer it `sequence gap` (its producers'
+//! last writes survive failovers from the replicas and restarts).
 //!
 //! `WALRUS_SEEDS=<n>` runs `n` seeds of each size (default 100).
 
@@ -32,6 +36,8 @@ struct Seen {
     acked: BTreeMap<usize, Vec<String>>,
     /// Every offset a reader was given, with its entry.
     offsets: HashMap<u64, Bytes>,
+    /// The idempotent producer's batches answered as stored, in order.
+    batches: Vec<[String; 2]>,
     violations: Vec<String>,
 }
 
@@ -64,7 +70,7 @@ async fn read_through(c: &TestCluster, via: u64, seen: &RefCell<Seen>) -> Option
     }
 }
 
-async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
+async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let net = SimNetwork::new(seed);
     net.set_delay(Duration::ZERO, Duration::from_millis(rng.gen_range(0..8)));
@@ -107,6 +113,47 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
             }
         }
     });
+    // One idempotent producer: each batch is sent again (same producer
+    // id and sequence) until it is answered as stored, whatever happens
+    // to the segment's leader in between, and must then be stored once.
+    let idempotent = async {
+        let mut rng = StdRng::seed_from_u64(seed * 41);
+        let (c, seen) = (&c, &seen);
+        for seq in 0..puts / 3 {
+            let batch = [format!("s{seed}-q-{seq}-a"), format!("s{seed}-q-{seq}-b")];
+            let mut body = format!("PUTB logs 2 PRODUCER q {seq}\n");
+            for e in &batch {
+                body.push_str(&format!("{}\n{e}\n", e.len()));
+            }
+            let mut stored = false;
+            for _ in 0..40 {
+                let via = rng.gen_range(1..=nodes);
+                match c.send_bytes(via, Bytes::from(body.clone())).await {
+                    Response::Stored { n: 2, .. } => {
+                        stored = true;
+                        break;
+                    }
+                    Response::Err(e)
+                        if e.starts_with("sequence gap")
+                            || e.contains("older than its last stored write") =>
+                    {
+                        // The cluster forgot (or invented) a stored write.
+                        seen.borrow_mut()
+                            .violations
+                            .push(format!("producer q, sequence {seq}: {e}"));
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            if !stored {
+                // Its outcome stays unknown: the next sequence would be a gap.
+                return;
+            }
+            seen.borrow_mut().batches.push(batch);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
+        }
+    };
     let read = async {
         let mut rng = StdRng::seed_from_u64(seed * 37);
         for _ in 0..6 {
@@ -149,7 +196,8 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
         c.net.heal();
         crashed
     };
-    let (_, _, victim) = tokio::join!(futures::future::join_all(produce), read, faults);
+    let (_, _, _, victim) =
+        tokio::join!(futures::future::join_all(produce), idempotent, read, faults);
 
     // Everything heals and the crashed node comes back (a segment left
     // pending gets its count from it); then the whole topic is read.
@@ -171,6 +219,7 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
             vec![format!(
                 "seed {seed}: the topic could not be read to its end"
             )],
+            0,
             0,
         );
     };
@@ -203,6 +252,24 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
             }
         }
     }
+    let mut last = None;
+    for batch in &s.batches {
+        acknowledged += 2;
+        let places: Vec<_> = batch.iter().map(|e| at.get(e.as_bytes())).collect();
+        match places.as_slice() {
+            [Some(a), Some(b)] if a.len() == 1 && b.len() == 1 && b[0] == a[0] + 1 => {
+                if last.is_some_and(|l| l > a[0]) {
+                    s.violations
+                        .push(format!("batch {} is before an earlier one", batch[0]));
+                }
+                last = Some(a[0]);
+            }
+            other => s.violations.push(format!(
+                "idempotent batch {batch:?} answered as stored is at {other:?}: \
+                 it must be stored exactly once, whole"
+            )),
+        }
+    }
     for (payload, offsets) in &at {
         if offsets.len() > 1 {
             s.violations.push(format!(
@@ -216,12 +283,13 @@ async fn run(seed: u64, nodes: u64) -> (Vec<String>, usize) {
         .iter()
         .map(|v| format!("seed {seed}: {v}"))
         .collect();
-    (violations, acknowledged)
+    (violations, acknowledged, s.batches.len())
 }
 
 async fn run_seeds(nodes: u64, base: u64) {
     let mut violations = Vec::new();
     let mut acknowledged = 0;
+    let mut batches = 0;
     let n = seeds();
     // `WALRUS_SEED=<seed>` replays one seed (3 nodes below 100000).
     let only: Option<u64> = std::env::var("WALRUS_SEED")
@@ -233,12 +301,14 @@ async fn run_seeds(nodes: u64, base: u64) {
         None => base..base + n,
     };
     for seed in range {
-        let (v, a) = run(seed, nodes).await;
+        let (v, a, b) = run(seed, nodes).await;
         violations.extend(v);
         acknowledged += a;
+        batches += b;
     }
     eprintln!(
-        "{nodes} nodes: {n} seeds, {acknowledged} acknowledged, {} violations",
+        "{nodes} nodes: {n} seeds, {acknowledged} acknowledged ({batches} idempotent \
+         batches), {} violations",
         violations.len()
     );
     assert!(violations.is_empty(), "{violations:#?}");
@@ -246,6 +316,10 @@ async fn run_seeds(nodes: u64, base: u64) {
     assert!(
         only.is_some() || acknowledged as u64 > n * 15,
         "only {acknowledged} acknowledged in {n} runs"
+    );
+    assert!(
+        only.is_some() || batches as u64 > n * 2,
+        "only {batches} idempotent batches stored in {n} runs"
     );
 }
 
