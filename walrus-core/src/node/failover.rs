@@ -224,21 +224,22 @@ impl super::Node {
                         super::closing::Closing::Retry => return,
                     }
                 }
-                tracing::info!(
-                node = self.id,
-                "segment {key} leader {} {}; closing it ({}) and opening segment {} on node {next}",
-                current.leader,
-                if current.close_from_replicas {
+                let why = if current.close_from_replicas {
                     "restarted, or sealed it without a majority".to_string()
                 } else {
                     format!("silent for over {threshold:?}")
-                },
-                match roll_count(&cmd) {
+                };
+                let how = match roll_count(&cmd) {
                     Some(n) => format!("at {n} entries, from its replicas"),
                     None => "its count pending".to_string(),
-                },
-                current.id + 1
-            );
+                };
+                tracing::info!(
+                    node = self.id,
+                    "segment {key} leader {} {why}; closing it ({how}) and opening segment {} \
+                     on node {next}",
+                    current.leader,
+                    current.id + 1
+                );
                 if let Err(e) = self.metadata.propose(cmd).await {
                     tracing::warn!(node = self.id, "failover of {key} failed: {e}");
                 }
@@ -264,26 +265,26 @@ impl super::Node {
                 .map(move |s| (topic, s))
         });
         let closing = pending.map(|(topic, seg)| async move {
-                let key = crate::types::SegmentKey::new(topic.clone(), seg.id);
-                let super::closing::Closing::Sealed(count) =
-                    self.close_from_replicas(&key, seg).await
-                else {
-                    return;
-                };
-                let cmd = MetadataCmd::SealPending {
-                    topic: topic.clone(),
-                    segment: seg.id,
-                    count,
-                };
-                match self.metadata.propose(cmd).await {
-                    Ok(crate::metadata::CmdResult::Applied) => tracing::info!(
-                        node = self.id,
-                        "pending segment {key} closed at {count} entries from a majority of its replicas"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(node = self.id, "cannot seal pending {key}: {e}"),
-                }
-            });
+            let key = crate::types::SegmentKey::new(topic.clone(), seg.id);
+            let super::closing::Closing::Sealed(count) = self.close_from_replicas(&key, seg).await
+            else {
+                return;
+            };
+            let cmd = MetadataCmd::SealPending {
+                topic: topic.clone(),
+                segment: seg.id,
+                count,
+            };
+            match self.metadata.propose(cmd).await {
+                Ok(crate::metadata::CmdResult::Applied) => tracing::info!(
+                    node = self.id,
+                    "pending segment {key} closed at {count} entries from a majority of \
+                     its replicas"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = self.id, "cannot seal pending {key}: {e}"),
+            }
+        });
         futures::future::join_all(closing).await;
     }
 }
