@@ -165,20 +165,15 @@ impl super::Node {
                 group,
                 topic,
                 offset,
-                asynchronous: false,
-            } => self
-                .commit_offset(&group, &topic, offset)
-                .await
-                .map(|()| Response::Ok),
-            Request::Commit {
-                group,
-                topic,
-                offset,
-                asynchronous: true,
-            } => self
-                .commit_offset_async(&group, &topic, offset)
-                .await
-                .map(|()| Response::Ok),
+                asynchronous,
+            } => {
+                if asynchronous {
+                    self.commit_offset_async(&group, &topic, offset).await?;
+                } else {
+                    self.commit_offset(&group, &topic, offset).await?;
+                }
+                Ok(Response::Ok)
+            }
             Request::Offsets(topic) => {
                 let (first, end) = self.topic_offsets(&topic).await?;
                 Ok(Response::Json(

@@ -586,10 +586,7 @@ impl super::Node {
         // Info first: the entries read next are at least as many.
         let info = self.log.info(key).await?;
         let (held, sealed) = info.map_or((0, false), |i| (i.count, i.sealed));
-        if !sealed {
-            self.await_commit_point(key, held).await;
-        }
-        let count = self.visible(key, held);
+        let count = self.visible(key, held).await;
         let want = if count < held {
             max_entries.min(usize::try_from(count.saturating_sub(from)).unwrap_or(usize::MAX))
         } else {

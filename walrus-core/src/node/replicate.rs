@@ -535,55 +535,44 @@ impl Node {
         Ok(NodeResponse::Replicated { count })
     }
 
-    /// Before a read of `key` on its leader: when its copies started so
-    /// recently (this node restarted) that a quorum has not answered yet,
-    /// waits for that, up to two renewal periods, so that a reader is not
-    /// told the segment ends at 0 while the followers hold what was
-    /// acknowledged before the restart.
-    pub(crate) async fn await_commit_point(&self, key: &SegmentKey, held: u64) {
-        if held == 0 {
-            return;
-        }
-        let copies = match self.replication.get(key) {
-            Some(Some(c)) => c,
-            Some(None) => return,
-            None => match self.start_copies(key, held) {
-                Some(c) => c,
-                None => return,
-            },
-        };
-        if copies.quorum_heard() {
-            return;
-        }
-        let mut acked = copies.acked.subscribe();
-        let _ = tokio::time::timeout(
-            self.config.lease_renew * 2,
-            acked.wait_for(|_| copies.quorum_heard()),
-        )
-        .await;
-    }
-
     /// The entries of `key` that readers may see here when this node holds
     /// `held`: all of them, except on the leader of an open replicated
     /// segment, where only the commit point (what a majority holds), so
-    /// that no reader sees an entry a failover could cut.
-    pub(crate) fn visible(&self, key: &SegmentKey, held: u64) -> u64 {
-        let state = self.metadata.state();
-        let Some(seg) = state.topic(&key.topic).and_then(|t| t.segment(key.segment)) else {
-            return held;
+    /// that no reader sees an entry a failover could cut. When the copies
+    /// started so recently (this node restarted) that a quorum has not
+    /// answered yet, it first waits for that, up to two renewal periods,
+    /// so that a reader is not told the segment ends at 0 while the
+    /// followers hold what was acknowledged before the restart.
+    pub(crate) async fn visible(&self, key: &SegmentKey, held: u64) -> u64 {
+        let copies = {
+            let state = self.metadata.state();
+            let Some(seg) = state.topic(&key.topic).and_then(|t| t.segment(key.segment)) else {
+                return held;
+            };
+            if seg.status != crate::metadata::SegmentStatus::Open
+                || seg.leader != self.id
+                || seg.followers.is_empty()
+            {
+                return held;
+            }
+            match self.replication.get(key) {
+                Some(Some(c)) => c,
+                Some(None) => return held,
+                None => match self.start_copies(key, held) {
+                    Some(c) => c,
+                    None => return held,
+                },
+            }
         };
-        if seg.status != crate::metadata::SegmentStatus::Open
-            || seg.leader != self.id
-            || seg.followers.is_empty()
-        {
-            return held;
+        if held > 0 && !copies.quorum_heard() {
+            let mut acked = copies.acked.subscribe();
+            let _ = tokio::time::timeout(
+                self.config.lease_renew * 2,
+                acked.wait_for(|_| copies.quorum_heard()),
+            )
+            .await;
         }
-        let copies = match self.replication.get(key) {
-            Some(Some(c)) => Some(c),
-            Some(None) => None,
-            None => self.start_copies(key, held),
-        };
-        copies.map_or(held, |c| c.committed(held))
+        copies.committed(held)
     }
 
     /// Entries `from..upto` of `key` from this node's store (a follower
